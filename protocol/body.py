@@ -1,0 +1,86 @@
+"""Msgpack bodies: packing, and unpacking under limits that a hostile peer cannot exceed.
+
+Every body is a msgpack map with string keys. Floats are refused anywhere in a body: money is
+integer minor units, times are integer milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from protocol.errors import BodyError, ErrorCode
+
+STRING_BYTES_MAX = 4096
+BINARY_BYTES_MAX = 4096
+COLLECTION_ITEMS_MAX = 256
+NESTING_DEPTH_MAX = 8
+
+def pack(obj: Any) -> bytes:
+    """Pack a body. Maps keep insertion order; use ``canonical`` when bytes must be stable."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def canonical(obj: Any) -> bytes:
+    """Pack with map keys sorted by their UTF-8 bytes, at every depth (used for signing)."""
+    return msgpack.packb(_sorted(obj), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _sorted(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _sorted(obj[k]) for k in sorted(obj, key=_key_bytes)}
+    if isinstance(obj, (list, tuple)):
+        return [_sorted(v) for v in obj]
+    return obj
+
+
+def _key_bytes(key: Any) -> bytes:
+    return key.encode() if isinstance(key, str) else bytes(key)
+
+
+def unpack(data: bytes) -> dict[str, Any]:
+    """Unpack a body, enforcing every limit; raise ``BodyError`` with a code on any defect."""
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=STRING_BYTES_MAX,
+            max_bin_len=BINARY_BYTES_MAX,
+            max_array_len=COLLECTION_ITEMS_MAX,
+            max_map_len=COLLECTION_ITEMS_MAX,
+            max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise BodyError("bytes left over after the body", code=ErrorCode.MALFORMED_BODY) from None
+    except msgpack.StackError:
+        raise BodyError(f"nesting deeper than {NESTING_DEPTH_MAX}",
+                        code=ErrorCode.MALFORMED_BODY) from None
+    except UnicodeDecodeError:
+        raise BodyError("a string is not valid UTF-8", code=ErrorCode.MALFORMED_BODY) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # msgpack reports limits, truncation and bad type bytes as ValueError subclasses.
+        raise BodyError(f"not valid msgpack: {exc}", code=ErrorCode.MALFORMED_BODY) from None
+    if not isinstance(obj, dict):
+        raise BodyError("a body must be a msgpack map", code=ErrorCode.MALFORMED_BODY)
+    _check_shape(obj)
+    return obj
+
+
+def _check_shape(root: dict[str, Any]) -> None:
+    """Refuse nesting past the limit and floats, without recursion (a deep body is hostile)."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > NESTING_DEPTH_MAX:
+            raise BodyError(f"nesting deeper than {NESTING_DEPTH_MAX}",
+                            code=ErrorCode.MALFORMED_BODY)
+        values = node.values() if isinstance(node, dict) else node
+        for value in values:
+            if isinstance(value, (dict, list)):
+                stack.append((value, depth + 1))
+            elif isinstance(value, float):
+                raise BodyError("floats are not allowed in bodies",
+                                code=ErrorCode.MALFORMED_BODY)

@@ -1,0 +1,197 @@
+"""Bodies of the connection-level frames and the request envelope, with their validation.
+
+A REQUEST body is an envelope (operation, merchant, timestamp, nonce, signature) around the
+operation's ``args``; the envelope is checked here, the args by ``protocol.operations``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import body as bodycodec
+from protocol.errors import BodyError, ErrorCode, RemoteError
+from protocol.frame import (
+    BODY_BYTES_MAX_CEILING,
+    Flags,
+    FrameType,
+    encode_frame,
+)
+from protocol.operations import ID_PATTERN, MERCHANT_ID, NONCE, SIGNATURE, Operation
+from protocol.schema import Bin, Bool, Int, ListOf, Map, Opt, Spec, Str
+
+ROLE_MERCHANT = "merchant"
+ROLE_HUB = "hub"
+ROLE_BANK = "bank"
+
+IN_FLIGHT_MAX_CEILING = 4096
+
+HELLO = Map(
+    {
+        "versions": ListOf(Int(1, 255), max_items=8, min_items=1),
+        "role": Str(choices=(ROLE_MERCHANT, ROLE_HUB)),
+        "identity": Str(1, 64, ID_PATTERN),
+        "body_bytes_max": Opt(Int(1024, BODY_BYTES_MAX_CEILING)),
+        "in_flight_max": Opt(Int(1, IN_FLIGHT_MAX_CEILING)),
+        "subscribe_events": Opt(Bool(), False),
+        "events_since": Opt(Int(0, 2**63 - 1)),
+        "resume_token": Opt(Bin(0, 64)),
+        "client": Opt(Str(0, 64)),
+    }
+)
+
+WELCOME = Map(
+    {
+        "version": Int(1, 255),
+        "server": Str(0, 64),
+        "session_id": Str(1, 64),
+        "body_bytes_max": Int(1024, BODY_BYTES_MAX_CEILING),
+        "in_flight_max": Int(1, IN_FLIGHT_MAX_CEILING),
+        "heartbeat_interval_ms": Int(100, 3_600_000),
+        "resume_token": Bin(0, 64),
+        "event_seq": Int(0, 2**63 - 1),
+        "server_time_ms": Int(0, 2**63 - 1),
+    }
+)
+
+REQUEST = Map(
+    {
+        "op": Str(1, 32),
+        "merchant_id": MERCHANT_ID,
+        "timestamp_ms": Int(0, 2**63 - 1),
+        "nonce": NONCE,
+        "signature": SIGNATURE,
+        "args": Map({}, allow_extra=True),
+    }
+)
+
+ERROR = Map(
+    {
+        "code": Int(0, 999),
+        "name": Str(0, 64),
+        "message": Str(0, 1024),
+        "field": Opt(Str(0, 255)),
+    }
+)
+
+EVENT = Map(
+    {
+        "seq": Int(1, 2**63 - 1),
+        "type": Str(1, 64),
+        "merchant_id": MERCHANT_ID,
+        "data": Map({}, allow_extra=True),
+    }
+)
+
+PING = Map({"time_ms": Opt(Int(0, 2**63 - 1))})
+
+GOAWAY = Map(
+    {
+        "last_request_id": Int(0, 2**64 - 1),
+        "code": Int(0, 999),
+        "message": Str(0, 1024),
+    }
+)
+
+BODY_SPECS: dict[FrameType, Spec] = {
+    FrameType.HELLO: HELLO,
+    FrameType.WELCOME: WELCOME,
+    FrameType.REQUEST: REQUEST,
+    FrameType.EVENT: EVENT,
+    FrameType.PING: PING,
+    FrameType.PONG: PING,
+    FrameType.GOAWAY: GOAWAY,
+    FrameType.ERROR: ERROR,
+}
+
+
+def decode_body(frame_type: FrameType | int, raw: bytes) -> dict[str, Any]:
+    """Unpack and validate a body for its frame type (RESPONSE bodies are op-specific)."""
+    obj = bodycodec.unpack(raw)
+    spec = BODY_SPECS.get(FrameType(frame_type))
+    if spec is None:
+        return obj
+    checked: dict[str, Any] = spec.check(obj, "")
+    return checked
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A REQUEST envelope after validation; ``args`` are raw until the operation checks them."""
+
+    request_id: int
+    op: str
+    merchant_id: str
+    timestamp_ms: int
+    nonce: bytes
+    signature: bytes
+    args: dict[str, Any]
+
+
+def decode_request(request_id: int, raw: bytes) -> Request:
+    body = decode_body(FrameType.REQUEST, raw)
+    return Request(
+        request_id,
+        body["op"],
+        body["merchant_id"],
+        body["timestamp_ms"],
+        body["nonce"],
+        body["signature"],
+        body["args"],
+    )
+
+
+def encode_request(
+    request_id: int,
+    op: Operation | str,
+    merchant_id: str,
+    timestamp_ms: int,
+    nonce: bytes,
+    signature: bytes,
+    args: dict[str, Any],
+) -> bytes:
+    body = bodycodec.pack(
+        {
+            "op": str(op),
+            "merchant_id": merchant_id,
+            "timestamp_ms": timestamp_ms,
+            "nonce": nonce,
+            "signature": signature,
+            "args": args,
+        }
+    )
+    return encode_frame(FrameType.REQUEST, request_id, body)
+
+
+def encode_response(request_id: int, result: dict[str, Any], *, replayed: bool = False) -> bytes:
+    flags = Flags.REPLAYED if replayed else 0
+    return encode_frame(FrameType.RESPONSE, request_id, bodycodec.pack(result), flags)
+
+
+def encode_error_response(request_id: int, error: BodyError | RemoteError | Any) -> bytes:
+    """An error RESPONSE: fails one request, the connection stays open."""
+    return encode_frame(FrameType.RESPONSE, request_id, bodycodec.pack(error.to_body()),
+                        Flags.ERROR)
+
+
+def encode_error_frame(code: ErrorCode, message: str) -> bytes:
+    """A connection-level ERROR frame; the sender closes the connection after it."""
+    body = {"code": int(code), "name": code.name, "message": message}
+    return encode_frame(FrameType.ERROR, 0, bodycodec.pack(body))
+
+
+def encode_message(frame_type: FrameType, body: dict[str, Any], request_id: int = 0) -> bytes:
+    return encode_frame(frame_type, request_id, bodycodec.pack(body))
+
+
+def negotiate_version(offered: list[int], supported: frozenset[int]) -> int:
+    """The highest version both sides speak; UNSUPPORTED_VERSION when there is none."""
+    common = set(offered) & supported
+    if not common:
+        raise BodyError(
+            f"no common protocol version: offered {sorted(offered)}, "
+            f"supported {sorted(supported)}",
+            code=ErrorCode.UNSUPPORTED_VERSION,
+            field="versions",
+        )
+    return max(common)

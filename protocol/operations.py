@@ -1,0 +1,215 @@
+"""Request operations, their argument schemas, and the vocabulary of transaction results.
+
+Statuses and fraud statuses follow Midtrans' vocabulary so merchants porting an integration
+recognise them. Amounts are integer minor units of an ISO 4217 currency; never floats.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from protocol.errors import BodyError, ErrorCode
+from protocol.schema import Bin, Bool, Int, ListOf, Map, Opt, Spec, Str
+
+
+class Operation(enum.StrEnum):
+    CHARGE = "charge"
+    CAPTURE = "capture"
+    CANCEL = "cancel"
+    REFUND = "refund"
+    APPROVE = "approve"
+    DENY = "deny"
+    STATUS = "status"
+    EXPIRE = "expire"
+
+
+class PaymentType(enum.StrEnum):
+    CREDIT_CARD = "credit_card"
+    BANK_TRANSFER = "bank_transfer"
+    EWALLET = "ewallet"
+
+
+class TransactionStatus(enum.StrEnum):
+    PENDING = "pending"
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    SETTLEMENT = "settlement"
+    DENY = "deny"
+    CANCEL = "cancel"
+    EXPIRE = "expire"
+    REFUND = "refund"
+    PARTIAL_REFUND = "partial_refund"
+    FAILURE = "failure"
+
+
+class FraudStatus(enum.StrEnum):
+    ACCEPT = "accept"
+    CHALLENGE = "challenge"
+    DENY = "deny"
+
+
+# Midtrans' status_code per transaction status (a string on the wire, as Midtrans sends it).
+STATUS_CODES: dict[TransactionStatus, str] = {
+    TransactionStatus.PENDING: "201",
+    TransactionStatus.AUTHORIZE: "200",
+    TransactionStatus.CAPTURE: "200",
+    TransactionStatus.SETTLEMENT: "200",
+    TransactionStatus.DENY: "202",
+    TransactionStatus.CANCEL: "200",
+    TransactionStatus.EXPIRE: "407",
+    TransactionStatus.REFUND: "200",
+    TransactionStatus.PARTIAL_REFUND: "200",
+    TransactionStatus.FAILURE: "202",
+}
+
+# Identifiers that end up in URLs, logs and SQL parameters: a conservative alphabet.
+ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._~-]*"
+ORDER_ID = Str(1, 64, ID_PATTERN)
+MERCHANT_ID = Str(1, 64, ID_PATTERN)
+CURRENCY = Str(3, 3, r"[A-Z]{3}")
+AMOUNT = Int(1, 10**15)
+AMOUNT_OR_ZERO = Int(0, 10**15)
+EXPIRY_S_MAX = 30 * 24 * 3600
+EXPIRY_S_DEFAULT = 24 * 3600
+
+CARD = Map(
+    {
+        "number": Str(12, 19, r"[0-9]+"),
+        "exp_month": Int(1, 12),
+        "exp_year": Int(2000, 2199),
+        "cvv": Str(3, 4, r"[0-9]+"),
+    }
+)
+CUSTOMER = Map(
+    {
+        "email": Opt(Str(3, 254, r"[^@\s]+@[^@\s]+")),
+        "name": Opt(Str(1, 100)),
+        "phone": Opt(Str(3, 32, r"\+?[0-9 ()-]+")),
+        "country": Opt(Str(2, 2, r"[A-Z]{2}")),
+        "ip": Opt(Str(2, 45, r"[0-9A-Fa-f:.]+")),
+    }
+)
+
+ARGS: dict[Operation, Map] = {
+    Operation.CHARGE: Map(
+        {
+            "order_id": ORDER_ID,
+            "gross_amount": AMOUNT,
+            "currency": Opt(CURRENCY, "IDR"),
+            "payment_type": Str(choices=tuple(PaymentType)),
+            "capture": Opt(Bool(), True),
+            "card": Opt(CARD),
+            "bank": Opt(Str(1, 32, ID_PATTERN)),
+            "provider": Opt(Str(1, 32, ID_PATTERN)),
+            "customer": Opt(CUSTOMER),
+            "expiry_s": Opt(Int(1, EXPIRY_S_MAX)),
+            "description": Opt(Str(0, 255)),
+        }
+    ),
+    Operation.CAPTURE: Map({"order_id": ORDER_ID, "gross_amount": Opt(AMOUNT)}),
+    Operation.CANCEL: Map({"order_id": ORDER_ID}),
+    Operation.REFUND: Map(
+        {
+            "order_id": ORDER_ID,
+            "refund_key": Str(1, 64, ID_PATTERN),
+            "amount": Opt(AMOUNT),
+            "reason": Opt(Str(0, 255)),
+        }
+    ),
+    Operation.APPROVE: Map({"order_id": ORDER_ID}),
+    Operation.DENY: Map({"order_id": ORDER_ID}),
+    Operation.STATUS: Map({"order_id": ORDER_ID}),
+    Operation.EXPIRE: Map({"order_id": ORDER_ID}),
+}
+
+_OPERATIONS = {op.value: op for op in Operation}
+
+
+def parse_operation(name: str) -> Operation:
+    op = _OPERATIONS.get(name)
+    if op is None:
+        raise BodyError(f"unknown operation {name!r}", code=ErrorCode.UNKNOWN_OPERATION,
+                        field="op")
+    return op
+
+
+def validate_args(op: Operation, args: Any) -> dict[str, Any]:
+    """Validate and normalise the ``args`` of one request; raise ``BodyError`` naming the field."""
+    checked: dict[str, Any] = ARGS[op].check(args, "args")
+    if op is Operation.CHARGE:
+        _check_charge(checked)
+    return checked
+
+
+def _check_charge(args: dict[str, Any]) -> None:
+    """Rules that span fields: each payment type needs its own details and no others'."""
+    payment_type = args["payment_type"]
+    needed = {"credit_card": "card", "bank_transfer": "bank", "ewallet": "provider"}
+    for ptype, name in needed.items():
+        if ptype == payment_type and name not in args:
+            raise BodyError(f"args.{name}: is required for payment_type {ptype}",
+                            code=ErrorCode.INVALID_FIELD, field=f"args.{name}")
+        if ptype != payment_type and name in args:
+            raise BodyError(f"args.{name}: is not allowed for payment_type {payment_type}",
+                            code=ErrorCode.INVALID_FIELD, field=f"args.{name}")
+    if payment_type == "credit_card" and not luhn_valid(args["card"]["number"]):
+        raise BodyError("args.card.number: fails the Luhn check",
+                        code=ErrorCode.INVALID_FIELD, field="args.card.number")
+
+
+def luhn_valid(number: str) -> bool:
+    """The mod-10 check every card number carries; catches typos before a bank sees them."""
+    total = 0
+    for i, ch in enumerate(reversed(number)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def mask_card(number: str) -> str:
+    """First six and last four digits, the rest as ``*`` (PCI DSS display rule)."""
+    return number[:6] + "*" * (len(number) - 10) + number[-4:]
+
+
+REFUND_ENTRY = Map(
+    {"refund_key": Str(1, 64), "amount": AMOUNT, "time": Str(0, 40), "reason": Opt(Str(0, 255))}
+)
+
+# The result of every operation, and the ``data`` of a transaction EVENT.
+TRANSACTION = Map(
+    {
+        "transaction_id": Str(1, 64),
+        "order_id": ORDER_ID,
+        "merchant_id": MERCHANT_ID,
+        "gross_amount": AMOUNT,
+        "currency": CURRENCY,
+        "payment_type": Str(choices=tuple(PaymentType)),
+        "transaction_status": Str(choices=tuple(TransactionStatus)),
+        "fraud_status": Str(choices=tuple(FraudStatus)),
+        "status_code": Str(3, 3),
+        "status_message": Str(0, 255),
+        "transaction_time": Str(0, 40),
+        "captured_amount": AMOUNT_OR_ZERO,
+        "refunded_amount": AMOUNT_OR_ZERO,
+        "settlement_time": Opt(Str(0, 40)),
+        "expiry_time": Opt(Str(0, 40)),
+        "masked_card": Opt(Str(0, 19)),
+        "card_brand": Opt(Str(0, 16)),
+        "bank": Opt(Str(0, 32)),
+        "va_number": Opt(Str(0, 32)),
+        "provider": Opt(Str(0, 32)),
+        "refunds": Opt(ListOf(REFUND_ENTRY, 64)),
+        "fraud_reasons": Opt(ListOf(Str(0, 128), 32)),
+        "decline_reason": Opt(Str(0, 255)),
+        "hops_us": Opt(Map({}, allow_extra=True)),
+    }
+)
+
+NONCE = Bin(8, 32)
+SIGNATURE = Bin(32, 32)
+SPECS_FOR_DOCS: dict[str, Spec] = {"transaction": TRANSACTION}

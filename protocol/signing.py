@@ -1,0 +1,110 @@
+"""Request signatures and notification signatures.
+
+Requests: HMAC-SHA256, keyed with the merchant's server key, over a domain tag followed by
+the canonical msgpack encoding of ``[merchant_id, request_id, op, timestamp_ms, nonce, args]``
+(maps sorted by key bytes at every depth, integers in their shortest form). The request id and
+the nonce are inside, so a signature cannot be moved to another request or reused.
+
+Notifications: Midtrans' ``signature_key`` (SHA-512 hex of order_id + status_code +
+gross_amount + server_key), and a header HMAC over ``timestamp.body`` for replay protection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Any
+
+from protocol import body as bodycodec
+
+REQUEST_SIGNING_TAG = b"paywire-request-v1\x00"
+SIGNATURE_BYTES = 32
+
+# Minor-unit exponents of the ISO 4217 currencies the demo and tests use. Unlisted codes
+# default to 2, the common case.
+CURRENCY_EXPONENTS: dict[str, int] = {
+    "IDR": 0, "JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0,
+    "USD": 2, "EUR": 2, "SGD": 2, "MYR": 2, "THB": 2, "PHP": 2, "AUD": 2, "GBP": 2,
+    "BHD": 3, "KWD": 3, "OMR": 3, "JOD": 3, "TND": 3,
+}
+
+
+def signing_input(
+    merchant_id: str,
+    request_id: int,
+    op: str,
+    timestamp_ms: int,
+    nonce: bytes,
+    args: dict[str, Any],
+) -> bytes:
+    """The exact bytes the request HMAC covers (``docs/protocol.md``, "Signing")."""
+    return REQUEST_SIGNING_TAG + bodycodec.canonical(
+        [merchant_id, request_id, op, timestamp_ms, nonce, args]
+    )
+
+
+def sign_request(
+    key: bytes,
+    merchant_id: str,
+    request_id: int,
+    op: str,
+    timestamp_ms: int,
+    nonce: bytes,
+    args: dict[str, Any],
+) -> bytes:
+    data = signing_input(merchant_id, request_id, op, timestamp_ms, nonce, args)
+    return hmac.new(key, data, hashlib.sha256).digest()
+
+
+def verify_request(
+    key: bytes,
+    signature: bytes,
+    merchant_id: str,
+    request_id: int,
+    op: str,
+    timestamp_ms: int,
+    nonce: bytes,
+    args: dict[str, Any],
+) -> bool:
+    """Constant-time comparison, so timing reveals nothing of the expected signature."""
+    expected = sign_request(key, merchant_id, request_id, op, timestamp_ms, nonce, args)
+    return hmac.compare_digest(expected, signature)
+
+
+def format_gross_amount(amount_minor: int, currency: str) -> str:
+    """Midtrans writes gross_amount as a decimal string with at least two decimals
+    ("10000.00" for IDR 10000); the signature_key covers that exact string."""
+    exponent = CURRENCY_EXPONENTS.get(currency, 2)
+    decimals = max(exponent, 2)
+    scaled = amount_minor * 10 ** (decimals - exponent)
+    sign = "-" if scaled < 0 else ""
+    whole, frac = divmod(abs(scaled), 10**decimals)
+    return f"{sign}{whole}.{frac:0{decimals}d}"
+
+
+def signature_key(order_id: str, status_code: str, gross_amount: str, server_key: str) -> str:
+    """Midtrans-compatible: SHA-512 hex of order_id + status_code + gross_amount + server_key."""
+    data = (order_id + status_code + gross_amount + server_key).encode()
+    return hashlib.sha512(data).hexdigest()
+
+
+def webhook_signature_header(key: bytes, timestamp_s: int, body: bytes) -> str:
+    """Value of the ``X-Paywire-Signature`` header: ``t=<unix s>,v1=<hex HMAC>``."""
+    mac = hmac.new(key, str(timestamp_s).encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp_s},v1={mac}"
+
+
+def verify_webhook_signature(
+    key: bytes, header: str, body: bytes, now_s: int, tolerance_s: int = 300
+) -> bool:
+    """Receiver side: the header's HMAC matches and its timestamp is within the tolerance."""
+    parts = dict(p.split("=", 1) for p in header.split(",") if "=" in p)
+    try:
+        timestamp_s = int(parts["t"])
+        given = parts["v1"]
+    except (KeyError, ValueError):
+        return False
+    if abs(now_s - timestamp_s) > tolerance_s:
+        return False
+    expected = webhook_signature_header(key, timestamp_s, body).split(",v1=", 1)[1]
+    return hmac.compare_digest(expected, given)
