@@ -38,6 +38,9 @@ TRANSITIONS: dict[tuple[Side, State, FrameType], State] = {
     (Side.SERVER, _S.OPEN, _F.GOAWAY): _S.DRAINING,
     (Side.SERVER, _S.OPEN, _F.ERROR): _S.CLOSED,
     (Side.SERVER, _S.HANDSHAKE, _F.ERROR): _S.CLOSED,
+    # Requests already on the wire when we sent GOAWAY: answered (SHUTTING_DOWN past the
+    # announced last id), not treated as a violation.
+    (Side.SERVER, _S.DRAINING, _F.REQUEST): _S.DRAINING,
     (Side.SERVER, _S.DRAINING, _F.RESPONSE): _S.DRAINING,
     (Side.SERVER, _S.DRAINING, _F.PING): _S.DRAINING,
     (Side.SERVER, _S.DRAINING, _F.PONG): _S.DRAINING,

@@ -1,0 +1,1 @@
+"""A simulated bank / e-wallet node: accounts, holds, payments, deduplicated by op id."""

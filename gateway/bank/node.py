@@ -1,0 +1,255 @@
+"""The bank node server: hubs connect over mTLS and send ``bank.*`` operations.
+
+Each operation is applied to the books synchronously and answered from the completion of
+its group commit (a callback, not a task). Payments by simulated customers are pushed to a
+connected hub as ``bank.payment`` requests and kept in a durable outbox until a hub
+acknowledges them, so a hub that was down learns of every payment when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+from typing import Any
+
+from gateway import tls
+from gateway.bank.store import BankStore
+from gateway.config import BankNodeConfig
+from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.signed import Correlator, build_request
+from protocol import banklink, messages, signing
+from protocol.connection import Side
+from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
+from protocol.messages import ROLE_HUB
+
+log = logging.getLogger("paywire.bank")
+
+
+class BankSession(FramedProtocol):
+    side = Side.SERVER
+
+    def __init__(self, node: BankNode) -> None:
+        super().__init__()
+        self.node = node
+        self.identity: str | None = None
+        self.correlator = Correlator(self.loop)
+        self.heartbeat = Heartbeat(self, node.cfg.heartbeat_interval_s)
+        self._hello_timer: asyncio.TimerHandle | None = None
+
+    def on_connected(self) -> None:
+        assert self.transport is not None
+        role, name = tls.peer_identity(self.transport.get_extra_info("peercert"))
+        if role != "hub":
+            self.fail(ErrorCode.FORBIDDEN, "only hub certificates may connect to a bank node")
+            return
+        self.identity = name
+        self._hello_timer = self.loop.call_later(5.0, self._hello_timeout)
+
+    def _hello_timeout(self) -> None:
+        self.fail(ErrorCode.HANDSHAKE_TIMEOUT, "no HELLO within 5 s")
+
+    def frame_received(self, frame: Frame) -> None:
+        if frame.type == FrameType.HELLO:
+            self._on_hello(frame)
+        elif frame.type == FrameType.REQUEST:
+            self.node.handle_request(self, frame)
+        elif frame.type == FrameType.RESPONSE:
+            self.correlator.resolve(frame)
+
+    def _on_hello(self, frame: Frame) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        try:
+            hello = messages.decode_body(FrameType.HELLO, frame.body)
+            version = messages.negotiate_version(hello["versions"], frozenset({PROTOCOL_VERSION}))
+        except BodyError as exc:
+            self.fail(exc.code if exc.code.is_fatal else ErrorCode.UNEXPECTED_FRAME, exc.message)
+            return
+        if hello["role"] != ROLE_HUB or hello["identity"] != self.identity:
+            self.fail(ErrorCode.FORBIDDEN, "HELLO identity does not match the certificate")
+            return
+        self.decoder.body_bytes_max = BODY_BYTES_MAX_DEFAULT
+        self.send(messages.encode_message(FrameType.WELCOME, {
+            "version": version, "server": f"paywire-bank/{self.node.cfg.node_id}",
+            "session_id": f"{self.node.cfg.node_id}-{id(self):x}",
+            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 4096,
+            "heartbeat_interval_ms": int(self.node.cfg.heartbeat_interval_s * 1000),
+            "resume_token": b"", "event_seq": 0, "server_time_ms": 0,
+        }))
+        self.heartbeat.start()
+        self.node.sessions.add(self)
+        self.node.push_notifications()
+
+    def respond(self, request_id: int, result: dict[str, Any]) -> None:
+        self.send(messages.encode_response(request_id, result))
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None:
+        self.send(messages.encode_error_response(request_id, exc))
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        self.heartbeat.stop()
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        self.node.sessions.discard(self)
+        self.correlator.fail_all(ConnectionError("link closed"))
+
+
+class BankNode:
+    def __init__(self, cfg: BankNodeConfig) -> None:
+        self.cfg = cfg
+        self.key = cfg.link_key.encode()
+        self.store = BankStore(cfg.store_path, cfg.accounts, synchronous=cfg.store_synchronous,
+                               va_prefix=cfg.va_prefix)
+        self.sessions: set[BankSession] = set()
+        self.rng = random.Random(cfg.seed)
+        self.latency_ms = cfg.latency_ms
+        self.failure_rate = cfg.failure_rate
+        self.blackhole = False
+        self._server: asyncio.Server | None = None
+        self._in_flight_notes: set[int] = set()
+        self._notify_timer: asyncio.TimerHandle | None = None
+        self.port = cfg.listen_port
+
+    async def start(self) -> None:
+        await self.store.start()
+        loop = asyncio.get_running_loop()
+        ctx = tls.node_server_context(self.cfg.certs_dir, "bank", self.cfg.node_id)
+        self._server = await loop.create_server(
+            lambda: BankSession(self), self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
+            ssl_handshake_timeout=5.0, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        for txid in await self.store.pending_payments():
+            self._schedule_auto_pay(txid)
+        self._notify_timer = loop.call_later(self.cfg.notify_retry_interval_s, self._notify_tick)
+        log.info("bank node %s (%s) listening on %s:%d", self.cfg.node_id, self.cfg.bank,
+                 self.cfg.listen_host, self.port)
+
+    async def stop(self) -> None:
+        if self._notify_timer is not None:
+            self._notify_timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        for s in list(self.sessions):
+            s.abort_soon()
+        await self.store.close()
+
+    # --- requests from hubs --------------------------------------------------------------
+    def handle_request(self, session: BankSession, frame: Frame) -> None:
+        rid = frame.request_id
+        try:
+            req = messages.decode_request(rid, frame.body)
+            if not signing.verify_request(self.key, req.signature, req.merchant_id, rid, req.op,
+                                          req.timestamp_ms, req.nonce, req.args):
+                raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
+            args = banklink.validate(req.op, req.args)
+        except PaywireError as exc:
+            session.respond_error(rid, exc)
+            return
+        if req.op.startswith("admin."):
+            self._admin(session, rid, req.op, args)
+            return
+        if self.blackhole:
+            return  # a lab fault: the request vanishes, as into a dead network
+        if self.failure_rate and self.rng.random() < self.failure_rate:
+            session.respond_error(rid, PaywireError("bank node is failing (simulated)",
+                                                    code=ErrorCode.BANK_UNAVAILABLE))
+            return
+        if self.latency_ms:
+            delay_s = max(0.0, self.latency_ms + self.rng.uniform(
+                -self.cfg.latency_jitter_ms, self.cfg.latency_jitter_ms)) / 1000
+            self._loop().call_later(delay_s, self._apply, session, rid, req.op, args)
+        else:
+            self._apply(session, rid, req.op, args)
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def _apply(self, session: BankSession, rid: int, op: str, args: dict[str, Any]) -> None:
+        def answer(fut: asyncio.Future[dict[str, Any]]) -> None:
+            exc = fut.exception()
+            if exc is not None:
+                log.error("bank store failed on %s: %r", op, exc)
+                session.respond_error(rid, PaywireError("bank store failed",
+                                                        code=ErrorCode.INTERNAL))
+                return
+            result = fut.result()
+            session.respond(rid, result)
+            if op == banklink.OPEN_PAYMENT and not result.get("duplicate"):
+                self._schedule_auto_pay(args["transaction_id"])
+
+        self.store.apply(op, args).add_done_callback(answer)
+
+    def _admin(self, session: BankSession, rid: int, op: str, args: dict[str, Any]) -> None:
+        if op == banklink.ADMIN_FAULTS:
+            if "latency_ms" in args:
+                self.latency_ms = float(args["latency_ms"])
+            if "failure_rate_pct" in args:
+                self.failure_rate = args["failure_rate_pct"] / 100
+            if "blackhole" in args:
+                self.blackhole = bool(args["blackhole"])
+            session.respond(rid, {"latency_ms": int(self.latency_ms),
+                                  "failure_rate_pct": int(self.failure_rate * 100),
+                                  "blackhole": self.blackhole})
+            return
+        if op == banklink.ADMIN_BALANCES:
+            fut: asyncio.Future[Any] = self.store.balances()
+            wrap = "balances"
+        elif op == banklink.ADMIN_PAYMENTS:
+            fut, wrap = self.store.payments(), "payments"
+        else:
+            fut, wrap = self.store.pay(args.get("transaction_id"), args.get("number")), ""
+
+        def done(f: asyncio.Future[Any]) -> None:
+            if f.exception() is not None:
+                session.respond_error(rid, PaywireError("bank store failed",
+                                                        code=ErrorCode.INTERNAL))
+                return
+            session.respond(rid, {wrap: f.result()} if wrap else f.result())
+            if not wrap:
+                self.push_notifications()
+
+        fut.add_done_callback(done)
+
+    # --- simulated customers and notifications to the hub ---------------------------------
+    def _schedule_auto_pay(self, txid: str) -> None:
+        after_s = self.cfg.auto_pay_after_s
+        if after_s is None or self.rng.random() >= self.cfg.auto_pay_ratio:
+            return
+        self._loop().call_later(after_s * self.rng.uniform(0.5, 1.5), self._auto_pay, txid)
+
+    def _auto_pay(self, txid: str) -> None:
+        self.store.pay(txid).add_done_callback(lambda _f: self.push_notifications())
+
+    def _notify_tick(self) -> None:
+        self.push_notifications()
+        self._notify_timer = self._loop().call_later(self.cfg.notify_retry_interval_s,
+                                                     self._notify_tick)
+
+    def push_notifications(self) -> None:
+        """Send every unacknowledged payment notification to a connected hub."""
+        if self.sessions:
+            self.store.outbox().add_done_callback(self._send_notifications)
+
+    def _send_notifications(self, fut: asyncio.Future[list[dict[str, Any]]]) -> None:
+        if fut.exception() is not None or not self.sessions:
+            return
+        for note in fut.result():
+            nid = note["notification_id"]
+            if nid in self._in_flight_notes:
+                continue
+            session = self.rng.choice(list(self.sessions))
+            rid, answer = session.correlator.new(10.0)
+            self._in_flight_notes.add(nid)
+            session.send(build_request(self.key, self.cfg.node_id, rid, banklink.PAYMENT, note))
+            answer.add_done_callback(functools.partial(self._notification_done, nid))
+
+    def _notification_done(self, nid: int, fut: asyncio.Future[dict[str, Any]]) -> None:
+        if fut.exception() is not None:
+            self._in_flight_notes.discard(nid)
+            return
+        self.store.ack_notification(nid).add_done_callback(
+            lambda _f: self._in_flight_notes.discard(nid))
+

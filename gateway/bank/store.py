@@ -1,0 +1,329 @@
+"""The bank's books: accounts, card holds, pending payments, and the op-id journal.
+
+All nodes of one bank share this database, as a real bank's front-ends share its core
+system: that is what lets the hub fail over to another node of the same bank and still have
+every ``op_id`` deduplicated. Each operation is a closure run by the group-commit writer
+thread inside the batch transaction (reads and writes together, under SQLite's write lock),
+so an answer is sent only after its effect is durable, and two nodes never interleave
+inside one operation.
+
+Money only moves between accounts: ``payer`` (customers paying virtual accounts and
+e-wallets from outside), card accounts, and ``settlement`` (what the bank owes merchants);
+the sum of all balances never changes. Every movement is also written to ``effects``, which
+the audit reads to find duplicated effects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from gateway.storage.groupcommit import GroupCommitWriter
+from gateway.transactions.model import now_ms
+from protocol import banklink
+from protocol.errors import ErrorCode
+
+SETTLEMENT = "settlement"
+PAYER = "payer"
+PAYER_OPENING_DEFAULT = 10**15
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL,
+                                     held INTEGER NOT NULL, opening INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (op_id TEXT PRIMARY KEY, result BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS holds (transaction_id TEXT PRIMARY KEY, account TEXT NOT NULL,
+    amount INTEGER NOT NULL, state TEXT NOT NULL, captured INTEGER NOT NULL,
+    refunded INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS payments (transaction_id TEXT PRIMARY KEY, kind TEXT NOT NULL,
+    number TEXT NOT NULL UNIQUE, amount INTEGER NOT NULL, merchant_id TEXT NOT NULL,
+    expiry_ms INTEGER NOT NULL, status TEXT NOT NULL, paid_ms INTEGER,
+    refunded INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    transaction_id TEXT NOT NULL, op_id TEXT NOT NULL, account TEXT NOT NULL,
+    delta INTEGER NOT NULL, kind TEXT NOT NULL);
+"""
+
+Result = dict[str, Any]
+
+
+def _pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def _move(conn: sqlite3.Connection, txid: str, op_id: str, account: str, delta: int,
+          kind: str) -> None:
+    conn.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (delta, account))
+    conn.execute("INSERT INTO effects (transaction_id, op_id, account, delta, kind) "
+                 "VALUES (?,?,?,?,?)", (txid, op_id, account, delta, kind))
+
+
+def _hold_delta(conn: sqlite3.Connection, account: str, delta: int) -> None:
+    conn.execute("UPDATE accounts SET held = held + ? WHERE id = ?", (delta, account))
+
+
+def _record(conn: sqlite3.Connection, op_id: str, result: Result) -> Result:
+    conn.execute("INSERT OR REPLACE INTO ops VALUES (?,?)", (op_id, _pack(result)))
+    return result
+
+
+def _hold(conn: sqlite3.Connection, txid: str) -> list[Any] | None:
+    row = conn.execute("SELECT account, amount, state, captured, refunded FROM holds "
+                       "WHERE transaction_id = ?", (txid,)).fetchone()
+    return list(row) if row else None
+
+
+def _set_hold(conn: sqlite3.Connection, txid: str, **cols: Any) -> None:
+    sets = ", ".join(f"{k} = ?" for k in cols)
+    conn.execute(f"UPDATE holds SET {sets} WHERE transaction_id = ?", (*cols.values(), txid))
+
+
+def _payment(conn: sqlite3.Connection, txid: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT kind, number, amount, merchant_id, expiry_ms, status, paid_ms, "
+                       "refunded FROM payments WHERE transaction_id = ?", (txid,)).fetchone()
+    if row is None:
+        return None
+    keys = ("kind", "number", "amount", "merchant_id", "expiry_ms", "status", "paid_ms",
+            "refunded")
+    return dict(zip(keys, row, strict=True))
+
+
+class BankStore:
+    """Runs bank operations against the shared books; every call returns a future."""
+
+    def __init__(self, path: Path, opening: dict[str, int], *, synchronous: str = "FULL",
+                 va_prefix: str = "8808") -> None:
+        self.path = path
+        self.opening = dict(opening)
+        self.opening.setdefault(SETTLEMENT, 0)
+        self.opening.setdefault(PAYER, PAYER_OPENING_DEFAULT)
+        self.va_prefix = va_prefix
+        self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous)
+
+    async def start(self) -> None:
+        self.writer.start(asyncio.get_running_loop())
+        rows = [(k, v, v) for k, v in self.opening.items()]
+        await self.writer.submit(lambda conn: conn.executemany(
+            "INSERT OR IGNORE INTO accounts (id, balance, held, opening) VALUES (?,?,0,?)",
+            rows) and None)
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+    def apply(self, op: str, args: dict[str, Any]) -> asyncio.Future[Result]:
+        handler = _HANDLERS[op]
+        if op == banklink.OPEN_PAYMENT:
+            handler = functools.partial(_open_payment, va_prefix=self.va_prefix)
+        return self.writer.submit(lambda conn: _dedup(conn, op, args, handler))
+
+    def pay(self, txid: str | None = None, number: str | None = None) -> asyncio.Future[Result]:
+        return self.writer.submit(lambda conn: _pay(conn, txid, number))
+
+    def ack_notification(self, nid: int) -> asyncio.Future[Any]:
+        return self.writer.submit(
+            lambda conn: conn.execute("DELETE FROM outbox WHERE id = ?", (nid,)) and None)
+
+    def outbox(self) -> asyncio.Future[list[Result]]:
+        return self.writer.submit(lambda conn: [
+            msgpack.unpackb(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")])
+
+    def pending_payments(self) -> asyncio.Future[list[str]]:
+        return self.writer.submit(lambda conn: [r[0] for r in conn.execute(
+            "SELECT transaction_id FROM payments WHERE status = 'pending'")])
+
+    def balances(self) -> asyncio.Future[dict[str, list[int]]]:
+        return self.writer.submit(lambda conn: {
+            r[0]: [r[1], r[2]] for r in conn.execute("SELECT id, balance, held FROM accounts")})
+
+    def payments(self) -> asyncio.Future[dict[str, Result]]:
+        return self.writer.submit(lambda conn: {
+            r[0]: {"number": r[1], "status": r[2], "amount": r[3]} for r in conn.execute(
+                "SELECT transaction_id, number, status, amount FROM payments")})
+
+
+def _dedup(conn: sqlite3.Connection, op: str, args: dict[str, Any], handler: Any) -> Result:
+    """The first answer under an op id is the only answer: a repeat gets it back unchanged."""
+    if op != banklink.INQUIRY:
+        row = conn.execute("SELECT result FROM ops WHERE op_id = ?", (args["op_id"],)).fetchone()
+        if row is not None:
+            return {**msgpack.unpackb(row[0]), "duplicate": True}
+    result: Result = handler(conn, args)
+    return result
+
+
+def _authorize(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    txid, op_id, amount, account = a["transaction_id"], a["op_id"], a["amount"], a["account"]
+    row = conn.execute("SELECT balance, held FROM accounts WHERE id = ?", (account,)).fetchone()
+    if row is None or account in (SETTLEMENT, PAYER):
+        return _record(conn, op_id, {"approved": False, "code": int(ErrorCode.ACCOUNT_UNKNOWN),
+                                     "reason": "card account unknown to the issuer"})
+    if row[0] - row[1] < amount:
+        return _record(conn, op_id, {"approved": False, "code": int(ErrorCode.INSUFFICIENT_FUNDS),
+                                     "reason": "insufficient funds"})
+    if a["capture"]:
+        _move(conn, txid, op_id, account, -amount, "capture")
+        _move(conn, txid, op_id, SETTLEMENT, amount, "capture")
+        state, captured = "captured", amount
+    else:
+        _hold_delta(conn, account, amount)
+        state, captured = "held", 0
+    conn.execute("INSERT INTO holds VALUES (?,?,?,?,?,0)", (txid, account, amount, state,
+                                                            captured))
+    auth_code = hashlib.sha256(op_id.encode()).hexdigest()[:6].upper()
+    return _record(conn, op_id, {"approved": True, "captured": a["capture"],
+                                 "auth_code": auth_code})
+
+
+def _capture(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    txid, op_id, amount = a["transaction_id"], a["op_id"], a["amount"]
+    hold = _hold(conn, txid)
+    if hold is None or hold[2] != "held":
+        return _record(conn, op_id, {"ok": False, "reason": "no open authorization"})
+    account, held_amount = hold[0], hold[1]
+    if amount > held_amount:
+        return _record(conn, op_id, {"ok": False, "reason": "amount exceeds authorization"})
+    _hold_delta(conn, account, -held_amount)
+    _move(conn, txid, op_id, account, -amount, "capture")
+    _move(conn, txid, op_id, SETTLEMENT, amount, "capture")
+    _set_hold(conn, txid, state="captured", captured=amount)
+    return _record(conn, op_id, {"ok": True})
+
+
+def _void(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    txid, op_id = a["transaction_id"], a["op_id"]
+    hold = _hold(conn, txid)
+    if hold is None or hold[2] not in ("held", "voided"):
+        return _record(conn, op_id, {"ok": False, "reason": "no open authorization"})
+    if hold[2] == "held":
+        _hold_delta(conn, hold[0], -hold[1])
+        _set_hold(conn, txid, state="voided")
+    return _record(conn, op_id, {"ok": True})
+
+
+def _refund(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    txid, op_id, amount = a["transaction_id"], a["op_id"], a["amount"]
+    hold = _hold(conn, txid)
+    if hold is not None and hold[2] == "captured":
+        if hold[4] + amount > hold[3]:
+            return _record(conn, op_id, {"ok": False, "reason": "refunds exceed capture"})
+        _move(conn, txid, op_id, SETTLEMENT, -amount, "refund")
+        _move(conn, txid, op_id, hold[0], amount, "refund")
+        _set_hold(conn, txid, refunded=hold[4] + amount)
+        return _record(conn, op_id, {"ok": True})
+    p = _payment(conn, txid)
+    if p is not None and p["status"] == "paid":
+        if p["refunded"] + amount > p["amount"]:
+            return _record(conn, op_id, {"ok": False, "reason": "refunds exceed payment"})
+        _move(conn, txid, op_id, SETTLEMENT, -amount, "refund")
+        _move(conn, txid, op_id, PAYER, amount, "refund")
+        conn.execute("UPDATE payments SET refunded = refunded + ? WHERE transaction_id = ?",
+                     (amount, txid))
+        return _record(conn, op_id, {"ok": True})
+    return _record(conn, op_id, {"ok": False, "reason": "nothing captured to refund"})
+
+
+def _reverse(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    """Undo ``target_op_id`` if it took effect; if it never arrived, make sure it never will."""
+    txid, op_id, target = a["transaction_id"], a["op_id"], a["target_op_id"]
+    row = conn.execute("SELECT result FROM ops WHERE op_id = ?", (target,)).fetchone()
+    undone = False
+    if row is None:
+        _record(conn, target, {"approved": False, "ok": False, "reversed": True,
+                               "reason": "reversed before it arrived"})
+    else:
+        done = msgpack.unpackb(row[0])
+        hold = _hold(conn, txid)
+        p = _payment(conn, txid)
+        if not (done.get("approved") or done.get("ok")):
+            pass
+        elif hold is not None and hold[2] == "held":
+            _hold_delta(conn, hold[0], -hold[1])
+            _set_hold(conn, txid, state="reversed")
+            undone = True
+        elif hold is not None and hold[2] == "captured":
+            net = hold[3] - hold[4]
+            _move(conn, txid, op_id, SETTLEMENT, -net, "reversal")
+            _move(conn, txid, op_id, hold[0], net, "reversal")
+            _set_hold(conn, txid, state="reversed")
+            undone = True
+        elif p is not None and p["status"] == "pending":
+            conn.execute("UPDATE payments SET status = 'reversed' WHERE transaction_id = ?",
+                         (txid,))
+            undone = True
+    return _record(conn, op_id, {"ok": True, "undone": undone})
+
+
+def _inquiry(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    row = conn.execute("SELECT result FROM ops WHERE op_id = ?", (a["op_id"],)).fetchone()
+    return {"found": row is not None, "result": msgpack.unpackb(row[0]) if row else None}
+
+
+def _open_payment(conn: sqlite3.Connection, a: dict[str, Any], va_prefix: str = "8808"
+                  ) -> Result:
+    txid, op_id = a["transaction_id"], a["op_id"]
+    digest = int(hashlib.sha256(txid.encode()).hexdigest(), 16)
+    if a["kind"] == "va":
+        number = va_prefix + f"{digest % 10**12:012d}"
+    else:
+        number = f"EW{digest % 10**14:014d}"
+    conn.execute("INSERT INTO payments VALUES (?,?,?,?,?,?,'pending',NULL,0)",
+                 (txid, a["kind"], number, a["amount"], a["merchant_id"], a["expiry_ms"]))
+    return _record(conn, op_id, {"ok": True, "number": number})
+
+
+def _close_payment(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    txid, op_id = a["transaction_id"], a["op_id"]
+    p = _payment(conn, txid)
+    if p is None:
+        return _record(conn, op_id, {"closed": False, "reason": "no such payment"})
+    if p["status"] == "paid":
+        return _record(conn, op_id, {"closed": False, "paid": True, "paid_ms": p["paid_ms"]})
+    if p["status"] == "pending":
+        status = "expired" if a["reason"] == "expire" else "cancelled"
+        conn.execute("UPDATE payments SET status = ? WHERE transaction_id = ?", (status, txid))
+    return _record(conn, op_id, {"closed": True})
+
+
+def _pay(conn: sqlite3.Connection, txid: str | None, number: str | None) -> Result:
+    """A simulated customer pays a pending virtual account or e-wallet request."""
+    if txid is None and number is not None:
+        row = conn.execute("SELECT transaction_id FROM payments WHERE number = ?",
+                           (number,)).fetchone()
+        txid = row[0] if row else None
+    p = _payment(conn, txid) if txid is not None else None
+    if txid is None or p is None:
+        return {"paid": False, "reason": "no such payment"}
+    if p["status"] != "pending":
+        return {"paid": False, "reason": f"payment is {p['status']}"}
+    paid_ms = now_ms()
+    if paid_ms > p["expiry_ms"]:
+        return {"paid": False, "reason": "payment has expired"}
+    op_id = f"{txid}:paid"
+    _move(conn, txid, op_id, PAYER, -p["amount"], "payment")
+    _move(conn, txid, op_id, SETTLEMENT, p["amount"], "payment")
+    conn.execute("UPDATE payments SET status = 'paid', paid_ms = ? WHERE transaction_id = ?",
+                 (paid_ms, txid))
+    cur = conn.execute("INSERT INTO outbox (payload) VALUES (x'')")
+    nid = cur.lastrowid
+    note = {"notification_id": nid, "transaction_id": txid, "status": "settlement",
+            "amount": p["amount"], "paid_ms": paid_ms}
+    conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (_pack(note), nid))
+    return {"paid": True, "notification": note}
+
+
+_HANDLERS: dict[str, Any] = {
+    banklink.AUTHORIZE: _authorize,
+    banklink.CAPTURE: _capture,
+    banklink.VOID: _void,
+    banklink.REFUND: _refund,
+    banklink.REVERSE: _reverse,
+    banklink.INQUIRY: _inquiry,
+    banklink.OPEN_PAYMENT: _open_payment,
+    banklink.CLOSE_PAYMENT: _close_payment,
+}

@@ -1,0 +1,279 @@
+"""``paywire``: certificates, nodes, one-off operations, the demo.
+
+    paywire certs init DIR [--merchant M1 ...] [--bank bank-a-1 ...] [--san NAME ...]
+    paywire certs issue DIR --role merchant --name M2
+    paywire hub --config hub.toml
+    paywire bank --config bank.toml
+    paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
+    paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway import config as configmod
+from gateway import pki
+
+log = logging.getLogger("paywire")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format='{"t":"%(asctime)s","level":"%(levelname)s",'
+                               '"logger":"%(name)s","msg":"%(message)s"}',
+                        stream=sys.stderr)
+
+
+def _run(main: Any) -> None:
+    import uvloop
+
+    uvloop.run(main)
+
+
+async def _serve(node: Any, ready_file: str | None) -> None:
+    from gateway.processes import write_ready
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    write_ready(ready_file, node.port)
+    await stop.wait()
+    await node.stop()
+
+
+def cmd_hub(ns: argparse.Namespace) -> int:
+    from gateway.hub.server import Hub
+
+    cfg = configmod.load(configmod.HubConfig, Path(ns.config))
+    if ns.listen:
+        host, _, port = ns.listen.rpartition(":")
+        cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+    if ns.ledger:
+        cfg.ledger_path = Path(ns.ledger)
+    _run(_serve(Hub(cfg), ns.ready_file))
+    return 0
+
+
+def cmd_bank(ns: argparse.Namespace) -> int:
+    from gateway.bank.node import BankNode
+
+    cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
+    if ns.listen:
+        host, _, port = ns.listen.rpartition(":")
+        cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+    _run(_serve(BankNode(cfg), ns.ready_file))
+    return 0
+
+
+def cmd_certs(ns: argparse.Namespace) -> int:
+    directory = Path(ns.dir)
+    try:
+        if ns.certs_cmd == "init":
+            issued = pki.init(directory, merchants=ns.merchant or ["M1"],
+                              banks=ns.bank or ["bank-a-1"], hub_name=ns.hub, sans=ns.san or [],
+                              force=ns.force)
+        else:
+            issued = [pki.issue(directory, ns.role, ns.name, ns.san or [], force=ns.force)]
+    except pki.PkiError as exc:
+        print(f"paywire certs: {exc}", file=sys.stderr)
+        return 2
+    for item in issued:
+        print(f"wrote {item.cert} and {item.key} (0600)")
+    return 0
+
+
+def _client_options(ns: argparse.Namespace) -> dict[str, Any]:
+    hub = ns.hub or os.environ.get("PAYWIRE_HUB", "127.0.0.1:7400")
+    host, _, port = hub.rpartition(":")
+    merchant = ns.merchant or os.environ.get("PAYWIRE_MERCHANT", "M1")
+    key = ns.server_key or os.environ.get("PAYWIRE_SERVER_KEY")
+    if not key:
+        raise SystemExit("paywire: give --server-key or set PAYWIRE_SERVER_KEY")
+    certs = ns.certs or os.environ.get("PAYWIRE_CERTS", "certs")
+    return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
+            "certs_dir": certs}
+
+
+def cmd_operation(ns: argparse.Namespace) -> int:
+    from gateway.client import Card, RequestError, connect
+
+    opts = _client_options(ns)
+
+    async def main() -> dict[str, Any]:
+        async with connect(opts.pop("host"), opts.pop("port"), **opts) as client:
+            op = ns.op
+            if op == "charge":
+                card = None
+                if ns.card:
+                    month, year = (int(x) for x in ns.expiry.split("/"))
+                    card = Card(ns.card, month, year, ns.cvv)
+                tx = await client.charge(ns.order_id, ns.amount, ns.payment_type, card=card,
+                                         capture=not ns.authorize_only, bank=ns.bank,
+                                         provider=ns.provider, currency=ns.currency,
+                                         expiry_s=ns.expiry_s)
+            elif op == "refund":
+                tx = await client.refund(ns.order_id, ns.refund_key, ns.amount, ns.reason)
+            elif op == "capture":
+                tx = await client.capture(ns.order_id, ns.amount)
+            else:
+                tx = await getattr(client, op)(ns.order_id)
+            return {k: v for k, v in dataclasses.asdict(tx).items() if v not in (None, [], (), {})}
+
+    try:
+        result = asyncio.run(main())
+    except RequestError as exc:
+        print(json.dumps({"error": exc.code.name, "code": int(exc.code),
+                          "message": exc.message, "field": exc.field}), file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, default=list))
+    return 0
+
+
+def cmd_bank_admin(ns: argparse.Namespace) -> int:
+    from protocol import banklink
+
+    args: dict[str, Any] = {}
+    op = {"pay": banklink.ADMIN_PAY, "balances": banklink.ADMIN_BALANCES,
+          "payments": banklink.ADMIN_PAYMENTS, "faults": banklink.ADMIN_FAULTS}[ns.action]
+    if ns.action == "pay":
+        args = {"transaction_id": ns.transaction_id} if ns.transaction_id else {
+            "number": ns.number}
+    elif ns.action == "faults":
+        for name in ("latency_ms", "failure_rate_pct"):
+            if getattr(ns, name) is not None:
+                args[name] = getattr(ns, name)
+        if ns.blackhole is not None:
+            args["blackhole"] = ns.blackhole == "on"
+    result = asyncio.run(bank_admin_call(ns.node, Path(ns.certs), ns.hub_name, ns.link_key,
+                                         op, args))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: str, op: str,
+                          args: dict[str, Any]) -> dict[str, Any]:
+    """One admin call to a bank node over the hub link protocol (hub certificate)."""
+    from gateway import tls
+    from gateway.hub.banklink import BankNodeHandle, BankPool
+
+    ctx = tls.node_client_context(certs, "hub", hub_name)
+    pool = BankPool("admin", [node], hub_id=hub_name, key=link_key.encode(), ssl_ctx=ctx,
+                    on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=1)
+    handle: BankNodeHandle = pool.nodes[0]
+    handle.start()
+    try:
+        if not await pool.wait_ready(10.0):
+            raise SystemExit(f"paywire: cannot reach bank node {node}")
+        assert handle.link is not None
+        result: dict[str, Any] = await handle.link.call(op, args, 10.0)
+        return result
+    finally:
+        await pool.stop()
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    return run_demo(Path(ns.dir) if ns.dir else None, ns.transactions, ns.seed)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="paywire", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--log-level", default=os.environ.get("PAYWIRE_LOG_LEVEL", "WARNING"))
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    certs = sub.add_parser("certs", help="create a dev CA and certificates")
+    csub = certs.add_subparsers(dest="certs_cmd", required=True)
+    init = csub.add_parser("init", help="CA + hub + bank + merchant certificates")
+    init.add_argument("dir")
+    init.add_argument("--merchant", action="append")
+    init.add_argument("--bank", action="append", help="bank node names (certificate CN)")
+    init.add_argument("--hub", default="hub")
+    init.add_argument("--san", action="append", help="extra server name or IP")
+    init.add_argument("--force", action="store_true", help="replace existing files")
+    issue = csub.add_parser("issue", help="one more certificate from the existing CA")
+    issue.add_argument("dir")
+    issue.add_argument("--role", required=True, choices=pki.ROLES)
+    issue.add_argument("--name", required=True)
+    issue.add_argument("--san", action="append")
+    issue.add_argument("--force", action="store_true")
+    certs.set_defaults(fn=cmd_certs)
+
+    for name, fn in (("hub", cmd_hub), ("bank", cmd_bank)):
+        node = sub.add_parser(name, help=f"run a {name} node")
+        node.add_argument("--config", required=True)
+        node.add_argument("--listen", help="HOST:PORT, overrides the config")
+        node.add_argument("--ready-file", help="write {port, pid} here once listening")
+        if name == "hub":
+            node.add_argument("--ledger", help="ledger path, overrides the config")
+        node.set_defaults(fn=fn)
+
+    admin = sub.add_parser("bank-admin", help="simulate payments, read balances, set faults")
+    admin.add_argument("action", choices=["pay", "balances", "payments", "faults"])
+    admin.add_argument("--node", required=True, help="bank node HOST:PORT")
+    admin.add_argument("--certs", default="certs")
+    admin.add_argument("--hub-name", default="hub", help="hub certificate to connect with")
+    admin.add_argument("--link-key", default="paywire-dev-link-key")
+    admin.add_argument("--transaction-id")
+    admin.add_argument("--number", help="virtual account or e-wallet reference")
+    admin.add_argument("--latency-ms", type=int)
+    admin.add_argument("--failure-rate-pct", type=int)
+    admin.add_argument("--blackhole", choices=["on", "off"])
+    admin.set_defaults(fn=cmd_bank_admin)
+
+    for op in ("charge", "capture", "cancel", "refund", "approve", "deny", "status", "expire"):
+        o = sub.add_parser(op, help=f"one {op} request through the client library")
+        o.add_argument("order_id")
+        o.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
+        o.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
+        o.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
+        o.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+        o.set_defaults(fn=cmd_operation, op=op)
+        if op in ("charge", "refund", "capture"):
+            o.add_argument("--amount", type=int, required=(op == "charge"))
+        if op == "charge":
+            o.add_argument("--payment-type", default="credit_card",
+                           choices=["credit_card", "bank_transfer", "ewallet"])
+            o.add_argument("--card")
+            o.add_argument("--expiry", default="12/2030", help="MM/YYYY")
+            o.add_argument("--cvv", default="123")
+            o.add_argument("--authorize-only", action="store_true")
+            o.add_argument("--bank")
+            o.add_argument("--provider")
+            o.add_argument("--currency", default="IDR")
+            o.add_argument("--expiry-s", type=int)
+        if op == "refund":
+            o.add_argument("--refund-key", required=True)
+            o.add_argument("--reason")
+
+    demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
+    demo.add_argument("--dir", help="keep everything here instead of a temp directory")
+    demo.add_argument("--transactions", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    _setup_logging(ns.log_level)
+    code: int = ns.fn(ns)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

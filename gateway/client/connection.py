@@ -1,0 +1,81 @@
+"""The client side of one hub connection: HELLO, correlated responses, pushed frames."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.signed import Correlator
+from protocol import messages
+from protocol.connection import Side
+from protocol.errors import BodyError, ErrorCode, RemoteError
+from protocol.frame import PROTOCOL_VERSION, Frame, FrameType
+from protocol.messages import ROLE_MERCHANT
+
+from .results import ConnectionLost
+
+
+class ClientConnection(FramedProtocol):
+    side = Side.CLIENT
+
+    def __init__(self, merchant_id: str, hello: dict[str, Any]) -> None:
+        super().__init__()
+        self.merchant_id = merchant_id
+        self.hello = hello
+        self.correlator = Correlator(self.loop)
+        self.welcome: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        self.goaway: dict[str, Any] | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self.lost_reason: str | None = None
+
+    def on_connected(self) -> None:
+        self.send(messages.encode_message(FrameType.HELLO, {
+            "versions": [PROTOCOL_VERSION], "role": ROLE_MERCHANT,
+            "identity": self.merchant_id, "client": "paywire-py/0.1", **self.hello}))
+
+    def frame_received(self, frame: Frame) -> None:
+        if frame.type == FrameType.RESPONSE:
+            self.correlator.resolve(frame)
+        elif frame.type == FrameType.WELCOME:
+            try:
+                welcome = messages.decode_body(FrameType.WELCOME, frame.body)
+            except BodyError as exc:
+                self.fail(ErrorCode.MALFORMED_BODY, exc.message)
+                return
+            self.decoder.body_bytes_max = welcome["body_bytes_max"]
+            self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
+            self.heartbeat.start()
+            if not self.welcome.done():
+                self.welcome.set_result(welcome)
+        elif frame.type == FrameType.GOAWAY:
+            try:
+                self.goaway = messages.decode_body(FrameType.GOAWAY, frame.body)
+            except BodyError:
+                self.goaway = {"last_request_id": 0}
+        elif frame.type == FrameType.EVENT:
+            try:
+                event = messages.decode_body(FrameType.EVENT, frame.body)
+            except BodyError:
+                return
+            if not self.events.full():
+                self.events.put_nowait(event)
+
+    def on_peer_error(self, frame: Frame) -> None:
+        try:
+            body = messages.decode_body(FrameType.ERROR, frame.body)
+        except BodyError:
+            body = {"code": int(ErrorCode.INTERNAL), "message": "malformed ERROR frame"}
+        err = RemoteError.from_body(body)
+        self.lost_reason = f"{err.code.name}: {err.message}"
+        if not self.welcome.done():
+            self.welcome.set_exception(err)
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        reason = self.lost_reason or (repr(exc) if exc else "closed by peer")
+        self.correlator.fail_all(ConnectionLost(f"connection lost: {reason}"))
+        if not self.welcome.done():
+            self.welcome.set_exception(ConnectionLost(f"closed during handshake: {reason}"))

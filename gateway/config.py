@@ -1,0 +1,212 @@
+"""One typed, validated configuration object per process, loadable from TOML.
+
+Every field has a documented default (``docs/configuration.md`` lists them). Unknown keys are
+refused, for the same reason unknown request fields are: a misspelt limit silently ignored
+is a limit that does not exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+class ConfigError(Exception):
+    pass
+
+
+@dataclass
+class MerchantConfig:
+    id: str
+    server_key: str
+    webhook_url: str | None = None
+    connections_max: int = 64
+    rate_per_s: float = 20_000.0
+    rate_burst: int = 40_000
+
+
+@dataclass
+class BankRoute:
+    """One bank (or e-wallet provider node group) and how the hub reaches and routes to it."""
+
+    name: str
+    nodes: list[str]
+    bins: list[str] = field(default_factory=list)
+    virtual_account: bool = False
+    providers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HubConfig:
+    node_id: str = "hub"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7400
+    certs_dir: Path = Path("certs")
+    ledger_path: Path = Path("paywire-ledger.db")
+    ledger_synchronous: str = "FULL"
+    link_key: str = "paywire-dev-link-key"
+    merchants: list[MerchantConfig] = field(default_factory=list)
+    banks: list[BankRoute] = field(default_factory=list)
+    body_bytes_max: int = 64 * 1024
+    in_flight_max: int = 256
+    heartbeat_interval_s: float = 5.0
+    tls_handshake_timeout_s: float = 5.0
+    hello_timeout_s: float = 5.0
+    timestamp_window_s: float = 300.0
+    nonce_cache_entries_max: int = 2_000_000
+    bank_timeout_s: float = 5.0
+    bank_calls_queued_max: int = 20_000
+    bank_retry_attempts_max: int = 3
+    pending_expiry_default_s: int = 24 * 3600
+    expiry_check_interval_s: float = 0.5
+    recovery_interval_s: float = 1.0
+    ledger_queue_writes_max: int = 50_000
+    shutdown_grace_s: float = 10.0
+
+    def merchant(self, merchant_id: str) -> MerchantConfig | None:
+        for m in self.merchants:
+            if m.id == merchant_id:
+                return m
+        return None
+
+
+@dataclass
+class BankNodeConfig:
+    node_id: str = "bank-a-1"
+    bank: str = "bank-a"
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7500
+    certs_dir: Path = Path("certs")
+    store_path: Path = Path("paywire-bank.db")
+    store_synchronous: str = "FULL"
+    link_key: str = "paywire-dev-link-key"
+    # Opening balances in minor units, by account id (card number, or "payer"/"settlement").
+    accounts: dict[str, int] = field(default_factory=dict)
+    va_prefix: str = "8808"
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    failure_rate: float = 0.0
+    # Simulated customers: pay open virtual accounts / e-wallet requests after this delay;
+    # only this share of them pays (the rest expire). None disables automatic payment.
+    auto_pay_after_s: float | None = None
+    auto_pay_ratio: float = 1.0
+    notify_retry_interval_s: float = 1.0
+    heartbeat_interval_s: float = 5.0
+    seed: int = 0
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table")
+        _, val_tp = typing.get_args(tp)
+        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(f"{where}: expected a path string")
+        return Path(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number")
+        return float(value)
+    if tp in (int, str, bool):
+        if type(value) is not tp:
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")
+
+
+def from_dict(cls: type[C], data: Any, where: str = "config") -> C:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """The inverse of ``from_dict``, for writing TOML and for passing to child processes."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if getattr(obj, f.name) is not None}
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def load(cls: type[C], path: Path) -> C:
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    return from_dict(cls, data, str(path))
+
+
+def dump_toml(obj: Any) -> str:
+    """Minimal TOML writer for the shapes our configs have (scalars, lists, tables)."""
+    data = to_dict(obj)
+    lines: list[str] = []
+    tables: list[tuple[str, Any]] = []
+    for key, value in data.items():
+        is_table_list = isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+        if isinstance(value, dict) or is_table_list:
+            tables.append((key, value))
+        else:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables:
+        if isinstance(value, dict):
+            lines.append(f"\n[{key}]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+        else:
+            for item in value:
+                lines.append(f"\n[[{key}]]")
+                lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"cannot write {value!r} as TOML")

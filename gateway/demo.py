@@ -1,0 +1,300 @@
+"""``paywire demo``: a whole deployment on this machine, driven through the client library.
+
+Creates a dev PKI and configs, starts three bank/e-wallet node groups and a hub as separate
+processes, sends a few hundred payments of every method over TLS, waits for simulated
+customers to pay (or not), and prints what happened: statuses, latencies, one
+transaction's hops, and a money check of the ledger against the banks' books.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway import pki
+from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig
+from gateway.processes import NodeProcess
+
+MERCHANT = "demo-merchant"
+SERVER_KEY = "SB-Mid-server-demo-key"
+CONNECTIONS = 4
+CONCURRENCY_PER_CONNECTION = 16
+
+
+def luhn_complete(prefix: str, length: int = 16) -> str:
+    """Append the check digit that makes ``prefix`` (padded) a valid card number."""
+    body = prefix.ljust(length - 1, "0")
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
+@dataclass
+class BankPlan:
+    name: str
+    nodes: list[str]
+    bins: list[str] = field(default_factory=list)
+    va: bool = False
+    providers: list[str] = field(default_factory=list)
+    rich_cards: list[str] = field(default_factory=list)
+    poor_cards: list[str] = field(default_factory=list)
+
+
+def plan_banks() -> list[BankPlan]:
+    bca = BankPlan("bca", ["bca-1", "bca-2"], bins=["4811"], va=True)
+    bni = BankPlan("bni", ["bni-1"], bins=["5211"], va=True)
+    wallet = BankPlan("wallet", ["wallet-1"], providers=["gopay", "shopeepay"])
+    for bank in (bca, bni):
+        prefix = bank.bins[0]
+        bank.rich_cards = [luhn_complete(f"{prefix}{i:06d}") for i in range(1, 41)]
+        bank.poor_cards = [luhn_complete(f"{prefix}9{i:05d}") for i in range(1, 6)]
+    return [bca, bni, wallet]
+
+
+class Progress:
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.start = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done == self.total or self.done % max(1, self.total // 50) == 0:
+            width = 40
+            filled = int(width * self.done / self.total)
+            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
+            sys.stderr.write(f"\r  {self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done}/{self.total}  {rate:,.0f}/s")
+            if self.done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+
+
+def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = True
+                     ) -> tuple[list[NodeProcess], NodeProcess]:
+    certs = workdir / "certs"
+    node_names = [n for b in banks for n in b.nodes]
+    if not (certs / "ca.crt").exists():
+        pki.init(certs, merchants=[MERCHANT], banks=node_names)
+    bank_procs: list[NodeProcess] = []
+    routes: list[BankRoute] = []
+    for bank in banks:
+        accounts = {c: 50_000_000 for c in bank.rich_cards}
+        accounts.update({c: 1_000 for c in bank.poor_cards})
+        addresses: list[str] = []
+        for node in bank.nodes:
+            cfg = BankNodeConfig(
+                node_id=node, bank=bank.name, listen_port=0, certs_dir=certs,
+                store_path=workdir / f"{bank.name}.db", accounts=accounts,
+                auto_pay_after_s=0.6 if auto_pay else None, auto_pay_ratio=0.8,
+                seed=hash(node) & 0xFFFF)
+            proc = NodeProcess("bank", cfg, workdir, node).start()
+            # Nodes of one bank share its books; start them one by one so the first creates
+            # the schema before the second opens it.
+            addresses.append(f"127.0.0.1:{proc.wait_ready()}")
+            bank_procs.append(proc)
+        routes.append(BankRoute(bank.name, addresses, bins=bank.bins, virtual_account=bank.va,
+                                providers=bank.providers))
+    hub_cfg = HubConfig(listen_port=0, certs_dir=certs, ledger_path=workdir / "ledger.db",
+                        merchants=[MerchantConfig(MERCHANT, SERVER_KEY)], banks=routes,
+                        expiry_check_interval_s=0.2)
+    hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
+    hub.wait_ready()
+    return bank_procs, hub
+
+
+async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed: int
+                ) -> dict[str, Any]:
+    from gateway.client import Card, RequestError, connect
+
+    rng = random.Random(seed)
+    cards = [c for b in banks for c in b.rich_cards]
+    poor = [c for b in banks for c in b.poor_cards]
+    run_id = f"{int(time.time())}-{rng.randrange(10**6):06d}"
+    clients = [await connect("127.0.0.1", port, merchant_id=MERCHANT, server_key=SERVER_KEY,
+                             certs_dir=certs).connect() for _ in range(CONNECTIONS)]
+    latencies_ms: list[float] = []
+    outcomes: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    orders: list[str] = []
+    sample: dict[str, Any] = {}
+    progress = Progress(count, "payments")
+    slots = asyncio.Semaphore(CONNECTIONS * CONCURRENCY_PER_CONNECTION)
+
+    async def one(i: int) -> None:
+        client = clients[i % CONNECTIONS]
+        order = f"demo-{run_id}-{i:05d}"
+        roll = rng.random()
+        amount = rng.randrange(10, 2_000) * 1_000
+        async with slots:
+            try:
+                t0 = time.perf_counter()
+                sent_us = time.time_ns() // 1000
+                if roll < 0.45:
+                    kind = "card capture"
+                    tx = await client.charge(order, amount, card=Card(rng.choice(cards), 12,
+                                                                      2030, "123"))
+                elif roll < 0.55:
+                    kind = "card auth+capture"
+                    tx = await client.charge(order, amount, capture=False,
+                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                elif roll < 0.60:
+                    kind = "card auth+cancel"
+                    tx = await client.charge(order, amount, capture=False,
+                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                elif roll < 0.68:
+                    kind = "card, no funds"
+                    tx = await client.charge(order, amount, card=Card(rng.choice(poor), 12,
+                                                                      2030, "123"))
+                elif roll < 0.80:
+                    kind = "virtual account"
+                    tx = await client.charge(order, amount, "bank_transfer",
+                                             bank=rng.choice(["bca", "bni"]), expiry_s=3)
+                elif roll < 0.90:
+                    kind = "e-wallet"
+                    tx = await client.charge(order, amount, "ewallet",
+                                             provider=rng.choice(["gopay", "shopeepay"]),
+                                             expiry_s=3)
+                else:
+                    kind = "card + refund"
+                    tx = await client.charge(order, amount, card=Card(rng.choice(cards), 12,
+                                                                      2030, "123"))
+                latencies_ms.append((time.perf_counter() - t0) * 1000)
+                received_us = time.time_ns() // 1000
+                kinds[kind] += 1
+                if kind == "card auth+capture" and tx.transaction_status == "authorize":
+                    await client.capture(order)
+                elif kind == "card auth+cancel" and tx.transaction_status == "authorize":
+                    await client.cancel(order)
+                elif kind == "card + refund" and tx.transaction_status == "capture":
+                    await client.refund(order, f"{order}-r1", amount // 4, "partial return")
+                if kind == "card capture" and not sample:
+                    sample.update(order=order, client_sent_us=sent_us,
+                                  client_received_us=received_us)
+                orders.append(order)
+            except RequestError as exc:
+                errors[exc.code.name] += 1
+            progress.step()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed_s = time.perf_counter() - started
+
+    # Wait (bounded) for simulated customers to pay and for unpaid requests to expire.
+    deadline = time.monotonic() + 10
+    final: dict[str, Any] = {}
+    while True:
+        results = await asyncio.gather(*(clients[i % CONNECTIONS].status(o)
+                                         for i, o in enumerate(orders)))
+        final = {r.order_id: r for r in results}
+        if all(r.transaction_status != "pending" for r in results) or \
+                time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.3)
+    for r in final.values():
+        outcomes[r.transaction_status] += 1
+    if sample:
+        hop = await clients[0].status(sample["order"])
+        sample["hops_us"] = hop.hops_us
+    for c in clients:
+        await c.close()
+    return {"latencies_ms": latencies_ms, "outcomes": outcomes, "errors": errors,
+            "kinds": kinds, "elapsed_s": elapsed_s, "final": final, "sample": sample}
+
+
+def money_check(workdir: Path, banks: list[BankPlan], final: dict[str, Any]) -> list[str]:
+    """The hub's captured-minus-refunded per bank must equal each bank's settlement balance."""
+    from gateway.storage.groupcommit import read
+
+    lines = []
+    expected: Counter[str] = Counter()
+    for r in final.values():
+        if r.bank is not None:
+            expected[r.bank] += r.captured_amount - r.refunded_amount
+    for bank in banks:
+        rows = read(workdir / f"{bank.name}.db",
+                    "SELECT balance - opening FROM accounts WHERE id = 'settlement'")
+        got = rows[0][0] if rows else 0
+        total = read(workdir / f"{bank.name}.db",
+                     "SELECT SUM(balance) - SUM(opening), SUM(held) FROM accounts")[0]
+        ok = got == expected[bank.name] and total[0] == 0
+        lines.append(f"  {bank.name:<8} ledger {expected[bank.name]:>14,}  bank {got:>14,}  "
+                     f"money created {total[0]:>3}  {'OK' if ok else 'MISMATCH'}")
+    return lines
+
+
+def run_demo(directory: Path | None, count: int, seed: int) -> int:
+    import uvloop
+
+    workdir = directory or Path(tempfile.mkdtemp(prefix="paywire-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob("*.db*"):
+        stale.unlink()
+    banks = plan_banks()
+    print(f"Paywire demo in {workdir}")
+    print("  creating a dev CA and certificates, starting 4 bank nodes and a hub ...")
+    bank_procs, hub = start_deployment(workdir, banks)
+    print(f"  hub on 127.0.0.1:{hub.port}; banks: "
+          + ", ".join(f"{p.name}@{p.port}" for p in bank_procs))
+    try:
+        report = uvloop.run(drive(hub.port, workdir / "certs", banks, count, seed))
+    finally:
+        hub.terminate()
+        for p in bank_procs:
+            p.terminate()
+    lat = report["latencies_ms"]
+    print(f"\nDrove {count} payments over {CONNECTIONS} TLS connections in "
+          f"{report['elapsed_s']:.2f} s ({count / report['elapsed_s']:,.0f}/s, pipelined)\n")
+    print("Payment methods")
+    for kind, n in sorted(report["kinds"].items()):
+        print(f"  {kind:<20} {n:>5}")
+    print("\nFinal transaction statuses")
+    for status, n in report["outcomes"].most_common():
+        print(f"  {status:<20} {n:>5}")
+    for name, n in report["errors"].items():
+        print(f"  error {name:<14} {n:>5}")
+    print("\nCharge latency, client side (ms)")
+    print(f"  p50 {percentile(lat, 0.5):7.2f}   p90 {percentile(lat, 0.9):7.2f}   "
+          f"p99 {percentile(lat, 0.99):7.2f}   max {max(lat, default=0):7.2f}")
+    sample = report["sample"]
+    if sample.get("hops_us"):
+        h = sample["hops_us"]
+        print(f"\nWhere the time went for {sample['order']} (µs)")
+        steps = [("client -> hub (TLS, decode, auth)", sample["client_sent_us"], h["received"]),
+                 ("intent committed (group commit)", h["received"], h["intent_committed"]),
+                 ("hub -> bank -> hub", h["bank_sent"], h["bank_answered"]),
+                 ("result committed", h["bank_answered"], h.get("committed", h["bank_answered"])),
+                 ("hub -> client", h.get("committed", h["bank_answered"]),
+                  sample["client_received_us"])]
+        for label, a, b in steps:
+            print(f"  {label:<36} {b - a:>8,}")
+    print("\nMoney check: hub ledger (captured - refunded) vs bank settlement accounts")
+    lines = money_check(workdir, banks, report["final"])
+    print("\n".join(lines))
+    ok = all(line.endswith("OK") for line in lines) and not report["errors"]
+    print(f"\nLogs and databases are in {workdir}")
+    if directory is None and ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("(removed: all checks passed; pass --dir to keep them)")
+    return 0 if ok else 1

@@ -1,0 +1,1 @@
+"""The transaction hub: merchant sessions, the transaction service, bank links."""

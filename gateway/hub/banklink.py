@@ -1,0 +1,269 @@
+"""The hub's links to bank nodes: one TLS connection per node, pooled per bank.
+
+A pool sends each call to a healthy node, round robin. A node is healthy when its link is up
+(heartbeats prove it) and its circuit breaker is closed. Because bank nodes deduplicate on
+``op_id`` and a bank's nodes share their books, any call may be repeated on another node of
+the same bank after a timeout or a lost link without moving money twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.signed import Correlator, RequestTimeout, build_request
+from protocol import messages
+from protocol.connection import Side
+from protocol.errors import BodyError, ErrorCode, PaywireError, RemoteError
+from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
+from protocol.messages import ROLE_HUB
+
+log = logging.getLogger("paywire.banklink")
+
+RECONNECT_DELAY_MIN_S = 0.05
+RECONNECT_DELAY_MAX_S = 2.0
+BREAKER_FAILURES_MAX = 5
+BREAKER_OPEN_S = 2.0
+
+
+class BankUnavailable(PaywireError):
+    """No node of the bank could be asked. Nothing happened at the bank."""
+
+    code = ErrorCode.BANK_UNAVAILABLE
+
+
+class OutcomeUnknown(PaywireError):
+    """The call was sent and no answer came: it may or may not have taken effect."""
+
+    code = ErrorCode.OUTCOME_UNKNOWN
+
+
+class LinkLost(ConnectionError):
+    pass
+
+
+BankRequestHandler = Callable[["BankLink", Frame], None]
+
+
+class BankLink(FramedProtocol):
+    side = Side.CLIENT
+
+    def __init__(self, node: BankNodeHandle) -> None:
+        super().__init__()
+        self.node = node
+        self.correlator = Correlator(self.loop)
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.heartbeat: Heartbeat | None = None
+
+    def on_connected(self) -> None:
+        self.send(messages.encode_message(FrameType.HELLO, {
+            "versions": [PROTOCOL_VERSION], "role": ROLE_HUB, "identity": self.node.hub_id,
+            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"}))
+
+    def frame_received(self, frame: Frame) -> None:
+        if frame.type == FrameType.RESPONSE:
+            self.correlator.resolve(frame)
+        elif frame.type == FrameType.REQUEST:
+            self.node.on_request(self, frame)
+        elif frame.type == FrameType.WELCOME:
+            try:
+                welcome = messages.decode_body(FrameType.WELCOME, frame.body)
+            except BodyError as exc:
+                self.fail(ErrorCode.MALFORMED_BODY, exc.message)
+                return
+            self.decoder.body_bytes_max = welcome["body_bytes_max"]
+            self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
+            self.heartbeat.start()
+            if not self.ready.done():
+                self.ready.set_result(None)
+
+    def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
+        rid, fut = self.correlator.new(timeout_s)
+        self.send(build_request(self.node.key, self.node.hub_id, rid, op, args))
+        return fut
+
+    def respond(self, request_id: int, result: dict[str, Any]) -> None:
+        self.send(messages.encode_response(request_id, result))
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None:
+        self.send(messages.encode_error_response(request_id, exc))
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.correlator.fail_all(LinkLost(f"link to {self.node.address} lost"))
+        if not self.ready.done():
+            self.ready.set_exception(LinkLost("closed during handshake"))
+        self.node.link_lost(self)
+
+
+class CircuitBreaker:
+    """Closed → open after ``failures_max`` failures in a row; half-open after ``open_s``."""
+
+    def __init__(self, failures_max: int = BREAKER_FAILURES_MAX,
+                 open_s: float = BREAKER_OPEN_S) -> None:
+        self.failures_max = failures_max
+        self.open_s = open_s
+        self.failures = 0
+        self.open_until = 0.0
+
+    def allows(self, now_s: float) -> bool:
+        return self.failures < self.failures_max or now_s >= self.open_until
+
+    def success(self) -> None:
+        self.failures = 0
+
+    def failure(self, now_s: float) -> None:
+        self.failures += 1
+        if self.failures >= self.failures_max:
+            self.open_until = now_s + self.open_s
+
+
+class BankNodeHandle:
+    """One node address: keeps a link up (reconnecting with jittered backoff)."""
+
+    def __init__(self, pool: BankPool, address: str) -> None:
+        self.pool = pool
+        self.address = address
+        host, _, port = address.rpartition(":")
+        self.host, self.port = host, int(port)
+        self.link: BankLink | None = None
+        self.breaker = CircuitBreaker()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def key(self) -> bytes:
+        return self.pool.key
+
+    @property
+    def hub_id(self) -> str:
+        return self.pool.hub_id
+
+    def on_request(self, link: BankLink, frame: Frame) -> None:
+        self.pool.on_bank_request(link, frame)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        if self.link is not None:
+            self.link.abort_soon()
+
+    @property
+    def healthy(self) -> bool:
+        link = self.link
+        return (link is not None and link.ready.done() and link.transport is not None
+                and not link.transport.is_closing()
+                and self.breaker.allows(asyncio.get_running_loop().time()))
+
+    def link_lost(self, link: BankLink) -> None:
+        if self.link is link:
+            self.link = None
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        delay_s = RECONNECT_DELAY_MIN_S
+        while not self._stopping:
+            try:
+                _, link = await asyncio.wait_for(loop.create_connection(
+                    lambda: BankLink(self), self.host, self.port, ssl=self.pool.ssl_ctx,
+                    server_hostname=self.host), 5.0)
+                await asyncio.wait_for(link.ready, 5.0)
+                self.link = link
+                self.breaker.success()
+                log.info("link up to %s (%s)", self.address, self.pool.name)
+                delay_s = RECONNECT_DELAY_MIN_S
+                await link.closed
+                log.warning("link down to %s (%s)", self.address, self.pool.name)
+            except asyncio.CancelledError:
+                raise
+            except (TimeoutError, OSError, ssl.SSLError, LinkLost) as exc:
+                log.debug("connect to %s failed: %r", self.address, exc)
+            # Full jitter: spread reconnects so a restarted bank is not hit all at once.
+            await asyncio.sleep(random.uniform(0, delay_s))
+            delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
+
+
+class BankPool:
+    """The nodes of one bank, and the call policy across them."""
+
+    def __init__(self, name: str, addresses: list[str], *, hub_id: str, key: bytes,
+                 ssl_ctx: ssl.SSLContext, on_bank_request: BankRequestHandler,
+                 timeout_s: float, attempts_max: int) -> None:
+        self.name = name
+        self.hub_id = hub_id
+        self.key = key
+        self.ssl_ctx = ssl_ctx
+        self.on_bank_request = on_bank_request
+        self.timeout_s = timeout_s
+        self.attempts_max = attempts_max
+        self.nodes = [BankNodeHandle(self, a) for a in addresses]
+        self._next = 0
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            await node.stop()
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            if any(n.healthy for n in self.nodes):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+    def _pick(self, avoid: set[BankNodeHandle]) -> BankNodeHandle | None:
+        n = len(self.nodes)
+        candidates = [self.nodes[(self._next + i) % n] for i in range(n)]
+        self._next = (self._next + 1) % n
+        healthy = [c for c in candidates if c.healthy]
+        fresh = [c for c in healthy if c not in avoid]
+        pick = fresh or healthy
+        return pick[0] if pick else None
+
+    async def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Send to a healthy node; on failure try another, up to ``attempts_max`` sends.
+
+        Raises ``BankUnavailable`` when no attempt can have reached the bank, and
+        ``OutcomeUnknown`` when at least one was sent and none was answered.
+        """
+        loop = asyncio.get_running_loop()
+        tried: set[BankNodeHandle] = set()
+        maybe_sent = False
+        for attempt in range(self.attempts_max):
+            node = self._pick(tried)
+            if node is None or node.link is None:
+                if attempt + 1 < self.attempts_max:
+                    await asyncio.sleep(min(0.05 * 2**attempt, 0.5) * random.random())
+                continue
+            tried.add(node)
+            try:
+                result: dict[str, Any] = await node.link.call(op, args, self.timeout_s)
+            except RemoteError as exc:
+                if exc.code is not ErrorCode.BANK_UNAVAILABLE:
+                    raise
+                node.breaker.failure(loop.time())
+                continue
+            except (RequestTimeout, LinkLost):
+                maybe_sent = True
+                node.breaker.failure(loop.time())
+                continue
+            node.breaker.success()
+            return result
+        if maybe_sent:
+            raise OutcomeUnknown(f"{op} to {self.name}: no answer after {len(tried)} node(s)")
+        raise BankUnavailable(f"no node of {self.name} is available")

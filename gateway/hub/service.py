@@ -1,0 +1,536 @@
+"""The transaction service: what each operation does to a transaction and to the bank.
+
+Rules this module keeps (DESIGN §4):
+
+* Every bank call is preceded by a durable *intent* (``pending_op`` on the record) and
+  followed by a durable result, so recovery always knows what may have happened.
+* The client is answered only after the result is committed.
+* Operations on one order run one at a time, in arrival order (a lock per order).
+* Records are copy-on-write: the working copy is published to the cache only after its
+  commit, so a concurrent ``status`` never sees a state that is not on disk.
+* An unanswered bank call is never guessed: inquiry first, then reversal, else the
+  transaction stays unresolved (``OUTCOME_UNKNOWN``) until the resolver settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import hmac
+import logging
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from gateway.config import HubConfig
+from gateway.hub.banklink import BankPool, BankUnavailable, OutcomeUnknown
+from gateway.hub.routing import Router
+from gateway.ledger.base import Ledger
+from gateway.transactions import states
+from gateway.transactions.model import Transaction, card_brand, now_ms, now_us
+from protocol import banklink
+from protocol import body as bodycodec
+from protocol.errors import ErrorCode, PaywireError
+from protocol.operations import (
+    EXPIRY_S_MAX,
+    FraudStatus,
+    Operation,
+    PaymentType,
+    mask_card,
+)
+from protocol.operations import TransactionStatus as S
+
+log = logging.getLogger("paywire.service")
+
+CACHE_ENTRIES_MAX = 200_000
+Key = tuple[str, str]
+ChangeListener = Callable[[Transaction, str | None], None]
+
+
+class NotFound(PaywireError):
+    code = ErrorCode.NOT_FOUND
+
+
+class Conflict(PaywireError):
+    code = ErrorCode.DUPLICATE_ORDER
+
+
+# Bank operations whose outcome defines the transaction: after a timeout they are settled by
+# inquiry then reversal, never re-sent (the hub does not keep card numbers to re-send).
+_DEFINING_OPS = frozenset({banklink.AUTHORIZE, banklink.OPEN_PAYMENT})
+
+
+def clone(tx: Transaction) -> Transaction:
+    """A working copy whose lists and dicts can change without touching the published one."""
+    new = copy.copy(tx)
+    new.refunds = [dict(r) for r in tx.refunds]
+    new.fraud_reasons = list(tx.fraud_reasons)
+    new.hops_us = dict(tx.hops_us)
+    return new
+
+
+class TransactionService:
+    def __init__(self, cfg: HubConfig, ledger: Ledger, pools: dict[str, BankPool],
+                 router: Router) -> None:
+        self.cfg = cfg
+        self.ledger = ledger
+        self.pools = pools
+        self.router = router
+        self.hash_key = cfg.link_key.encode()
+        self.cache: OrderedDict[Key, Transaction] = OrderedDict()
+        self.by_txid: dict[str, Key] = {}
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._expiries: dict[Key, int] = {}
+        self.listeners: list[ChangeListener] = []
+        self.unresolved: set[Key] = set()
+
+    # --- cache -----------------------------------------------------------------------------
+    def publish(self, tx: Transaction, previous_status: str | None) -> None:
+        """Make a committed state visible, and tell listeners (events, metrics)."""
+        key = (tx.merchant_id, tx.order_id)
+        self.cache[key] = tx
+        self.cache.move_to_end(key)
+        self.by_txid[tx.transaction_id] = key
+        while len(self.cache) > CACHE_ENTRIES_MAX:
+            _, old = self.cache.popitem(last=False)
+            self.by_txid.pop(old.transaction_id, None)
+        if tx.unresolved:
+            self.unresolved.add(key)
+        else:
+            self.unresolved.discard(key)
+        if tx.status == S.PENDING and tx.expiry_ms is not None and not tx.unresolved:
+            self._expiries[key] = tx.expiry_ms
+        else:
+            self._expiries.pop(key, None)
+        if previous_status != tx.status and not tx.unresolved:
+            for listener in self.listeners:
+                listener(tx, previous_status)
+
+    async def load(self, key: Key) -> Transaction | None:
+        tx = self.cache.get(key)
+        if tx is not None:
+            return tx
+        tx = await self.ledger.get(*key)
+        if tx is not None and key not in self.cache:
+            self.publish(tx, tx.status)
+        return self.cache.get(key, tx)
+
+    async def load_by_id(self, transaction_id: str) -> Transaction | None:
+        key = self.by_txid.get(transaction_id)
+        if key is not None:
+            return await self.load(key)
+        tx = await self.ledger.get_by_id(transaction_id)
+        if tx is not None:
+            return await self.load((tx.merchant_id, tx.order_id))
+        return None
+
+    def lock(self, key: Key) -> _OrderLock:
+        return _OrderLock(self._locks, key)
+
+    # --- the entry point -------------------------------------------------------------------
+    async def execute(self, merchant_id: str, op: Operation, args: dict[str, Any],
+                      received_us: int) -> tuple[dict[str, Any], bool]:
+        """Run one validated operation; return (result map, replayed?)."""
+        key = (merchant_id, args["order_id"])
+        if op is Operation.STATUS:
+            tx = await self.load(key)
+            if tx is None:
+                raise NotFound(f"no transaction for order {args['order_id']!r}")
+            return tx.to_result(), False
+        async with self.lock(key):
+            if op is Operation.CHARGE:
+                return await self._charge(key, args, received_us)
+            tx = await self.load(key)
+            if tx is None:
+                raise NotFound(f"no transaction for order {args['order_id']!r}")
+            if tx.unresolved:
+                await self._resolve(tx)
+                tx = self.cache[key]
+            handler = _HANDLERS[op]
+            result: tuple[dict[str, Any], bool] = await handler(self, tx, args)
+            return result
+
+    # --- charge ----------------------------------------------------------------------------
+    def request_hash(self, args: dict[str, Any]) -> bytes:
+        """Fingerprint of a charge for idempotency; keyed, and without the CVV, because a
+        plain hash of a card number can be reversed by trying every number of a BIN."""
+        material = dict(args)
+        if "card" in material:
+            material["card"] = {k: v for k, v in material["card"].items() if k != "cvv"}
+        return hmac.new(self.hash_key, bodycodec.canonical(material), hashlib.sha256).digest()[:16]
+
+    def _replay(self, tx: Transaction, req_hash: bytes) -> tuple[dict[str, Any], bool]:
+        if not hmac.compare_digest(tx.request_hash, req_hash):
+            raise Conflict(f"order {tx.order_id!r} exists with different content",
+                           field="args.order_id")
+        if tx.unresolved or tx.charge_result is None:
+            raise OutcomeUnknown("the bank's answer for this order is not known yet; "
+                                 "retry later")
+        return tx.charge_result, True
+
+    async def _charge(self, key: Key, args: dict[str, Any], received_us: int
+                      ) -> tuple[dict[str, Any], bool]:
+        req_hash = self.request_hash(args)
+        existing = await self.load(key) if key in self.cache else None
+        if existing is not None:
+            if existing.unresolved:
+                await self._resolve(existing)
+                existing = self.cache[key]
+            return self._replay(existing, req_hash)
+        ptype = args["payment_type"]
+        txid = str(uuid.uuid4())
+        created = now_ms()
+        tx = Transaction(
+            transaction_id=txid, merchant_id=key[0], order_id=key[1],
+            gross_amount=args["gross_amount"], currency=args["currency"], payment_type=ptype,
+            status=S.PENDING.value, fraud_status=FraudStatus.ACCEPT.value,
+            request_hash=req_hash, created_ms=created, updated_ms=created,
+            capture_requested=args["capture"], customer=args.get("customer"),
+        )
+        tx.hops_us["received"] = received_us
+        bank_args: dict[str, Any]
+        if ptype == PaymentType.CREDIT_CARD:
+            number = args["card"]["number"]
+            tx.bank = self.router.for_card(number)
+            tx.masked_card = mask_card(number)
+            tx.card_brand = card_brand(number)
+            op = banklink.AUTHORIZE
+            bank_args = {"op_id": f"{txid}:authorize", "transaction_id": txid,
+                         "amount": tx.gross_amount, "currency": tx.currency,
+                         "capture": tx.capture_requested}
+        else:
+            if ptype == PaymentType.BANK_TRANSFER:
+                tx.bank = self.router.for_virtual_account(args["bank"])
+                kind = "va"
+            else:
+                tx.provider = args["provider"]
+                tx.bank = self.router.for_ewallet(args["provider"])
+                kind = "ewallet"
+            expiry_s = min(args.get("expiry_s") or self.cfg.pending_expiry_default_s,
+                           EXPIRY_S_MAX)
+            tx.expiry_ms = created + expiry_s * 1000
+            op = banklink.OPEN_PAYMENT
+            bank_args = {"op_id": f"{txid}:open", "transaction_id": txid, "kind": kind,
+                         "amount": tx.gross_amount, "currency": tx.currency,
+                         "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
+        tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
+        stored = await self.ledger.insert_new(tx)
+        if stored is not None:
+            # The order exists on disk but had left the cache: answer as for a repeat.
+            self.publish(stored, stored.status)
+            if stored.unresolved:
+                await self._resolve(stored)
+                stored = self.cache[key]
+            return self._replay(stored, req_hash)
+        tx.hops_us["intent_committed"] = now_us()
+        self.publish(tx, None)
+        if op == banklink.AUTHORIZE:
+            bank_args = {**bank_args, "account": args["card"]["number"]}
+        work = clone(tx)
+        try:
+            result = await self._call_bank(work, op, bank_args)
+        except BankUnavailable:
+            # Provably nothing reached the bank: forget the intent so the merchant may retry
+            # the same order id once the bank is back.
+            await self.ledger.delete(tx)
+            self._forget(tx)
+            raise
+        err = self._apply(work, result)
+        await self._commit(work, None)  # the first resolved state is news even if "pending"
+        if err is not None:
+            raise err
+        assert work.charge_result is not None
+        return work.charge_result, False
+
+    # --- bank calls and their results ---------------------------------------------------------
+    async def _call_bank(self, tx: Transaction, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Send one bank op whose intent is already durable. Unknown outcomes are settled here
+        when the bank can be reached; otherwise ``OutcomeUnknown`` leaves the intent on disk."""
+        assert tx.bank is not None
+        tx.hops_us["bank_sent"] = now_us()
+        try:
+            result = await self.pools[tx.bank].call(op, args)
+        except OutcomeUnknown:
+            result = await self._settle_unknown(tx)
+        tx.hops_us["bank_answered"] = now_us()
+        return result
+
+    async def _settle_unknown(self, tx: Transaction) -> dict[str, Any]:
+        """The intent's op may or may not have happened: find out, or make sure it did not."""
+        pending = tx.pending_op
+        assert pending is not None and tx.bank is not None
+        pool = self.pools[tx.bank]
+        op, op_id = pending["op"], pending["op_id"]
+        try:
+            if op not in _DEFINING_OPS:
+                return await pool.call(op, pending["args"])  # forward: same op id again
+            found = await pool.call(banklink.INQUIRY, {"op_id": op_id})
+            if found["found"]:
+                result: dict[str, Any] = found["result"]
+                return result
+            await pool.call(banklink.REVERSE, {"op_id": f"{op_id}:reverse",
+                                               "transaction_id": tx.transaction_id,
+                                               "target_op_id": op_id})
+            return {"approved": False, "ok": False, "reversed": True,
+                    "reason": "the bank did not answer in time; the request was reversed"}
+        except (BankUnavailable, OutcomeUnknown) as exc:
+            raise OutcomeUnknown(f"bank {tx.bank} unreachable while settling {op}: "
+                                 f"{exc.message}") from None
+
+    def _apply(self, tx: Transaction, result: dict[str, Any]) -> PaywireError | None:
+        """Apply a bank answer to the working copy named by its ``pending_op``."""
+        pending = tx.pending_op
+        assert pending is not None
+        op, args = pending["op"], pending["args"]
+        tx.pending_op = None
+        err: PaywireError | None = None
+        if result.get("reversed"):
+            tx.decline_reason = result.get("reason")
+            if op in _DEFINING_OPS:
+                tx.set_status(S.FAILURE)
+        elif op == banklink.AUTHORIZE:
+            if result["approved"]:
+                if result["captured"]:
+                    tx.captured_amount = tx.gross_amount
+                    tx.set_status(S.CAPTURE)
+                else:
+                    tx.set_status(S.AUTHORIZE)
+            else:
+                tx.decline_reason = result.get("reason")
+                tx.set_status(S.DENY)
+        elif op == banklink.OPEN_PAYMENT:
+            if result.get("ok"):
+                tx.va_number = result["number"]
+                tx.updated_ms = now_ms()
+            else:
+                tx.set_status(S.FAILURE)
+        elif op == banklink.CAPTURE:
+            if result.get("ok"):
+                tx.captured_amount = args["amount"]
+                tx.set_status(S.CAPTURE)
+                if pending.get("fraud_review"):
+                    tx.fraud_status = FraudStatus.ACCEPT.value
+            else:
+                err = states.InvalidTransition(f"bank refused capture: {result.get('reason')}")
+        elif op == banklink.VOID:
+            if result.get("ok"):
+                if pending.get("fraud_review"):
+                    tx.fraud_status = FraudStatus.DENY.value
+                    tx.set_status(S.DENY)
+                else:
+                    tx.set_status(S.CANCEL)
+            else:
+                err = states.InvalidTransition(f"bank refused void: {result.get('reason')}")
+        elif op == banklink.REFUND:
+            if result.get("ok"):
+                tx.refunds.append({"refund_key": pending["refund_key"], "amount": args["amount"],
+                                   "time_ms": now_ms(), "reason": pending.get("reason")})
+                tx.refunded_amount += args["amount"]
+                tx.set_status(S.REFUND if tx.refunded_amount >= tx.captured_amount
+                              else S.PARTIAL_REFUND)
+            else:
+                err = states.InvalidTransition(f"bank refused refund: {result.get('reason')}")
+        elif op == banklink.CLOSE_PAYMENT:
+            if result.get("closed"):
+                tx.set_status(S.EXPIRE if args["reason"] == "expire" else S.CANCEL)
+            elif result.get("paid"):
+                self._settle(tx, result.get("paid_ms") or now_ms())
+                err = states.InvalidTransition("the customer has already paid; "
+                                               "the transaction is settled")
+        if op in _DEFINING_OPS:
+            tx.charge_result = tx.to_result()
+        return err
+
+    def _settle(self, tx: Transaction, paid_ms: int) -> None:
+        tx.captured_amount = tx.gross_amount
+        tx.set_status(S.SETTLEMENT)
+        tx.settlement_ms = paid_ms
+
+    async def _commit(self, tx: Transaction, previous_status: str | None) -> None:
+        await self.ledger.save(tx)
+        tx.hops_us["committed"] = now_us()
+        self.publish(tx, previous_status)
+
+    async def _run_step(self, tx: Transaction, op: str, args: dict[str, Any],
+                        **extra: Any) -> tuple[dict[str, Any], bool]:
+        """Intent, bank call, result: the shape of every operation after the charge."""
+        work = clone(tx)
+        work.pending_op = {"op": op, "op_id": args["op_id"], "args": args, **extra}
+        await self.ledger.save(work)
+        self.publish(clone(work), tx.status)
+        result = await self._call_bank(work, op, args)
+        err = self._apply(work, result)
+        await self._commit(work, tx.status)
+        if err is not None:
+            raise err
+        return work.to_result(), False
+
+    async def _resolve(self, tx: Transaction) -> None:
+        """Settle an unresolved intent (recovery, or a request touching such an order)."""
+        work = clone(tx)
+        assert work.pending_op is not None
+        defining = work.pending_op["op"] in _DEFINING_OPS
+        result = await self._settle_unknown(work)
+        self._apply(work, result)
+        await self._commit(work, None if defining else tx.status)
+
+    def _forget(self, tx: Transaction) -> None:
+        key = (tx.merchant_id, tx.order_id)
+        self.cache.pop(key, None)
+        self.by_txid.pop(tx.transaction_id, None)
+        self.unresolved.discard(key)
+        self._expiries.pop(key, None)
+
+    # --- the other operations ---------------------------------------------------------------
+    async def _capture(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        amount = args.get("gross_amount") or tx.gross_amount
+        if tx.status == S.CAPTURE and tx.captured_amount == amount:
+            return tx.to_result(), True
+        if tx.fraud_status == FraudStatus.CHALLENGE:
+            raise states.InvalidTransition("transaction is held for fraud review; "
+                                           "use approve or deny")
+        states.check(S(tx.status), S.CAPTURE, "capture")
+        if tx.payment_type != PaymentType.CREDIT_CARD or tx.status != S.AUTHORIZE:
+            raise states.InvalidTransition("only an authorized card transaction can be "
+                                           "captured")
+        if amount > tx.gross_amount:
+            raise PaywireError("capture amount exceeds the authorized amount",
+                               code=ErrorCode.INVALID_FIELD, field="args.gross_amount")
+        return await self._run_step(tx, banklink.CAPTURE, {
+            "op_id": f"{tx.transaction_id}:capture", "transaction_id": tx.transaction_id,
+            "amount": amount})
+
+    async def _cancel(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if tx.status == S.CANCEL:
+            return tx.to_result(), True
+        states.check(S(tx.status), S.CANCEL, "cancel")
+        if tx.status == S.AUTHORIZE:
+            return await self._run_step(tx, banklink.VOID, {
+                "op_id": f"{tx.transaction_id}:void", "transaction_id": tx.transaction_id})
+        return await self._run_step(tx, banklink.CLOSE_PAYMENT, {
+            "op_id": f"{tx.transaction_id}:close", "transaction_id": tx.transaction_id,
+            "reason": "cancel"})
+
+    async def _expire(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if tx.status == S.EXPIRE:
+            return tx.to_result(), True
+        states.check(S(tx.status), S.EXPIRE, "expire")
+        return await self._run_step(tx, banklink.CLOSE_PAYMENT, {
+            "op_id": f"{tx.transaction_id}:close", "transaction_id": tx.transaction_id,
+            "reason": "expire"})
+
+    async def _refund(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        key = args["refund_key"]
+        for r in tx.refunds:
+            if r["refund_key"] == key:
+                if "amount" in args and args["amount"] != r["amount"]:
+                    raise Conflict(f"refund key {key!r} was used for another amount",
+                                   field="args.refund_key")
+                return tx.to_result(), True
+        states.check(S(tx.status), S.PARTIAL_REFUND, "refund")
+        remaining = tx.captured_amount - tx.refunded_amount
+        amount = args.get("amount", remaining)
+        if amount > remaining or amount <= 0:
+            raise PaywireError(f"refund of {amount} exceeds the refundable {remaining}",
+                               code=ErrorCode.REFUND_EXCEEDS_CAPTURED, field="args.amount")
+        return await self._run_step(tx, banklink.REFUND, {
+            "op_id": f"{tx.transaction_id}:refund:{key}", "transaction_id": tx.transaction_id,
+            "amount": amount}, refund_key=key, reason=args.get("reason"))
+
+    async def _approve(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if tx.fraud_status == FraudStatus.ACCEPT and tx.fraud_reasons and \
+                tx.status == S.CAPTURE:
+            return tx.to_result(), True
+        if tx.fraud_status != FraudStatus.CHALLENGE or tx.status != S.AUTHORIZE:
+            raise states.InvalidTransition("only a transaction held for fraud review "
+                                           "(challenge) can be approved")
+        return await self._run_step(tx, banklink.CAPTURE, {
+            "op_id": f"{tx.transaction_id}:capture", "transaction_id": tx.transaction_id,
+            "amount": tx.gross_amount}, fraud_review=True)
+
+    async def _deny(self, tx: Transaction, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        if tx.fraud_status == FraudStatus.DENY and tx.status == S.DENY:
+            return tx.to_result(), True
+        if tx.fraud_status != FraudStatus.CHALLENGE or tx.status != S.AUTHORIZE:
+            raise states.InvalidTransition("only a transaction held for fraud review "
+                                           "(challenge) can be denied")
+        return await self._run_step(tx, banklink.VOID, {
+            "op_id": f"{tx.transaction_id}:void", "transaction_id": tx.transaction_id},
+            fraud_review=True)
+
+    # --- events from banks and timers ---------------------------------------------------------
+    async def on_payment(self, note: dict[str, Any]) -> None:
+        """A bank reports that a customer paid. Idempotent: a repeat changes nothing."""
+        tx = await self.load_by_id(note["transaction_id"])
+        if tx is None:
+            log.error("payment notification for unknown transaction %s", note["transaction_id"])
+            return
+        key = (tx.merchant_id, tx.order_id)
+        async with self.lock(key):
+            tx = self.cache.get(key) or tx
+            if tx.unresolved:
+                await self._resolve(tx)
+                tx = self.cache[key]
+            if tx.status != S.PENDING:
+                return
+            work = clone(tx)
+            self._settle(work, note["paid_ms"])
+            await self._commit(work, tx.status)
+
+    def due_expiries(self, now: int) -> list[Key]:
+        return [k for k, at in self._expiries.items() if at <= now]
+
+    async def expire_due(self, key: Key) -> None:
+        try:
+            async with self.lock(key):
+                tx = await self.load(key)
+                if tx is None or tx.status != S.PENDING or tx.unresolved:
+                    self._expiries.pop(key, None)
+                    return
+                await self._expire(tx, {})
+        except PaywireError as exc:
+            log.info("expiry of %s: %s", key, exc.message)
+
+    async def resolve_key(self, key: Key) -> None:
+        async with self.lock(key):
+            tx = await self.load(key)
+            if tx is not None and tx.unresolved:
+                await self._resolve(tx)
+
+
+class _OrderLock:
+    """An asyncio.Lock per order key, created on first use and dropped when idle."""
+
+    __slots__ = ("_key", "_lock", "_locks")
+
+    def __init__(self, locks: dict[Key, asyncio.Lock], key: Key) -> None:
+        self._locks = locks
+        self._key = key
+        lock = locks.get(key)
+        if lock is None:
+            lock = locks[key] = asyncio.Lock()
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+        if not self._lock.locked() and self._locks.get(self._key) is self._lock:
+            waiters = getattr(self._lock, "_waiters", None)
+            if not waiters:
+                del self._locks[self._key]
+
+
+Handler = Callable[[TransactionService, Transaction, dict[str, Any]],
+                   Any]
+_HANDLERS: dict[Operation, Handler] = {
+    Operation.CAPTURE: TransactionService._capture,
+    Operation.CANCEL: TransactionService._cancel,
+    Operation.EXPIRE: TransactionService._expire,
+    Operation.REFUND: TransactionService._refund,
+    Operation.APPROVE: TransactionService._approve,
+    Operation.DENY: TransactionService._deny,
+}

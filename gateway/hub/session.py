@@ -1,0 +1,190 @@
+"""One merchant connection to the hub: handshake, authentication, pipelined requests.
+
+Requests are decoded, authenticated and validated synchronously in ``data_received``;
+failures are answered at once (gathered into the same write). A request that needs the
+ledger or a bank runs as a task; everything before that costs no task. The in-flight bound
+is enforced by pausing reads, so a client that pipelines more than it was told simply waits
+on TCP flow control; frames past the bound that already arrived are refused with
+TOO_MANY_IN_FLIGHT rather than buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from gateway import tls
+from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.transactions.model import now_ms, now_us
+from protocol import messages
+from protocol.connection import Side
+from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.frame import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Frame, FrameType
+from protocol.messages import ROLE_MERCHANT
+from protocol.operations import Operation, parse_operation, validate_args
+
+if TYPE_CHECKING:
+    from gateway.hub.server import Hub
+
+log = logging.getLogger("paywire.session")
+
+
+class MerchantSession(FramedProtocol):
+    side = Side.SERVER
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        self.cfg = hub.cfg
+        self.merchant_id: str | None = None
+        self.cert_name: str | None = None
+        self.in_flight = 0
+        self.in_flight_max = hub.cfg.in_flight_max
+        self.last_request_id = 0
+        self.goaway_sent = False
+        self.heartbeat: Heartbeat | None = None
+        self._hello_timer: asyncio.TimerHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def on_connected(self) -> None:
+        assert self.transport is not None
+        role, name = tls.peer_identity(self.transport.get_extra_info("peercert"))
+        if role != "merchant" or name is None:
+            self.fail(ErrorCode.FORBIDDEN, "a merchant certificate is required")
+            return
+        self.cert_name = name
+        self.hub.sessions.add(self)
+        self._hello_timer = self.loop.call_later(self.cfg.hello_timeout_s, self._hello_timeout)
+
+    def _hello_timeout(self) -> None:
+        self.fail(ErrorCode.HANDSHAKE_TIMEOUT, f"no HELLO within {self.cfg.hello_timeout_s} s")
+
+    def frame_received(self, frame: Frame) -> None:
+        if frame.type == FrameType.REQUEST:
+            self._on_request(frame)
+        elif frame.type == FrameType.HELLO:
+            self._on_hello(frame)
+
+    # --- handshake -----------------------------------------------------------------------
+    def _on_hello(self, frame: Frame) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        try:
+            hello = messages.decode_body(FrameType.HELLO, frame.body)
+            version = messages.negotiate_version(hello["versions"], SUPPORTED_VERSIONS)
+        except BodyError as exc:
+            code = exc.code if exc.code is ErrorCode.UNSUPPORTED_VERSION else \
+                ErrorCode.MALFORMED_BODY
+            self.fail(code, exc.message)
+            return
+        merchant = self.cfg.merchant(hello["identity"])
+        if hello["role"] != ROLE_MERCHANT or hello["identity"] != self.cert_name:
+            self.fail(ErrorCode.FORBIDDEN, "HELLO identity does not match the client certificate")
+            return
+        if merchant is None:
+            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}")
+            return
+        count = self.hub.connections_by_merchant.get(merchant.id, 0)
+        if count >= merchant.connections_max:
+            self.fail(ErrorCode.TOO_MANY_CONNECTIONS,
+                      f"merchant already has {count} connections (max {merchant.connections_max})")
+            return
+        self.hub.connections_by_merchant[merchant.id] = count + 1
+        self.merchant_id = merchant.id
+        body_max = min(hello.get("body_bytes_max") or self.cfg.body_bytes_max,
+                       self.cfg.body_bytes_max)
+        self.in_flight_max = min(hello.get("in_flight_max") or self.cfg.in_flight_max,
+                                 self.cfg.in_flight_max)
+        self.decoder.body_bytes_max = body_max
+        self.send(messages.encode_message(FrameType.WELCOME, {
+            "version": version, "server": f"paywire-hub/{self.cfg.node_id}",
+            "session_id": os.urandom(8).hex(), "body_bytes_max": body_max,
+            "in_flight_max": self.in_flight_max,
+            "heartbeat_interval_ms": int(self.cfg.heartbeat_interval_s * 1000),
+            "resume_token": os.urandom(16), "event_seq": 0, "server_time_ms": now_ms(),
+        }))
+        self.heartbeat = Heartbeat(self, self.cfg.heartbeat_interval_s)
+        self.heartbeat.start()
+        assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
+
+    # --- requests ------------------------------------------------------------------------
+    def _on_request(self, frame: Frame) -> None:
+        rid = frame.request_id
+        received_us = now_us()
+        if self.goaway_sent and rid > self.last_request_id:
+            self._respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
+                                                  code=ErrorCode.SHUTTING_DOWN))
+            return
+        self.last_request_id = max(self.last_request_id, rid)
+        if self.in_flight >= self.in_flight_max:
+            self._respond_error(rid, PaywireError(
+                f"more than {self.in_flight_max} requests in flight",
+                code=ErrorCode.TOO_MANY_IN_FLIGHT))
+            return
+        assert self.merchant_id is not None
+        try:
+            req = messages.decode_request(rid, frame.body)
+            self.hub.auth.check(req, self.merchant_id)
+            op = parse_operation(req.op)
+            args = validate_args(op, req.args)
+        except PaywireError as exc:
+            self._respond_error(rid, exc)
+            return
+        if op is Operation.STATUS:
+            tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
+            if tx is not None:  # the common case answers without a task
+                self.send(messages.encode_response(rid, tx.to_result()))
+                return
+        self.in_flight += 1
+        if self.in_flight >= self.in_flight_max:
+            self._update_reading()
+        task = self.loop.create_task(self._serve(rid, op, args, received_us))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _serve(self, rid: int, op: Operation, args: dict[str, Any],
+                     received_us: int) -> None:
+        assert self.merchant_id is not None
+        try:
+            result, replayed = await self.hub.service.execute(self.merchant_id, op, args,
+                                                              received_us)
+            self.send(messages.encode_response(rid, result, replayed=replayed))
+        except PaywireError as exc:
+            self._respond_error(rid, exc)
+        except Exception:
+            log.exception("request %d (%s) failed", rid, op.value)
+            self._respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
+        finally:
+            self.in_flight -= 1
+            self._update_reading()
+            if self.goaway_sent and self.in_flight == 0:
+                self.hub.session_drained(self)
+
+    def _respond_error(self, rid: int, exc: PaywireError) -> None:
+        self.send(messages.encode_error_response(rid, exc))
+
+    def wants_reading(self) -> bool:
+        return super().wants_reading() and self.in_flight < self.in_flight_max
+
+    # --- shutdown ------------------------------------------------------------------------
+    def send_goaway(self) -> None:
+        """Tell the client the last request id this hub will process, then drain."""
+        if self.goaway_sent or self.merchant_id is None:
+            return
+        self.goaway_sent = True
+        self.state.start_draining()
+        self.send(messages.encode_message(FrameType.GOAWAY, {
+            "last_request_id": self.last_request_id, "code": int(ErrorCode.SHUTTING_DOWN),
+            "message": "hub is shutting down"}))
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        if self._hello_timer is not None:
+            self._hello_timer.cancel()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
+        self.hub.sessions.discard(self)
+        if self.merchant_id is not None:
+            n = self.hub.connections_by_merchant.get(self.merchant_id, 1) - 1
+            self.hub.connections_by_merchant[self.merchant_id] = max(n, 0)

@@ -1,0 +1,1 @@
+"""Asyncio adapters that move bytes between transports and the sans-I/O protocol core."""

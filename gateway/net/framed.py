@@ -1,0 +1,212 @@
+"""``FramedProtocol``: the one asyncio adapter every node builds on.
+
+It does only transport work: feed received bytes to the ``FrameDecoder``, check each frame
+against the connection state table, hand it to ``frame_received``, and send frames. Sends
+are gathered: everything queued during one loop iteration leaves in one ``transport.write``
+(a loopback send costs ~7 µs, the biggest single cost on this machine, DESIGN §8).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import typing
+from typing import Any
+
+from protocol import messages
+from protocol.connection import ConnectionState, Side, State
+from protocol.decoder import FrameDecoder
+from protocol.errors import ErrorCode, FrameError, ProtocolViolation
+from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, Frame, FrameType
+
+log = logging.getLogger("paywire.net")
+
+WRITE_BUFFER_HIGH_BYTES = 256 * 1024
+WRITE_BUFFER_LOW_BYTES = 64 * 1024
+
+
+class FramedProtocol(asyncio.Protocol):
+    """Base class; subclasses implement ``frame_received`` and may override the hooks."""
+
+    side: Side = Side.SERVER
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.state = ConnectionState(self.side)
+        self.decoder = FrameDecoder(HANDSHAKE_BODY_BYTES_MAX)
+        self.transport: asyncio.Transport | None = None
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self.writing_paused = False
+        self.reading_paused = False
+        self.last_received_s = self.loop.time()
+        self.closed: asyncio.Future[None] = self.loop.create_future()
+        self.peer: Any = None
+
+    # --- transport callbacks -------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's SSL transport is not an asyncio.Transport subclass, but has its interface.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self.peer = transport.get_extra_info("peername")
+        self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
+        self.on_connected()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_received_s = self.loop.time()
+        try:
+            frames = self.decoder.feed(data)
+        except FrameError as exc:
+            for frame in exc.frames_before:
+                assert isinstance(frame, Frame)
+                self._handle(frame)
+            self.fail(exc.code, exc.message)
+            return
+        for frame in frames:
+            if self.state.state is State.CLOSED:
+                return
+            self._handle(frame)
+
+    def _handle(self, frame: Frame) -> None:
+        try:
+            self.state.on_receive(frame.type)
+        except ProtocolViolation as exc:
+            self.fail(exc.code, exc.message)
+            return
+        if frame.type == FrameType.ERROR:
+            self.on_peer_error(frame)
+            self.abort_soon()
+            return
+        if frame.type == FrameType.PING:
+            self.send(messages.encode_message(FrameType.PONG, {}, frame.request_id))
+            return
+        if frame.type == FrameType.PONG:
+            return
+        self.frame_received(frame)
+
+    def eof_received(self) -> bool | None:
+        try:
+            self.decoder.eof()
+        except FrameError as exc:
+            log.info("peer %s closed mid-frame: %s", self.peer, exc.message)
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state.close()
+        self._out.clear()
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.on_disconnected(exc)
+
+    def pause_writing(self) -> None:
+        # The peer is not reading what we send: stop reading its requests too, so a slow
+        # reader cannot make us buffer without bound.
+        self.writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        self._update_reading()
+
+    # --- sending -------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.transport is None or self.state.state is State.CLOSED:
+            return
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self.transport is None or self.transport.is_closing():
+            self._out.clear()
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self.transport.write(data)
+
+    def flush_now(self) -> None:
+        self._flush()
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """Send a connection-level ERROR frame and close (framing errors poison the stream)."""
+        if self.transport is None or self.state.state is State.CLOSED:
+            return
+        log.info("closing %s: %s %s", self.peer, code.name, message)
+        self._out.append(messages.encode_error_frame(code, message))
+        self._flush()
+        self.state.close()
+        self.transport.close()
+
+    def abort_soon(self) -> None:
+        if self.transport is not None:
+            self.state.close()
+            self.transport.close()
+
+    # --- flow control --------------------------------------------------------------------
+    def wants_reading(self) -> bool:
+        """Subclasses add their own reasons to stop reading (the in-flight bound)."""
+        return not self.writing_paused
+
+    def _update_reading(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        want = self.wants_reading()
+        if want and self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        elif not want and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    # --- hooks ---------------------------------------------------------------------------
+    def on_connected(self) -> None:
+        """Called once the transport exists (after the TLS handshake)."""
+
+    def frame_received(self, frame: Frame) -> None:
+        """A frame the state table allows, other than PING/PONG/ERROR."""
+
+    def on_peer_error(self, frame: Frame) -> None:
+        try:
+            body = messages.decode_body(FrameType.ERROR, frame.body)
+        except Exception:
+            body = {}
+        log.info("peer %s sent ERROR %s: %s", self.peer, body.get("name"), body.get("message"))
+
+    def on_disconnected(self, exc: Exception | None) -> None:
+        """Called once when the connection is gone."""
+
+
+class Heartbeat:
+    """PING an idle peer every interval; declare it dead after ``misses_max`` silent ones.
+
+    One timer per connection, re-armed each interval: no task, no per-frame cost.
+    """
+
+    def __init__(self, conn: FramedProtocol, interval_s: float, misses_max: int = 3) -> None:
+        self.conn = conn
+        self.interval_s = interval_s
+        self.misses_max = misses_max
+        self._handle: asyncio.TimerHandle | None = None
+        self._ping_id = 0
+
+    def start(self) -> None:
+        self._handle = self.conn.loop.call_later(self.interval_s, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        conn = self.conn
+        if conn.state.state is State.CLOSED:
+            return
+        silent_s = conn.loop.time() - conn.last_received_s
+        if silent_s >= self.interval_s * self.misses_max:
+            conn.fail(ErrorCode.IDLE_TIMEOUT, f"peer silent for {silent_s:.1f} s")
+            return
+        if silent_s >= self.interval_s * 0.9:
+            self._ping_id += 1
+            conn.send(messages.encode_message(FrameType.PING, {}, self._ping_id))
+        self._handle = conn.loop.call_later(self.interval_s, self._tick)

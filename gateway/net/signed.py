@@ -1,0 +1,87 @@
+"""Building signed REQUEST frames and correlating their RESPONSEs (client side of any link)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from gateway.transactions.model import now_ms
+from protocol import body as bodycodec
+from protocol import messages, signing
+from protocol.errors import ErrorCode, PaywireError, RemoteError
+from protocol.frame import Flags, Frame
+
+
+def build_request(key: bytes, identity: str, request_id: int, op: str,
+                  args: dict[str, Any]) -> bytes:
+    """A REQUEST frame signed now, with a fresh 16-byte nonce."""
+    ts = now_ms()
+    nonce = os.urandom(16)
+    sig = signing.sign_request(key, identity, request_id, op, ts, nonce, args)
+    return messages.encode_request(request_id, op, identity, ts, nonce, sig, args)
+
+
+class RequestTimeout(PaywireError):
+    code = ErrorCode.TIMEOUT
+
+
+class Correlator:
+    """Request ids and the futures waiting for their RESPONSE, with per-request timeouts."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.next_id = 1
+        self.waiting: dict[int, tuple[asyncio.Future[dict[str, Any]],
+                                      asyncio.TimerHandle | None]] = {}
+
+    def new(self, timeout_s: float | None) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        rid = self.next_id
+        self.next_id += 1
+        fut: asyncio.Future[dict[str, Any]] = self.loop.create_future()
+        handle = None
+        if timeout_s is not None:
+            handle = self.loop.call_later(timeout_s, self._expire, rid, timeout_s)
+        self.waiting[rid] = (fut, handle)
+        return rid, fut
+
+    def _expire(self, rid: int, timeout_s: float) -> None:
+        entry = self.waiting.pop(rid, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(RequestTimeout(f"no response within {timeout_s} s"))
+
+    def forget(self, rid: int) -> None:
+        entry = self.waiting.pop(rid, None)
+        if entry is not None and entry[1] is not None:
+            entry[1].cancel()
+
+    def resolve(self, frame: Frame) -> bool:
+        """Match a RESPONSE to its waiter. False if nobody waits (late or unknown id)."""
+        entry = self.waiting.pop(frame.request_id, None)
+        if entry is None:
+            return False
+        fut, handle = entry
+        if handle is not None:
+            handle.cancel()
+        if fut.done():
+            return False
+        try:
+            body = bodycodec.unpack(frame.body)
+        except PaywireError as exc:
+            fut.set_exception(exc)
+            return True
+        if frame.flags & Flags.ERROR:
+            fut.set_exception(RemoteError.from_body(body))
+        else:
+            if frame.flags & Flags.REPLAYED:
+                body["_replayed"] = True
+            fut.set_result(body)
+        return True
+
+    def fail_all(self, exc: BaseException) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for fut, handle in waiting.values():
+            if handle is not None:
+                handle.cancel()
+            if not fut.done():
+                fut.set_exception(exc)

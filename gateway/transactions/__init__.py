@@ -1,0 +1,1 @@
+"""The transaction: its record, and the table of allowed status transitions."""
