@@ -27,7 +27,7 @@ lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(TEST_STAMP)
-	$(BIN)/mypy --strict protocol/ gateway/client/
+	$(BIN)/mypy --strict protocol/ gateway/
 
 test: $(TEST_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q

@@ -9,6 +9,7 @@ transaction's hops, and a money check of the ledger against the banks' books.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import shutil
 import sys
@@ -87,7 +88,8 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered) + 0.5)) - 1))]
+    # Nearest rank: the smallest value with at least q of the sample at or below it.
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
 def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = True
