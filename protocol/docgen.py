@@ -1,0 +1,204 @@
+"""Generate the tables and the worked example of ``docs/protocol.md`` from the code.
+
+The document holds each generated section between ``<!-- BEGIN GENERATED: name -->`` and
+``<!-- END GENERATED: name -->``; ``tests/test_protocol_doc.py`` fails when they differ from
+what this module renders, so the spec and the implementation cannot drift apart.
+
+    python -m protocol.docgen --write docs/protocol.md
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any
+
+from protocol import banklink, connection, lifecycle, messages, operations, signing
+from protocol import body as bodycodec
+from protocol.errors import ErrorCode
+from protocol.frame import FrameType, encode_frame
+from protocol.schema import ListOf, Map, Opt, Spec
+
+EXAMPLE_KEY = b"SB-Mid-server-EXAMPLE"
+EXAMPLE_REQUEST_ID = 1
+EXAMPLE_TIMESTAMP_MS = 1_764_547_200_000
+EXAMPLE_NONCE = bytes(range(16))
+EXAMPLE_ARGS: dict[str, Any] = {
+    "order_id": "order-1001",
+    "gross_amount": 150000,
+    "payment_type": "credit_card",
+    "card": {"number": "4811111111111114", "exp_month": 12, "exp_year": 2030, "cvv": "123"},
+}
+EXAMPLE_RESULT: dict[str, Any] = {
+    "transaction_id": "9f6c2a1e-0b7d-4c55-8a3e-2f4d6b8c0a11",
+    "order_id": "order-1001",
+    "merchant_id": "M1",
+    "gross_amount": 150000,
+    "currency": "IDR",
+    "payment_type": "credit_card",
+    "transaction_status": "capture",
+    "fraud_status": "accept",
+    "status_code": "200",
+    "status_message": "Success, card transaction is captured",
+    "transaction_time": "2025-12-01 00:00:00.004",
+    "captured_amount": 150000,
+    "refunded_amount": 0,
+    "masked_card": "481111******1114",
+    "card_brand": "visa",
+    "bank": "bca",
+}
+
+ERROR_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.BAD_FRAME: "framing is invalid in a way no more specific code covers",
+    ErrorCode.UNSUPPORTED_VERSION: "header version, or no common version in HELLO",
+    ErrorCode.FRAME_TOO_LARGE: "body_length above the limit in force",
+    ErrorCode.UNKNOWN_FRAME_TYPE: "frame_type is not 1..9",
+    ErrorCode.RESERVED_FLAGS: "a flag bit not defined for this frame type is set",
+    ErrorCode.TRUNCATED_FRAME: "the stream ended inside a frame",
+    ErrorCode.UNEXPECTED_FRAME: "frame type not allowed in the connection's state",
+    ErrorCode.HANDSHAKE_TIMEOUT: "no HELLO within the hello timeout",
+    ErrorCode.IDLE_TIMEOUT: "peer silent for 3 heartbeat intervals",
+    ErrorCode.MALFORMED_BODY: "body is not a msgpack map within the limits",
+    ErrorCode.INVALID_FIELD: "a field is missing, of the wrong type, out of range, or unknown",
+    ErrorCode.UNKNOWN_OPERATION: "`op` names no operation",
+    ErrorCode.UNAUTHENTICATED: "unknown merchant",
+    ErrorCode.BAD_SIGNATURE: "request HMAC does not verify",
+    ErrorCode.REPLAYED: "nonce already used within the timestamp window",
+    ErrorCode.STALE_TIMESTAMP: "timestamp outside the window (default ±300 s)",
+    ErrorCode.FORBIDDEN: "identity does not match the certificate, or role not allowed",
+    ErrorCode.RATE_LIMITED: "merchant over its rate or replay-window capacity",
+    ErrorCode.TOO_MANY_IN_FLIGHT: "more requests in flight than WELCOME allowed",
+    ErrorCode.TOO_MANY_CONNECTIONS: "merchant over its connection limit",
+    ErrorCode.QUEUE_FULL: "a bounded internal queue (ledger, bank calls) is full",
+    ErrorCode.DUPLICATE_ORDER: "order id (or refund key) reused with different content",
+    ErrorCode.INVALID_TRANSITION: "operation not allowed in the transaction's status",
+    ErrorCode.INSUFFICIENT_FUNDS: "bank declined for funds (bank link; merchants see `deny`)",
+    ErrorCode.NOT_FOUND: "no transaction for this merchant and order id",
+    ErrorCode.REFUND_EXCEEDS_CAPTURED: "refunds would exceed the captured amount",
+    ErrorCode.NO_ROUTE: "no bank for this card BIN, VA bank or e-wallet provider",
+    ErrorCode.ACCOUNT_UNKNOWN: "issuer has no such account (bank link)",
+    ErrorCode.BANK_UNAVAILABLE: "no node of the bank could be asked; nothing happened",
+    ErrorCode.TIMEOUT: "no response within the request timeout",
+    ErrorCode.OUTCOME_UNKNOWN: "the bank's answer is not known yet; retry the same request",
+    ErrorCode.INTERNAL: "a fault in the hub; nothing is acknowledged",
+    ErrorCode.SHUTTING_DOWN: "the hub is draining; retry on another hub",
+}
+assert set(ERROR_MEANINGS) == set(ErrorCode)
+
+
+def _field_rows(spec: Map, prefix: str = "") -> list[str]:
+    rows = []
+    for name, item in spec.fields.items():
+        required = not isinstance(item, Opt)
+        inner: Spec = item if isinstance(item, Spec) else item.spec
+        default = ""
+        if isinstance(item, Opt) and item.default is not None:
+            shown = str(item.default).lower() if isinstance(item.default, bool) else item.default
+            default = f" (default `{shown}`)"
+        kind = inner.describe() if not isinstance(inner, Map) else \
+            ("map (free-form)" if inner.allow_extra else "map, see below")
+        rows.append(f"| `{prefix}{name}` | {'yes' if required else 'no'} | {kind}{default} |")
+        if isinstance(inner, Map) and not inner.allow_extra:
+            rows += _field_rows(inner, f"{prefix}{name}.")
+        if isinstance(inner, ListOf) and isinstance(inner.item, Map):
+            rows += _field_rows(inner.item, f"{prefix}{name}[].")
+    return rows
+
+
+def _table(spec: Map) -> str:
+    head = "| field | required | type and limits |\n|---|---|---|"
+    return head + "\n" + "\n".join(_field_rows(spec))
+
+
+def hexdump(data: bytes) -> str:
+    lines = []
+    for off in range(0, len(data), 16):
+        chunk = data[off:off + 16]
+        lines.append(f"{off:04x}  " + " ".join(f"{b:02x}" for b in chunk))
+    return "\n".join(lines)
+
+
+def example_request() -> bytes:
+    sig = signing.sign_request(EXAMPLE_KEY, "M1", EXAMPLE_REQUEST_ID, "charge",
+                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, EXAMPLE_ARGS)
+    return messages.encode_request(EXAMPLE_REQUEST_ID, "charge", "M1", EXAMPLE_TIMESTAMP_MS,
+                                   EXAMPLE_NONCE, sig, EXAMPLE_ARGS)
+
+
+def example_response() -> bytes:
+    return messages.encode_response(EXAMPLE_REQUEST_ID, EXAMPLE_RESULT)
+
+
+def render() -> dict[str, str]:
+    out: dict[str, str] = {}
+    out["frame-types"] = "| value | type |\n|---|---|\n" + "\n".join(
+        f"| {int(t)} | {t.name} |" for t in FrameType)
+    error_rows = [f"| {int(c)} | `{c.name}` | {'yes' if c.is_fatal else 'no'} | "
+                  f"{'yes' if c.is_retryable else 'no'} | {ERROR_MEANINGS[c]} |"
+                  for c in ErrorCode]
+    out["errors"] = ("| code | name | fatal | retry same request | meaning |\n"
+                     "|---|---|---|---|---|\n" + "\n".join(error_rows))
+    for ftype, spec in messages.BODY_SPECS.items():
+        if ftype is FrameType.PONG:
+            continue
+        assert isinstance(spec, Map)
+        out[f"body-{ftype.name.lower()}"] = _table(spec)
+    for op, spec in operations.ARGS.items():
+        out[f"op-{op.value}"] = _table(spec)
+    out["transaction"] = _table(operations.TRANSACTION)
+    out["statuses"] = "| transaction_status | status_code |\n|---|---|\n" + "\n".join(
+        f"| `{s.value}` | `{code}` |" for s, code in operations.STATUS_CODES.items())
+    for link_op, link_spec in banklink.ARGS.items():
+        out[f"link-{link_op}"] = _table(link_spec)
+    out["transitions"] = "| from | may become |\n|---|---|\n" + "\n".join(
+        f"| `{s.value}` | {', '.join(f'`{t.value}`' for t in sorted(targets)) or '(final)'} |"
+        for s, targets in lifecycle.TRANSITIONS.items())
+    out["connection-states"] = "| side | state | frame received | next state |\n" \
+        "|---|---|---|---|\n" + "\n".join(
+            f"| {side.value} | {state.value} | {ftype.name} | {nxt.value} |"
+            for (side, state, ftype), nxt in connection.TRANSITIONS.items())
+    req = example_request()
+    sig = signing.sign_request(EXAMPLE_KEY, "M1", EXAMPLE_REQUEST_ID, "charge",
+                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, EXAMPLE_ARGS)
+    signed = signing.signing_input("M1", EXAMPLE_REQUEST_ID, "charge", EXAMPLE_TIMESTAMP_MS,
+                                   EXAMPLE_NONCE, EXAMPLE_ARGS)
+    out["example-signing-input"] = "```\n" + hexdump(signed) + "\n```"
+    out["example-signature"] = f"`{sig.hex()}`"
+    out["example-request"] = "```\n" + hexdump(req) + "\n```"
+    out["example-response"] = "```\n" + hexdump(example_response()) + "\n```"
+    out["example-error"] = "```\n" + hexdump(encode_frame(
+        FrameType.RESPONSE, 2, bodycodec.pack(
+            {"code": 201, "name": "INVALID_FIELD",
+             "message": "args.gross_amount: must be 1..1000000000000000, got 0",
+             "field": "args.gross_amount"}), 0x0001)) + "\n```"
+    return out
+
+
+_SECTION = re.compile(
+    r"<!-- BEGIN GENERATED: ([a-z0-9._-]+) -->\n(.*?)\n<!-- END GENERATED: \1 -->", re.S)
+
+
+def sections_in(text: str) -> dict[str, str]:
+    return {m.group(1): m.group(2) for m in _SECTION.finditer(text)}
+
+
+def rewrite(text: str) -> str:
+    rendered = render()
+    return _SECTION.sub(lambda m: f"<!-- BEGIN GENERATED: {m.group(1)} -->\n"
+                        f"{rendered[m.group(1)]}\n<!-- END GENERATED: {m.group(1)} -->", text)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--write":
+        with open(argv[1]) as f:
+            text = f.read()
+        with open(argv[1], "w") as f:
+            f.write(rewrite(text))
+        return 0
+    for name, body in render().items():
+        print(f"<!-- BEGIN GENERATED: {name} -->\n{body}\n<!-- END GENERATED: {name} -->\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
