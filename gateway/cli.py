@@ -184,6 +184,44 @@ async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: str, 
         await pool.stop()
 
 
+def cmd_webhooks(ns: argparse.Namespace) -> int:
+    from gateway.webhooks.dispatcher import list_webhooks, redeliver
+
+    ledger = Path(ns.ledger)
+    if ns.action == "list":
+        for row in list_webhooks(ledger, ns.state, ns.limit):
+            print(json.dumps(row))
+        return 0
+    count = redeliver(ledger, ns.ids, all_dead=ns.all_dead)
+    print(f"queued {count} webhook(s) for redelivery")
+    return 0 if count else 1
+
+
+def cmd_events(ns: argparse.Namespace) -> int:
+    from gateway.client import connect
+
+    opts = _client_options(ns)
+
+    async def main() -> None:
+        client = connect(opts.pop("host"), opts.pop("port"), **opts)
+        seen = 0
+        async for event in client.events(since=ns.since):
+            tx = event.transaction
+            print(json.dumps({"seq": event.seq, "order_id": tx.order_id,
+                              "transaction_status": tx.transaction_status,
+                              "fraud_status": tx.fraud_status,
+                              "gross_amount": tx.gross_amount}), flush=True)
+            seen += 1
+            if ns.count and seen >= ns.count:
+                return
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -259,6 +297,24 @@ def build_parser() -> argparse.ArgumentParser:
         if op == "refund":
             o.add_argument("--refund-key", required=True)
             o.add_argument("--reason")
+
+    hooks = sub.add_parser("webhooks", help="inspect and redeliver webhook notifications")
+    hooks.add_argument("action", choices=["list", "redeliver"])
+    hooks.add_argument("--ledger", required=True, help="the hub's ledger file")
+    hooks.add_argument("--state", choices=["pending", "delivered", "dead"])
+    hooks.add_argument("--limit", type=int, default=100)
+    hooks.add_argument("ids", nargs="*", type=int, help="webhook ids to redeliver")
+    hooks.add_argument("--all-dead", action="store_true", help="redeliver every dead letter")
+    hooks.set_defaults(fn=cmd_webhooks)
+
+    events = sub.add_parser("events", help="tail this merchant's pushed events")
+    events.add_argument("--since", type=int, help="replay events after this seq first")
+    events.add_argument("--count", type=int, help="stop after this many events")
+    events.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
+    events.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
+    events.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
+    events.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+    events.set_defaults(fn=cmd_events)
 
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")

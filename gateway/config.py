@@ -44,6 +44,50 @@ class BankRoute:
 
 
 @dataclass
+class VelocityRule:
+    """At most ``count_max`` charges per ``key`` value within ``window_s``; beyond: ``action``."""
+
+    key: str  # card | email | ip | merchant
+    window_s: float
+    count_max: int
+    action: str = "challenge"  # challenge | deny
+
+
+@dataclass
+class FraudConfig:
+    enabled: bool = True
+    # Per currency, in minor units: amounts above these are challenged / denied.
+    challenge_above: dict[str, int] = field(default_factory=dict)
+    deny_above: dict[str, int] = field(default_factory=dict)
+    velocity: list[VelocityRule] = field(default_factory=list)
+    block_cards: list[str] = field(default_factory=list)  # card numbers; kept only as hashes
+    block_bins: list[str] = field(default_factory=list)
+    block_emails: list[str] = field(default_factory=list)
+    block_ips: list[str] = field(default_factory=list)
+    # Card BIN prefix -> ISO 3166 country of the issuer, for the country mismatch rule.
+    bin_countries: dict[str, str] = field(default_factory=dict)
+    country_mismatch: str = "challenge"  # off | challenge | deny
+    challenge_timeout_s: float = 86400.0
+    velocity_keys_max: int = 100_000
+
+
+@dataclass
+class WebhookConfig:
+    # Delay steps before retries 1..5 (Midtrans-like: 2, 10, 30, 90, 210 minutes); each retry
+    # waits a uniform random time between the previous step and its own (jitter that grows).
+    retry_schedule_s: list[float] = field(
+        default_factory=lambda: [120.0, 600.0, 1800.0, 5400.0, 12600.0])
+    time_scale: float = 1.0  # multiplies every delay; tests use ~0.001 to run in seconds
+    client_error_attempts_max: int = 3  # 4xx and non-307/308 redirects
+    timeout_s: float = 15.0
+    concurrency_per_merchant: int = 8
+    concurrency_max: int = 256
+    poll_interval_s: float = 0.2
+    redirects_max: int = 3
+    signature_tolerance_s: int = 300
+
+
+@dataclass
 class HubConfig:
     node_id: str = "hub"
     listen_host: str = "127.0.0.1"
@@ -69,6 +113,10 @@ class HubConfig:
     recovery_interval_s: float = 1.0
     ledger_queue_writes_max: int = 50_000
     shutdown_grace_s: float = 10.0
+    event_replay_batch_max: int = 1000
+    event_buffer_bytes_max: int = 4 * 1024 * 1024
+    fraud: FraudConfig = field(default_factory=FraudConfig)
+    webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
     def merchant(self, merchant_id: str) -> MerchantConfig | None:
         for m in self.merchants:
@@ -175,25 +223,30 @@ def load(cls: type[C], path: Path) -> C:
 
 
 def dump_toml(obj: Any) -> str:
-    """Minimal TOML writer for the shapes our configs have (scalars, lists, tables)."""
-    data = to_dict(obj)
+    """A TOML writer for the shapes our configs have: scalars, arrays, nested tables and
+    arrays of tables."""
     lines: list[str] = []
-    tables: list[tuple[str, Any]] = []
-    for key, value in data.items():
-        is_table_list = isinstance(value, list) and bool(value) and isinstance(value[0], dict)
-        if isinstance(value, dict) or is_table_list:
-            tables.append((key, value))
-        else:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, value in tables:
+    _emit(to_dict(obj), [], lines)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _is_table_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and isinstance(value[0], dict)
+
+
+def _emit(table: dict[str, Any], path: list[str], lines: list[str]) -> None:
+    for key, value in table.items():
+        if not isinstance(value, dict) and not _is_table_list(value):
+            lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
+    for key, value in table.items():
+        dotted = ".".join(_toml_key(p) for p in [*path, key])
         if isinstance(value, dict):
-            lines.append(f"\n[{key}]")
-            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
-        else:
+            lines.append(f"\n[{dotted}]")
+            _emit(value, [*path, key], lines)
+        elif _is_table_list(value):
             for item in value:
-                lines.append(f"\n[[{key}]]")
-                lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in item.items()]
-    return "\n".join(lines) + "\n"
+                lines.append(f"\n[[{dotted}]]")
+                _emit(item, [*path, key], lines)
 
 
 def _toml_key(key: str) -> str:

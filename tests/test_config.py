@@ -19,6 +19,10 @@ def test_round_trip_through_toml(tmp_path: Path) -> None:
     path = tmp_path / "hub.toml"
     path.write_text(cfgmod.dump_toml(hub))
     assert cfgmod.load(cfgmod.HubConfig, path) == hub
+    hub.fraud.velocity.append(cfgmod.VelocityRule("card", 60.0, 3, "deny"))
+    hub.fraud.challenge_above["IDR"] = 1000
+    path.write_text(cfgmod.dump_toml(hub))
+    assert cfgmod.load(cfgmod.HubConfig, path) == hub
     bank = cfgmod.BankNodeConfig(accounts={"4811111111111114": 5}, auto_pay_after_s=0.5)
     path.write_text(cfgmod.dump_toml(bank))
     assert cfgmod.load(cfgmod.BankNodeConfig, path) == bank
@@ -36,13 +40,17 @@ def test_bad_config_is_refused_with_the_key(tmp_path: Path, text: str) -> None:
 SECTIONS = {
     "HubConfig": ("## Hub", "`[[merchants]]` tables"),
     "MerchantConfig": ("`[[merchants]]` tables", "`[[banks]]` tables"),
-    "BankRoute": ("`[[banks]]` tables", "## Bank node"),
+    "BankRoute": ("`[[banks]]` tables", "## Fraud screening"),
+    "FraudConfig": ("## Fraud screening", "`[[fraud.velocity]]` tables"),
+    "VelocityRule": ("`[[fraud.velocity]]` tables", "## Webhooks"),
+    "WebhookConfig": ("## Webhooks", "## Bank node"),
     "BankNodeConfig": ("## Bank node", ""),
 }
 
 
 @pytest.mark.parametrize("cls", [cfgmod.HubConfig, cfgmod.MerchantConfig, cfgmod.BankRoute,
-                                 cfgmod.BankNodeConfig])
+                                 cfgmod.BankNodeConfig, cfgmod.FraudConfig,
+                                 cfgmod.VelocityRule, cfgmod.WebhookConfig])
 def test_every_field_and_default_is_documented(cls: type) -> None:
     doc = DOC.read_text()
     start, end = SECTIONS[cls.__name__]
@@ -51,6 +59,10 @@ def test_every_field_and_default_is_documented(cls: type) -> None:
         row = re.search(rf"^\| `{f.name}` \| ([^|]+) \|", text, re.M)
         assert row is not None, f"{cls.__name__}.{f.name} is not documented"
         cell = row.group(1).strip()
+        if f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+            expected = "see below" if dataclasses.is_dataclass(default) else f"`{default}`"
+            assert cell == expected, f"{cls.__name__}.{f.name}: doc says {cell}"
         if f.default is not dataclasses.MISSING and f.default is not None:
             shown = str(f.default).lower() if isinstance(f.default, bool) else str(f.default)
             if isinstance(f.default, (str, Path)):

@@ -13,7 +13,7 @@ from gateway.net.signed import RequestTimeout
 from protocol.errors import ErrorCode
 
 from .client import Client, client_ssl_context, connect
-from .results import Card, ConnectionLost, Refund, RequestError, TransactionResult
+from .results import Card, ConnectionLost, Event, Refund, RequestError, TransactionResult
 from .sync import SyncClient
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "Client",
     "ConnectionLost",
     "ErrorCode",
+    "Event",
     "Refund",
     "RequestError",
     "RequestTimeout",

@@ -8,7 +8,9 @@ its request id, so responses may come back in any order.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -17,10 +19,11 @@ from gateway.net.signed import build_request
 from protocol.errors import RemoteError
 
 from .connection import ClientConnection
-from .results import Card, ConnectionLost, RequestError, TransactionResult
+from .results import Card, ConnectionLost, Event, RequestError, TransactionResult
 
 REQUEST_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
+EVENTS_RECONNECT_DELAY_MAX_S = 5.0
 
 
 def client_ssl_context(certs_dir: Path | str, merchant_id: str) -> ssl.SSLContext:
@@ -59,7 +62,11 @@ class Client:
             lambda: ClientConnection(self.merchant_id, self.hello), self.host, self.port,
             ssl=self.ssl_context, server_hostname=self.server_hostname),
             self.connect_timeout_s)
-        self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
+        try:
+            self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
+        except BaseException:
+            conn.abort_soon()
+            raise
         self.conn = conn
         self._slots = asyncio.Semaphore(self.welcome["in_flight_max"])
         return self
@@ -93,6 +100,51 @@ class Client:
                 raise RequestError(exc.message, code=exc.code, field=exc.field) from None
             finally:
                 conn.correlator.forget(rid)
+
+    async def events(self, since: int | None = None, *, reconnect: bool = True
+                     ) -> AsyncIterator[Event]:
+        """Yield this merchant's pushed events after ``since`` (all future ones if ``None``),
+        in order, each once. Runs on its own connection; when it drops, or a gap in ``seq``
+        shows a missed event, it reconnects with ``events_since`` = the last seq yielded and
+        the hub replays what was missed from its ledger."""
+        last = since
+        delay_s = 0.05
+        while True:
+            hello: dict[str, Any] = {"subscribe_events": True}
+            if last is not None:
+                hello["events_since"] = last
+            sub = Client(self.host, self.port, merchant_id=self.merchant_id,
+                         server_key=self.key.decode(), ssl_context=self.ssl_context,
+                         server_hostname=self.server_hostname, hello=hello,
+                         connect_timeout_s=self.connect_timeout_s)
+            try:
+                await sub.connect()
+                delay_s = 0.05
+                if last is None:
+                    last = int(sub.welcome["event_seq"])
+                assert sub.conn is not None
+                while True:
+                    raw = await sub.conn.events.get()
+                    if raw is None:
+                        break  # connection gone: resume from ``last``
+                    seq = raw["seq"]
+                    if seq <= last:
+                        continue  # already seen
+                    if seq != last + 1:
+                        break  # a gap: reconnect and let the hub replay it
+                    last = seq
+                    yield Event(seq, raw["type"], raw["merchant_id"],
+                                TransactionResult.from_wire(raw["data"]))
+            except (TimeoutError, OSError, ConnectionLost, RemoteError):
+                if not reconnect:
+                    raise
+            finally:
+                await sub.close()
+            if not reconnect:
+                raise ConnectionLost("event stream closed")
+            # Full jitter, so many subscribers that lost one hub do not return in lockstep.
+            await asyncio.sleep(random.uniform(0, delay_s))
+            delay_s = min(delay_s * 2, EVENTS_RECONNECT_DELAY_MAX_S)
 
     async def _tx(self, op: str, args: dict[str, Any],
                   timeout_s: float | None) -> TransactionResult:

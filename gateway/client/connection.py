@@ -15,6 +15,8 @@ from protocol.messages import ROLE_MERCHANT
 
 from .results import ConnectionLost
 
+EVENTS_QUEUED_MAX = 10_000
+
 
 class ClientConnection(FramedProtocol):
     side = Side.CLIENT
@@ -27,7 +29,9 @@ class ClientConnection(FramedProtocol):
         self.welcome: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.goaway: dict[str, Any] | None = None
         self.heartbeat: Heartbeat | None = None
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        # Pushed events; ``None`` marks the end of the connection. Unbounded as a queue, but a
+        # consumer that falls EVENTS_QUEUED_MAX behind is cut off (it resumes by seq).
+        self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.lost_reason: str | None = None
 
     def on_connected(self) -> None:
@@ -59,8 +63,11 @@ class ClientConnection(FramedProtocol):
                 event = messages.decode_body(FrameType.EVENT, frame.body)
             except BodyError:
                 return
-            if not self.events.full():
-                self.events.put_nowait(event)
+            if self.events.qsize() >= EVENTS_QUEUED_MAX:
+                self.lost_reason = "event consumer fell too far behind"
+                self.abort_soon()
+                return
+            self.events.put_nowait(event)
 
     def on_peer_error(self, frame: Frame) -> None:
         try:
@@ -77,5 +84,6 @@ class ClientConnection(FramedProtocol):
             self.heartbeat.stop()
         reason = self.lost_reason or (repr(exc) if exc else "closed by peer")
         self.correlator.fail_all(ConnectionLost(f"connection lost: {reason}"))
+        self.events.put_nowait(None)
         if not self.welcome.done():
             self.welcome.set_exception(ConnectionLost(f"closed during handshake: {reason}"))

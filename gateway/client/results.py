@@ -78,3 +78,13 @@ class TransactionResult:
         data["refunds"] = tuple(Refund(**r) for r in data.get("refunds", ()))
         data["fraud_reasons"] = tuple(data.get("fraud_reasons", ()))
         return cls(**data, replayed=replayed)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A pushed status change. ``seq`` counts up by one per merchant, without gaps."""
+
+    seq: int
+    type: str
+    merchant_id: str
+    transaction: TransactionResult

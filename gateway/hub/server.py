@@ -8,16 +8,18 @@ from typing import Any
 
 from gateway import tls
 from gateway.config import HubConfig
+from gateway.fraud import FraudEngine
 from gateway.hub.auth import Authenticator
 from gateway.hub.banklink import BankLink, BankPool
 from gateway.hub.routing import Router
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
 from gateway.ledger.sqlite import SqliteLedger
-from gateway.transactions.model import now_ms
+from gateway.transactions.model import Transaction, now_ms
+from gateway.webhooks.dispatcher import WebhookDispatcher
 from protocol import banklink, messages, signing
 from protocol.errors import ErrorCode, PaywireError
-from protocol.frame import Frame
+from protocol.frame import Frame, FrameType
 
 log = logging.getLogger("paywire.hub")
 
@@ -40,7 +42,15 @@ class Hub:
                              attempts_max=cfg.bank_retry_attempts_max)
             for b in cfg.banks
         }
-        self.service = TransactionService(cfg, self.ledger, self.pools, Router(cfg.banks))
+        self.fraud = FraudEngine(cfg.fraud, self.link_key)
+        self.service = TransactionService(cfg, self.ledger, self.pools, Router(cfg.banks),
+                                          self.fraud)
+        self.service.listeners.append(self._on_change)
+        self.webhooks = WebhookDispatcher(cfg.webhooks, cfg.ledger_path, self.ledger,
+                                          {m.id: m.server_key for m in cfg.merchants})
+        self.has_webhook = {m.id for m in cfg.merchants if m.webhook_url}
+        self.event_seq: dict[str, int] = {}
+        self.subscribers: dict[str, set[MerchantSession]] = {}
         self.sessions: set[MerchantSession] = set()
         self.connections_by_merchant: dict[str, int] = {}
         self.port = cfg.listen_port
@@ -57,7 +67,10 @@ class Hub:
         for pool in self.pools.values():
             pool.start()
         await asyncio.gather(*(p.wait_ready(3.0) for p in self.pools.values()))
+        self.event_seq = await self.ledger.last_event_seqs()
+        await self._rebuild_fraud_memory()
         await self._recover()
+        await self.webhooks.start()
         ctx = tls.node_server_context(self.cfg.certs_dir, "hub", self.cfg.node_id)
         self._server = await loop.create_server(
             lambda: MerchantSession(self), self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
@@ -66,6 +79,7 @@ class Hub:
         self.port = self._server.sockets[0].getsockname()[1]
         self._arm(self.cfg.expiry_check_interval_s, self._expiry_tick)
         self._arm(self.cfg.recovery_interval_s, self._resolver_tick)
+        self._arm(self.cfg.expiry_check_interval_s, self._challenge_tick)
         log.info("hub %s listening on %s:%d", self.cfg.node_id, self.cfg.listen_host, self.port)
 
     async def _recover(self) -> None:
@@ -74,9 +88,11 @@ class Hub:
         the resolver keeps trying; requests touching it get OUTCOME_UNKNOWN meanwhile."""
         unresolved = await self.ledger.unresolved()
         for tx in unresolved:
-            self.service.publish(tx, tx.status)
+            self.service.publish(tx)
         for tx in await self.ledger.pending():
-            self.service.publish(tx, tx.status)
+            self.service.publish(tx)
+        for tx in await self.ledger.challenged():
+            self.service.publish(tx)
         if unresolved:
             log.warning("recovery: %d transactions with unanswered bank calls", len(unresolved))
             keys = [(tx.merchant_id, tx.order_id) for tx in unresolved]
@@ -117,6 +133,49 @@ class Hub:
     def _expiry_tick(self) -> None:
         for key in self.service.due_expiries(now_ms()):
             self._spawn(key, self.service.expire_due(key))
+
+    async def _rebuild_fraud_memory(self) -> None:
+        """Velocity windows survive a restart: recount the charges still inside them."""
+        if self.fraud.window_s_max <= 0:
+            return
+        since_ms = now_ms() - int(self.fraud.window_s_max * 1000)
+        for tx in await self.ledger.created_since(since_ms):
+            customer = tx.customer or {}
+            self.fraud.record(tx.merchant_id, tx.card_fingerprint, customer.get("email"),
+                              customer.get("ip"), tx.created_ms / 1000)
+
+    def _challenge_tick(self) -> None:
+        for key in self.service.due_challenges(now_ms()):
+            self._spawn(key, self.service.deny_unreviewed(key))
+
+    # --- notifications -------------------------------------------------------------------------
+    def _on_change(self, tx: Transaction, seq: int) -> None:
+        """A committed status change (its event and webhook rows are already on disk)."""
+        merchant = tx.merchant_id
+        self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
+        if merchant in self.has_webhook:
+            self.webhooks.wake()
+        subscribers = self.subscribers.get(merchant)
+        if subscribers:
+            result = tx.to_result()
+            result.pop("hops_us", None)
+            frame = self.event_frame(merchant, seq, result)
+            for session in list(subscribers):
+                session.push_event(seq, frame)
+
+    @staticmethod
+    def event_frame(merchant_id: str, seq: int, data: dict[str, Any]) -> bytes:
+        return messages.encode_message(FrameType.EVENT, {
+            "seq": seq, "type": "transaction.status", "merchant_id": merchant_id,
+            "data": data})
+
+    def subscribe(self, session: MerchantSession) -> None:
+        assert session.merchant_id is not None
+        self.subscribers.setdefault(session.merchant_id, set()).add(session)
+
+    def unsubscribe(self, session: MerchantSession) -> None:
+        if session.merchant_id is not None:
+            self.subscribers.get(session.merchant_id, set()).discard(session)
 
     def _resolver_tick(self) -> None:
         for key in list(self.service.unresolved):
@@ -176,5 +235,6 @@ class Hub:
             task.cancel()
         for pool in self.pools.values():
             await pool.stop()
+        await self.webhooks.stop()
         await self.ledger.close()
         log.info("hub %s stopped", self.cfg.node_id)

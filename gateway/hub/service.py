@@ -25,9 +25,10 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.config import HubConfig
+from gateway.fraud import FraudEngine, Screening
 from gateway.hub.banklink import BankPool, BankUnavailable, OutcomeUnknown
 from gateway.hub.routing import Router
-from gateway.ledger.base import Ledger
+from gateway.ledger.base import Ledger, Notification
 from gateway.transactions import states
 from gateway.transactions.model import Transaction, card_brand, now_ms, now_us
 from protocol import banklink
@@ -46,7 +47,8 @@ log = logging.getLogger("paywire.service")
 
 CACHE_ENTRIES_MAX = 200_000
 Key = tuple[str, str]
-ChangeListener = Callable[[Transaction, str | None], None]
+# Called after a committed status change with the transaction and its event sequence number.
+ChangeListener = Callable[[Transaction, int], None]
 
 
 class NotFound(PaywireError):
@@ -73,8 +75,9 @@ def clone(tx: Transaction) -> Transaction:
 
 class TransactionService:
     def __init__(self, cfg: HubConfig, ledger: Ledger, pools: dict[str, BankPool],
-                 router: Router) -> None:
+                 router: Router, fraud: FraudEngine | None = None) -> None:
         self.cfg = cfg
+        self.fraud = fraud or FraudEngine(cfg.fraud, cfg.link_key.encode())
         self.ledger = ledger
         self.pools = pools
         self.router = router
@@ -83,12 +86,13 @@ class TransactionService:
         self.by_txid: dict[str, Key] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
         self._expiries: dict[Key, int] = {}
+        self._challenges: dict[Key, int] = {}
         self.listeners: list[ChangeListener] = []
         self.unresolved: set[Key] = set()
 
     # --- cache -----------------------------------------------------------------------------
-    def publish(self, tx: Transaction, previous_status: str | None) -> None:
-        """Make a committed state visible, and tell listeners (events, metrics)."""
+    def publish(self, tx: Transaction, seq: int | None = None) -> None:
+        """Make a committed state visible; with ``seq``, tell listeners (events, webhooks)."""
         key = (tx.merchant_id, tx.order_id)
         self.cache[key] = tx
         self.cache.move_to_end(key)
@@ -104,9 +108,14 @@ class TransactionService:
             self._expiries[key] = tx.expiry_ms
         else:
             self._expiries.pop(key, None)
-        if previous_status != tx.status and not tx.unresolved:
+        if tx.status == S.AUTHORIZE and tx.fraud_status == FraudStatus.CHALLENGE \
+                and not tx.unresolved:
+            self._challenges[key] = tx.created_ms + int(self.cfg.fraud.challenge_timeout_s * 1000)
+        else:
+            self._challenges.pop(key, None)
+        if seq is not None:
             for listener in self.listeners:
-                listener(tx, previous_status)
+                listener(tx, seq)
 
     async def load(self, key: Key) -> Transaction | None:
         tx = self.cache.get(key)
@@ -114,7 +123,7 @@ class TransactionService:
             return tx
         tx = await self.ledger.get(*key)
         if tx is not None and key not in self.cache:
-            self.publish(tx, tx.status)
+            self.publish(tx)
         return self.cache.get(key, tx)
 
     async def load_by_id(self, transaction_id: str) -> Transaction | None:
@@ -190,12 +199,25 @@ class TransactionService:
             capture_requested=args["capture"], customer=args.get("customer"),
         )
         tx.hops_us["received"] = received_us
+        customer = args.get("customer") or {}
+        number = args["card"]["number"] if ptype == PaymentType.CREDIT_CARD else None
+        verdict = self.fraud.screen(Screening(
+            key[0], tx.gross_amount, tx.currency, number, customer.get("email"),
+            customer.get("ip"), customer.get("country")), created / 1000)
+        tx.fraud_reasons = verdict.reasons
+        if number is not None:
+            tx.card_fingerprint = self.fraud.fingerprint(number)
+        if verdict.status is FraudStatus.DENY:
+            return await self._deny_by_screen(key, tx, number, req_hash)
         bank_args: dict[str, Any]
-        if ptype == PaymentType.CREDIT_CARD:
-            number = args["card"]["number"]
+        if number is not None:
             tx.bank = self.router.for_card(number)
             tx.masked_card = mask_card(number)
             tx.card_brand = card_brand(number)
+            if verdict.status is FraudStatus.CHALLENGE:
+                # Held for review: authorize only; approve captures, deny voids.
+                tx.fraud_status = FraudStatus.CHALLENGE.value
+                tx.capture_requested = False
             op = banklink.AUTHORIZE
             bank_args = {"op_id": f"{txid}:authorize", "transaction_id": txid,
                          "amount": tx.gross_amount, "currency": tx.currency,
@@ -217,17 +239,17 @@ class TransactionService:
                          "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
         tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
         stored = await self.ledger.insert_new(tx)
-        if stored is not None:
+        if isinstance(stored, Transaction):
             # The order exists on disk but had left the cache: answer as for a repeat.
-            self.publish(stored, stored.status)
+            self.publish(stored)
             if stored.unresolved:
                 await self._resolve(stored)
                 stored = self.cache[key]
             return self._replay(stored, req_hash)
         tx.hops_us["intent_committed"] = now_us()
-        self.publish(tx, None)
-        if op == banklink.AUTHORIZE:
-            bank_args = {**bank_args, "account": args["card"]["number"]}
+        self.publish(tx)
+        if number is not None:
+            bank_args = {**bank_args, "account": number}
         work = clone(tx)
         try:
             result = await self._call_bank(work, op, bank_args)
@@ -243,6 +265,24 @@ class TransactionService:
             raise err
         assert work.charge_result is not None
         return work.charge_result, False
+
+    async def _deny_by_screen(self, key: Key, tx: Transaction, number: str | None,
+                              req_hash: bytes) -> tuple[dict[str, Any], bool]:
+        """The fraud screen said deny: record it and answer; no bank ever sees it."""
+        if number is not None:
+            tx.masked_card = mask_card(number)
+            tx.card_brand = card_brand(number)
+        tx.fraud_status = FraudStatus.DENY.value
+        tx.decline_reason = "denied by fraud screening"
+        tx.set_status(S.DENY)
+        tx.charge_result = tx.to_result()
+        stored = await self.ledger.insert_new(tx, self._notification(tx))
+        if isinstance(stored, Transaction):
+            self.publish(stored)
+            return self._replay(stored, req_hash)
+        tx.hops_us["committed"] = now_us()
+        self.publish(tx, stored)
+        return tx.charge_result, False
 
     # --- bank calls and their results ---------------------------------------------------------
     async def _call_bank(self, tx: Transaction, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -348,10 +388,21 @@ class TransactionService:
         tx.set_status(S.SETTLEMENT)
         tx.settlement_ms = paid_ms
 
+    def _notification(self, tx: Transaction) -> Notification:
+        merchant = self.cfg.merchant(tx.merchant_id)
+        result = tx.to_result()
+        result.pop("hops_us", None)
+        return Notification(result, bodycodec.pack(result),
+                            merchant.webhook_url if merchant else None,
+                            merchant.server_key if merchant else "")
+
     async def _commit(self, tx: Transaction, previous_status: str | None) -> None:
-        await self.ledger.save(tx)
+        """Store the working copy; a status change writes its notifications in the same
+        commit (transactional outbox). Then publish it."""
+        changed = previous_status != tx.status and not tx.unresolved
+        seq = await self.ledger.save(tx, self._notification(tx) if changed else None)
         tx.hops_us["committed"] = now_us()
-        self.publish(tx, previous_status)
+        self.publish(tx, seq)
 
     async def _run_step(self, tx: Transaction, op: str, args: dict[str, Any],
                         **extra: Any) -> tuple[dict[str, Any], bool]:
@@ -359,7 +410,7 @@ class TransactionService:
         work = clone(tx)
         work.pending_op = {"op": op, "op_id": args["op_id"], "args": args, **extra}
         await self.ledger.save(work)
-        self.publish(clone(work), tx.status)
+        self.publish(clone(work))
         result = await self._call_bank(work, op, args)
         err = self._apply(work, result)
         await self._commit(work, tx.status)
@@ -481,6 +532,23 @@ class TransactionService:
 
     def due_expiries(self, now: int) -> list[Key]:
         return [k for k, at in self._expiries.items() if at <= now]
+
+    def due_challenges(self, now: int) -> list[Key]:
+        return [k for k, at in self._challenges.items() if at <= now]
+
+    async def deny_unreviewed(self, key: Key) -> None:
+        """A challenge nobody reviewed in time is denied (the authorization is voided)."""
+        try:
+            async with self.lock(key):
+                tx = await self.load(key)
+                if tx is None or tx.fraud_status != FraudStatus.CHALLENGE or tx.unresolved:
+                    self._challenges.pop(key, None)
+                    return
+                work = clone(tx)
+                work.fraud_reasons.append("review_timeout")
+                await self._deny(work, {})
+        except PaywireError as exc:
+            log.info("challenge timeout of %s: %s", key, exc.message)
 
     async def expire_due(self, key: Key) -> None:
         try:

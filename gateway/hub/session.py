@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from gateway import tls
 from gateway.net.framed import FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
+from protocol import body as bodycodec
 from protocol import messages
 from protocol.connection import Side
 from protocol.errors import BodyError, ErrorCode, PaywireError
@@ -47,6 +48,10 @@ class MerchantSession(FramedProtocol):
         self.heartbeat: Heartbeat | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # Pushed events: the last seq sent, and live events held while replaying the past.
+        self.events_sent_seq = 0
+        self.replaying = False
+        self._held: list[tuple[int, bytes]] = []
 
     def on_connected(self) -> None:
         assert self.transport is not None
@@ -103,10 +108,22 @@ class MerchantSession(FramedProtocol):
             "session_id": os.urandom(8).hex(), "body_bytes_max": body_max,
             "in_flight_max": self.in_flight_max,
             "heartbeat_interval_ms": int(self.cfg.heartbeat_interval_s * 1000),
-            "resume_token": os.urandom(16), "event_seq": 0, "server_time_ms": now_ms(),
+            "resume_token": os.urandom(16),
+            "event_seq": self.hub.event_seq.get(merchant.id, 0), "server_time_ms": now_ms(),
         }))
         self.heartbeat = Heartbeat(self, self.cfg.heartbeat_interval_s)
         self.heartbeat.start()
+        if hello.get("subscribe_events"):
+            since = hello.get("events_since")
+            self.hub.subscribe(self)
+            if since is None:
+                self.events_sent_seq = self.hub.event_seq.get(merchant.id, 0)
+            else:
+                self.events_sent_seq = since
+                self.replaying = True
+                task = self.loop.create_task(self._replay_events(since))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
         assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
 
     # --- requests ------------------------------------------------------------------------
@@ -168,6 +185,47 @@ class MerchantSession(FramedProtocol):
     def wants_reading(self) -> bool:
         return super().wants_reading() and self.in_flight < self.in_flight_max
 
+    # --- pushed events ------------------------------------------------------------------------
+    def push_event(self, seq: int, frame: bytes) -> None:
+        if self.replaying:
+            self._held.append((seq, frame))
+            if len(self._held) > self.cfg.event_replay_batch_max * 10:
+                self.fail(ErrorCode.QUEUE_FULL, "too many events while replaying; "
+                          "resume with events_since")
+            return
+        if seq <= self.events_sent_seq:
+            return  # already sent during the replay
+        if self.transport is not None and \
+                self.transport.get_write_buffer_size() > self.cfg.event_buffer_bytes_max:
+            # A consumer this slow would make us buffer without bound: drop it; it resumes
+            # from its last seq and loses nothing.
+            self.fail(ErrorCode.QUEUE_FULL, "event consumer too slow; resume with events_since")
+            return
+        self.events_sent_seq = seq
+        self.send(frame)
+
+    async def _replay_events(self, since: int) -> None:
+        """Send the stored events after ``since``, then switch to live ones without a gap
+        or a duplicate (live events that arrive meanwhile are held and merged by seq)."""
+        assert self.merchant_id is not None
+        batch = self.cfg.event_replay_batch_max
+        try:
+            while self.transport is not None and not self.transport.is_closing():
+                rows = await self.hub.ledger.events_after(self.merchant_id,
+                                                          self.events_sent_seq, batch)
+                for seq, data in rows:
+                    self.send(self.hub.event_frame(self.merchant_id, seq,
+                                                   bodycodec.unpack(data)))
+                    self.events_sent_seq = seq
+                if len(rows) < batch:
+                    break
+                await asyncio.sleep(0)  # let the writes drain between batches
+        finally:
+            self.replaying = False
+            held, self._held = self._held, []
+            for seq, frame in sorted(held):
+                self.push_event(seq, frame)
+
     # --- shutdown ------------------------------------------------------------------------
     def send_goaway(self) -> None:
         """Tell the client the last request id this hub will process, then drain."""
@@ -185,6 +243,7 @@ class MerchantSession(FramedProtocol):
         if self.heartbeat is not None:
             self.heartbeat.stop()
         self.hub.sessions.discard(self)
+        self.hub.unsubscribe(self)
         if self.merchant_id is not None:
             n = self.hub.connections_by_merchant.get(self.merchant_id, 1) - 1
             self.hub.connections_by_merchant[self.merchant_id] = max(n, 0)

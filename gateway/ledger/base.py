@@ -9,9 +9,20 @@ write is committed too.
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.transactions.model import Transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """What a status change announces; written in the same commit as the change."""
+
+    result: dict[str, Any]  # the transaction as merchants see it
+    data: bytes  # msgpack of ``result``, the event's ``data``
+    webhook_url: str | None
+    server_key: str
 
 
 class Ledger(Protocol):
@@ -19,13 +30,17 @@ class Ledger(Protocol):
 
     async def close(self) -> None: ...
 
-    def insert_new(self, tx: Transaction) -> asyncio.Future[Transaction | None]:
-        """Record a new transaction. Resolves to ``None`` when inserted, or to the stored
-        transaction when ``(merchant_id, order_id)`` already exists (nothing written)."""
+    def insert_new(self, tx: Transaction, note: Notification | None = None
+                   ) -> asyncio.Future[Transaction | int | None]:
+        """Record a new transaction. Resolves to the stored transaction when
+        ``(merchant_id, order_id)`` already exists (nothing written), else to the event
+        sequence number of ``note`` (or ``None`` without one)."""
         ...
 
-    def save(self, tx: Transaction) -> asyncio.Future[None]:
-        """Store the transaction's current state (snapshotted at the call)."""
+    def save(self, tx: Transaction, note: Notification | None = None
+             ) -> asyncio.Future[int | None]:
+        """Store the transaction's current state (snapshotted at the call) and, in the same
+        commit, the event and webhook rows of ``note``; resolves to the event's seq."""
         ...
 
     def delete(self, tx: Transaction) -> asyncio.Future[None]:
@@ -43,6 +58,17 @@ class Ledger(Protocol):
     async def pending(self) -> list[Transaction]:
         """Transactions waiting for payment (so expiry survives a restart)."""
         ...
+
+    async def created_since(self, since_ms: int) -> list[Transaction]: ...
+
+    async def challenged(self) -> list[Transaction]: ...
+
+    async def last_event_seqs(self) -> dict[str, int]: ...
+
+    async def events_after(self, merchant_id: str, seq: int, limit: int
+                           ) -> list[tuple[int, bytes]]: ...
+
+    def submit(self, work: Any) -> asyncio.Future[Any]: ...
 
     @property
     def queued(self) -> int: ...

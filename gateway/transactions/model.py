@@ -72,6 +72,7 @@ class Transaction:
     hops_us: dict[str, int] = field(default_factory=dict)
     charge_result: dict[str, Any] | None = None
     customer: dict[str, Any] | None = None
+    card_fingerprint: str | None = None
 
     def to_record(self) -> bytes:
         return msgpack.packb(  # type: ignore[no-any-return]

@@ -1,0 +1,5 @@
+"""Fraud screening before a charge reaches a bank."""
+
+from gateway.fraud.engine import FraudEngine, Screening, Verdict
+
+__all__ = ["FraudEngine", "Screening", "Verdict"]

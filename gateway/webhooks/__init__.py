@@ -1,0 +1,1 @@
+"""Merchant notifications: the webhook payload, and the dispatcher that delivers them."""

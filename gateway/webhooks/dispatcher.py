@@ -1,0 +1,225 @@
+"""Delivers the webhook outbox: at least once, in order per transaction, after restarts too.
+
+The outbox rows are written in the same commit as the status change they announce. This
+dispatcher polls them through its own read-only connection (woken early after each commit),
+so anything pending when the hub died is delivered when it comes back, and rows that an
+operator re-queues with ``paywire webhooks redeliver`` are picked up without a restart.
+
+Per transaction only the oldest pending row is eligible, so a merchant sees ``pending``
+before ``settlement``. Each merchant has its own concurrency bound: a slow endpoint fills
+only its own slots and never delays other merchants.
+
+Answers, in the spirit of Midtrans: 2xx delivered; 307/308 followed (same method and body);
+5xx, timeouts and connection errors retried on the schedule; 4xx and other redirects retried
+only ``client_error_attempts_max`` times; then the row is dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from gateway.config import WebhookConfig
+from gateway.ledger.base import Ledger
+from gateway.transactions.model import now_ms
+from gateway.webhooks.payload import EVENT_ID_HEADER, SIGNATURE_HEADER
+from protocol.signing import webhook_signature_header
+
+log = logging.getLogger("paywire.webhooks")
+
+DUE_BATCH_MAX = 500
+_DUE = """
+SELECT id, merchant_id, transaction_id, event_id, url, body, attempts FROM webhooks w
+WHERE state = 'pending' AND next_attempt_ms <= ?
+  AND id = (SELECT MIN(id) FROM webhooks v WHERE v.transaction_id = w.transaction_id
+            AND v.state = 'pending')
+ORDER BY id LIMIT ?
+"""
+
+
+def retry_delay_s(cfg: WebhookConfig, attempts: int, rng: random.Random) -> float:
+    """Delay before retry number ``attempts`` (1-based): uniform between the previous step of
+    the schedule and this one, so delays are jittered and still grow."""
+    schedule = cfg.retry_schedule_s
+    high = schedule[min(attempts, len(schedule)) - 1]
+    low = schedule[attempts - 2] if attempts >= 2 else 0.0
+    return rng.uniform(low, high) * cfg.time_scale
+
+
+class WebhookDispatcher:
+    def __init__(self, cfg: WebhookConfig, ledger_path: Path, ledger: Ledger,
+                 server_keys: dict[str, str], seed: int | None = None) -> None:
+        self.cfg = cfg
+        self.ledger_path = ledger_path
+        self.ledger = ledger
+        self.server_keys = server_keys
+        self.rng = random.Random(seed)
+        self._wake = asyncio.Event()
+        self._in_flight: set[int] = set()
+        self._busy_tx: set[str] = set()
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._reader: sqlite3.Connection | None = None
+        # One thread owns the reader connection (sqlite3 objects stay on their thread).
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "webhook-reader")
+        self.delivered = 0
+        self.failed_attempts = 0
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency_max,
+                                         limit_per_host=self.cfg.concurrency_per_merchant)
+        self._session = aiohttp.ClientSession(connector=connector)
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_reader)
+        self._executor.shutdown(wait=False)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def _due(self, now: int, limit: int) -> list[tuple[Any, ...]]:
+        if self._reader is None:
+            self._reader = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True)
+        rows: list[tuple[Any, ...]] = self._reader.execute(_DUE, (now, limit)).fetchall()
+        return rows
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.cfg.poll_interval_s)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                rows = await loop.run_in_executor(self._executor, self._due, now_ms(),
+                                                  DUE_BATCH_MAX)
+            except sqlite3.Error as exc:
+                log.warning("webhook outbox read failed: %r", exc)
+                continue
+            for row in rows:
+                wid, merchant, txid = row[0], row[1], row[2]
+                if wid in self._in_flight or txid in self._busy_tx:
+                    continue
+                slots = self._slots.setdefault(
+                    merchant, asyncio.Semaphore(self.cfg.concurrency_per_merchant))
+                if slots.locked():
+                    continue  # this merchant's endpoint is busy; others go on
+                self._in_flight.add(wid)
+                self._busy_tx.add(txid)
+                task = loop.create_task(self._deliver(slots, row))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, slots: asyncio.Semaphore, row: tuple[Any, ...]) -> None:
+        wid, merchant, txid, event_id, url, body, attempts = row
+        try:
+            async with slots:
+                outcome, error = await self._post(url, body, merchant, event_id, attempts + 1)
+            await self._record(wid, attempts + 1, outcome, error)
+        finally:
+            self._in_flight.discard(wid)
+            self._busy_tx.discard(txid)
+            self._wake.set()  # the next notification of this transaction may go now
+
+    async def _post(self, url: str, body: bytes, merchant: str, event_id: str,
+                    attempt: int) -> tuple[str, str | None]:
+        assert self._session is not None
+        key = self.server_keys.get(merchant, "").encode()
+        headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
+                   SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
+                   "X-Paywire-Attempt": str(attempt), "User-Agent": "paywire-webhooks/0.1"}
+        timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        try:
+            for _ in range(self.cfg.redirects_max + 1):
+                async with self._session.post(url, data=body, headers=headers, timeout=timeout,
+                                              allow_redirects=False) as resp:
+                    await resp.read()
+                    if 200 <= resp.status < 300:
+                        return "delivered", None
+                    location = resp.headers.get("Location")
+                    if resp.status in (307, 308) and location:
+                        url = urljoin(url, location)
+                        continue
+                    kind = "server" if resp.status >= 500 else "client"
+                    return kind, f"HTTP {resp.status}"
+            return "client", "too many redirects"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return "network", f"{type(exc).__name__}: {exc}"[:300]
+
+    async def _record(self, wid: int, attempts: int, outcome: str, error: str | None) -> None:
+        now = now_ms()
+        params: tuple[Any, ...]
+        if outcome == "delivered":
+            self.delivered += 1
+            sql, params = ("UPDATE webhooks SET state='delivered', attempts=?, delivered_ms=?, "
+                           "last_error=NULL WHERE id=?", (attempts, now, wid))
+        else:
+            self.failed_attempts += 1
+            retries_left = attempts <= len(self.cfg.retry_schedule_s)
+            if outcome == "client" and attempts >= self.cfg.client_error_attempts_max:
+                retries_left = False
+            if retries_left:
+                next_ms = now + int(retry_delay_s(self.cfg, attempts, self.rng) * 1000)
+                sql, params = ("UPDATE webhooks SET attempts=?, next_attempt_ms=?, last_error=? "
+                               "WHERE id=?", (attempts, next_ms, error, wid))
+            else:
+                log.warning("webhook %d dead-lettered after %d attempts: %s", wid, attempts,
+                            error)
+                sql, params = ("UPDATE webhooks SET state='dead', attempts=?, last_error=? "
+                               "WHERE id=?", (attempts, error, wid))
+        await self.ledger.submit(lambda conn: conn.execute(sql, params) and None)
+
+
+def list_webhooks(ledger_path: Path, state: str | None = None, limit: int = 100
+                  ) -> list[dict[str, Any]]:
+    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        rows = conn.execute(
+            f"SELECT id, merchant_id, event_id, state, attempts, last_error, url FROM webhooks "
+            f"{where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+    finally:
+        conn.close()
+    keys = ("id", "merchant_id", "event_id", "state", "attempts", "last_error", "url")
+    return [dict(zip(keys, r, strict=True)) for r in rows]
+
+
+def redeliver(ledger_path: Path, ids: list[int], all_dead: bool = False) -> int:
+    """Queue webhooks again (attempts reset). The running hub's dispatcher picks them up."""
+    conn = sqlite3.connect(ledger_path, timeout=10)
+    try:
+        with conn:
+            if all_dead:
+                cur = conn.execute("UPDATE webhooks SET state='pending', attempts=0, "
+                                   "next_attempt_ms=0 WHERE state='dead'")
+            else:
+                cur = conn.executemany("UPDATE webhooks SET state='pending', attempts=0, "
+                                       "next_attempt_ms=0 WHERE id=?", [(i,) for i in ids])
+            return cur.rowcount
+    finally:
+        conn.close()
