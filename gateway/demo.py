@@ -21,11 +21,20 @@ from pathlib import Path
 from typing import Any
 
 from gateway import pki
-from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig
+from gateway.config import (
+    BankNodeConfig,
+    BankRoute,
+    FraudConfig,
+    HubConfig,
+    MerchantConfig,
+    WebhookConfig,
+)
 from gateway.processes import NodeProcess
 
 MERCHANT = "demo-merchant"
 SERVER_KEY = "SB-Mid-server-demo-key"
+BLOCKED_EMAIL = "fraudster@example.com"
+REVIEW_AMOUNT = 2_500_000  # above the demo's challenge threshold: held for review
 CONNECTIONS = 4
 CONCURRENCY_PER_CONNECTION = 16
 
@@ -92,8 +101,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = True
-                     ) -> tuple[list[NodeProcess], NodeProcess]:
+def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = True,
+                     webhook_url: str | None = None) -> tuple[list[NodeProcess], NodeProcess]:
     certs = workdir / "certs"
     node_names = [n for b in banks for n in b.nodes]
     if not (certs / "ca.crt").exists():
@@ -117,9 +126,12 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
             bank_procs.append(proc)
         routes.append(BankRoute(bank.name, addresses, bins=bank.bins, virtual_account=bank.va,
                                 providers=bank.providers))
+    fraud = FraudConfig(challenge_above={"IDR": 2_000_000}, deny_above={"IDR": 100_000_000},
+                        block_emails=[BLOCKED_EMAIL])
     hub_cfg = HubConfig(listen_port=0, certs_dir=certs, ledger_path=workdir / "ledger.db",
-                        merchants=[MerchantConfig(MERCHANT, SERVER_KEY)], banks=routes,
-                        expiry_check_interval_s=0.2)
+                        merchants=[MerchantConfig(MERCHANT, SERVER_KEY, webhook_url)],
+                        banks=routes, expiry_check_interval_s=0.2, fraud=fraud,
+                        webhooks=WebhookConfig(poll_interval_s=0.05))
     hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
     hub.wait_ready()
     return bank_procs, hub
@@ -139,6 +151,7 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
     outcomes: Counter[str] = Counter()
     errors: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
+    screened: Counter[str] = Counter()
     orders: list[str] = []
     sample: dict[str, Any] = {}
     progress = Progress(count, "payments")
@@ -178,19 +191,35 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
                     tx = await client.charge(order, amount, "ewallet",
                                              provider=rng.choice(["gopay", "shopeepay"]),
                                              expiry_s=3)
-                else:
+                elif roll < 0.95:
                     kind = "card + refund"
                     tx = await client.charge(order, amount, card=Card(rng.choice(cards), 12,
                                                                       2030, "123"))
+                elif roll < 0.98:
+                    kind = "card, fraud review"
+                    tx = await client.charge(order, REVIEW_AMOUNT,
+                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                else:
+                    kind = "card, blocked buyer"
+                    tx = await client.charge(order, amount,
+                                             card=Card(rng.choice(cards), 12, 2030, "123"),
+                                             customer={"email": BLOCKED_EMAIL})
                 latencies_ms.append((time.perf_counter() - t0) * 1000)
                 received_us = time.time_ns() // 1000
                 kinds[kind] += 1
+                screened[tx.fraud_status] += 1
                 if kind == "card auth+capture" and tx.transaction_status == "authorize":
                     await client.capture(order)
                 elif kind == "card auth+cancel" and tx.transaction_status == "authorize":
                     await client.cancel(order)
                 elif kind == "card + refund" and tx.transaction_status == "capture":
                     await client.refund(order, f"{order}-r1", amount // 4, "partial return")
+                elif kind == "card, fraud review" and tx.fraud_status == "challenge":
+                    # The merchant's reviewer approves every other one.
+                    if i % 2:
+                        await client.approve(order)
+                    else:
+                        await client.deny(order)
                 if kind == "card capture" and not sample:
                     sample.update(order=order, client_sent_us=sent_us,
                                   client_received_us=received_us)
@@ -214,15 +243,69 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
                 time.monotonic() > deadline:
             break
         await asyncio.sleep(0.3)
+    fraud: Counter[str] = Counter()
     for r in final.values():
         outcomes[r.transaction_status] += 1
+        fraud[r.fraud_status] += 1
     if sample:
         hop = await clients[0].status(sample["order"])
         sample["hops_us"] = hop.hops_us
     for c in clients:
         await c.close()
     return {"latencies_ms": latencies_ms, "outcomes": outcomes, "errors": errors,
-            "kinds": kinds, "elapsed_s": elapsed_s, "final": final, "sample": sample}
+            "kinds": kinds, "elapsed_s": elapsed_s, "final": final, "sample": sample,
+            "fraud": fraud, "screened": screened}
+
+
+class WebhookReceiver:
+    """The merchant's side of webhooks, as a merchant would write it: verify, then count."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.verified = 0
+        self.event_ids: set[str] = set()
+        self.statuses: Counter[str] = Counter()
+        self._runner: Any = None
+        self.port = 0
+
+    async def start(self) -> None:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/paywire", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: Any) -> Any:
+        import hashlib
+        import json
+
+        from aiohttp import web
+
+        from protocol.signing import verify_webhook_signature
+
+        raw = await request.read()
+        body = json.loads(raw)
+        header = request.headers.get("X-Paywire-Signature", "")
+        by_formula = hashlib.sha512((body["order_id"] + body["status_code"]
+                                     + body["gross_amount"] + SERVER_KEY).encode()).hexdigest()
+        self.received += 1
+        if verify_webhook_signature(SERVER_KEY.encode(), header, raw, int(time.time())) \
+                and body["signature_key"] == by_formula:
+            self.verified += 1
+            if body["event_id"] not in self.event_ids:
+                self.event_ids.add(body["event_id"])
+                self.statuses[body["transaction_status"]] += 1
+        return web.Response(status=200)
 
 
 def money_check(workdir: Path, banks: list[BankPlan], final: dict[str, Any]) -> list[str]:
@@ -253,18 +336,48 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     for stale in workdir.glob("*.db*"):
         stale.unlink()
-    banks = plan_banks()
     print(f"Paywire demo in {workdir}")
+    report = uvloop.run(_demo(workdir, count, seed))
+    ok = _print_report(workdir, count, report)
+    print(f"\nLogs and databases are in {workdir}")
+    if directory is None and ok:
+        shutil.rmtree(workdir, ignore_errors=True)
+        print("(removed: all checks passed; pass --dir to keep them)")
+    return 0 if ok else 1
+
+
+async def _demo(workdir: Path, count: int, seed: int) -> dict[str, Any]:
+    from gateway.storage.groupcommit import read
+
+    banks = plan_banks()
+    receiver = WebhookReceiver()
+    await receiver.start()
     print("  creating a dev CA and certificates, starting 4 bank nodes and a hub ...")
-    bank_procs, hub = start_deployment(workdir, banks)
+    loop = asyncio.get_running_loop()
+    bank_procs, hub = await loop.run_in_executor(None, lambda: start_deployment(
+        workdir, banks, webhook_url=f"http://127.0.0.1:{receiver.port}/paywire"))
     print(f"  hub on 127.0.0.1:{hub.port}; banks: "
-          + ", ".join(f"{p.name}@{p.port}" for p in bank_procs))
+          + ", ".join(f"{p.name}@{p.port}" for p in bank_procs)
+          + f"; webhook receiver on 127.0.0.1:{receiver.port}")
     try:
-        report = uvloop.run(drive(hub.port, workdir / "certs", banks, count, seed))
+        report = await drive(hub.port, workdir / "certs", banks, count, seed)
+        # Every committed status change has a webhook row; wait (bounded) until delivered.
+        expected = read(workdir / "ledger.db", "SELECT COUNT(*) FROM webhooks")[0][0]
+        deadline = time.monotonic() + 15
+        while len(receiver.event_ids) < expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        report["webhooks_expected"] = expected
     finally:
-        hub.terminate()
+        await loop.run_in_executor(None, hub.terminate)
         for p in bank_procs:
-            p.terminate()
+            await loop.run_in_executor(None, p.terminate)
+        await receiver.stop()
+    report["banks"] = banks
+    report["receiver"] = receiver
+    return report
+
+
+def _print_report(workdir: Path, count: int, report: dict[str, Any]) -> bool:
     lat = report["latencies_ms"]
     print(f"\nDrove {count} payments over {CONNECTIONS} TLS connections in "
           f"{report['elapsed_s']:.2f} s ({count / report['elapsed_s']:,.0f}/s, pipelined)\n")
@@ -276,6 +389,9 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
         print(f"  {status:<20} {n:>5}")
     for name, n in report["errors"].items():
         print(f"  error {name:<14} {n:>5}")
+    print("\nFraud screening: verdict at charge time -> after the merchant's review")
+    for status in ("accept", "challenge", "deny"):
+        print(f"  {status:<20} {report['screened'][status]:>5} -> {report['fraud'][status]:>5}")
     print("\nCharge latency, client side (ms)")
     print(f"  p50 {percentile(lat, 0.5):7.2f}   p90 {percentile(lat, 0.9):7.2f}   "
           f"p99 {percentile(lat, 0.99):7.2f}   max {max(lat, default=0):7.2f}")
@@ -291,12 +407,14 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
                   sample["client_received_us"])]
         for label, a, b in steps:
             print(f"  {label:<36} {b - a:>8,}")
+    rx: WebhookReceiver = report["receiver"]
+    print("\nWebhook deliveries (HTTP POST to the demo's receiver, signatures verified)")
+    print(f"  notifications written {report['webhooks_expected']:>6}   delivered "
+          f"{len(rx.event_ids):>6}   POSTs {rx.received:>6}   verified {rx.verified:>6}")
+    for status, n in rx.statuses.most_common():
+        print(f"    {status:<20} {n:>5}")
     print("\nMoney check: hub ledger (captured - refunded) vs bank settlement accounts")
-    lines = money_check(workdir, banks, report["final"])
+    lines = money_check(workdir, report["banks"], report["final"])
     print("\n".join(lines))
-    ok = all(line.endswith("OK") for line in lines) and not report["errors"]
-    print(f"\nLogs and databases are in {workdir}")
-    if directory is None and ok:
-        shutil.rmtree(workdir, ignore_errors=True)
-        print("(removed: all checks passed; pass --dir to keep them)")
-    return 0 if ok else 1
+    hooks_ok = len(rx.event_ids) == report["webhooks_expected"] and rx.verified == rx.received
+    return all(line.endswith("OK") for line in lines) and not report["errors"] and hooks_ok

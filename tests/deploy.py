@@ -25,7 +25,9 @@ OPENING = 1_000_000_000
 
 class Deployment:
     def __init__(self, workdir: Path, *, bca_nodes: int = 2, hub_overrides: dict[str, Any]
-                 | None = None, bank_overrides: dict[str, Any] | None = None) -> None:
+                 | None = None, bank_overrides: dict[str, Any] | None = None,
+                 webhook_urls: dict[str, str] | None = None) -> None:
+        self.webhook_urls = webhook_urls or {}
         self.workdir = workdir
         self.certs = workdir / "certs"
         self.bca_nodes = [f"bca-{i}" for i in range(1, bca_nodes + 1)]
@@ -62,7 +64,8 @@ class Deployment:
                                     providers=["gopay"] if bank == "wallet" else []))
         self.hub_cfg = HubConfig(
             listen_port=0, certs_dir=self.certs, ledger_path=self.workdir / "ledger.db",
-            merchants=[MerchantConfig(m, k) for m, k in KEYS.items()], banks=routes,
+            merchants=[MerchantConfig(m, k, webhook_url=self.webhook_urls.get(m))
+                       for m, k in KEYS.items()], banks=routes,
             expiry_check_interval_s=0.1, recovery_interval_s=0.3, bank_timeout_s=2.0,
             **self.hub_overrides)
         self.start_hub()

@@ -66,6 +66,8 @@ class WebhookDispatcher:
         self._wake = asyncio.Event()
         self._in_flight: set[int] = set()
         self._busy_tx: set[str] = set()
+        # Rows finished while a poll was running: that poll may still report them pending.
+        self._finished_during_poll: set[int] = set()
         self._slots: dict[str, asyncio.Semaphore] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -77,8 +79,10 @@ class WebhookDispatcher:
         self.failed_attempts = 0
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency_max,
-                                         limit_per_host=self.cfg.concurrency_per_merchant)
+        # No per-host limit: merchants often share a host (one webhook provider), and a
+        # per-host bound would let one merchant's stuck endpoint take every connection to it.
+        # Fairness comes from the per-merchant semaphores instead.
+        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency_max, limit_per_host=0)
         self._session = aiohttp.ClientSession(connector=connector)
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
@@ -115,6 +119,7 @@ class WebhookDispatcher:
             except TimeoutError:
                 pass
             self._wake.clear()
+            self._finished_during_poll.clear()
             try:
                 rows = await loop.run_in_executor(self._executor, self._due, now_ms(),
                                                   DUE_BATCH_MAX)
@@ -123,7 +128,8 @@ class WebhookDispatcher:
                 continue
             for row in rows:
                 wid, merchant, txid = row[0], row[1], row[2]
-                if wid in self._in_flight or txid in self._busy_tx:
+                if wid in self._in_flight or txid in self._busy_tx or \
+                        wid in self._finished_during_poll:
                     continue
                 slots = self._slots.setdefault(
                     merchant, asyncio.Semaphore(self.cfg.concurrency_per_merchant))
@@ -142,6 +148,7 @@ class WebhookDispatcher:
                 outcome, error = await self._post(url, body, merchant, event_id, attempts + 1)
             await self._record(wid, attempts + 1, outcome, error)
         finally:
+            self._finished_during_poll.add(wid)
             self._in_flight.discard(wid)
             self._busy_tx.discard(txid)
             self._wake.set()  # the next notification of this transaction may go now

@@ -1,0 +1,199 @@
+"""Webhooks through real processes and a real HTTP receiver that verifies every delivery."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from gateway.client import Card
+from gateway.config import WebhookConfig
+from gateway.webhooks.dispatcher import retry_delay_s
+from protocol.signing import verify_webhook_signature
+from tests.deploy import KEYS, RICH, deployment
+from tests.receiver import Receiver
+
+FAST = WebhookConfig(time_scale=0.0002, poll_interval_s=0.02)
+
+
+def card(i: int = 0) -> Card:
+    return Card(RICH[i % len(RICH)], 12, 2030, "123")
+
+
+def seq_of(event_id: str) -> int:
+    return int(event_id.rsplit("_", 1)[1])
+
+
+def test_retry_delays_grow_within_jittered_bands() -> None:
+    cfg = WebhookConfig()
+    rng = random.Random(3)
+    steps = [0.0, *cfg.retry_schedule_s]
+    for attempt in range(1, 6):
+        got = [retry_delay_s(cfg, attempt, rng) for _ in range(200)]
+        assert all(steps[attempt - 1] <= d <= steps[attempt] for d in got)
+        assert len({round(d, 3) for d in got}) > 150  # jittered, not a fixed step
+
+
+async def test_deliveries_are_signed_and_verifiable(tmp_path: Path) -> None:
+    rx = await Receiver(KEYS).start()
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1")},
+                        hub_overrides={"webhooks": FAST}) as dep:
+            async with dep.client() as c:
+                await c.charge("wh-card", 150_000, card=card())
+                await c.refund("wh-card", "r1", 50_000)
+                await c.charge("wh-va", 20_000, "bank_transfer", bank="bca")
+            assert await rx.wait_for(lambda: len(rx.delivered()) >= 3)
+    finally:
+        await rx.stop()
+    assert len(rx.deliveries) == 3  # every answer was 200: nothing is sent twice
+    kinds = sorted((d.body["order_id"], d.body["transaction_status"]) for d in rx.delivered())
+    assert kinds == [("wh-card", "capture"), ("wh-card", "partial_refund"),
+                     ("wh-va", "pending")]
+    for d in rx.delivered():
+        assert d.hmac_ok and d.signature_key_ok
+        assert d.body["gross_amount"].endswith(".00") and d.body["merchant_id"] == "M1"
+    va = next(d for d in rx.delivered() if d.body["order_id"] == "wh-va")
+    assert va.body["va_numbers"][0]["bank"] == "bca"
+    card_note = next(d for d in rx.delivered() if d.body["transaction_status"] == "capture")
+    assert card_note.body["masked_card"] == RICH[0][:6] + "******" + RICH[0][-4:]
+    # Receiver-side replay protection: an altered body or an old timestamp fails.
+    key = KEYS["M1"].encode()
+    now = int(time.time())
+    assert verify_webhook_signature(key, card_note.header, card_note.raw, now)
+    assert not verify_webhook_signature(key, card_note.header, card_note.raw + b" ", now)
+    assert not verify_webhook_signature(key, card_note.header,
+                                        card_note.raw.replace(b"capture", b"settled"), now)
+    assert not verify_webhook_signature(key, card_note.header, card_note.raw, now + 3600)
+    # The Midtrans signature_key, by the published formula.
+    b = card_note.body
+    assert b["signature_key"] == hashlib.sha512(
+        f"{b['order_id']}{b['status_code']}{b['gross_amount']}{KEYS['M1']}".encode()).hexdigest()
+
+
+async def test_503_three_times_then_delivered_then_dead_letter_and_redeliver(
+        tmp_path: Path) -> None:
+    rx = await Receiver(KEYS).start()
+    failures = {"first": 3}
+    mode = {"M2": 503}
+
+    async def m1(merchant: str, body: dict[str, Any], attempt: int) -> int:
+        return 503 if attempt <= failures["first"] else 200
+
+    async def m2(merchant: str, body: dict[str, Any], attempt: int) -> int:
+        return mode["M2"]
+
+    rx.behaviour.update(M1=m1, M2=m2)
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1"),
+                                                             "M2": rx.url("M2")},
+                        hub_overrides={"webhooks": FAST}) as dep:
+            async with dep.client("M1") as c1, dep.client("M2") as c2:
+                await c1.charge("retry-1", 10_000, card=card(1))
+                await c2.charge("dead-1", 10_000, card=card(2))
+            assert await rx.wait_for(lambda: len(rx.delivered("M1")) == 1)
+            tries = [d for d in rx.deliveries if d.merchant == "M1"]
+            assert [d.attempt for d in tries] == [1, 2, 3, 4]
+            assert [d.status for d in tries] == [503, 503, 503, 200]
+            gaps = [b.arrived_s - a.arrived_s for a, b in itertools.pairwise(tries)]
+            scale = FAST.time_scale
+            bands = [(0.0, 120 * scale), (120 * scale, 600 * scale), (600 * scale, 1800 * scale)]
+            slack_s = 0.15  # poll interval and scheduling
+            for gap, (low, high) in zip(gaps, bands, strict=True):
+                assert low - 0.005 <= gap <= high + slack_s, (gaps, bands)
+            assert gaps[2] > gaps[0]
+            # M2 always answers 503: six attempts (one + five retries), then dead-lettered.
+            assert await rx.wait_for(
+                lambda: sum(1 for d in rx.deliveries if d.merchant == "M2") >= 6, 30)
+            await asyncio.sleep(0.5)
+            assert sum(1 for d in rx.deliveries if d.merchant == "M2") == 6
+            listed = subprocess.run(
+                [sys.executable, "-m", "gateway.cli", "webhooks", "list", "--ledger",
+                 str(dep.workdir / "ledger.db"), "--state", "dead"],
+                capture_output=True, text=True, check=True).stdout
+            assert '"merchant_id": "M2"' in listed and '"attempts": 6' in listed
+            mode["M2"] = 200
+            subprocess.run([sys.executable, "-m", "gateway.cli", "webhooks", "redeliver",
+                            "--ledger", str(dep.workdir / "ledger.db"), "--all-dead"],
+                           check=True, capture_output=True)
+            assert await rx.wait_for(lambda: len(rx.delivered("M2")) == 1)
+    finally:
+        await rx.stop()
+
+
+async def test_sigkill_with_pending_notifications_then_all_delivered_in_order(
+        tmp_path: Path) -> None:
+    rx = await Receiver(KEYS).start()
+    up = {"ok": False}
+
+    async def flaky(merchant: str, body: dict[str, Any], attempt: int) -> int:
+        return 200 if up["ok"] else 503
+
+    rx.behaviour["M1"] = flaky
+    slow_retries = WebhookConfig(time_scale=0.001, poll_interval_s=0.02)
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1")},
+                        hub_overrides={"webhooks": slow_retries}) as dep:
+            async with dep.client() as c:
+                for i in range(8):
+                    oid = f"kill-{i}"
+                    await c.charge(oid, 40_000, card=card(i), capture=False)
+                    await c.capture(oid)
+                    await c.refund(oid, "r1", 10_000)
+                    await c.refund(oid, "r2")
+            expected = dep.ledger_sql("SELECT COUNT(*) FROM events WHERE merchant_id='M1'")[0][0]
+            assert expected == 8 * 4
+            assert dep.hub is not None
+            dep.hub.kill()
+            up["ok"] = True
+            dep.start_hub()
+            assert await rx.wait_for(lambda: len({d.event_id for d in rx.delivered()})
+                                     == expected, 30)
+    finally:
+        await rx.stop()
+    first_success: dict[str, Any] = {}
+    for d in rx.delivered():
+        first_success.setdefault(d.event_id, d)
+    by_tx: dict[str, list[Any]] = {}
+    for d in sorted(first_success.values(), key=lambda d: d.arrived_s):
+        by_tx.setdefault(d.body["order_id"], []).append(d)
+    for oid, notes in by_tx.items():
+        assert [n.body["transaction_status"] for n in notes] == \
+            ["authorize", "capture", "partial_refund", "refund"], oid
+        assert [seq_of(n.event_id) for n in notes] == sorted(seq_of(n.event_id) for n in notes)
+
+
+async def test_slow_receiver_of_one_merchant_does_not_delay_another(tmp_path: Path) -> None:
+    rx = await Receiver(KEYS).start()
+    release = asyncio.Event()
+
+    async def stuck(merchant: str, body: dict[str, Any], attempt: int) -> int:
+        await asyncio.wait_for(release.wait(), 30)
+        return 200
+
+    rx.behaviour["M1"] = stuck
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1"),
+                                                             "M2": rx.url("M2")},
+                        hub_overrides={"webhooks": FAST}) as dep:
+            async with dep.client("M1") as c1, dep.client("M2") as c2:
+                for i in range(12):  # more than M1's 8 delivery slots
+                    await c1.charge(f"slow-{i}", 1_000, card=card(i))
+                for i in range(5):
+                    await c2.charge(f"fast-{i}", 1_000, card=card(i))
+            # M2's notifications all arrive while every M1 delivery is still stuck.
+            assert await rx.wait_for(lambda: len(rx.delivered("M2")) == 5, 15)
+            assert rx.delivered("M1") == []
+            release.set()
+            assert await rx.wait_for(lambda: len(rx.delivered("M1")) == 12, 20)
+            await asyncio.sleep(0.3)
+            assert len(rx.deliveries) == 17  # all answered 200 eventually: no duplicates
+    finally:
+        release.set()
+        await rx.stop()
