@@ -1,0 +1,60 @@
+"""The webhook receiver printed in the README works against what the hub really sends."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.webhooks.payload import notification_body
+from protocol.signing import webhook_signature_header
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_receiver_app() -> web.Application:
+    text = README.read_text()
+    block = re.search(r"A complete receiver:\n\n```python\n(.*?)```", text, re.S)
+    assert block is not None
+    captured: dict[str, Any] = {}
+    namespace: dict[str, Any] = {}
+    code = block.group(1).replace("web.run_app(", "_capture(")
+    namespace["_capture"] = lambda app, **_: captured.setdefault("app", app)
+    exec(compile(code, "README.md", "exec"), namespace)
+    return captured["app"]  # type: ignore[no-any-return]
+
+
+async def test_readme_receiver_accepts_genuine_and_refuses_forged() -> None:
+    key = "SB-Mid-server-demo-key"
+    result = {"transaction_id": "t1", "order_id": "o1", "merchant_id": "M1",
+              "status_code": "200", "status_message": "ok", "gross_amount": 150000,
+              "currency": "IDR", "payment_type": "credit_card",
+              "transaction_status": "capture", "fraud_status": "accept",
+              "transaction_time": "2026-11-24 16:05:00.123"}
+    body = notification_body(result, key, 7)
+    runner = web.AppRunner(readme_receiver_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/paywire"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def post(data: bytes, header: str) -> int:
+                async with http.post(url, data=data,
+                                     headers={"X-Paywire-Signature": header}) as resp:
+                    return resp.status
+
+            now = int(time.time())
+            assert await post(body, webhook_signature_header(key.encode(), now, body)) == 200
+            forged = body.replace(b"capture", b"settled")
+            assert await post(forged, webhook_signature_header(key.encode(), now, body)) == 401
+            assert await post(body, webhook_signature_header(b"wrong", now, body)) == 401
+            stale = webhook_signature_header(key.encode(), now - 3600, body)
+            assert await post(body, stale) == 401
+    finally:
+        await runner.cleanup()
