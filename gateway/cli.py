@@ -222,6 +222,31 @@ def cmd_events(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(ns: argparse.Namespace) -> int:
+    from gateway.audit import audit, load_acks
+
+    banks = {}
+    for item in ns.bank or []:
+        name, _, path = item.partition("=")
+        banks[name] = Path(path)
+    report = audit(Path(ns.ledger), banks, load_acks(Path(ns.acks)) if ns.acks else None)
+    for finding in report.findings:
+        print(finding)
+    print(json.dumps(report.summary()))
+    return 0 if report.clean else 1
+
+
+def cmd_chaos(ns: argparse.Namespace) -> int:
+    from gateway.chaos import run_cli
+
+    faults = json.loads(ns.faults) if ns.faults else {}
+    try:
+        _run(run_cli(ns.listen, ns.target, ns.control, faults, ns.seed))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -315,6 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
     events.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
     events.set_defaults(fn=cmd_events)
+
+    aud = sub.add_parser("audit", help="check the ledger against the banks' books")
+    aud.add_argument("--ledger", required=True)
+    aud.add_argument("--bank", action="append", help="NAME=PATH of a bank's store")
+    aud.add_argument("--acks", help="JSON lines of what clients were told (order_id, "
+                                    "merchant_id, transaction_id, transaction_status)")
+    aud.set_defaults(fn=cmd_audit)
+
+    chaos = sub.add_parser("chaos", help="a fault-injecting TCP proxy between two nodes")
+    chaos.add_argument("--listen", required=True, help="HOST:PORT to accept on")
+    chaos.add_argument("--target", required=True, help="HOST:PORT to forward to")
+    chaos.add_argument("--control", help="HOST:PORT for the HTTP control API")
+    chaos.add_argument("--faults", help='initial faults as JSON, e.g. {"latency_ms": 20}')
+    chaos.add_argument("--seed", type=int, default=0)
+    chaos.set_defaults(fn=cmd_chaos)
 
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,13 @@ OPENING = 1_000_000_000
 class Deployment:
     def __init__(self, workdir: Path, *, bca_nodes: int = 2, hub_overrides: dict[str, Any]
                  | None = None, bank_overrides: dict[str, Any] | None = None,
-                 webhook_urls: dict[str, str] | None = None) -> None:
+                 webhook_urls: dict[str, str] | None = None,
+                 merchant_overrides: dict[str, dict[str, Any]] | None = None,
+                 bank_address: Callable[[str, int], int] | None = None) -> None:
         self.webhook_urls = webhook_urls or {}
+        self.merchant_overrides = merchant_overrides or {}
+        # Maps (bank, node port) to the port the hub should dial (e.g. a chaos proxy's).
+        self.bank_address = bank_address or (lambda bank, port: port)
         self.workdir = workdir
         self.certs = workdir / "certs"
         self.bca_nodes = [f"bca-{i}" for i in range(1, bca_nodes + 1)]
@@ -58,13 +64,15 @@ class Deployment:
                 proc.wait_ready()
                 procs.append(proc)
             self.banks[bank] = procs
-            routes.append(BankRoute(bank, [f"127.0.0.1:{p.port}" for p in procs],
+            routes.append(BankRoute(bank, [f"127.0.0.1:{self.bank_address(bank, p.port)}"
+                                           for p in procs],
                                     bins={"bca": ["4811"], "bni": ["5211"]}.get(bank, []),
                                     virtual_account=bank != "wallet",
                                     providers=["gopay"] if bank == "wallet" else []))
         self.hub_cfg = HubConfig(
             listen_port=0, certs_dir=self.certs, ledger_path=self.workdir / "ledger.db",
-            merchants=[MerchantConfig(m, k, webhook_url=self.webhook_urls.get(m))
+            merchants=[MerchantConfig(m, k, webhook_url=self.webhook_urls.get(m),
+                                      **self.merchant_overrides.get(m, {}))
                        for m, k in KEYS.items()], banks=routes,
             expiry_check_interval_s=0.1, recovery_interval_s=0.3, bank_timeout_s=2.0,
             **self.hub_overrides)
@@ -72,9 +80,28 @@ class Deployment:
         return self
 
     def start_hub(self) -> int:
+        """Start (or restart) the hub; a restart listens on the same port as before."""
         assert self.hub_cfg is not None
         self.hub = NodeProcess("hub", self.hub_cfg, self.workdir, "hub").start()
-        return self.hub.wait_ready()
+        port = self.hub.wait_ready()
+        self.hub_cfg.listen_port = port
+        return port
+
+    async def astart(self) -> Deployment:
+        """``start`` without blocking the event loop (in-process proxies keep serving)."""
+        await asyncio.get_running_loop().run_in_executor(None, self.start)
+        return self
+
+    async def arestart_hub(self) -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, self.start_hub)
+
+    def bank_paths(self) -> dict[str, Path]:
+        return {bank: self.workdir / f"{bank}.db" for bank in self.banks}
+
+    def audit(self, acks: list[dict[str, Any]] | None = None) -> Any:
+        from gateway.audit import audit
+
+        return audit(self.workdir / "ledger.db", self.bank_paths(), acks)
 
     def stop(self) -> None:
         if self.hub is not None:
@@ -124,3 +151,9 @@ def deployment(workdir: Path, **options: Any) -> Iterator[Deployment]:
         yield dep.start()
     finally:
         dep.stop()
+
+
+def ack(tx: Any) -> dict[str, Any]:
+    """What a client was told, in the form ``paywire audit --acks`` reads."""
+    return {"merchant_id": tx.merchant_id, "order_id": tx.order_id,
+            "transaction_id": tx.transaction_id, "transaction_status": tx.transaction_status}

@@ -13,7 +13,15 @@ from gateway.net.signed import RequestTimeout
 from protocol.errors import ErrorCode
 
 from .client import Client, client_ssl_context, connect
-from .results import Card, ConnectionLost, Event, Refund, RequestError, TransactionResult
+from .results import (
+    Card,
+    ConnectionLost,
+    Event,
+    OutcomeUnknown,
+    Refund,
+    RequestError,
+    TransactionResult,
+)
 from .sync import SyncClient
 
 __all__ = [
@@ -22,6 +30,7 @@ __all__ = [
     "ConnectionLost",
     "ErrorCode",
     "Event",
+    "OutcomeUnknown",
     "Refund",
     "RequestError",
     "RequestTimeout",

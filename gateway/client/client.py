@@ -10,16 +10,24 @@ from __future__ import annotations
 import asyncio
 import random
 import ssl
+from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from gateway.net.signed import build_request
-from protocol.errors import RemoteError
+from gateway.net.signed import RequestTimeout, build_request
+from protocol.errors import ErrorCode, RemoteError
 
 from .connection import ClientConnection
-from .results import Card, ConnectionLost, Event, RequestError, TransactionResult
+from .results import (
+    Card,
+    ConnectionLost,
+    Event,
+    OutcomeUnknown,
+    RequestError,
+    TransactionResult,
+)
 
 REQUEST_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
@@ -33,45 +41,135 @@ def client_ssl_context(certs_dir: Path | str, merchant_id: str) -> ssl.SSLContex
     return node_client_context(Path(certs_dir), "merchant", merchant_id)
 
 
-class Client:
-    """A connection to a hub for one merchant. Methods return ``TransactionResult`` or raise
-    ``RequestError`` (with ``.code``), ``ConnectionLost`` or ``RequestTimeout``."""
+Address = tuple[str, int]
 
-    def __init__(self, host: str, port: int, *, merchant_id: str, server_key: str,
-                 ssl_context: ssl.SSLContext, server_hostname: str | None = None,
+
+class Client:
+    """A merchant's connection to one of several hubs. Methods return ``TransactionResult``
+    or raise ``RequestError`` (with ``.code``), ``OutcomeUnknown`` or ``ConnectionLost``.
+
+    Reliability (DESIGN §4): when the connection dies the client reconnects, to the next
+    address in the list, after a jittered exponential backoff; requests that were in flight
+    are sent again on the new connection, which is safe because every operation carries its
+    idempotency key (order id, refund key). After GOAWAY it moves to another hub. A request
+    that times out is not sent again blindly: a ``status`` call decides what happened.
+    """
+
+    def __init__(self, host: str | list[Address], port: int | None = None, *,
+                 merchant_id: str, server_key: str, ssl_context: ssl.SSLContext,
+                 server_hostname: str | None = None,
                  timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
-                 in_flight_max: int = 256, hello: dict[str, Any] | None = None) -> None:
-        self.host = host
-        self.port = port
+                 in_flight_max: int = 256, hello: dict[str, Any] | None = None,
+                 reconnect: bool = True, retry_attempts_max: int = 8,
+                 backoff_min_s: float = 0.05, backoff_max_s: float = 2.0,
+                 reconnect_window_s: float = 30.0, resolve_unknown: bool = True) -> None:
+        if isinstance(host, str):
+            assert port is not None, "give a port with a host name"
+            self.addresses: list[Address] = [(host, port)]
+        else:
+            self.addresses = list(host)
         self.merchant_id = merchant_id
         self.key = server_key.encode()
         self.ssl_context = ssl_context
-        self.server_hostname = server_hostname or host
+        self.server_hostname = server_hostname
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.in_flight_max = in_flight_max
         self.hello = {"in_flight_max": in_flight_max, **(hello or {})}
+        self.reconnect = reconnect
+        self.retry_attempts_max = retry_attempts_max
+        self.backoff_min_s = backoff_min_s
+        self.backoff_max_s = backoff_max_s
+        self.reconnect_window_s = reconnect_window_s
+        self.resolve_unknown = resolve_unknown
         self.conn: ClientConnection | None = None
         self.welcome: dict[str, Any] = {}
+        self.address: Address | None = None
+        self._next_address = 0
         self._slots: asyncio.Semaphore | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
+        self._rng = random.Random()
+        # Monotonic times of reconnect attempts (bounded), for labs and the retry-storm test.
+        self.reconnect_attempts: deque[float] = deque(maxlen=1000)
+        self.history: deque[ClientConnection] = deque(maxlen=16)
 
-    async def connect(self) -> Client:
+    # --- connection management ------------------------------------------------------------
+    def _usable(self, conn: ClientConnection | None) -> bool:
+        return (conn is not None and conn.transport is not None
+                and not conn.transport.is_closing() and conn.goaway is None)
+
+    async def _open(self, address: Address) -> ClientConnection:
         loop = asyncio.get_running_loop()
+        host, port = address
         _, conn = await asyncio.wait_for(loop.create_connection(
-            lambda: ClientConnection(self.merchant_id, self.hello), self.host, self.port,
-            ssl=self.ssl_context, server_hostname=self.server_hostname),
+            lambda: ClientConnection(self.merchant_id, self.hello), host, port,
+            ssl=self.ssl_context, server_hostname=self.server_hostname or host),
             self.connect_timeout_s)
         try:
             self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
         except BaseException:
             conn.abort_soon()
             raise
-        self.conn = conn
-        self._slots = asyncio.Semaphore(self.welcome["in_flight_max"])
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.welcome["in_flight_max"])
+        self.address = address
+        self.history.append(conn)
+        return conn
+
+    def backoff_s(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, min·2^attempt)], so clients that lost the same
+        hub at the same instant come back spread out instead of in one wave."""
+        cap = min(self.backoff_max_s, self.backoff_min_s * 2 ** attempt)
+        return self._rng.uniform(0, cap)
+
+    async def connect(self) -> Client:
+        await self._connection(first=True)
         return self
 
+    async def _connection(self, first: bool = False) -> ClientConnection:
+        conn = self.conn
+        if self._usable(conn):
+            assert conn is not None
+            return conn
+        async with self._connecting:
+            conn = self.conn
+            if self._usable(conn):
+                assert conn is not None
+                return conn
+            if self._closed:
+                raise ConnectionLost("client is closed")
+            if conn is not None:
+                if not self.reconnect:
+                    raise ConnectionLost(f"connection lost: {conn.lost_reason or 'closed'}")
+                self._next_address += 1  # fail over: start with the next hub
+                conn.abort_soon()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (self.connect_timeout_s if first and not self.reconnect
+                                      else self.reconnect_window_s)
+            attempt = 0
+            last: BaseException | None = None
+            while True:
+                if not first or attempt > 0:
+                    await asyncio.sleep(self.backoff_s(attempt))
+                address = self.addresses[self._next_address % len(self.addresses)]
+                self.reconnect_attempts.append(loop.time())
+                try:
+                    self.conn = await self._open(address)
+                    return self.conn
+                except (TimeoutError, OSError, ssl.SSLError, ConnectionLost, RemoteError) as exc:
+                    last = exc
+                    if isinstance(exc, RemoteError) and not exc.code.is_retryable \
+                            and exc.code is not ErrorCode.TOO_MANY_CONNECTIONS:
+                        raise  # refused for good (wrong certificate, unknown merchant)
+                self._next_address += 1
+                attempt += 1
+                if loop.time() >= deadline:
+                    raise ConnectionLost(f"no hub reachable among {self.addresses}: {last!r}")
+
     async def close(self) -> None:
+        self._closed = True
         if self.conn is not None:
             self.conn.abort_soon()
             await self.conn.closed
@@ -83,23 +181,62 @@ class Client:
                         tb: TracebackType | None) -> None:
         await self.close()
 
+    # --- requests --------------------------------------------------------------------------
     async def request(self, op: str, args: dict[str, Any],
                       timeout_s: float | None = None) -> dict[str, Any]:
-        """Send one signed request and wait for its response map."""
-        conn, slots = self.conn, self._slots
-        if conn is None or slots is None:
-            raise ConnectionLost("not connected")
-        async with slots:
-            if conn.transport is None or conn.transport.is_closing():
-                raise ConnectionLost(f"connection lost: {conn.lost_reason or 'closed'}")
-            rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
-            conn.send(build_request(self.key, self.merchant_id, rid, op, args))
-            try:
-                return await fut
-            except RemoteError as exc:
-                raise RequestError(exc.message, code=exc.code, field=exc.field) from None
-            finally:
-                conn.correlator.forget(rid)
+        """Send one signed request and wait for its response map, retrying where it is safe:
+        a lost connection, a hub that is shutting down, and retryable error codes."""
+        attempts = 0
+        while True:
+            attempts += 1
+            conn = await self._connection()
+            assert self._slots is not None
+            async with self._slots:
+                rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
+                conn.send(build_request(self.key, self.merchant_id, rid, op, args))
+                try:
+                    return await fut
+                except RemoteError as exc:
+                    if exc.code is ErrorCode.SHUTTING_DOWN:
+                        conn.shutting_down_rids.add(rid)
+                        conn.goaway = conn.goaway or {"last_request_id": rid - 1}
+                    if not exc.code.is_retryable or attempts >= self.retry_attempts_max:
+                        raise RequestError(exc.message, code=exc.code,
+                                           field=exc.field) from None
+                except ConnectionLost:
+                    if not self.reconnect or attempts >= self.retry_attempts_max:
+                        raise
+                    continue  # in flight when the connection died: send it again
+                finally:
+                    conn.correlator.forget(rid)
+            if conn.goaway is None:
+                await asyncio.sleep(self.backoff_s(attempts))
+
+    async def _tx(self, op: str, args: dict[str, Any],
+                  timeout_s: float | None) -> TransactionResult:
+        try:
+            return TransactionResult.from_wire(await self.request(op, args, timeout_s))
+        except RequestTimeout:
+            if not self.resolve_unknown or op == "status":
+                raise OutcomeUnknown(f"{op} of {args['order_id']!r}: no answer in time",
+                                     order_id=args["order_id"]) from None
+            return await self._resolve(op, args)
+
+    async def _resolve(self, op: str, args: dict[str, Any]) -> TransactionResult:
+        """After a timeout, ask what happened instead of sending a money-moving op again."""
+        order_id = args["order_id"]
+        try:
+            tx = await self.status(order_id)
+        except RequestError as exc:
+            if exc.code is ErrorCode.NOT_FOUND:
+                raise OutcomeUnknown(f"{op} of {order_id!r} timed out and the hub has no "
+                                     "record of it yet; sending the same request again is "
+                                     "safe", order_id=order_id) from None
+            raise
+        if _effect_visible(op, args, tx):
+            return tx
+        raise OutcomeUnknown(f"{op} of {order_id!r} timed out; the transaction is "
+                             f"{tx.transaction_status}", order_id=order_id)
 
     async def events(self, since: int | None = None, *, reconnect: bool = True
                      ) -> AsyncIterator[Event]:
@@ -113,10 +250,10 @@ class Client:
             hello: dict[str, Any] = {"subscribe_events": True}
             if last is not None:
                 hello["events_since"] = last
-            sub = Client(self.host, self.port, merchant_id=self.merchant_id,
+            sub = Client(self.addresses, merchant_id=self.merchant_id,
                          server_key=self.key.decode(), ssl_context=self.ssl_context,
                          server_hostname=self.server_hostname, hello=hello,
-                         connect_timeout_s=self.connect_timeout_s)
+                         connect_timeout_s=self.connect_timeout_s, reconnect=False)
             try:
                 await sub.connect()
                 delay_s = 0.05
@@ -146,9 +283,6 @@ class Client:
             await asyncio.sleep(random.uniform(0, delay_s))
             delay_s = min(delay_s * 2, EVENTS_RECONNECT_DELAY_MAX_S)
 
-    async def _tx(self, op: str, args: dict[str, Any],
-                  timeout_s: float | None) -> TransactionResult:
-        return TransactionResult.from_wire(await self.request(op, args, timeout_s))
 
     async def charge(self, order_id: str, gross_amount: int, payment_type: str = "credit_card",
                      *, card: Card | dict[str, Any] | None = None, capture: bool = True,
@@ -205,9 +339,22 @@ class Client:
         return await self._tx("expire", {"order_id": order_id}, timeout_s)
 
 
-def connect(host: str, port: int, *, merchant_id: str, server_key: str,
+def _effect_visible(op: str, args: dict[str, Any], tx: TransactionResult) -> bool:
+    """Does the transaction show that ``op`` took effect?"""
+    if op == "charge":
+        return bool(tx.gross_amount == args["gross_amount"])
+    if op == "refund":
+        return any(r.refund_key == args["refund_key"] for r in tx.refunds)
+    wanted = {"capture": ("capture",), "cancel": ("cancel",), "expire": ("expire",),
+              "approve": ("capture",), "deny": ("deny",)}.get(op, ())
+    return tx.transaction_status in wanted
+
+
+def connect(host: str | list[Address], port: int | None = None, *, merchant_id: str,
+            server_key: str,
             ssl_context: ssl.SSLContext | None = None, certs_dir: Path | str | None = None,
             **options: Any) -> Client:
+    """``host`` may be a list of ``(host, port)``: the client fails over between them."""
     """Build a client; use as ``async with connect(...) as client:`` or ``await
     connect(...).connect()``. Give ``ssl_context``, or ``certs_dir`` holding
     ``ca.crt`` and ``merchant-<merchant_id>.crt/.key``."""

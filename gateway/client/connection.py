@@ -33,6 +33,8 @@ class ClientConnection(FramedProtocol):
         # consumer that falls EVENTS_QUEUED_MAX behind is cut off (it resumes by seq).
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.lost_reason: str | None = None
+        # Request ids the hub refused with SHUTTING_DOWN (labs and the GOAWAY test read it).
+        self.shutting_down_rids: set[int] = set()
 
     def on_connected(self) -> None:
         self.send(messages.encode_message(FrameType.HELLO, {

@@ -19,6 +19,18 @@ class ConnectionLost(PaywireError):
     code = ErrorCode.OUTCOME_UNKNOWN
 
 
+class OutcomeUnknown(PaywireError):
+    """No answer in time, and a ``status`` call could not show the operation took effect.
+    Never charge again with a new order id: retry with the same one (idempotent), or ask
+    ``status(order_id)`` later."""
+
+    code = ErrorCode.OUTCOME_UNKNOWN
+
+    def __init__(self, message: str, *, order_id: str) -> None:
+        super().__init__(message)
+        self.order_id = order_id
+
+
 @dataclass(frozen=True)
 class Card:
     number: str

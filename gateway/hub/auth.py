@@ -68,3 +68,23 @@ class Authenticator:
                                       req.op, req.timestamp_ms, req.nonce, req.args):
             raise AuthError("signature does not verify", code=ErrorCode.BAD_SIGNATURE)
         self.nonces.add(req.merchant_id.encode() + b"\x00" + req.nonce, ts_s, now_s)
+
+
+class TokenBucket:
+    """``rate_per_s`` sustained, ``burst`` at once. Refilled lazily on each take."""
+
+    __slots__ = ("burst", "rate_per_s", "stamp_s", "tokens")
+
+    def __init__(self, rate_per_s: float, burst: int, now_s: float) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.tokens = float(burst)
+        self.stamp_s = now_s
+
+    def take(self, now_s: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now_s - self.stamp_s) * self.rate_per_s)
+        self.stamp_s = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False

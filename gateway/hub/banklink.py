@@ -198,7 +198,7 @@ class BankPool:
 
     def __init__(self, name: str, addresses: list[str], *, hub_id: str, key: bytes,
                  ssl_ctx: ssl.SSLContext, on_bank_request: BankRequestHandler,
-                 timeout_s: float, attempts_max: int) -> None:
+                 timeout_s: float, attempts_max: int, calls_max: int = 20_000) -> None:
         self.name = name
         self.hub_id = hub_id
         self.key = key
@@ -208,6 +208,13 @@ class BankPool:
         self.attempts_max = attempts_max
         self.nodes = [BankNodeHandle(self, a) for a in addresses]
         self._next = 0
+        self.calls_max = calls_max
+        self.calls_in_flight = 0
+
+    @property
+    def saturated(self) -> bool:
+        """Too many calls already waiting on this bank: refuse new work before it starts."""
+        return self.calls_in_flight >= self.calls_max
 
     def start(self) -> None:
         for node in self.nodes:
@@ -241,6 +248,13 @@ class BankPool:
         Raises ``BankUnavailable`` when no attempt can have reached the bank, and
         ``OutcomeUnknown`` when at least one was sent and none was answered.
         """
+        self.calls_in_flight += 1
+        try:
+            return await self._call(op, args)
+        finally:
+            self.calls_in_flight -= 1
+
+    async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         tried: set[BankNodeHandle] = set()
         maybe_sent = False

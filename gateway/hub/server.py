@@ -9,7 +9,7 @@ from typing import Any
 from gateway import tls
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
-from gateway.hub.auth import Authenticator
+from gateway.hub.auth import Authenticator, TokenBucket
 from gateway.hub.banklink import BankLink, BankPool
 from gateway.hub.routing import Router
 from gateway.hub.service import TransactionService
@@ -39,7 +39,8 @@ class Hub:
             b.name: BankPool(b.name, b.nodes, hub_id=cfg.node_id, key=self.link_key,
                              ssl_ctx=client_ctx, on_bank_request=self.on_bank_request,
                              timeout_s=cfg.bank_timeout_s,
-                             attempts_max=cfg.bank_retry_attempts_max)
+                             attempts_max=cfg.bank_retry_attempts_max,
+                             calls_max=cfg.bank_calls_queued_max)
             for b in cfg.banks
         }
         self.fraud = FraudEngine(cfg.fraud, self.link_key)
@@ -50,6 +51,8 @@ class Hub:
                                           {m.id: m.server_key for m in cfg.merchants})
         self.has_webhook = {m.id for m in cfg.merchants if m.webhook_url}
         self.event_seq: dict[str, int] = {}
+        self.buckets = {m.id: TokenBucket(m.rate_per_s, m.rate_burst, 0.0)
+                        for m in cfg.merchants}
         self.subscribers: dict[str, set[MerchantSession]] = {}
         self.sessions: set[MerchantSession] = set()
         self.connections_by_merchant: dict[str, int] = {}

@@ -237,6 +237,10 @@ class TransactionService:
             bank_args = {"op_id": f"{txid}:open", "transaction_id": txid, "kind": kind,
                          "amount": tx.gross_amount, "currency": tx.currency,
                          "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
+        assert tx.bank is not None
+        if self.pools[tx.bank].saturated:
+            raise PaywireError(f"too many calls queued for bank {tx.bank}",
+                               code=ErrorCode.QUEUE_FULL)
         tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
         stored = await self.ledger.insert_new(tx)
         if isinstance(stored, Transaction):

@@ -135,6 +135,11 @@ class MerchantSession(FramedProtocol):
                                                   code=ErrorCode.SHUTTING_DOWN))
             return
         self.last_request_id = max(self.last_request_id, rid)
+        assert self.merchant_id is not None
+        if not self.hub.buckets[self.merchant_id].take(self.loop.time()):
+            self._respond_error(rid, PaywireError("merchant rate limit exceeded",
+                                                  code=ErrorCode.RATE_LIMITED))
+            return
         if self.in_flight >= self.in_flight_max:
             self._respond_error(rid, PaywireError(
                 f"more than {self.in_flight_max} requests in flight",

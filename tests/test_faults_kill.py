@@ -1,0 +1,84 @@
+"""SIGKILL at random moments under load: nothing acknowledged is lost, nothing is doubled.
+
+The number of rounds comes from PAYWIRE_SOAK_ROUNDS (10 in ``make test``, more in
+``make soak``); every round prints its seed so a failure can be replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from pathlib import Path
+
+from tests.deploy import Deployment
+from tests.loadgen import charge_load, wait_resolved
+
+ROUNDS = int(os.environ.get("PAYWIRE_SOAK_ROUNDS", "10"))
+CHARGES_PER_ROUND = int(os.environ.get("PAYWIRE_SOAK_CHARGES", "40"))
+BASE_SEED = int(os.environ.get("PAYWIRE_SOAK_SEED", "1000"))
+RESULTS = os.environ.get("PAYWIRE_SOAK_RESULTS")
+
+
+async def test_kill_the_hub_at_random_moments(tmp_path: Path) -> None:
+    dep = await Deployment(tmp_path).astart()
+    for node in range(2):  # a slow bank keeps charges in flight when the hub dies
+        await dep.admin("bca", "admin.faults", {"latency_ms": 40}, node=node)
+    all_acks = []
+    kills = mid_load = 0
+    try:
+        for r in range(ROUNDS):
+            seed = BASE_SEED + r
+            rng = random.Random(seed)
+            round_acks: list[dict[str, object]] = []
+            load = asyncio.ensure_future(charge_load(dep, CHARGES_PER_ROUND, seed, f"k{seed}",
+                                                     acks=round_acks, spread_s=0.6))
+            await asyncio.sleep(rng.uniform(0.05, 0.5))
+            assert dep.hub is not None
+            dep.hub.kill()
+            kills += 1
+            at_kill = len(round_acks)
+            mid_load += at_kill < CHARGES_PER_ROUND
+            print(f"kill round {r} seed={seed}: {at_kill}/{CHARGES_PER_ROUND} answered "
+                  f"before the kill")
+            await dep.arestart_hub()
+            acks, errors = await asyncio.wait_for(load, 120)
+            assert not errors, f"seed={seed}: {errors[:3]}"
+            assert len(acks) == CHARGES_PER_ROUND, f"seed={seed}"
+            all_acks += acks
+        # The test means something only if kills hit work in flight.
+        assert mid_load >= ROUNDS // 2, f"only {mid_load} of {ROUNDS} kills hit in-flight work"
+        assert await wait_resolved(dep) == 0
+        report = dep.audit(all_acks)
+        assert report.clean, f"seeds {BASE_SEED}..{BASE_SEED + ROUNDS - 1}: {report.findings[:10]}"
+        if RESULTS:
+            Path(RESULTS).write_text(json.dumps({
+                "rounds": ROUNDS, "hub_kills": kills, "kills_mid_load": mid_load,
+                "charges": len(all_acks),
+                "seeds": [BASE_SEED, BASE_SEED + ROUNDS - 1], **report.summary()}))
+    finally:
+        dep.stop()
+
+
+async def test_kill_a_bank_node_mid_load(tmp_path: Path) -> None:
+    dep = await Deployment(tmp_path).astart()  # bca has two nodes sharing its books
+    try:
+        await dep.admin("bca", "admin.faults", {"latency_ms": 20}, node=0)
+        acks_live: list[dict[str, object]] = []
+        load = asyncio.ensure_future(charge_load(dep, 80, 7, "bk", acks=acks_live,
+                                                 spread_s=1.0))
+        await asyncio.sleep(0.4)
+        dep.banks["bca"][0].kill()
+        at_kill = len(acks_live)
+        acks, errors = await asyncio.wait_for(load, 120)
+        assert 0 < at_kill < 80, at_kill  # the node died mid-load
+        assert not errors and len(acks) == 80
+        assert await wait_resolved(dep) == 0
+        report = dep.audit(acks)
+        assert report.clean, report.findings[:10]
+        # The survivor did the rest: both nodes answered some of the load.
+        served = dep.bank_sql("bca", "SELECT COUNT(*) FROM ops")[0][0]
+        assert served >= 80
+    finally:
+        dep.stop()
