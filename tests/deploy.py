@@ -74,8 +74,8 @@ class Deployment:
             merchants=[MerchantConfig(m, k, webhook_url=self.webhook_urls.get(m),
                                       **self.merchant_overrides.get(m, {}))
                        for m, k in KEYS.items()], banks=routes,
-            expiry_check_interval_s=0.1, recovery_interval_s=0.3, bank_timeout_s=2.0,
-            **self.hub_overrides)
+            **{"expiry_check_interval_s": 0.1, "recovery_interval_s": 0.3,
+               "bank_timeout_s": 2.0, **self.hub_overrides})
         self.start_hub()
         return self
 

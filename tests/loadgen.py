@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from typing import Any
 
 from gateway.client import Card, Client, ConnectionLost, OutcomeUnknown, RequestError
@@ -13,6 +14,7 @@ from tests.deploy import RICH, Deployment, ack
 async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
                       clients: int = 4, addresses: list[tuple[str, int]] | None = None,
                       acks: list[dict[str, Any]] | None = None, spread_s: float = 0.0,
+                      on_clients: Callable[[list[Client]], Any] | None = None,
                       **options: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """``count`` charges (80% captured, 20% authorized only) over ``clients`` pipelined
     connections. Returns (acks, errors); every charge ends in one or the other."""
@@ -29,6 +31,8 @@ async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
         c = connect(addresses or [("127.0.0.1", dep.port)], merchant_id="M1",
                     server_key=KEYS["M1"], certs_dir=dep.certs, **opts)
         made.append(await c.connect())
+    if on_clients is not None:
+        on_clients(made)
     acks = [] if acks is None else acks  # the caller may watch it fill up
     errors: list[str] = []
 

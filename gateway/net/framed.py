@@ -36,6 +36,7 @@ class FramedProtocol(asyncio.Protocol):
         self.decoder = FrameDecoder(HANDSHAKE_BODY_BYTES_MAX)
         self.transport: asyncio.Transport | None = None
         self._out: list[bytes] = []
+        self._out_bytes = 0
         self._flush_scheduled = False
         self.writing_paused = False
         self.reading_paused = False
@@ -93,6 +94,7 @@ class FramedProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.state.close()
         self._out.clear()
+        self._out_bytes = 0
         if not self.closed.done():
             self.closed.set_result(None)
         self.on_disconnected(exc)
@@ -112,12 +114,19 @@ class FramedProtocol(asyncio.Protocol):
         if self.transport is None or self.state.state is State.CLOSED:
             return
         self._out.append(data)
-        if not self._flush_scheduled:
+        self._out_bytes += len(data)
+        if self._out_bytes >= WRITE_BUFFER_HIGH_BYTES:
+            # Do not let gathered output grow past what the transport would accept before
+            # pushing back: hand it over now, so pause_writing (and with it pause_reading)
+            # engages within one read's worth of work.
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._out_bytes = 0
         if not self._out or self.transport is None or self.transport.is_closing():
             self._out.clear()
             return
