@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck bench clean
+.PHONY: demo test lint typecheck bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +32,25 @@ typecheck: $(TEST_STAMP)
 test: $(TEST_STAMP) lint typecheck
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
-	$(BIN)/paywire bench all
+# The long randomized variant of the fault tests: ROUNDS kills of the hub under load
+# (default 50), each with its own printed seed; results in soak-results.json.
+ROUNDS ?= 50
+soak: $(TEST_STAMP)
+	PAYWIRE_SOAK_ROUNDS=$(ROUNDS) PAYWIRE_SOAK_RESULTS=soak-results.json \
+		$(BIN)/python -m pytest -q -s tests/test_faults_kill.py tests/test_faults_chaos.py
+	cat soak-results.json
+
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	touch $@ $(STAMP)
+
+# Reproduces BENCHMARKS.md: every baseline in one invocation (about 8 minutes with the
+# 5-minute memory run).
+bench: $(BENCH_STAMP)
+	$(BIN)/paywire bench all --duration-s 10 --memory-s 300 \
+		--plot bench/results/latency.png --markdown bench/results/latest.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -35,9 +35,16 @@ def _setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
+# The commit thread gives up the GIL around every SQLite call; with the default 5 ms switch
+# interval it then waits up to 5 ms to get it back from a busy event loop, several times per
+# batch. 0.2 ms keeps that hand-off cheap (measured: see BENCHMARKS.md).
+GIL_SWITCH_INTERVAL_S = 0.0002
+
+
 def _run(main: Any) -> None:
     import uvloop
 
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     uvloop.run(main)
 
 
@@ -247,6 +254,20 @@ def cmd_chaos(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(ns: argparse.Namespace) -> int:
+    from bench.run import Options, run
+
+    if ns.what == "smoke":
+        opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
+                       out=Path(ns.out or "bench/results/smoke.json"))
+    else:
+        opts = Options(duration_s=ns.duration_s, connections=ns.connections, window=ns.window,
+                       memory_s=ns.memory_s, out=Path(ns.out or "bench/results/latest.json"),
+                       plot=Path(ns.plot) if ns.plot else None,
+                       markdown=Path(ns.markdown) if ns.markdown else None)
+    return run(opts, "paywire " + " ".join(sys.argv[1:]))
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from gateway.demo import run_demo
 
@@ -355,6 +376,18 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.add_argument("--faults", help='initial faults as JSON, e.g. {"latency_ms": 20}')
     chaos.add_argument("--seed", type=int, default=0)
     chaos.set_defaults(fn=cmd_chaos)
+
+    bench = sub.add_parser("bench", help="measure Paywire against its ceiling and alternative")
+    bench.add_argument("what", choices=["all", "smoke"])
+    bench.add_argument("--duration-s", type=float, default=10.0)
+    bench.add_argument("--connections", type=int, default=8)
+    bench.add_argument("--window", type=int, default=16, help="requests in flight per conn")
+    bench.add_argument("--memory-s", type=float, default=0.0,
+                       help="also run this long at 80%% of peak, sampling hub memory")
+    bench.add_argument("--out", help="JSON result file")
+    bench.add_argument("--markdown", help="also write the Markdown table here")
+    bench.add_argument("--plot", help="PNG of latency percentiles against offered load")
+    bench.set_defaults(fn=cmd_bench)
 
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")

@@ -1,10 +1,19 @@
 """Group commit: one writer thread, one SQLite connection, one fsync for many writes.
 
-The event loop never touches the disk. It submits closures; the writer thread takes every
-closure queued since its last commit, runs them inside one transaction (each in its own
-savepoint, so one failing write does not sink its neighbours), commits once, and resolves
-the whole batch with a single ``call_soon_threadsafe``. With ``synchronous=FULL`` a commit
-costs ~0.33 ms here, so batching is what lets the hub pass ~3,000 commits per second.
+The event loop never touches the disk. It submits work; the writer thread takes everything
+queued since its last commit, applies it inside one transaction, commits once, and
+resolves the whole batch with a single ``call_soon_threadsafe``. With
+``synchronous=FULL`` a commit costs ~0.33 ms here, so batching is what lets the hub pass
+~3,000 commits per second.
+
+Two kinds of work. *Records* (the hot path: the ledger's transaction writes) are data, and
+a ``BulkWriter`` applies all records of a batch with a few ``executemany`` calls. That
+matters as much as the fsync: every SQLite call releases the GIL, and getting it back from
+a busy event loop costs up to one switch interval, so five calls per write made the commit
+thread, not the disk, the hub's limit. *Closures* (rare work: reads, webhook bookkeeping)
+run one by one, each in a savepoint. Records are applied first, so a read queued after a
+write sees it. If a batch fails, it is rolled back and each item retried alone, so one bad
+write fails by itself.
 """
 
 from __future__ import annotations
@@ -16,12 +25,23 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from protocol.errors import ErrorCode, PaywireError
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], Any]
+_CLOSURE = 0
+_RECORD = 1
+
+
+class BulkWriter(Protocol):
+    """Applies the records of one batch; one result per record, in order."""
+
+    def apply(self, conn: sqlite3.Connection, records: list[Any]) -> list[Any]: ...
+
+    def rollback(self) -> None:
+        """Forget in-memory effects of the last ``apply`` (its transaction was rolled back)."""
 
 QUEUE_WRITES_MAX_DEFAULT = 50_000
 BATCH_WRITES_MAX_DEFAULT = 4_000
@@ -50,6 +70,7 @@ class GroupCommitWriter:
         synchronous: str = "FULL",
         queue_writes_max: int = QUEUE_WRITES_MAX_DEFAULT,
         batch_writes_max: int = BATCH_WRITES_MAX_DEFAULT,
+        bulk: BulkWriter | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
@@ -58,7 +79,8 @@ class GroupCommitWriter:
         self.queue_writes_max = queue_writes_max
         self.batch_writes_max = batch_writes_max
         self._schema = schema
-        self._queue: deque[tuple[Work, asyncio.Future[Any]]] = deque()
+        self._bulk = bulk
+        self._queue: deque[tuple[int, Any, asyncio.Future[Any]]] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._thread: threading.Thread | None = None
@@ -82,6 +104,14 @@ class GroupCommitWriter:
 
     def submit(self, work: Work) -> asyncio.Future[Any]:
         """Queue ``work(conn)`` for the next commit. Raises QUEUE_FULL past the bound."""
+        return self._enqueue(_CLOSURE, work)
+
+    def submit_record(self, record: Any) -> asyncio.Future[Any]:
+        """Queue a record for the bulk writer's next batch."""
+        assert self._bulk is not None, "no bulk writer"
+        return self._enqueue(_RECORD, record)
+
+    def _enqueue(self, kind: int, item: Any) -> asyncio.Future[Any]:
         assert self._loop is not None, "start() first"
         if self._closing:
             raise StorageClosed("storage is closing")
@@ -89,7 +119,7 @@ class GroupCommitWriter:
             raise PaywireError("storage queue is full", code=ErrorCode.QUEUE_FULL)
         fut: asyncio.Future[Any] = self._loop.create_future()
         with self._cond:
-            self._queue.append((work, fut))
+            self._queue.append((kind, item, fut))
             if len(self._queue) == 1:
                 self._cond.notify()
         return fut
@@ -117,31 +147,62 @@ class GroupCommitWriter:
         finally:
             conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[tuple[Work, asyncio.Future[Any]]]
-                ) -> None:
-        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+    def _commit(self, conn: sqlite3.Connection,
+                batch: list[tuple[int, Any, asyncio.Future[Any]]]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for work, fut in batch:
-                conn.execute("SAVEPOINT w")
-                try:
-                    value = work(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO w")
-                    results.append((fut, None, exc))
-                else:
-                    results.append((fut, value, None))
-                conn.execute("RELEASE w")
+            values = self._apply(conn, batch)
             conn.execute("COMMIT")
-        except Exception as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            results = [(fut, None, exc) for _, fut in batch]
+            results = [(fut, value, err) for (_, _, fut), (value, err) in zip(batch, values,
+                                                                                strict=True)]
+        except Exception:
+            self._abort(conn)
+            results = [self._alone(conn, item) for item in batch]
         self.commits += 1
         self.writes += len(batch)
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):  # loop closed during shutdown
             self._loop.call_soon_threadsafe(_resolve_batch, results)
+
+    def _apply(self, conn: sqlite3.Connection, batch: list[tuple[int, Any, asyncio.Future[Any]]]
+               ) -> list[tuple[Any, BaseException | None]]:
+        out: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
+        record_at = [i for i, item in enumerate(batch) if item[0] == _RECORD]
+        if record_at:
+            assert self._bulk is not None
+            applied = self._bulk.apply(conn, [batch[i][1] for i in record_at])
+            for i, value in zip(record_at, applied, strict=True):
+                out[i] = (value, None)
+        for i, (kind, work, _) in enumerate(batch):
+            if kind != _CLOSURE:
+                continue
+            conn.execute("SAVEPOINT w")
+            try:
+                out[i] = (work(conn), None)
+            except Exception as exc:
+                conn.execute("ROLLBACK TO w")
+                out[i] = (None, exc)
+            conn.execute("RELEASE w")
+        return out
+
+    def _abort(self, conn: sqlite3.Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        if self._bulk is not None:
+            self._bulk.rollback()
+
+    def _alone(self, conn: sqlite3.Connection, item: tuple[int, Any, asyncio.Future[Any]]
+               ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
+        """The slow path after a failed batch: one item, one transaction."""
+        fut = item[2]
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            ((value, err),) = self._apply(conn, [item])
+            conn.execute("COMMIT")
+            return fut, value, err
+        except Exception as exc:
+            self._abort(conn)
+            return fut, None, exc
 
 
 def _resolve_batch(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

@@ -1,0 +1,389 @@
+"""``paywire bench``: every baseline in one invocation, so every figure is a ratio.
+
+    paywire bench all [--duration-s 10] [--connections 8] [--window 16] [--plot]
+    paywire bench smoke            # a second or two of each, for the test suite
+
+Runs, on this machine, with all processes on it and TLS on every link:
+ceiling (TLS echo, plain and gathered), alternative (HTTPS + JSON, same business path),
+Paywire (durable group commit) closed loop, open loop at half its peak and at the
+alternative's peak, and Paywire with ``synchronous=OFF``. Optionally a memory run at 80%
+of peak. Writes a JSON result and a Markdown table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.loadgen import LoadResult, closed_loop, open_loop
+from gateway import pki
+from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig, dump_toml
+from gateway.demo import luhn_complete
+from gateway.processes import NodeProcess
+
+MERCHANT = "bench-merchant"
+KEY = "bench-server-key"
+CARDS = [luhn_complete(f"4811{i:06d}") for i in range(1, 201)]
+
+
+@dataclass
+class Options:
+    duration_s: float = 10.0
+    connections: int = 8
+    window: int = 16
+    warmup_s: float = 1.0
+    memory_s: float = 0.0
+    plot: Path | None = None
+    out: Path = Path("bench/results/latest.json")
+    markdown: Path | None = None
+
+
+def _progress(label: str) -> Any:
+    def show(done: int, total: int) -> None:
+        sys.stderr.write(f"\r  {label}: {done:,} done")
+        sys.stderr.flush()
+    return show
+
+
+class Bench:
+    def __init__(self, workdir: Path, opts: Options) -> None:
+        self.workdir = workdir
+        self.opts = opts
+        self.certs = workdir / "certs"
+        self.procs: list[Any] = []
+        self.bank: NodeProcess | None = None
+        self.seq = 0
+
+    def start_bank(self) -> int:
+        pki.init(self.certs, merchants=[MERCHANT], banks=["bca-1"])
+        cfg = BankNodeConfig(node_id="bca-1", bank="bca", listen_port=0, certs_dir=self.certs,
+                             store_path=self.workdir / "bca.db",
+                             accounts={c: 10**15 for c in CARDS})
+        self.bank = NodeProcess("bank", cfg, self.workdir, "bca-1").start()
+        self.procs.append(self.bank)
+        return self.bank.wait_ready()
+
+    def hub_config(self, name: str, synchronous: str) -> HubConfig:
+        assert self.bank is not None
+        return HubConfig(listen_port=0, certs_dir=self.certs,
+                         ledger_path=self.workdir / f"{name}.db", ledger_synchronous=synchronous,
+                         merchants=[MerchantConfig(MERCHANT, KEY, connections_max=1024,
+                                                   rate_per_s=1e9, rate_burst=10**9)],
+                         banks=[BankRoute("bca", [f"127.0.0.1:{self.bank.port}"], bins=["4811"])],
+                         in_flight_max=1024)
+
+    def spawn(self, module: str, args: list[str], name: str) -> int:
+        port_file = self.workdir / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--port-file",
+                                 str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.procs.append(proc)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if port_file.exists() and port_file.read_text().strip():
+                return int(port_file.read_text())
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited; see {self.workdir / (name + '.log')}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start")
+
+    def stop(self, proc: Any) -> None:
+        if isinstance(proc, NodeProcess):
+            proc.terminate()
+        elif proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if proc in self.procs:
+            self.procs.remove(proc)
+
+    def stop_all(self) -> None:
+        for proc in list(self.procs):
+            self.stop(proc)
+
+    def next_order(self) -> str:
+        self.seq += 1
+        return f"b{os.getpid()}-{self.seq}"
+
+    def charge_args(self, seq: int) -> dict[str, Any]:
+        return {"order_id": self.next_order(), "gross_amount": 10_000 + seq % 1000,
+                "payment_type": "credit_card",
+                "card": {"number": CARDS[seq % len(CARDS)], "exp_month": 12,
+                         "exp_year": 2030, "cvv": "123"}}
+
+    # --- the baselines ---------------------------------------------------------------------
+    async def echo(self, gathered: bool) -> dict[str, Any]:
+        from bench.echo import run_client
+        from gateway import tls
+
+        name = "echo-gathered" if gathered else "echo-plain"
+        args = ["--certs", str(self.certs)] + (["--gathered"] if gathered else [])
+        port = await asyncio.get_running_loop().run_in_executor(
+            None, self.spawn, "bench.echo", args, name)
+        proc = self.procs[-1]
+        try:
+            ctx = tls.node_client_context(self.certs, "merchant", MERCHANT)
+            await run_client(port, ctx, self.opts.connections, self.opts.window,
+                             min(self.opts.warmup_s, 1.0))
+            result = await run_client(port, ctx, self.opts.connections, self.opts.window,
+                                      self.opts.duration_s)
+        finally:
+            self.stop(proc)
+        return {"mode": "closed", **result}
+
+    async def alternative(self, rate_per_s: float | None = None) -> dict[str, Any]:
+        from bench.alternative import HttpClient
+
+        cfg = self.hub_config(f"alt-{self.seq}", "FULL")
+        path = self.workdir / "alt.toml"
+        path.write_text(dump_toml(cfg))
+        loop = asyncio.get_running_loop()
+        port = await loop.run_in_executor(None, self.spawn, "bench.alternative",
+                                          ["--config", str(path)], "alternative")
+        proc = self.procs[-1]
+        workers = self.opts.connections * self.opts.window
+        client = HttpClient(port, MERCHANT, KEY, self.certs, workers)
+        try:
+            async def op(seq: int) -> Any:
+                return await client.call("charge", self.charge_args(seq))
+
+            await closed_loop(op, workers=workers, requests=10**9,
+                              duration_s=self.opts.warmup_s)
+            if rate_per_s is None:
+                result = await closed_loop(op, workers=workers, requests=10**9,
+                                           duration_s=self.opts.duration_s,
+                                           progress=_progress("alternative"))
+            else:
+                result = await open_loop(op, rate_per_s=rate_per_s, requests=10**9,
+                                         duration_s=self.opts.duration_s)
+        finally:
+            await client.close()
+            self.stop(proc)
+        return result.to_dict()
+
+    async def paywire(self, synchronous: str, rates: list[float | None],
+                      memory_s: float = 0.0) -> list[dict[str, Any]]:
+        """One hub; for each entry of ``rates`` a run (None: closed loop at full speed)."""
+        from gateway.client import connect
+
+        cfg = self.hub_config(f"paywire-{synchronous}-{self.seq}", synchronous)
+        hub = NodeProcess("hub", cfg, self.workdir, f"hub-{synchronous}")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, hub.start)
+        self.procs.append(hub)
+        await loop.run_in_executor(None, hub.wait_ready)
+        clients = [await connect("127.0.0.1", hub.port, merchant_id=MERCHANT, server_key=KEY,
+                                 certs_dir=self.certs, in_flight_max=self.opts.window,
+                                 reconnect=False).connect()
+                   for _ in range(self.opts.connections)]
+        out: list[dict[str, Any]] = []
+        try:
+            async def op(seq: int) -> Any:
+                return await clients[seq % len(clients)].request("charge",
+                                                                 self.charge_args(seq))
+
+            workers = self.opts.connections * self.opts.window
+            await closed_loop(op, workers=workers, requests=10**9,
+                              duration_s=self.opts.warmup_s)
+            for rate in rates:
+                if rate is None:
+                    res = await closed_loop(op, workers=workers, requests=10**9,
+                                            duration_s=self.opts.duration_s,
+                                            progress=_progress(f"paywire {synchronous}"))
+                else:
+                    res = await open_loop(op, rate_per_s=rate, requests=10**9,
+                                          duration_s=self.opts.duration_s,
+                                          in_flight_max=workers * 8)
+                out.append(res.to_dict())
+            if memory_s:
+                out.append(await self._memory(op, hub, out[0]["throughput_per_s"] * 0.8,
+                                              memory_s))
+        finally:
+            for c in clients:
+                await c.close()
+            self.stop(hub)
+        return out
+
+    async def _memory(self, op: Any, hub: NodeProcess, rate: float,
+                      duration_s: float) -> dict[str, Any]:
+        """RSS of the hub sampled during a long open-loop run at ``rate``."""
+        assert hub.proc is not None
+        pid = hub.proc.pid
+        samples: list[tuple[float, int]] = []
+
+        async def sample() -> None:
+            start = time.monotonic()
+            while True:
+                status = Path(f"/proc/{pid}/status").read_text()
+                rss = next(int(line.split()[1]) for line in status.splitlines()
+                           if line.startswith("VmRSS:"))
+                samples.append((round(time.monotonic() - start, 1), rss * 1024))
+                await asyncio.sleep(5)
+
+        sampler = asyncio.ensure_future(sample())
+        res: LoadResult = await open_loop(op, rate_per_s=rate, requests=10**9,
+                                          duration_s=duration_s, in_flight_max=4096)
+        sampler.cancel()
+        early = [r for t, r in samples if duration_s * 0.1 <= t <= duration_s * 0.3]
+        late = [r for t, r in samples if t >= duration_s * 0.8]
+        growth = (max(late) / max(early) - 1) if early and late else 0.0
+        return {"mode": "memory", **res.to_dict(), "rss_samples": samples,
+                "rss_growth": round(growth, 4)}
+
+
+async def run_all(opts: Options, workdir: Path) -> dict[str, Any]:
+    bench = Bench(workdir, opts)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, bench.start_bank)
+    results: dict[str, Any] = {}
+    try:
+        print("  ceiling: TLS echo, one write per response ...", file=sys.stderr)
+        results["echo_plain"] = await bench.echo(gathered=False)
+        print("  ceiling: TLS echo, gathered writes ...", file=sys.stderr)
+        results["echo_gathered"] = await bench.echo(gathered=True)
+        print("  alternative: HTTPS + JSON ...", file=sys.stderr)
+        results["alternative"] = await bench.alternative()
+        print("\n  paywire, durable ...", file=sys.stderr)
+        peak_alt = results["alternative"]["throughput_per_s"]
+        first = await bench.paywire("FULL", [None])
+        peak = first[0]["throughput_per_s"]
+        print("\n  paywire, durable, open loop at 1/2 peak and at the alternative's peak ...",
+              file=sys.stderr)
+        runs = await bench.paywire("FULL", [peak / 2, max(peak_alt, 1.0)],
+                                   memory_s=opts.memory_s)
+        results["paywire"] = first[0]
+        results["paywire_half_peak"] = runs[0]
+        results["paywire_at_alt_peak"] = runs[1]
+        if opts.memory_s:
+            results["paywire_memory"] = runs[2]
+        print("  paywire, synchronous=OFF ...", file=sys.stderr)
+        results["paywire_sync_off"] = (await bench.paywire("OFF", [None]))[0]
+        if opts.plot is not None:
+            print("  paywire, latency against offered load ...", file=sys.stderr)
+            rates = [peak * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
+            curve = await bench.paywire("FULL", list(rates))
+            results["paywire_curve"] = curve
+    finally:
+        bench.stop_all()
+    return results
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    def tput(name: str) -> float:
+        return float(r[name]["throughput_per_s"]) if name in r else 0.0
+
+    def p99(name: str) -> float:
+        return float(r[name]["latency_ms"]["p99"]) if name in r else 0.0
+
+    out = {
+        "paywire_vs_alternative": tput("paywire") / max(tput("alternative"), 1e-9),
+        "paywire_vs_echo_ceiling": tput("paywire") / max(tput("echo_plain"), 1e-9),
+        "durable_vs_sync_off": tput("paywire") / max(tput("paywire_sync_off"), 1e-9),
+        "p99_at_alt_peak_vs_alt_p99": p99("paywire_at_alt_peak") / max(p99("alternative"),
+                                                                         1e-9),
+        "p99_ms_at_half_peak": p99("paywire_half_peak"),
+        "p99_9_ms_at_half_peak": float(r["paywire_half_peak"]["latency_ms"]["p99.9"])
+        if "paywire_half_peak" in r else 0.0,
+    }
+    if "paywire_memory" in r:
+        out["memory_growth"] = r["paywire_memory"]["rss_growth"]
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+TARGETS = [("paywire_vs_alternative", ">=", 3.0, "throughput ≥ 3x HTTPS+JSON"),
+           ("p99_at_alt_peak_vs_alt_p99", "<=", 1 / 3, "p99 at the alternative's peak ≤ ⅓"),
+           ("paywire_vs_echo_ceiling", ">=", 0.15, "throughput ≥ 15% of the TLS echo ceiling"),
+           ("p99_ms_at_half_peak", "<=", 5.0, "p99 ≤ 5 ms at half peak"),
+           ("p99_9_ms_at_half_peak", "<=", 20.0, "p99.9 ≤ 20 ms at half peak"),
+           ("durable_vs_sync_off", ">=", 0.8, "durable ≥ 0.8 x synchronous=OFF"),
+           ("memory_growth", "<=", 0.10, "hub RSS growth < 10% over the memory run")]
+
+
+def markdown(results: dict[str, Any], opts: Options, command: str) -> str:
+    rows = [("TLS echo ceiling, one write per response", "echo_plain"),
+            ("TLS echo, gathered writes (absolute limit)", "echo_gathered"),
+            ("HTTPS + JSON alternative (aiohttp)", "alternative"),
+            ("Paywire, durable (synchronous=FULL)", "paywire"),
+            ("Paywire, open loop at ½ peak", "paywire_half_peak"),
+            ("Paywire, open loop at the alternative's peak", "paywire_at_alt_peak"),
+            ("Paywire, synchronous=OFF", "paywire_sync_off")]
+    lines = [f"Command: `{command}`  ",
+             f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+             f"{platform.python_version()}, all processes on this machine, TLS 1.3 on every "
+             f"link; {opts.connections} connections x {opts.window} in flight, "
+             f"{opts.duration_s:g} s per run.", "",
+             "| run | requests/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | errors |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, key in rows:
+        if key not in results:
+            continue
+        r = results[key]
+        lat = r["latency_ms"]
+        offered = f" (offered {r['offered_per_s']:,.0f}/s)" if r.get("offered_per_s") else ""
+        lines.append(f"| {label}{offered} | {r['throughput_per_s']:,.0f} | {lat['p50']} | "
+                     f"{lat['p90']} | {lat['p99']} | {lat['p99.9']} | {lat['max']} | "
+                     f"{sum(r.get('errors', {}).values())} |")
+    rat = ratios(results)
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    for key, op, bound, label in TARGETS:
+        if key not in rat:
+            lines.append(f"| {label} | not run | — |")
+            continue
+        ok = rat[key] >= bound if op == ">=" else rat[key] <= bound
+        lines.append(f"| {label} | {rat[key]} | {'yes' if ok else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curve = results.get("paywire_curve", [])
+    offered = [r["offered_per_s"] for r in curve]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("p50", "p90", "p99", "p99.9"):
+        ax.plot(offered, [r["latency_ms"][key] for r in curve], marker="o", label=key)
+    ax.set_xlabel("offered load (charges/s)")
+    ax.set_ylabel("latency (ms, from scheduled send)")
+    ax.set_yscale("log")
+    ax.set_title("Paywire: latency percentiles against offered load")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def run(opts: Options, command: str) -> int:
+    import uvloop
+
+    workdir = Path(tempfile.mkdtemp(prefix="paywire-bench-"))
+    results = uvloop.run(run_all(opts, workdir))
+    doc = {"command": command, "options": {"duration_s": opts.duration_s,
+                                           "connections": opts.connections,
+                                           "window": opts.window, "memory_s": opts.memory_s},
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+           "results": results, "ratios": ratios(results)}
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+    opts.out.write_text(json.dumps(doc, indent=1))
+    table = markdown(results, opts, command)
+    if opts.markdown is not None:
+        opts.markdown.write_text(table)
+    if opts.plot is not None:
+        plot(results, opts.plot)
+    print(table)
+    print(f"results: {opts.out}")
+    return 0

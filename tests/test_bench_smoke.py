@@ -1,0 +1,29 @@
+"""Every benchmark runs for a second and writes a well-formed result (no speed asserted)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
+    out = tmp_path / "smoke.json"
+    proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "smoke", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    runs = doc["results"]
+    for name in ("echo_plain", "echo_gathered", "alternative", "paywire",
+                 "paywire_half_peak", "paywire_at_alt_peak", "paywire_sync_off"):
+        run = runs[name]
+        assert run["ok"] > 0, name
+        assert run["duration_s"] > 0 and run["throughput_per_s"] > 0
+        lat = run["latency_ms"]
+        assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
+        assert sum(int(n) for n in run["histogram"]["counts"].values()) == \
+            run["histogram"]["total"]
+    assert set(doc["ratios"]) >= {"paywire_vs_alternative", "paywire_vs_echo_ceiling",
+                                  "durable_vs_sync_off", "p99_ms_at_half_peak"}
+    assert "| target | measured | met |" in proc.stdout
