@@ -28,15 +28,13 @@ def canonical(obj: Any) -> bytes:
 
 
 def _sorted(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _sorted(obj[k]) for k in sorted(obj, key=_key_bytes)}
-    if isinstance(obj, (list, tuple)):
+    # Body keys are str, and UTF-8 preserves code point order, so sorting the str keys
+    # sorts them by their UTF-8 bytes as the spec requires, without encoding each one.
+    if type(obj) is dict:
+        return {k: _sorted(obj[k]) for k in sorted(obj)}
+    if type(obj) is list or type(obj) is tuple:
         return [_sorted(v) for v in obj]
     return obj
-
-
-def _key_bytes(key: Any) -> bytes:
-    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 def unpack(data: bytes) -> dict[str, Any]:

@@ -160,9 +160,7 @@ class Hub:
             self.webhooks.wake()
         subscribers = self.subscribers.get(merchant)
         if subscribers:
-            result = tx.to_result()
-            result.pop("hops_us", None)
-            frame = self.event_frame(merchant, seq, result)
+            frame = self.event_frame(merchant, seq, tx.to_result(with_hops=False))
             for session in list(subscribers):
                 session.push_event(seq, frame)
 

@@ -78,6 +78,7 @@ class TransactionService:
                  router: Router, fraud: FraudEngine | None = None) -> None:
         self.cfg = cfg
         self.fraud = fraud or FraudEngine(cfg.fraud, cfg.link_key.encode())
+        self.merchants = {m.id: m for m in cfg.merchants}
         self.ledger = ledger
         self.pools = pools
         self.router = router
@@ -393,9 +394,8 @@ class TransactionService:
         tx.settlement_ms = paid_ms
 
     def _notification(self, tx: Transaction) -> Notification:
-        merchant = self.cfg.merchant(tx.merchant_id)
-        result = tx.to_result()
-        result.pop("hops_us", None)
+        merchant = self.merchants.get(tx.merchant_id)
+        result = tx.to_result(with_hops=False)
         return Notification(result, bodycodec.pack(result),
                             merchant.webhook_url if merchant else None,
                             merchant.server_key if merchant else "")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -37,7 +36,8 @@ def iso_ms(ms: int | None) -> str | None:
     """UTC wall clock as Midtrans prints it, with milliseconds: 2026-11-24 16:05:00.123."""
     if ms is None:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+    seconds, millis = divmod(ms, 1000)
+    return f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(seconds))}.{millis:03d}"
 
 
 @dataclass(slots=True)
@@ -93,7 +93,7 @@ class Transaction:
         if status is TransactionStatus.SETTLEMENT:
             self.settlement_ms = self.updated_ms
 
-    def to_result(self) -> dict[str, Any]:
+    def to_result(self, with_hops: bool = True) -> dict[str, Any]:
         """The ``transaction`` map of ``docs/protocol.md``: what merchants see."""
         status = TransactionStatus(self.status)
         out: dict[str, Any] = {
@@ -135,7 +135,7 @@ class Transaction:
             out["fraud_reasons"] = list(self.fraud_reasons)
         if self.decline_reason is not None:
             out["decline_reason"] = self.decline_reason
-        if self.hops_us:
+        if with_hops and self.hops_us:
             out["hops_us"] = dict(self.hops_us)
         return out
 
