@@ -113,6 +113,7 @@ class HubConfig:
     recovery_interval_s: float = 1.0
     ledger_queue_writes_max: int = 50_000
     shutdown_grace_s: float = 10.0
+    cache_entries_max: int = 20_000
     event_replay_batch_max: int = 1000
     event_buffer_bytes_max: int = 4 * 1024 * 1024
     fraud: FraudConfig = field(default_factory=FraudConfig)

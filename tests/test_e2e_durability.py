@@ -66,3 +66,18 @@ async def test_2000_pipelined_charges_conserve_money(tmp_path: Path) -> None:
         effects = dep.bank_sql("bca", "SELECT transaction_id, COUNT(*) FROM effects "
                                "WHERE delta < 0 GROUP BY transaction_id HAVING COUNT(*) > 1")
         assert effects == []
+
+
+async def test_evicted_transactions_are_read_back_from_the_ledger(tmp_path: Path) -> None:
+    with deployment(tmp_path, bca_nodes=1, hub_overrides={"cache_entries_max": 5}) as dep:
+        async with dep.client() as c:
+            first = await c.charge("evict-0", 5_000, card=Card(RICH[0], 12, 2030, "123"))
+            for i in range(1, 12):
+                await c.charge(f"evict-{i}", 5_000, card=Card(RICH[i], 12, 2030, "123"))
+            again = await c.status("evict-0")  # long out of the cache
+            assert again.transaction_id == first.transaction_id
+            replay = await c.charge("evict-0", 5_000, card=Card(RICH[0], 12, 2030, "123"))
+            assert replay.replayed and replay.transaction_id == first.transaction_id
+            refund = await c.refund("evict-1", "r1", 1_000)
+            assert refund.refunded_amount == 1_000
+        assert await dep.balance("bca", RICH[0]) == (OPENING - 5_000, 0)

@@ -197,3 +197,52 @@ async def test_slow_receiver_of_one_merchant_does_not_delay_another(tmp_path: Pa
     finally:
         release.set()
         await rx.stop()
+
+
+async def test_4xx_gets_a_few_attempts_and_only_307_308_are_followed(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    rx = await Receiver(KEYS).start()
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        seen.append(request.path)
+        if request.path == "/gone":
+            return web.Response(status=404)
+        if request.path == "/moved":
+            return web.Response(status=307, headers={"Location": "/final"})
+        if request.path == "/old":
+            return web.Response(status=301, headers={"Location": "/final"})
+        assert (await request.read()).startswith(b"{")  # the same body after a 307
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    try:
+        for path in ("/gone", "/moved", "/old"):
+            seen.clear()
+            with deployment(tmp_path / path.strip("/"), bca_nodes=1,
+                            webhook_urls={"M1": base + path},
+                            hub_overrides={"webhooks": FAST}) as dep:
+                async with dep.client() as c:
+                    await c.charge("redirect-1", 1_000, card=card(0))
+                for _ in range(100):
+                    rows = dep.ledger_sql("SELECT state, attempts FROM webhooks")
+                    if rows and rows[0][0] != "pending":
+                        break
+                    await asyncio.sleep(0.05)
+            if path == "/gone":
+                assert rows[0] == ("dead", FAST.client_error_attempts_max)
+                assert seen == ["/gone"] * FAST.client_error_attempts_max
+            elif path == "/moved":
+                assert rows[0] == ("delivered", 1) and seen == ["/moved", "/final"]
+            else:
+                assert rows[0][0] == "dead" and "/final" not in seen
+    finally:
+        await runner.cleanup()
+        await rx.stop()

@@ -160,8 +160,9 @@ class Client:
                     return self.conn
                 except (TimeoutError, OSError, ssl.SSLError, ConnectionLost, RemoteError) as exc:
                     last = exc
-                    if isinstance(exc, RemoteError) and not exc.code.is_retryable \
-                            and exc.code is not ErrorCode.TOO_MANY_CONNECTIONS:
+                    if isinstance(exc, RemoteError) and (not self.reconnect or (
+                            not exc.code.is_retryable
+                            and exc.code is not ErrorCode.TOO_MANY_CONNECTIONS)):
                         raise  # refused for good (wrong certificate, unknown merchant)
                 self._next_address += 1
                 attempt += 1
@@ -228,6 +229,10 @@ class Client:
         try:
             tx = await self.status(order_id)
         except RequestError as exc:
+            if exc.code is ErrorCode.OUTCOME_UNKNOWN:
+                raise OutcomeUnknown(f"{op} of {order_id!r} timed out and the bank's answer is "
+                                     "not known yet; ask status again later",
+                                     order_id=order_id) from None
             if exc.code is ErrorCode.NOT_FOUND:
                 raise OutcomeUnknown(f"{op} of {order_id!r} timed out and the hub has no "
                                      "record of it yet; sending the same request again is "

@@ -45,7 +45,6 @@ from protocol.operations import TransactionStatus as S
 
 log = logging.getLogger("paywire.service")
 
-CACHE_ENTRIES_MAX = 200_000
 Key = tuple[str, str]
 # Called after a committed status change with the transaction and its event sequence number.
 ChangeListener = Callable[[Transaction, int], None]
@@ -98,7 +97,7 @@ class TransactionService:
         self.cache[key] = tx
         self.cache.move_to_end(key)
         self.by_txid[tx.transaction_id] = key
-        while len(self.cache) > CACHE_ENTRIES_MAX:
+        while len(self.cache) > self.cfg.cache_entries_max:
             _, old = self.cache.popitem(last=False)
             self.by_txid.pop(old.transaction_id, None)
         if tx.unresolved:
@@ -148,6 +147,9 @@ class TransactionService:
             tx = await self.load(key)
             if tx is None:
                 raise NotFound(f"no transaction for order {args['order_id']!r}")
+            if tx.pending_op is not None and tx.pending_op["op"] in _DEFINING_OPS:
+                # Only the intent is on disk: "pending" would be a guess. Say so instead.
+                raise OutcomeUnknown("the bank has not answered this charge yet; ask again")
             return tx.to_result(), False
         async with self.lock(key):
             if op is Operation.CHARGE:

@@ -156,7 +156,7 @@ class MerchantSession(FramedProtocol):
             return
         if op is Operation.STATUS:
             tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
-            if tx is not None:  # the common case answers without a task
+            if tx is not None and tx.pending_op is None:  # the common case: no task
                 self.send(messages.encode_response(rid, tx.to_result()))
                 return
         self.in_flight += 1
@@ -173,6 +173,12 @@ class MerchantSession(FramedProtocol):
             result, replayed = await self.hub.service.execute(self.merchant_id, op, args,
                                                               received_us)
             self.send(messages.encode_response(rid, result, replayed=replayed))
+            if not replayed:
+                # Telemetry only: kept in memory (``status`` shows it) and written with the
+                # transaction's next change; not worth a commit of its own.
+                tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
+                if tx is not None:
+                    tx.hops_us.setdefault("answered", now_us())
         except PaywireError as exc:
             self._respond_error(rid, exc)
         except Exception:
