@@ -274,6 +274,14 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.dir) if ns.dir else None, ns.transactions, ns.seed)
 
 
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
+    parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
+    parser.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
+    parser.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
+    parser.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paywire", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -322,10 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     for op in ("charge", "capture", "cancel", "refund", "approve", "deny", "status", "expire"):
         o = sub.add_parser(op, help=f"one {op} request through the client library")
         o.add_argument("order_id")
-        o.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
-        o.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
-        o.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
-        o.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+        _add_client_options(o)
         o.set_defaults(fn=cmd_operation, op=op)
         if op in ("charge", "refund", "capture"):
             o.add_argument("--amount", type=int, required=(op == "charge"))
@@ -356,10 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     events = sub.add_parser("events", help="tail this merchant's pushed events")
     events.add_argument("--since", type=int, help="replay events after this seq first")
     events.add_argument("--count", type=int, help="stop after this many events")
-    events.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
-    events.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
-    events.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
-    events.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+    _add_client_options(events)
     events.set_defaults(fn=cmd_events)
 
     aud = sub.add_parser("audit", help="check the ledger against the banks' books")

@@ -157,6 +157,9 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
     progress = Progress(count, "payments")
     slots = asyncio.Semaphore(CONNECTIONS * CONCURRENCY_PER_CONNECTION)
 
+    def a_card(numbers: list[str]) -> Card:
+        return Card(rng.choice(numbers), 12, 2030, "123")
+
     async def one(i: int) -> None:
         client = clients[i % CONNECTIONS]
         order = f"demo-{run_id}-{i:05d}"
@@ -168,20 +171,18 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
                 sent_us = time.time_ns() // 1000
                 if roll < 0.45:
                     kind = "card capture"
-                    tx = await client.charge(order, amount, card=Card(rng.choice(cards), 12,
-                                                                      2030, "123"))
+                    tx = await client.charge(order, amount, card=a_card(cards))
                 elif roll < 0.55:
                     kind = "card auth+capture"
                     tx = await client.charge(order, amount, capture=False,
-                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                                             card=a_card(cards))
                 elif roll < 0.60:
                     kind = "card auth+cancel"
                     tx = await client.charge(order, amount, capture=False,
-                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                                             card=a_card(cards))
                 elif roll < 0.68:
                     kind = "card, no funds"
-                    tx = await client.charge(order, amount, card=Card(rng.choice(poor), 12,
-                                                                      2030, "123"))
+                    tx = await client.charge(order, amount, card=a_card(poor))
                 elif roll < 0.80:
                     kind = "virtual account"
                     tx = await client.charge(order, amount, "bank_transfer",
@@ -193,16 +194,15 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
                                              expiry_s=3)
                 elif roll < 0.95:
                     kind = "card + refund"
-                    tx = await client.charge(order, amount, card=Card(rng.choice(cards), 12,
-                                                                      2030, "123"))
+                    tx = await client.charge(order, amount, card=a_card(cards))
                 elif roll < 0.98:
                     kind = "card, fraud review"
                     tx = await client.charge(order, REVIEW_AMOUNT,
-                                             card=Card(rng.choice(cards), 12, 2030, "123"))
+                                             card=a_card(cards))
                 else:
                     kind = "card, blocked buyer"
                     tx = await client.charge(order, amount,
-                                             card=Card(rng.choice(cards), 12, 2030, "123"),
+                                             card=a_card(cards),
                                              customer={"email": BLOCKED_EMAIL})
                 latencies_ms.append((time.perf_counter() - t0) * 1000)
                 received_us = time.time_ns() // 1000

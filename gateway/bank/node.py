@@ -36,7 +36,6 @@ class BankSession(FramedProtocol):
         self.node = node
         self.identity: str | None = None
         self.correlator = Correlator(self.loop)
-        self.heartbeat = Heartbeat(self, node.cfg.heartbeat_interval_s)
         self._hello_timer: asyncio.TimerHandle | None = None
 
     def on_connected(self) -> None:
@@ -79,6 +78,7 @@ class BankSession(FramedProtocol):
             "heartbeat_interval_ms": int(self.node.cfg.heartbeat_interval_s * 1000),
             "resume_token": b"", "event_seq": 0, "server_time_ms": 0,
         }))
+        self.heartbeat = Heartbeat(self, self.node.cfg.heartbeat_interval_s)
         self.heartbeat.start()
         self.node.sessions.add(self)
         self.node.push_notifications()
@@ -90,7 +90,8 @@ class BankSession(FramedProtocol):
         self.send(messages.encode_error_response(request_id, exc))
 
     def on_disconnected(self, exc: Exception | None) -> None:
-        self.heartbeat.stop()
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         self.node.sessions.discard(self)

@@ -16,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway.net.backoff import full_jitter_s
 from gateway.net.signed import RequestTimeout, build_request
 from protocol.errors import ErrorCode, RemoteError
 
@@ -119,10 +120,7 @@ class Client:
         return conn
 
     def backoff_s(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, min·2^attempt)], so clients that lost the same
-        hub at the same instant come back spread out instead of in one wave."""
-        cap = min(self.backoff_max_s, self.backoff_min_s * 2 ** attempt)
-        return self._rng.uniform(0, cap)
+        return full_jitter_s(attempt, self.backoff_min_s, self.backoff_max_s, self._rng)
 
     async def connect(self) -> Client:
         await self._connection(first=True)
@@ -250,7 +248,7 @@ class Client:
         shows a missed event, it reconnects with ``events_since`` = the last seq yielded and
         the hub replays what was missed from its ledger."""
         last = since
-        delay_s = 0.05
+        attempt = 0
         while True:
             hello: dict[str, Any] = {"subscribe_events": True}
             if last is not None:
@@ -261,7 +259,7 @@ class Client:
                          connect_timeout_s=self.connect_timeout_s, reconnect=False)
             try:
                 await sub.connect()
-                delay_s = 0.05
+                attempt = 0
                 if last is None:
                     last = int(sub.welcome["event_seq"])
                 assert sub.conn is not None
@@ -284,9 +282,8 @@ class Client:
                 await sub.close()
             if not reconnect:
                 raise ConnectionLost("event stream closed")
-            # Full jitter, so many subscribers that lost one hub do not return in lockstep.
-            await asyncio.sleep(random.uniform(0, delay_s))
-            delay_s = min(delay_s * 2, EVENTS_RECONNECT_DELAY_MAX_S)
+            await asyncio.sleep(full_jitter_s(attempt, 0.05, EVENTS_RECONNECT_DELAY_MAX_S))
+            attempt += 1
 
 
     async def charge(self, order_id: str, gross_amount: int, payment_type: str = "credit_card",

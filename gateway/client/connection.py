@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.framed import FramedProtocol
 from gateway.net.signed import Correlator
 from protocol import messages
 from protocol.connection import Side
@@ -28,7 +28,6 @@ class ClientConnection(FramedProtocol):
         self.correlator = Correlator(self.loop)
         self.welcome: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.goaway: dict[str, Any] | None = None
-        self.heartbeat: Heartbeat | None = None
         # Pushed events; ``None`` marks the end of the connection. Unbounded as a queue, but a
         # consumer that falls EVENTS_QUEUED_MAX behind is cut off (it resumes by seq).
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -45,15 +44,8 @@ class ClientConnection(FramedProtocol):
         if frame.type == FrameType.RESPONSE:
             self.correlator.resolve(frame)
         elif frame.type == FrameType.WELCOME:
-            try:
-                welcome = messages.decode_body(FrameType.WELCOME, frame.body)
-            except BodyError as exc:
-                self.fail(ErrorCode.MALFORMED_BODY, exc.message)
-                return
-            self.decoder.body_bytes_max = welcome["body_bytes_max"]
-            self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
-            self.heartbeat.start()
-            if not self.welcome.done():
+            welcome = self.accept_welcome(frame)
+            if welcome is not None and not self.welcome.done():
                 self.welcome.set_result(welcome)
         elif frame.type == FrameType.GOAWAY:
             try:

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import ssl
 from collections.abc import Callable
 from typing import Any
 
-from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.backoff import full_jitter_s
+from gateway.net.framed import FramedProtocol
 from gateway.net.signed import Correlator, RequestTimeout, build_request
 from protocol import messages
 from protocol.connection import Side
-from protocol.errors import BodyError, ErrorCode, PaywireError, RemoteError
+from protocol.errors import ErrorCode, PaywireError, RemoteError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
 from protocol.messages import ROLE_HUB
 
@@ -58,7 +58,6 @@ class BankLink(FramedProtocol):
         self.node = node
         self.correlator = Correlator(self.loop)
         self.ready: asyncio.Future[None] = self.loop.create_future()
-        self.heartbeat: Heartbeat | None = None
 
     def on_connected(self) -> None:
         self.send(messages.encode_message(FrameType.HELLO, {
@@ -70,17 +69,9 @@ class BankLink(FramedProtocol):
             self.correlator.resolve(frame)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
-        elif frame.type == FrameType.WELCOME:
-            try:
-                welcome = messages.decode_body(FrameType.WELCOME, frame.body)
-            except BodyError as exc:
-                self.fail(ErrorCode.MALFORMED_BODY, exc.message)
-                return
-            self.decoder.body_bytes_max = welcome["body_bytes_max"]
-            self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
-            self.heartbeat.start()
-            if not self.ready.done():
-                self.ready.set_result(None)
+        elif (frame.type == FrameType.WELCOME and self.accept_welcome(frame) is not None
+              and not self.ready.done()):
+            self.ready.set_result(None)
 
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
         rid, fut = self.correlator.new(timeout_s)
@@ -171,7 +162,7 @@ class BankNodeHandle:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        delay_s = RECONNECT_DELAY_MIN_S
+        attempt = 0
         while not self._stopping:
             try:
                 _, link = await asyncio.wait_for(loop.create_connection(
@@ -181,16 +172,16 @@ class BankNodeHandle:
                 self.link = link
                 self.breaker.success()
                 log.info("link up to %s (%s)", self.address, self.pool.name)
-                delay_s = RECONNECT_DELAY_MIN_S
+                attempt = 0
                 await link.closed
                 log.warning("link down to %s (%s)", self.address, self.pool.name)
             except asyncio.CancelledError:
                 raise
             except (TimeoutError, OSError, ssl.SSLError, LinkLost) as exc:
                 log.debug("connect to %s failed: %r", self.address, exc)
-            # Full jitter: spread reconnects so a restarted bank is not hit all at once.
-            await asyncio.sleep(random.uniform(0, delay_s))
-            delay_s = min(delay_s * 2, RECONNECT_DELAY_MAX_S)
+            await asyncio.sleep(full_jitter_s(attempt, RECONNECT_DELAY_MIN_S,
+                                              RECONNECT_DELAY_MAX_S))
+            attempt += 1
 
 
 class BankPool:
@@ -262,7 +253,7 @@ class BankPool:
             node = self._pick(tried)
             if node is None or node.link is None:
                 if attempt + 1 < self.attempts_max:
-                    await asyncio.sleep(min(0.05 * 2**attempt, 0.5) * random.random())
+                    await asyncio.sleep(full_jitter_s(attempt, 0.05, 0.5))
                 continue
             tried.add(node)
             try:

@@ -45,7 +45,6 @@ class MerchantSession(FramedProtocol):
         self.in_flight_max = hub.cfg.in_flight_max
         self.last_request_id = 0
         self.goaway_sent = False
-        self.heartbeat: Heartbeat | None = None
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         # Pushed events: the last seq sent, and live events held while replaying the past.

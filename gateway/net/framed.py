@@ -16,7 +16,7 @@ from typing import Any
 from protocol import messages
 from protocol.connection import ConnectionState, Side, State
 from protocol.decoder import FrameDecoder
-from protocol.errors import ErrorCode, FrameError, ProtocolViolation
+from protocol.errors import BodyError, ErrorCode, FrameError, ProtocolViolation
 from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, Frame, FrameType
 
 log = logging.getLogger("paywire.net")
@@ -43,6 +43,7 @@ class FramedProtocol(asyncio.Protocol):
         self.last_received_s = self.loop.time()
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.peer: Any = None
+        self.heartbeat: Heartbeat | None = None
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -133,6 +134,19 @@ class FramedProtocol(asyncio.Protocol):
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         self.transport.write(data)
+
+    def accept_welcome(self, frame: Frame) -> dict[str, Any] | None:
+        """Client side: apply a WELCOME (negotiated body limit, heartbeat) and return it, or
+        fail the connection and return ``None`` if it is malformed."""
+        try:
+            welcome = messages.decode_body(FrameType.WELCOME, frame.body)
+        except BodyError as exc:
+            self.fail(ErrorCode.MALFORMED_BODY, exc.message)
+            return None
+        self.decoder.body_bytes_max = welcome["body_bytes_max"]
+        self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
+        self.heartbeat.start()
+        return welcome
 
     def flush_now(self) -> None:
         self._flush()
