@@ -83,15 +83,7 @@ class BankSession(FramedProtocol):
         self.node.sessions.add(self)
         self.node.push_notifications()
 
-    def respond(self, request_id: int, result: dict[str, Any]) -> None:
-        self.send(messages.encode_response(request_id, result))
-
-    def respond_error(self, request_id: int, exc: PaywireError) -> None:
-        self.send(messages.encode_error_response(request_id, exc))
-
     def on_disconnected(self, exc: Exception | None) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         self.node.sessions.discard(self)

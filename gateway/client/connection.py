@@ -74,8 +74,6 @@ class ClientConnection(FramedProtocol):
             self.welcome.set_exception(err)
 
     def on_disconnected(self, exc: Exception | None) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
         reason = self.lost_reason or (repr(exc) if exc else "closed by peer")
         self.correlator.fail_all(ConnectionLost(f"connection lost: {reason}"))
         self.events.put_nowait(None)

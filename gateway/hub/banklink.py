@@ -78,15 +78,7 @@ class BankLink(FramedProtocol):
         self.send(build_request(self.node.key, self.node.hub_id, rid, op, args))
         return fut
 
-    def respond(self, request_id: int, result: dict[str, Any]) -> None:
-        self.send(messages.encode_response(request_id, result))
-
-    def respond_error(self, request_id: int, exc: PaywireError) -> None:
-        self.send(messages.encode_error_response(request_id, exc))
-
     def on_disconnected(self, exc: Exception | None) -> None:
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
         self.correlator.fail_all(LinkLost(f"link to {self.node.address} lost"))
         if not self.ready.done():
             self.ready.set_exception(LinkLost("closed during handshake"))

@@ -130,17 +130,17 @@ class MerchantSession(FramedProtocol):
         rid = frame.request_id
         received_us = now_us()
         if self.goaway_sent and rid > self.last_request_id:
-            self._respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
+            self.respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
                                                   code=ErrorCode.SHUTTING_DOWN))
             return
         self.last_request_id = max(self.last_request_id, rid)
         assert self.merchant_id is not None
         if not self.hub.buckets[self.merchant_id].take(self.loop.time()):
-            self._respond_error(rid, PaywireError("merchant rate limit exceeded",
+            self.respond_error(rid, PaywireError("merchant rate limit exceeded",
                                                   code=ErrorCode.RATE_LIMITED))
             return
         if self.in_flight >= self.in_flight_max:
-            self._respond_error(rid, PaywireError(
+            self.respond_error(rid, PaywireError(
                 f"more than {self.in_flight_max} requests in flight",
                 code=ErrorCode.TOO_MANY_IN_FLIGHT))
             return
@@ -151,7 +151,7 @@ class MerchantSession(FramedProtocol):
             op = parse_operation(req.op)
             args = validate_args(op, req.args)
         except PaywireError as exc:
-            self._respond_error(rid, exc)
+            self.respond_error(rid, exc)
             return
         if op is Operation.STATUS:
             tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
@@ -171,7 +171,7 @@ class MerchantSession(FramedProtocol):
         try:
             result, replayed = await self.hub.service.execute(self.merchant_id, op, args,
                                                               received_us)
-            self.send(messages.encode_response(rid, result, replayed=replayed))
+            self.respond(rid, result, replayed)
             if not replayed:
                 # Telemetry only: kept in memory (``status`` shows it) and written with the
                 # transaction's next change; not worth a commit of its own.
@@ -179,18 +179,15 @@ class MerchantSession(FramedProtocol):
                 if tx is not None:
                     tx.hops_us.setdefault("answered", now_us())
         except PaywireError as exc:
-            self._respond_error(rid, exc)
+            self.respond_error(rid, exc)
         except Exception:
             log.exception("request %d (%s) failed", rid, op.value)
-            self._respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
+            self.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
         finally:
             self.in_flight -= 1
             self._update_reading()
             if self.goaway_sent and self.in_flight == 0:
                 self.hub.session_drained(self)
-
-    def _respond_error(self, rid: int, exc: PaywireError) -> None:
-        self.send(messages.encode_error_response(rid, exc))
 
     def wants_reading(self) -> bool:
         return super().wants_reading() and self.in_flight < self.in_flight_max
@@ -250,8 +247,6 @@ class MerchantSession(FramedProtocol):
     def on_disconnected(self, exc: Exception | None) -> None:
         if self._hello_timer is not None:
             self._hello_timer.cancel()
-        if self.heartbeat is not None:
-            self.heartbeat.stop()
         self.hub.sessions.discard(self)
         self.hub.unsubscribe(self)
         if self.merchant_id is not None:

@@ -16,7 +16,7 @@ from typing import Any
 from protocol import messages
 from protocol.connection import ConnectionState, Side, State
 from protocol.decoder import FrameDecoder
-from protocol.errors import BodyError, ErrorCode, FrameError, ProtocolViolation
+from protocol.errors import BodyError, ErrorCode, FrameError, PaywireError, ProtocolViolation
 from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, Frame, FrameType
 
 log = logging.getLogger("paywire.net")
@@ -93,6 +93,8 @@ class FramedProtocol(asyncio.Protocol):
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stop()
         self.state.close()
         self._out.clear()
         self._out_bytes = 0
@@ -147,6 +149,13 @@ class FramedProtocol(asyncio.Protocol):
         self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
         self.heartbeat.start()
         return welcome
+
+    def respond(self, request_id: int, result: dict[str, Any], replayed: bool = False) -> None:
+        self.send(messages.encode_response(request_id, result, replayed=replayed))
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None:
+        """An error RESPONSE: fails that request only; the connection stays open."""
+        self.send(messages.encode_error_response(request_id, exc))
 
     def flush_now(self) -> None:
         self._flush()
