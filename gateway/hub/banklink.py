@@ -9,9 +9,10 @@ the same bank after a timeout or a lost link without moving money twice.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.net.backoff import full_jitter_s
@@ -192,12 +193,21 @@ class BankPool:
         self.nodes = [BankNodeHandle(self, a) for a in addresses]
         self._next = 0
         self.calls_max = calls_max
-        self.calls_in_flight = 0
+        self.calls_admitted = 0
 
-    @property
-    def saturated(self) -> bool:
-        """Too many calls already waiting on this bank: refuse new work before it starts."""
-        return self.calls_in_flight >= self.calls_max
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """Admit one operation for this bank, from before its intent is written until its
+        answer is in. Taken synchronously, so a burst cannot slip past the bound; past it,
+        QUEUE_FULL, before anything is recorded or sent."""
+        if self.calls_admitted >= self.calls_max:
+            raise PaywireError(f"too many calls queued for bank {self.name}",
+                               code=ErrorCode.QUEUE_FULL)
+        self.calls_admitted += 1
+        try:
+            yield
+        finally:
+            self.calls_admitted -= 1
 
     def start(self) -> None:
         for node in self.nodes:
@@ -231,13 +241,6 @@ class BankPool:
         Raises ``BankUnavailable`` when no attempt can have reached the bank, and
         ``OutcomeUnknown`` when at least one was sent and none was answered.
         """
-        self.calls_in_flight += 1
-        try:
-            return await self._call(op, args)
-        finally:
-            self.calls_in_flight -= 1
-
-    async def _call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         tried: set[BankNodeHandle] = set()
         maybe_sent = False

@@ -241,9 +241,12 @@ class TransactionService:
                          "amount": tx.gross_amount, "currency": tx.currency,
                          "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
         assert tx.bank is not None
-        if self.pools[tx.bank].saturated:
-            raise PaywireError(f"too many calls queued for bank {tx.bank}",
-                               code=ErrorCode.QUEUE_FULL)
+        with self.pools[tx.bank].slot():
+            return await self._charge_at_bank(key, tx, op, bank_args, number, req_hash)
+
+    async def _charge_at_bank(self, key: Key, tx: Transaction, op: str,
+                              bank_args: dict[str, Any], number: str | None,
+                              req_hash: bytes) -> tuple[dict[str, Any], bool]:
         tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
         stored = await self.ledger.insert_new(tx)
         if isinstance(stored, Transaction):
@@ -413,6 +416,12 @@ class TransactionService:
     async def _run_step(self, tx: Transaction, op: str, args: dict[str, Any],
                         **extra: Any) -> tuple[dict[str, Any], bool]:
         """Intent, bank call, result: the shape of every operation after the charge."""
+        assert tx.bank is not None
+        with self.pools[tx.bank].slot():
+            return await self._step_at_bank(tx, op, args, **extra)
+
+    async def _step_at_bank(self, tx: Transaction, op: str, args: dict[str, Any],
+                            **extra: Any) -> tuple[dict[str, Any], bool]:
         work = clone(tx)
         work.pending_op = {"op": op, "op_id": args["op_id"], "args": args, **extra}
         await self.ledger.save(work)
