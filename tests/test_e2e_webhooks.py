@@ -246,3 +246,47 @@ async def test_4xx_gets_a_few_attempts_and_only_307_308_are_followed(tmp_path: P
     finally:
         await runner.cleanup()
         await rx.stop()
+
+
+async def test_https_delivery_verifies_the_receiver_certificate(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    from gateway import pki, tls
+
+    receiver_pki = tmp_path / "receiver-pki"
+    pki.init(receiver_pki, merchants=[], banks=[])
+    got: list[bytes] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        got.append(await request.read())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    ctx = tls.server_context(receiver_pki / "hub-hub.crt", receiver_pki / "hub-hub.key",
+                             receiver_pki / "ca.crt", require_client_cert=False)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
+    await site.start()
+    url = f"https://localhost:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    try:
+        for trusted in (False, True):
+            hooks = WebhookConfig(time_scale=0.0002, poll_interval_s=0.02,
+                                  ca_file=receiver_pki / "ca.crt" if trusted else None)
+            with deployment(tmp_path / f"dep-{trusted}", bca_nodes=1,
+                            webhook_urls={"M1": url}, hub_overrides={"webhooks": hooks}) as dep:
+                async with dep.client() as c:
+                    await c.charge("tls-hook", 1_000, card=card(0))
+                for _ in range(200):
+                    rows = dep.ledger_sql("SELECT state, attempts, last_error FROM webhooks")
+                    if rows and (rows[0][0] == "delivered" or rows[0][1] >= 2):
+                        break
+                    await asyncio.sleep(0.05)
+            if trusted:
+                assert rows[0][0] == "delivered" and len(got) == 1
+            else:  # an unknown CA is a failed delivery, retried, never sent in clear
+                assert rows[0][0] == "pending" and rows[0][1] >= 2 and not got
+                assert "Certificate" in (rows[0][2] or "") or "SSL" in (rows[0][2] or "")
+    finally:
+        await runner.cleanup()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import struct
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -156,3 +157,25 @@ async def test_flood_past_the_rate_limit(dep: Deployment) -> None:
     assert served >= 1 and served + codes.count(ErrorCode.TOO_MANY_IN_FLIGHT) == 40 - limited
     raw.close()
     await still_serving(dep)  # M1 is not affected by M2's flood
+
+
+async def test_peer_that_goes_silent_is_dropped_after_three_heartbeats(tmp_path: Path) -> None:
+    dep = await Deployment(tmp_path, bca_nodes=1,
+                            hub_overrides={"heartbeat_interval_s": 0.3}).astart()
+    try:
+        raw = await Raw.open(dep)
+        welcome = await raw.hello()
+        assert welcome["heartbeat_interval_ms"] == 300
+        pings = 0
+        while True:  # never answer: after ~3 silent intervals the hub gives up
+            frame = await raw.next_frame(10)
+            if frame.type == FrameType.PING:
+                pings += 1
+                continue
+            assert frame.type == FrameType.ERROR
+            code = ErrorCode(messages.decode_body(FrameType.ERROR, frame.body)["code"])
+            break
+        assert code is ErrorCode.IDLE_TIMEOUT and pings >= 2
+        assert await raw.closed()
+    finally:
+        dep.stop()

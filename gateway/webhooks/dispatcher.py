@@ -21,6 +21,7 @@ import concurrent.futures
 import logging
 import random
 import sqlite3
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,11 @@ class WebhookDispatcher:
         # No per-host limit: merchants often share a host (one webhook provider), and a
         # per-host bound would let one merchant's stuck endpoint take every connection to it.
         # Fairness comes from the per-merchant semaphores instead.
-        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency_max, limit_per_host=0)
+        ssl_ctx = ssl.create_default_context()  # TLS with certificate and host name checks
+        if self.cfg.ca_file is not None:
+            ssl_ctx.load_verify_locations(cafile=self.cfg.ca_file)
+        connector = aiohttp.TCPConnector(limit=self.cfg.concurrency_max, limit_per_host=0,
+                                         ssl=ssl_ctx)
         self._session = aiohttp.ClientSession(connector=connector)
         self._runner = asyncio.get_running_loop().create_task(self._run())
 
