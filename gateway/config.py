@@ -84,7 +84,6 @@ class WebhookConfig:
     concurrency_max: int = 256
     poll_interval_s: float = 0.2
     redirects_max: int = 3
-    signature_tolerance_s: int = 300
     # Extra CA bundle to trust for HTTPS endpoints (private CAs in labs or internal
     # receivers); the system's trust store is used as well.
     ca_file: Path | None = None

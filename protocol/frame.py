@@ -29,7 +29,6 @@ HANDSHAKE_BODY_BYTES_MAX = 16 * 1024
 # Default negotiated body limit; the hard ceiling either side may ask for.
 BODY_BYTES_MAX_DEFAULT = 64 * 1024
 BODY_BYTES_MAX_CEILING = 4 * 1024 * 1024
-REQUEST_ID_MAX = 2**64 - 1
 
 
 class FrameType(enum.IntEnum):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from protocol import body as bodycodec
-from protocol.errors import BodyError, ErrorCode, RemoteError
+from protocol.errors import BodyError, ErrorCode, PaywireError
 from protocol.frame import (
     BODY_BYTES_MAX_CEILING,
     Flags,
@@ -22,7 +22,6 @@ from protocol.schema import Bin, Bool, Int, ListOf, Map, Opt, Spec, Str
 
 ROLE_MERCHANT = "merchant"
 ROLE_HUB = "hub"
-ROLE_BANK = "bank"
 
 IN_FLIGHT_MAX_CEILING = 4096
 
@@ -168,7 +167,7 @@ def encode_response(request_id: int, result: dict[str, Any], *, replayed: bool =
     return encode_frame(FrameType.RESPONSE, request_id, bodycodec.pack(result), flags)
 
 
-def encode_error_response(request_id: int, error: BodyError | RemoteError | Any) -> bytes:
+def encode_error_response(request_id: int, error: PaywireError) -> bytes:
     """An error RESPONSE: fails one request, the connection stays open."""
     return encode_frame(FrameType.RESPONSE, request_id, bodycodec.pack(error.to_body()),
                         Flags.ERROR)

@@ -10,7 +10,7 @@ import enum
 from typing import Any
 
 from protocol.errors import BodyError, ErrorCode
-from protocol.schema import Bin, Bool, Int, ListOf, Map, Opt, Spec, Str
+from protocol.schema import Bin, Bool, Int, ListOf, Map, Opt, Str
 
 
 class Operation(enum.StrEnum):
@@ -212,4 +212,3 @@ TRANSACTION = Map(
 
 NONCE = Bin(8, 32)
 SIGNATURE = Bin(32, 32)
-SPECS_FOR_DOCS: dict[str, Spec] = {"transaction": TRANSACTION}

@@ -22,7 +22,7 @@ from protocol import body as bodycodec
 from protocol import messages
 from protocol.connection import Side
 from protocol.errors import BodyError, ErrorCode, PaywireError
-from protocol.frame import PROTOCOL_VERSION, SUPPORTED_VERSIONS, Frame, FrameType
+from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 from protocol.operations import Operation, parse_operation, validate_args
 
@@ -123,7 +123,6 @@ class MerchantSession(FramedProtocol):
                 task = self.loop.create_task(self._replay_events(since))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        assert PROTOCOL_VERSION in SUPPORTED_VERSIONS
 
     # --- requests ------------------------------------------------------------------------
     def _on_request(self, frame: Frame) -> None:

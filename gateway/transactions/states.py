@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from protocol.errors import ErrorCode, PaywireError
-from protocol.lifecycle import TERMINAL, TRANSITIONS
+from protocol.lifecycle import TRANSITIONS
 from protocol.operations import TransactionStatus as S
-
-__all__ = ["TERMINAL", "TRANSITIONS", "InvalidTransition", "can", "check"]
 
 
 class InvalidTransition(PaywireError):
@@ -18,7 +16,3 @@ def check(current: S, target: S, action: str) -> None:
     if target not in TRANSITIONS[current]:
         raise InvalidTransition(f"cannot {action}: transaction is {current.value}, "
                                 f"and {current.value} -> {target.value} is not allowed")
-
-
-def can(current: S, target: S) -> bool:
-    return target in TRANSITIONS[current]
