@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.disk import fsync_latency
 from bench.loadgen import LoadResult, closed_loop, open_loop
 from gateway import pki
 from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig, dump_toml
@@ -45,6 +46,7 @@ class Options:
     plot: Path | None = None
     out: Path = Path("bench/results/latest.json")
     markdown: Path | None = None
+    fsync_samples: int = 300
 
 
 def _progress(label: str) -> Any:
@@ -256,7 +258,10 @@ async def run_all(opts: Options, workdir: Path) -> dict[str, Any]:
         results["echo_gathered"] = await bench.echo(gathered=True)
         print("  alternative: HTTPS + JSON ...", file=sys.stderr)
         results["alternative"] = await bench.alternative()
-        print("\n  paywire, durable ...", file=sys.stderr)
+        print("\n  disk: fsync latency ...", file=sys.stderr)
+        results["disk_before"] = await loop.run_in_executor(None, fsync_latency, workdir,
+                                                            opts.fsync_samples)
+        print("  paywire, durable ...", file=sys.stderr)
         peak_alt = results["alternative"]["throughput_per_s"]
         first = await bench.paywire("FULL", [None])
         peak = first[0]["throughput_per_s"]
@@ -271,6 +276,8 @@ async def run_all(opts: Options, workdir: Path) -> dict[str, Any]:
             results["paywire_memory"] = runs[2]
         print("  paywire, synchronous=OFF ...", file=sys.stderr)
         results["paywire_sync_off"] = (await bench.paywire("OFF", [None]))[0]
+        results["disk_after"] = await loop.run_in_executor(None, fsync_latency, workdir,
+                                                           opts.fsync_samples)
         if opts.plot is not None:
             print("  paywire, latency against offered load ...", file=sys.stderr)
             rates = [peak * f for f in (0.2, 0.4, 0.6, 0.8, 1.0)]
@@ -336,6 +343,14 @@ def markdown(results: dict[str, Any], opts: Options, command: str) -> str:
         lines.append(f"| {label}{offered} | {r['throughput_per_s']:,.0f} | {lat['p50']} | "
                      f"{lat['p90']} | {lat['p99']} | {lat['p99.9']} | {lat['max']} | "
                      f"{sum(r.get('errors', {}).values())} |")
+    disks = [(label, results[key]["latency_ms"]) for label, key in
+             (("before the Paywire runs", "disk_before"), ("after", "disk_after"))
+             if key in results]
+    if disks:
+        lines += ["", "Disk, fsync of a 4 KiB append in the benchmark's directory (every charge "
+                  "waits for three in series): " + "; ".join(
+                      f"{label}: p50 {d['p50']} ms, p99 {d['p99']} ms, max {d['max']} ms"
+                      for label, d in disks) + "."]
     rat = ratios(results)
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     for key, op, bound, label in TARGETS:

@@ -47,20 +47,24 @@ def _setup_logging(level: str) -> None:
                         handlers=[handler])
 
 
-# The commit thread gives up the GIL around every SQLite call; with the default 5 ms switch
-# interval it then waits up to 5 ms to get it back from a busy event loop, several times per
-# batch. 0.2 ms keeps that hand-off cheap (measured: see BENCHMARKS.md).
+# Chosen when a commit thread shared the GIL with the loop: every SQLite call released it,
+# and with the default 5 ms interval getting it back took up to 5 ms. The writer is now a
+# process, but the nodes' helper threads (executor, webhook reader) still take the GIL
+# from time to time; measured again after the move, 0.2 ms still gave 1.15-1.3x the
+# throughput of 5 ms (BENCHMARKS.md).
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
-def _run(main: Any) -> None:
+def _run(main: Any) -> Any:
     import uvloop
 
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    uvloop.run(main)
+    return uvloop.run(main)
 
 
-async def _serve(node: Any, ready_file: str | None) -> None:
+async def _serve(node: Any, ready_file: str | None) -> int:
+    """Run a node until SIGTERM/SIGINT (exit 0), or until its storage writer dies (exit 1:
+    it can no longer make anything durable, so it stops and its clients fail over)."""
     from gateway.processes import write_ready
 
     loop = asyncio.get_running_loop()
@@ -69,8 +73,12 @@ async def _serve(node: Any, ready_file: str | None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await node.start()
     write_ready(ready_file, node.port)
-    await stop.wait()
+    died = node.storage_died
+    waiters = [asyncio.ensure_future(stop.wait())] + ([died] if died is not None else [])
+    await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    waiters[0].cancel()
     await node.stop()
+    return 1 if died is not None and died.done() else 0
 
 
 def cmd_hub(ns: argparse.Namespace) -> int:
@@ -82,8 +90,7 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
     if ns.ledger:
         cfg.ledger_path = Path(ns.ledger)
-    _run(_serve(Hub(cfg), ns.ready_file))
-    return 0
+    return int(_run(_serve(Hub(cfg), ns.ready_file)))
 
 
 def cmd_bank(ns: argparse.Namespace) -> int:
@@ -93,8 +100,7 @@ def cmd_bank(ns: argparse.Namespace) -> int:
     if ns.listen:
         host, _, port = ns.listen.rpartition(":")
         cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
-    _run(_serve(BankNode(cfg), ns.ready_file))
-    return 0
+    return int(_run(_serve(BankNode(cfg), ns.ready_file)))
 
 
 def cmd_certs(ns: argparse.Namespace) -> int:
@@ -271,7 +277,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
 
     if ns.what == "smoke":
         opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
-                       out=Path(ns.out or "bench/results/smoke.json"))
+                       out=Path(ns.out or "bench/results/smoke.json"), fsync_samples=20)
     else:
         opts = Options(duration_s=ns.duration_s, connections=ns.connections, window=ns.window,
                        memory_s=ns.memory_s, out=Path(ns.out or "bench/results/latest.json"),

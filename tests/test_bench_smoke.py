@@ -24,6 +24,10 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
         assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
         assert sum(int(n) for n in run["histogram"]["counts"].values()) == \
             run["histogram"]["total"]
+    for name in ("disk_before", "disk_after"):
+        lat = runs[name]["latency_ms"]
+        assert lat["count"] > 0 and 0 <= lat["p50"] <= lat["p99"] <= lat["max"], name
+    assert "Disk, fsync" in proc.stdout
     assert set(doc["ratios"]) >= {"paywire_vs_alternative", "paywire_vs_echo_ceiling",
                                   "durable_vs_sync_off", "p99_ms_at_half_peak"}
     assert "| target | measured | met |" in proc.stdout

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 from pathlib import Path
 
 from tests.deploy import Deployment
@@ -80,5 +81,76 @@ async def test_kill_a_bank_node_mid_load(tmp_path: Path) -> None:
         # The survivor did the rest: both nodes answered some of the load.
         served = dep.bank_sql("bca", "SELECT COUNT(*) FROM ops")[0][0]
         assert served >= 80
+    finally:
+        dep.stop()
+
+
+def _writer_pids(parent: int) -> list[int]:
+    """The storage writer processes whose parent is ``parent``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"gateway.storage.writer_process" in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+async def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    for _ in range(int(timeout_s / 0.05)):
+        if not Path(f"/proc/{pid}").exists() or \
+                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_killed_ledger_writer_stops_the_hub_and_loses_nothing(tmp_path: Path) -> None:
+    """The ledger's writer process dies mid-load: the hub cannot make anything durable any
+    more, so it exits with an error instead of answering; after a restart every charge is
+    answered once and the books agree."""
+    dep = await Deployment(tmp_path).astart()
+    for node in range(2):
+        await dep.admin("bca", "admin.faults", {"latency_ms": 20}, node=node)
+    try:
+        assert dep.hub is not None and dep.hub.proc is not None
+        (writer,) = _writer_pids(dep.hub.proc.pid)
+        acks_live: list[dict[str, object]] = []
+        load = asyncio.ensure_future(charge_load(dep, 60, 11, "wk", acks=acks_live,
+                                                 spread_s=1.0))
+        await asyncio.sleep(0.4)
+        os.kill(writer, signal.SIGKILL)
+        at_kill = len(acks_live)
+        code = await asyncio.get_running_loop().run_in_executor(None, dep.hub.proc.wait, 30)
+        assert code == 1, f"hub exit code {code}"
+        assert "storage writer" in dep.hub.tail()
+        await dep.arestart_hub()
+        acks, errors = await asyncio.wait_for(load, 120)
+        assert 0 < at_kill < 60, at_kill
+        assert not errors and len(acks) == 60
+        assert await wait_resolved(dep) == 0
+        report = dep.audit(acks)
+        assert report.clean, report.findings[:10]
+    finally:
+        dep.stop()
+
+
+async def test_a_killed_node_takes_its_writer_with_it(tmp_path: Path) -> None:
+    dep = await Deployment(tmp_path, bca_nodes=1).astart()
+    try:
+        assert dep.hub is not None and dep.hub.proc is not None
+        (hub_writer,) = _writer_pids(dep.hub.proc.pid)
+        bank = dep.banks["bca"][0]
+        assert bank.proc is not None
+        (bank_writer,) = _writer_pids(bank.proc.pid)
+        dep.hub.kill()
+        bank.kill()
+        assert await _gone(hub_writer), "the hub's writer outlived it"
+        assert await _gone(bank_writer), "the bank node's writer outlived it"
     finally:
         dep.stop()

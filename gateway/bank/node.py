@@ -106,6 +106,10 @@ class BankNode:
         self._notify_timer: asyncio.TimerHandle | None = None
         self.port = cfg.listen_port
 
+    @property
+    def storage_died(self) -> asyncio.Future[None] | None:
+        return self.store.died
+
     async def start(self) -> None:
         await self.store.start()
         loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from typing import Any
 
 import msgpack
 
-from gateway.storage.groupcommit import GroupCommitWriter
+from gateway.storage.groupcommit import GroupCommitWriter, execute, execute_many
 from gateway.transactions.model import now_ms
 from protocol import banklink
 from protocol.errors import ErrorCode
@@ -107,44 +107,63 @@ class BankStore:
         self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous)
 
     async def start(self) -> None:
-        self.writer.start(asyncio.get_running_loop())
+        await self.writer.start()
         rows = [(k, v, v) for k, v in self.opening.items()]
-        await self.writer.submit(lambda conn: conn.executemany(
-            "INSERT OR IGNORE INTO accounts (id, balance, held, opening) VALUES (?,?,0,?)",
-            rows) and None)
+        await self.writer.submit(
+            execute_many,
+            "INSERT OR IGNORE INTO accounts (id, balance, held, opening) VALUES (?,?,0,?)", rows)
 
     async def close(self) -> None:
         await self.writer.close()
+
+    @property
+    def died(self) -> asyncio.Future[None] | None:
+        """Done if the books' writer process exited under the node."""
+        return self.writer.died
 
     def apply(self, op: str, args: dict[str, Any]) -> asyncio.Future[Result]:
         handler = _HANDLERS[op]
         if op == banklink.OPEN_PAYMENT:
             handler = functools.partial(_open_payment, va_prefix=self.va_prefix)
-        return self.writer.submit(lambda conn: _dedup(conn, op, args, handler))
+        return self.writer.submit(_dedup, op, args, handler)
 
     def pay(self, txid: str | None = None, number: str | None = None) -> asyncio.Future[Result]:
-        return self.writer.submit(lambda conn: _pay(conn, txid, number))
+        return self.writer.submit(_pay, txid, number)
 
     def ack_notification(self, nid: int) -> asyncio.Future[Any]:
-        return self.writer.submit(
-            lambda conn: conn.execute("DELETE FROM outbox WHERE id = ?", (nid,)) and None)
+        return self.writer.submit(execute, "DELETE FROM outbox WHERE id = ?", (nid,))
 
     def outbox(self) -> asyncio.Future[list[Result]]:
-        return self.writer.submit(lambda conn: [
-            msgpack.unpackb(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")])
+        return self.writer.submit(_outbox)
 
     def pending_payments(self) -> asyncio.Future[list[str]]:
-        return self.writer.submit(lambda conn: [r[0] for r in conn.execute(
-            "SELECT transaction_id FROM payments WHERE status = 'pending'")])
+        return self.writer.submit(_pending_payments)
 
     def balances(self) -> asyncio.Future[dict[str, list[int]]]:
-        return self.writer.submit(lambda conn: {
-            r[0]: [r[1], r[2]] for r in conn.execute("SELECT id, balance, held FROM accounts")})
+        return self.writer.submit(_balances)
 
     def payments(self) -> asyncio.Future[dict[str, Result]]:
-        return self.writer.submit(lambda conn: {
-            r[0]: {"number": r[1], "status": r[2], "amount": r[3]} for r in conn.execute(
-                "SELECT transaction_id, number, status, amount FROM payments")})
+        return self.writer.submit(_payments)
+
+
+# Calls run in the writer process (see gateway/storage/groupcommit.py): module-level
+# functions, so they can be sent there.
+def _outbox(conn: sqlite3.Connection) -> list[Result]:
+    return [msgpack.unpackb(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
+
+
+def _pending_payments(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT transaction_id FROM payments WHERE status = 'pending'")]
+
+
+def _balances(conn: sqlite3.Connection) -> dict[str, list[int]]:
+    return {r[0]: [r[1], r[2]] for r in conn.execute("SELECT id, balance, held FROM accounts")}
+
+
+def _payments(conn: sqlite3.Connection) -> dict[str, Result]:
+    return {r[0]: {"number": r[1], "status": r[2], "amount": r[3]} for r in conn.execute(
+        "SELECT transaction_id, number, status, amount FROM payments")}
 
 
 def _dedup(conn: sqlite3.Connection, op: str, args: dict[str, Any], handler: Any) -> Result:

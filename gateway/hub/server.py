@@ -64,6 +64,10 @@ class Hub:
         self._drained = asyncio.Event()
         self.stopping = False
 
+    @property
+    def storage_died(self) -> asyncio.Future[None] | None:
+        return self.ledger.died
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         await self.ledger.start()

@@ -1,38 +1,61 @@
-"""Group commit: one writer thread, one SQLite connection, one fsync for many writes.
+"""Group commit in a writer process: one SQLite connection, one fsync for many writes.
 
-The event loop never touches the disk. It submits work; the writer thread takes everything
-queued since its last commit, applies it inside one transaction, commits once, and
-resolves the whole batch with a single ``call_soon_threadsafe``. With
-``synchronous=FULL`` a commit costs ~0.33 ms here, so batching is what lets the hub pass
-~3,000 commits per second.
+The event loop never touches the disk. It submits work; everything submitted in one loop
+iteration goes to the writer process in one message over a Unix socket. The writer takes
+every message that has arrived since its last commit, applies them inside one transaction,
+commits once, and answers the whole batch in one message, which resolves the futures on the
+loop. With ``synchronous=FULL`` a commit costs ~0.3-0.6 ms here, so batching is what lets a
+node pass thousands of commits per second.
+
+Why a process and not a thread: the writer's Python (building rows, event and webhook
+bodies) and SQLite's own CPU used to share the node's GIL with the event loop. Every SQLite
+call releases the GIL and taking it back from a busy loop cost up to one switch interval,
+so the hub's loop thread sat idle a third of the time and each commit added milliseconds of
+hand-over (BENCHMARKS.md has the before/after). A process runs on the other core and is
+answered through the loop's own socket, with no thread hop.
 
 Two kinds of work. *Records* (the hot path: the ledger's transaction writes) are data, and
-a ``BulkWriter`` applies all records of a batch with a few ``executemany`` calls. That
-matters as much as the fsync: every SQLite call releases the GIL, and getting it back from
-a busy event loop costs up to one switch interval, so five calls per write made the commit
-thread, not the disk, the hub's limit. *Closures* (rare work: reads, webhook bookkeeping)
-run one by one, each in a savepoint. Records are applied first, so a read queued after a
-write sees it. If a batch fails, it is rolled back and each item retried alone, so one bad
-write fails by itself.
+a ``BulkWriter`` built in the writer process applies all records of a batch with a few
+multi-row statements. *Calls* (rare work: reads, webhook bookkeeping, bank operations) are
+a module-level function and its arguments, run one by one, each in a savepoint; they are
+pickled, so they must be importable functions, not lambdas. Records are applied first, so a
+read queued after a write sees it. If a batch fails, it is rolled back and each item retried
+alone, so one bad write fails by itself.
+
+If the node dies, the writer sees end-of-file, drops what it has not committed (as a
+thread would have died with it) and exits. If the writer dies, every outstanding future
+fails with ``SHUTTING_DOWN`` (retryable), further writes are refused, and ``died`` tells the
+node to stop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import logging
+import pickle
+import socket
 import sqlite3
-import threading
-from collections import deque
+import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from protocol.errors import ErrorCode, PaywireError
 
-T = TypeVar("T")
-Work = Callable[[sqlite3.Connection], Any]
-_CLOSURE = 0
-_RECORD = 1
+CALL = 0
+RECORD = 1
+CLOSE = 2  # the last message of a clean shutdown: commit everything, then exit
+
+QUEUE_WRITES_MAX_DEFAULT = 50_000
+BATCH_WRITES_MAX_DEFAULT = 4_000
+MESSAGE_BYTES_MAX = 256 * 1024 * 1024  # a corrupt length must not make anyone allocate more
+START_TIMEOUT_S = 30.0
+_LENGTH = struct.Struct(">I")
+log = logging.getLogger("paywire.storage")
 
 
 class BulkWriter(Protocol):
@@ -42,9 +65,6 @@ class BulkWriter(Protocol):
 
     def rollback(self) -> None:
         """Forget in-memory effects of the last ``apply`` (its transaction was rolled back)."""
-
-QUEUE_WRITES_MAX_DEFAULT = 50_000
-BATCH_WRITES_MAX_DEFAULT = 4_000
 
 
 class StorageClosed(PaywireError):
@@ -59,8 +79,60 @@ def open_connection(path: Path | str, synchronous: str = "FULL") -> sqlite3.Conn
     return conn
 
 
+def execute(conn: sqlite3.Connection, sql: str, params: Any = ()) -> None:
+    """A call for ``submit``: one statement, no result."""
+    conn.execute(sql, params)
+
+
+def execute_many(conn: sqlite3.Connection, sql: str, rows: list[Any]) -> None:
+    conn.executemany(sql, rows)
+
+
+def fetch_all(conn: sqlite3.Connection, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    """A call for ``submit``: the rows of one query, inside the writer's transaction."""
+    return conn.execute(sql, params).fetchall()
+
+
+def frame(obj: Any) -> bytes:
+    """One message between a node and its writer: a 4-byte length, then a pickle."""
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(data)) + data
+
+
+def unframe(buf: bytearray) -> list[Any]:
+    """Remove and return every complete message at the front of ``buf``."""
+    out: list[Any] = []
+    pos = 0
+    while len(buf) - pos >= 4:
+        (size,) = _LENGTH.unpack_from(buf, pos)
+        if size > MESSAGE_BYTES_MAX:
+            raise ValueError(f"writer message of {size} bytes")
+        if len(buf) - pos - 4 < size:
+            break
+        out.append(pickle.loads(buf[pos + 4:pos + 4 + size]))
+        pos += 4 + size
+    del buf[:pos]
+    return out
+
+
+class _Link(asyncio.Protocol):
+    """The node's end of the writer socket: answers resolve futures right here on the loop."""
+
+    def __init__(self, owner: GroupCommitWriter) -> None:
+        self.owner = owner
+        self.buf = bytearray()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        for message in unframe(self.buf):
+            self.owner._answered(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner._writer_lost()
+
+
 class GroupCommitWriter:
-    """Owns the writer thread. ``submit`` returns a future resolved after the commit."""
+    """Owns the writer process. ``submit`` returns a future resolved after the commit."""
 
     def __init__(
         self,
@@ -70,7 +142,7 @@ class GroupCommitWriter:
         synchronous: str = "FULL",
         queue_writes_max: int = QUEUE_WRITES_MAX_DEFAULT,
         batch_writes_max: int = BATCH_WRITES_MAX_DEFAULT,
-        bulk: BulkWriter | None = None,
+        bulk: Callable[[], BulkWriter] | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
@@ -79,140 +151,174 @@ class GroupCommitWriter:
         self.queue_writes_max = queue_writes_max
         self.batch_writes_max = batch_writes_max
         self._schema = schema
-        self._bulk = bulk
-        self._queue: deque[tuple[int, Any, asyncio.Future[Any]]] = deque()
-        self._cond = threading.Condition()
-        self._closing = False
-        self._thread: threading.Thread | None = None
+        self._bulk = bulk  # a factory, pickled by reference and called in the writer
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._tokens = itertools.count()
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._outbox: list[tuple[int, int, Any]] = []
+        self._flush_scheduled = False
+        self._ready: asyncio.Future[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        # Done if the writer exits while the node still needs it: the node must stop.
+        self.died: asyncio.Future[None] | None = None
+        self._closing = False
+        self._failed = False
         self.commits = 0
         self.writes = 0
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def start(self) -> None:
+        """Create the schema (start-up fails loudly on a bad path) and start the writer."""
+        loop = asyncio.get_running_loop()
         self._loop = loop
-        # Create the schema synchronously: start-up must fail loudly on a bad path.
         conn = open_connection(self.path, self.synchronous)
-        conn.executescript(self._schema)
-        conn.close()
-        self._thread = threading.Thread(target=self._run, name=f"commit:{self.path.name}",
-                                         daemon=True)
-        self._thread.start()
+        try:
+            conn.executescript(self._schema)
+        finally:
+            conn.close()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway.storage.writer_process", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        self._ready = loop.create_future()
+        self._lost = loop.create_future()
+        self.died = loop.create_future()
+        transport, _ = await loop.create_unix_connection(lambda: _Link(self), sock=ours)
+        self._transport = transport
+        transport.write(frame({"path": str(self.path), "synchronous": self.synchronous,
+                               "batch_writes_max": self.batch_writes_max, "bulk": self._bulk}))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), START_TIMEOUT_S)
+        except BaseException:
+            await self._stop_process()
+            raise
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        """Writes submitted and not yet answered."""
+        return len(self._futures)
 
-    def submit(self, work: Work) -> asyncio.Future[Any]:
-        """Queue ``work(conn)`` for the next commit. Raises QUEUE_FULL past the bound."""
-        return self._enqueue(_CLOSURE, work)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue ``fn(conn, *args)`` for the next commit. Raises QUEUE_FULL past the bound."""
+        return self._enqueue(CALL, (fn, args))
 
     def submit_record(self, record: Any) -> asyncio.Future[Any]:
         """Queue a record for the bulk writer's next batch."""
         assert self._bulk is not None, "no bulk writer"
-        return self._enqueue(_RECORD, record)
+        return self._enqueue(RECORD, record)
 
     def _enqueue(self, kind: int, item: Any) -> asyncio.Future[Any]:
         assert self._loop is not None, "start() first"
         if self._closing:
             raise StorageClosed("storage is closing")
-        if len(self._queue) >= self.queue_writes_max:
+        if self._failed:
+            raise StorageClosed("the storage writer has exited; this node is stopping")
+        if len(self._futures) >= self.queue_writes_max:
             raise PaywireError("storage queue is full", code=ErrorCode.QUEUE_FULL)
+        token = next(self._tokens)
         fut: asyncio.Future[Any] = self._loop.create_future()
-        with self._cond:
-            self._queue.append((kind, item, fut))
-            if len(self._queue) == 1:
-                self._cond.notify()
+        self._futures[token] = fut
+        self._outbox.append((kind, token, item))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         return fut
 
-    async def close(self) -> None:
-        """Commit everything queued, then stop the thread."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
-
-    def _run(self) -> None:
-        conn = open_connection(self.path, self.synchronous)
+    def _flush(self) -> None:
+        """Everything submitted in this loop iteration goes in one message."""
+        self._flush_scheduled = False
+        if not self._outbox or self._transport is None:
+            return
+        batch, self._outbox = self._outbox, []
         try:
-            while True:
-                with self._cond:
-                    while not self._queue and not self._closing:
-                        self._cond.wait()
-                    if not self._queue and self._closing:
-                        return
-                    n = min(len(self._queue), self.batch_writes_max)
-                    batch = [self._queue.popleft() for _ in range(n)]
-                self._commit(conn, batch)
-        finally:
-            conn.close()
+            data = frame(batch)
+        except Exception:  # an unpicklable call: fail it alone, send the rest
+            data = frame(self._picklable(batch))
+        self._transport.write(data)
 
-    def _commit(self, conn: sqlite3.Connection,
-                batch: list[tuple[int, Any, asyncio.Future[Any]]]) -> None:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            values = self._apply(conn, batch)
-            conn.execute("COMMIT")
-            results = [(fut, value, err) for (_, _, fut), (value, err) in zip(batch, values,
-                                                                                strict=True)]
-        except Exception:
-            self._abort(conn)
-            results = [self._alone(conn, item) for item in batch]
-        self.commits += 1
-        self.writes += len(batch)
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
-            self._loop.call_soon_threadsafe(_resolve_batch, results)
-
-    def _apply(self, conn: sqlite3.Connection, batch: list[tuple[int, Any, asyncio.Future[Any]]]
-               ) -> list[tuple[Any, BaseException | None]]:
-        out: list[tuple[Any, BaseException | None]] = [(None, None)] * len(batch)
-        record_at = [i for i, item in enumerate(batch) if item[0] == _RECORD]
-        if record_at:
-            assert self._bulk is not None
-            applied = self._bulk.apply(conn, [batch[i][1] for i in record_at])
-            for i, value in zip(record_at, applied, strict=True):
-                out[i] = (value, None)
-        for i, (kind, work, _) in enumerate(batch):
-            if kind != _CLOSURE:
-                continue
-            conn.execute("SAVEPOINT w")
+    def _picklable(self, batch: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]]:
+        kept = []
+        for entry in batch:
             try:
-                out[i] = (work(conn), None)
+                pickle.dumps(entry)
             except Exception as exc:
-                conn.execute("ROLLBACK TO w")
-                out[i] = (None, exc)
-            conn.execute("RELEASE w")
-        return out
+                fut = self._futures.pop(entry[1])
+                fut.set_exception(TypeError(f"storage work cannot be sent to the writer: {exc}"))
+                continue
+            kept.append(entry)
+        return kept
 
-    def _abort(self, conn: sqlite3.Connection) -> None:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        if self._bulk is not None:
-            self._bulk.rollback()
+    def _answered(self, message: Any) -> None:
+        if message == "ready":
+            assert self._ready is not None
+            if not self._ready.done():
+                self._ready.set_result(None)
+            return
+        commits, answers = message
+        self.commits += commits
+        self.writes += len(answers)
+        for token, value, exc in answers:
+            fut = self._futures.pop(token, None)
+            if fut is None or fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
 
-    def _alone(self, conn: sqlite3.Connection, item: tuple[int, Any, asyncio.Future[Any]]
-               ) -> tuple[asyncio.Future[Any], Any, BaseException | None]:
-        """The slow path after a failed batch: one item, one transaction."""
-        fut = item[2]
+    def _writer_lost(self) -> None:
+        if not self._closing and self.died is not None and not self.died.done():
+            log.critical("storage writer for %s exited unexpectedly", self.path)
+            self.died.set_result(None)
+        self._failed = True
+        self._transport = None
+        pending, self._futures = self._futures, {}
+        for fut in pending.values():
+            if not fut.done():
+                # Nothing of it is known to be durable; the node stops, and the client
+                # retries the same request elsewhere (recovery settles what reached a bank).
+                fut.set_exception(StorageClosed("the storage writer exited before committing; "
+                                                "this node is stopping"))
+        for waiter in (self._ready, self._lost):
+            if waiter is not None and not waiter.done():
+                if waiter is self._ready:
+                    waiter.set_exception(PaywireError(
+                        f"storage writer for {self.path} did not start",
+                        code=ErrorCode.INTERNAL))
+                else:
+                    waiter.set_result(None)
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the writer."""
+        if self._closing:
+            return
+        self._flush()
+        self._closing = True
+        if self._transport is not None and not self._failed:
+            self._transport.write(frame([(CLOSE, -1, None)]))
+        await self._stop_process()
+
+    async def _stop_process(self) -> None:
+        """Wait for the writer's end-of-file (every answer it sent is read before it), then
+        for the process itself."""
+        proc = self._proc
+        if proc is None:
+            return
+        if self._lost is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._lost), START_TIMEOUT_S)
+        loop = asyncio.get_running_loop()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            ((value, err),) = self._apply(conn, [item])
-            conn.execute("COMMIT")
-            return fut, value, err
-        except Exception as exc:
-            self._abort(conn)
-            return fut, None, exc
-
-
-def _resolve_batch(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
-    for fut, value, exc in results:
-        if fut.done():
-            continue
-        if exc is not None:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(value)
+            await loop.run_in_executor(None, proc.wait, START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await loop.run_in_executor(None, proc.wait)
+        if self._transport is not None:
+            self._transport.close()
 
 
 def read(path: Path | str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

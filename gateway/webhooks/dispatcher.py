@@ -31,6 +31,7 @@ import aiohttp
 
 from gateway.config import WebhookConfig
 from gateway.ledger.base import Ledger
+from gateway.storage.groupcommit import execute
 from gateway.transactions.model import now_ms
 from gateway.webhooks.payload import EVENT_ID_HEADER, SIGNATURE_HEADER
 from protocol.signing import webhook_signature_header
@@ -204,7 +205,7 @@ class WebhookDispatcher:
                             error)
                 sql, params = ("UPDATE webhooks SET state='dead', attempts=?, last_error=? "
                                "WHERE id=?", (attempts, error, wid))
-        await self.ledger.submit(lambda conn: conn.execute(sql, params) and None)
+        await self.ledger.submit(execute, sql, params)
 
 
 def list_webhooks(ledger_path: Path, state: str | None = None, limit: int = 100
