@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import hmac
 import json
 import os
@@ -28,11 +27,12 @@ from gateway.hub.server import Hub
 from gateway.transactions.model import now_us
 from protocol.errors import ErrorCode, PaywireError
 from protocol.operations import parse_operation, validate_args
+from protocol.signing import hmac_sha256
 
 
 def sign(key: bytes, merchant: str, ts_ms: int, nonce: str, op: str, body: bytes) -> str:
-    return hmac.new(key, f"{merchant}\n{ts_ms}\n{nonce}\n{op}\n".encode() + body,
-                    hashlib.sha256).hexdigest()
+    # The same HMAC code as Paywire's signatures, so only the protocol differs.
+    return hmac_sha256(key, f"{merchant}\n{ts_ms}\n{nonce}\n{op}\n".encode() + body).hex()
 
 
 _HTTP_STATUS = {ErrorCode.NOT_FOUND: 404, ErrorCode.DUPLICATE_ORDER: 409,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.cpu import CpuMeter
 from bench.disk import fsync_latency
 from bench.loadgen import LoadResult, closed_loop, open_loop
 from gateway import pki
@@ -116,6 +117,15 @@ class Bench:
         for proc in list(self.procs):
             self.stop(proc)
 
+    def meter(self, **servers: int) -> CpuMeter:
+        """CPU of ``servers`` (and their writer processes), the bank node, and this process
+        (the load generator), from now on."""
+        assert self.bank is not None and self.bank.proc is not None
+        meter = CpuMeter({**servers, "bank node": self.bank.proc.pid,
+                          "load generator": os.getpid()})
+        meter.start()
+        return meter
+
     def next_order(self) -> str:
         self.seq += 1
         return f"b{os.getpid()}-{self.seq}"
@@ -164,6 +174,7 @@ class Bench:
 
             await closed_loop(op, workers=workers, requests=10**9,
                               duration_s=self.opts.warmup_s)
+            meter = self.meter(server=proc.pid)
             if rate_per_s is None:
                 result = await closed_loop(op, workers=workers, requests=10**9,
                                            duration_s=self.opts.duration_s,
@@ -171,10 +182,11 @@ class Bench:
             else:
                 result = await open_loop(op, rate_per_s=rate_per_s, requests=10**9,
                                          duration_s=self.opts.duration_s)
+            cpu = meter.per_request_us(result.ok)
         finally:
             await client.close()
             self.stop(proc)
-        return result.to_dict()
+        return {**result.to_dict(), "cpu_us_per_request": cpu}
 
     async def paywire(self, synchronous: str, rates: list[float | None],
                       memory_s: float = 0.0) -> list[dict[str, Any]]:
@@ -200,7 +212,9 @@ class Bench:
             workers = self.opts.connections * self.opts.window
             await closed_loop(op, workers=workers, requests=10**9,
                               duration_s=self.opts.warmup_s)
+            assert hub.proc is not None
             for rate in rates:
+                meter = self.meter(hub=hub.proc.pid)
                 if rate is None:
                     res = await closed_loop(op, workers=workers, requests=10**9,
                                             duration_s=self.opts.duration_s,
@@ -209,7 +223,7 @@ class Bench:
                     res = await open_loop(op, rate_per_s=rate, requests=10**9,
                                           duration_s=self.opts.duration_s,
                                           in_flight_max=workers * 8)
-                out.append(res.to_dict())
+                out.append({**res.to_dict(), "cpu_us_per_request": meter.per_request_us(res.ok)})
             if memory_s:
                 out.append(await self._memory(op, hub, out[0]["throughput_per_s"] * 0.8,
                                               memory_s))
@@ -343,6 +357,17 @@ def markdown(results: dict[str, Any], opts: Options, command: str) -> str:
         lines.append(f"| {label}{offered} | {r['throughput_per_s']:,.0f} | {lat['p50']} | "
                      f"{lat['p90']} | {lat['p99']} | {lat['p99.9']} | {lat['max']} | "
                      f"{sum(r.get('errors', {}).values())} |")
+    cpu_rows = [(label, results[key]["cpu_us_per_request"]) for label, key in rows
+                if key in results and "cpu_us_per_request" in results[key]]
+    if cpu_rows:
+        names = list(dict.fromkeys(n for _, c in cpu_rows for n in c if n != "total"))
+        lines += ["", "CPU per request, µs, by process (each server counted with its storage "
+                  "writer process, shown apart):", "",
+                  "| run | " + " | ".join(names) + " | total | 2 cores / total |",
+                  "|---|" + "---|" * (len(names) + 2)]
+        for label, c in cpu_rows:
+            lines.append(f"| {label} | " + " | ".join(str(c.get(n, "")) for n in names)
+                         + f" | {c['total']} | {2e6 / max(c['total'], 1e-9):,.0f}/s |")
     disks = [(label, results[key]["latency_ms"]) for label, key in
              (("before the Paywire runs", "disk_before"), ("after", "disk_after"))
              if key in results]

@@ -24,6 +24,10 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
         assert 0 <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
         assert sum(int(n) for n in run["histogram"]["counts"].values()) == \
             run["histogram"]["total"]
+    for name in ("alternative", "paywire", "paywire_sync_off"):
+        cpu = runs[name]["cpu_us_per_request"]
+        assert cpu["total"] > 0 and cpu["load generator"] >= 0 and cpu["bank node"] > 0, name
+    assert "CPU per request" in proc.stdout
     for name in ("disk_before", "disk_after"):
         lat = runs[name]["latency_ms"]
         assert lat["count"] > 0 and 0 <= lat["p50"] <= lat["p99"] <= lat["max"], name

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import body as bodycodec
 from protocol import messages, signing
@@ -75,3 +79,11 @@ def test_webhook_header_signature_and_replay_window() -> None:
     assert not signing.verify_webhook_signature(KEY, header, body, now_s=1_000_000 + 301)
     assert not signing.verify_webhook_signature(b"x", header, body, now_s=1_000_010)
     assert not signing.verify_webhook_signature(KEY, "garbage", body, now_s=1_000_010)
+
+
+@settings(max_examples=300)
+@given(key=st.binary(max_size=200), data=st.binary(max_size=600))
+def test_cached_pad_hmac_is_rfc2104_hmac_sha256(key: bytes, data: bytes) -> None:
+    """Keys shorter than, equal to and longer than the 64-byte block, and the empty key."""
+    assert signing.hmac_sha256(key, data) == hmac.digest(key, data, "sha256")
+    assert signing.hmac_sha256(key, data) == hmac.digest(key, data, "sha256")  # cached pads

@@ -10,13 +10,12 @@ most ``count_max`` timestamps) and rebuilt from the ledger at start.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from gateway.config import FraudConfig
 from protocol.operations import FraudStatus
+from protocol.signing import hmac_sha256
 
 _SEVERITY = {FraudStatus.ACCEPT: 0, FraudStatus.CHALLENGE: 1, FraudStatus.DENY: 2}
 
@@ -59,7 +58,7 @@ class FraudEngine:
 
     def fingerprint(self, card_number: str) -> str:
         """A keyed hash: lets rules and the ledger recognise a card without keeping it."""
-        return hmac.new(self.key, card_number.encode(), hashlib.sha256).hexdigest()[:32]
+        return hmac_sha256(self.key, card_number.encode()).hex()[:32]
 
     def _values(self, s: Screening, fp: str | None) -> dict[str, str | None]:
         return {"card": fp, "email": s.email.lower() if s.email else None, "ip": s.ip,

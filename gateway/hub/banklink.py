@@ -227,9 +227,13 @@ class BankPool:
         return False
 
     def _pick(self, avoid: set[BankNodeHandle]) -> BankNodeHandle | None:
+        """Round robin over healthy nodes, preferring ones not tried for this call."""
         n = len(self.nodes)
-        candidates = [self.nodes[(self._next + i) % n] for i in range(n)]
+        first = self.nodes[self._next]
         self._next = (self._next + 1) % n
+        if first not in avoid and first.healthy:
+            return first  # the common case, once per bank call: no lists built
+        candidates = [first] + [self.nodes[(self._next - 1 + i) % n] for i in range(1, n)]
         healthy = [c for c in candidates if c.healthy]
         fresh = [c for c in healthy if c not in avoid]
         pick = fresh or healthy

@@ -15,8 +15,6 @@ Rules this module keeps (DESIGN §4):
 from __future__ import annotations
 
 import asyncio
-import copy
-import hashlib
 import hmac
 import logging
 import uuid
@@ -42,6 +40,7 @@ from protocol.operations import (
     mask_card,
 )
 from protocol.operations import TransactionStatus as S
+from protocol.signing import hmac_sha256
 
 log = logging.getLogger("paywire.service")
 
@@ -65,7 +64,7 @@ _DEFINING_OPS = frozenset({banklink.AUTHORIZE, banklink.OPEN_PAYMENT})
 
 def clone(tx: Transaction) -> Transaction:
     """A working copy whose lists and dicts can change without touching the published one."""
-    new = copy.copy(tx)
+    new = tx.copy()
     new.refunds = [dict(r) for r in tx.refunds]
     new.fraud_reasons = list(tx.fraud_reasons)
     new.hops_us = dict(tx.hops_us)
@@ -171,7 +170,7 @@ class TransactionService:
         material = dict(args)
         if "card" in material:
             material["card"] = {k: v for k, v in material["card"].items() if k != "cvv"}
-        return hmac.new(self.hash_key, bodycodec.canonical(material), hashlib.sha256).digest()[:16]
+        return hmac_sha256(self.hash_key, bodycodec.canonical(material))[:16]
 
     def _replay(self, tx: Transaction, req_hash: bytes) -> tuple[dict[str, Any], bool]:
         if not hmac.compare_digest(tx.request_hash, req_hash):

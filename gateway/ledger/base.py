@@ -9,15 +9,17 @@ write is committed too.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from gateway.transactions.model import Transaction
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """What a status change announces; written in the same commit as the change."""
+class Notification(NamedTuple):
+    """What a status change announces; written in the same commit as the change.
+
+    A named tuple, not a dataclass: it is pickled to the ledger's writer process with every
+    status change, and a slotted dataclass pickles through ``dataclasses.fields`` (~4x
+    slower, measured in the hub's profile)."""
 
     result: dict[str, Any]  # the transaction as merchants see it
     data: bytes  # msgpack of ``result``, the event's ``data``

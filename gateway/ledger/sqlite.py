@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.ledger.base import Notification
 from gateway.storage.groupcommit import GroupCommitWriter, execute, fetch_all
@@ -95,10 +94,10 @@ def _insert_many(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]
         conn.execute(sql, [v for row in chunk for v in row])
 
 
-@dataclass(slots=True)
-class _Write:
+class _Write(NamedTuple):
     """One transaction write for the bulk writer: a new transaction (``insert``) or a new
-    state of one, with the notification its status change announces."""
+    state of one, with the notification its status change announces. A named tuple: it is
+    pickled to the writer process (see ``Notification``)."""
 
     insert: bool
     row: tuple[Any, ...]  # snapshot taken at submit: (merchant, order, txid, status, ...)

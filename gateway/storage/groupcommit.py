@@ -52,6 +52,10 @@ CLOSE = 2  # the last message of a clean shutdown: commit everything, then exit
 
 QUEUE_WRITES_MAX_DEFAULT = 50_000
 BATCH_WRITES_MAX_DEFAULT = 4_000
+# Sent at once, not at the end of the loop iteration, when this many items are waiting: the
+# writer starts on them while the loop is still busy with the rest of a burst. Measured at
+# 8 x 16 in flight: 1,490-1,620/s without, 1,730-1,850/s with 32 (8 and 64 in between).
+FLUSH_ITEMS_EARLY = 32
 MESSAGE_BYTES_MAX = 256 * 1024 * 1024  # a corrupt length must not make anyone allocate more
 START_TIMEOUT_S = 30.0
 _LENGTH = struct.Struct(">I")
@@ -223,7 +227,9 @@ class GroupCommitWriter:
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._futures[token] = fut
         self._outbox.append((kind, token, item))
-        if not self._flush_scheduled:
+        if len(self._outbox) >= FLUSH_ITEMS_EARLY:
+            self._flush()
+        elif not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         return fut

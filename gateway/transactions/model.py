@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 import time
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -75,8 +76,13 @@ class Transaction:
     card_fingerprint: str | None = None
 
     def to_record(self) -> bytes:
-        return msgpack.packb(  # type: ignore[no-any-return]
-            [getattr(self, f) for f in _FIELD_NAMES], use_bin_type=True)
+        return msgpack.packb(_all_fields(self), use_bin_type=True)  # type: ignore[no-any-return]
+
+    def copy(self) -> Transaction:
+        """A shallow copy. Not ``copy.copy``: on a slotted dataclass that goes through
+        ``__getstate__`` and ``dataclasses.fields`` (measured ~3x slower; it runs for every
+        bank call)."""
+        return Transaction(*_all_fields(self))
 
     @classmethod
     def from_record(cls, data: bytes) -> Transaction:
@@ -141,6 +147,7 @@ class Transaction:
 
 
 _FIELD_NAMES = tuple(f.name for f in fields(Transaction))
+_all_fields = operator.attrgetter(*_FIELD_NAMES)
 
 
 def card_brand(number: str) -> str:
