@@ -13,6 +13,7 @@ import random
 import signal
 from pathlib import Path
 
+from bench.cpu import children
 from tests.deploy import Deployment
 from tests.loadgen import charge_load, wait_resolved
 
@@ -88,16 +89,12 @@ async def test_kill_a_bank_node_mid_load(tmp_path: Path) -> None:
 def _writer_pids(parent: int) -> list[int]:
     """The storage writer processes whose parent is ``parent``."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children(parent):
         try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
+            if b"gateway.storage.writer_process" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
             continue
-        if ppid == parent and b"gateway.storage.writer_process" in cmdline:
-            found.append(int(entry.name))
     return found
 
 
