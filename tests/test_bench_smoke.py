@@ -28,6 +28,11 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
         cpu = runs[name]["cpu_us_per_request"]
         assert cpu["total"] > 0 and cpu["load generator"] >= 0 and cpu["bank node"] > 0, name
     assert "CPU per request" in proc.stdout
+    mem = runs["paywire_memory"]
+    assert mem["ok"] > 0 and mem["warmup_s"] == 1.0 and mem["measured_s"] == 2.0
+    assert mem["rss_at_start"] > 0 and mem["rss_at_end"] > 0
+    assert all(t >= 0 and rss > 0 for t, rss in mem["rss_samples"])
+    assert "memory_growth" in doc["ratios"] and "Memory run:" in proc.stdout
     for name in ("disk_before", "disk_after"):
         lat = runs[name]["latency_ms"]
         assert lat["count"] > 0 and 0 <= lat["p50"] <= lat["p99"] <= lat["max"], name
