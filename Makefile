@@ -46,8 +46,8 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	touch $@ $(STAMP)
 
-# Reproduces BENCHMARKS.md: every baseline in one invocation (about 8 minutes with the
-# 5-minute memory run).
+# Reproduces BENCHMARKS.md: every baseline in one invocation (about 15 minutes: the memory
+# run warms up for the 5-minute replay window, then measures 5 minutes).
 bench: $(BENCH_STAMP)
 	$(BIN)/paywire bench all --duration-s 10 --memory-s 300 \
 		--plot bench/results/latency.png --markdown bench/results/latest.md
