@@ -194,7 +194,8 @@ class Bench:
         return {**result.to_dict(), "cpu_us_per_request": cpu}
 
     async def paywire(self, synchronous: str, rates: list[float | None],
-                      memory_s: float = 0.0) -> list[dict[str, Any]]:
+                      memory_s: float = 0.0, memory_rate: float = 0.0
+                      ) -> list[dict[str, Any]]:
         """One hub; for each entry of ``rates`` a run (None: closed loop at full speed)."""
         from gateway.client import connect
 
@@ -233,8 +234,7 @@ class Bench:
                 warmup_s = self.opts.memory_warmup_s
                 if warmup_s is None:
                     warmup_s = cfg.timestamp_window_s + 30.0
-                out.append(await self._memory(op, hub, out[0]["throughput_per_s"] * 0.8,
-                                              warmup_s, memory_s))
+                out.append(await self._memory(op, hub, memory_rate, warmup_s, memory_s))
         finally:
             for c in clients:
                 await c.close()
@@ -297,7 +297,7 @@ async def run_all(opts: Options, workdir: Path) -> dict[str, Any]:
         print("\n  paywire, durable, open loop at 1/2 peak and at the alternative's peak ...",
               file=sys.stderr)
         runs = await bench.paywire("FULL", [peak / 2, max(peak_alt, 1.0)],
-                                   memory_s=opts.memory_s)
+                                   memory_s=opts.memory_s, memory_rate=peak * 0.8)
         results["paywire"] = first[0]
         results["paywire_half_peak"] = runs[0]
         results["paywire_at_alt_peak"] = runs[1]

@@ -31,6 +31,7 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
     mem = runs["paywire_memory"]
     assert mem["ok"] > 0 and mem["warmup_s"] == 1.0 and mem["measured_s"] == 2.0
     assert mem["rss_at_start"] > 0 and mem["rss_at_end"] > 0
+    assert mem["offered_per_s"] == 0.8 * runs["paywire"]["throughput_per_s"]  # of the peak
     assert all(t >= 0 and rss > 0 for t, rss in mem["rss_samples"])
     assert "memory_growth" in doc["ratios"] and "Memory run:" in proc.stdout
     for name in ("disk_before", "disk_after"):

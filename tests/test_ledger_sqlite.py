@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import uuid
 from pathlib import Path
 
 from gateway.ledger.sqlite import SCHEMA, SqliteLedger, existing_sql
-from gateway.transactions.model import Transaction, now_ms
+from gateway.storage.groupcommit import PAGE_CACHE_KIB, open_connection
+from gateway.transactions.model import Transaction, now_ms, time_ordered_id
 
 
 def _tx(merchant: str, order: str, amount: int = 1000) -> Transaction:
@@ -50,3 +52,23 @@ async def test_batch_insert_keeps_the_first_write_per_merchant_and_order(tmp_pat
         assert stored == {("m1", "o1"): 1000, ("m2", "o1"): 3000, ("m2", "o2"): 4000}
     finally:
         await ledger.close()
+
+
+def test_transaction_ids_are_uuid7_and_grow_with_time() -> None:
+    ids = [time_ordered_id(1_795_000_000_000 + i // 10) for i in range(5000)]
+    assert len(set(ids)) == len(ids)
+    for i in ids[:50]:
+        u = uuid.UUID(i)
+        assert u.version == 7 and u.variant == uuid.RFC_4122
+        assert u.int >> 80 == 1_795_000_000_000 + ids.index(i) // 10
+    # Sorted by creation time (ties within one millisecond are random): B-tree inserts land
+    # at the right edge of the index, not on a random page.
+    stamps = [uuid.UUID(i).int >> 80 for i in sorted(ids)]
+    assert stamps == sorted(stamps)
+    assert time_ordered_id() > time_ordered_id(1_000)
+
+
+def test_writer_connection_has_the_large_page_cache(tmp_path: Path) -> None:
+    conn = open_connection(tmp_path / "x.db")
+    assert conn.execute("PRAGMA cache_size").fetchone()[0] == -PAGE_CACHE_KIB
+    conn.close()

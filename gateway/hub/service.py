@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +27,7 @@ from gateway.hub.banklink import BankPool, BankUnavailable, OutcomeUnknown
 from gateway.hub.routing import Router
 from gateway.ledger.base import Ledger, Notification
 from gateway.transactions import states
-from gateway.transactions.model import Transaction, card_brand, now_ms, now_us
+from gateway.transactions.model import Transaction, card_brand, now_ms, now_us, time_ordered_id
 from protocol import banklink
 from protocol import body as bodycodec
 from protocol.errors import ErrorCode, PaywireError
@@ -191,7 +190,7 @@ class TransactionService:
                 existing = self.cache[key]
             return self._replay(existing, req_hash)
         ptype = args["payment_type"]
-        txid = str(uuid.uuid4())
+        txid = time_ordered_id()
         created = now_ms()
         tx = Transaction(
             transaction_id=txid, merchant_id=key[0], order_id=key[1],
