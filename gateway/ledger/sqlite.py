@@ -84,8 +84,8 @@ _ROWS_PER_STATEMENT = 500  # 13 parameters a row: under SQLite's 32766-parameter
 
 def _insert_many(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]],
                  tail: str = "") -> None:
-    """One multi-row INSERT per chunk: SQLite steps once for all of them, so the commit
-    thread gives up and retakes the GIL once, not once per row as ``executemany`` does."""
+    """One multi-row INSERT per chunk: SQLite steps once for all of them, where
+    ``executemany`` steps (and crosses between Python and C) once per row."""
     width = len(rows[0])
     one = "(" + ",".join("?" * width) + ")"
     for start in range(0, len(rows), _ROWS_PER_STATEMENT):
@@ -105,9 +105,10 @@ class _Write(NamedTuple):
 
 
 class _LedgerBulk:
-    """Applies a batch of transaction writes with a few ``executemany`` calls.
+    """Applies a batch of transaction writes with a few multi-row statements. Built and run
+    in the ledger's writer process.
 
-    Event sequence numbers are kept here, in the commit thread, the ledger's only writer:
+    Event sequence numbers are kept here, in the writer process, the ledger's only writer:
     read once per merchant, then counted in memory, and restored if a batch rolls back, so
     they never have gaps.
     """
