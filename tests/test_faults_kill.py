@@ -14,7 +14,8 @@ import signal
 from pathlib import Path
 
 from bench.cpu import children
-from tests.deploy import Deployment
+from gateway.client import Card
+from tests.deploy import RICH, Deployment
 from tests.loadgen import charge_load, wait_resolved
 
 ROUNDS = int(os.environ.get("PAYWIRE_SOAK_ROUNDS", "10"))
@@ -149,5 +150,25 @@ async def test_a_killed_node_takes_its_writer_with_it(tmp_path: Path) -> None:
         bank.kill()
         assert await _gone(hub_writer), "the hub's writer outlived it"
         assert await _gone(bank_writer), "the bank node's writer outlived it"
+    finally:
+        dep.stop()
+
+
+async def test_a_group_signal_leaves_the_writer_to_its_node(tmp_path: Path) -> None:
+    """SIGTERM/SIGINT sent to the whole process group (Ctrl-C, a service manager) reach the
+    writer too: it ignores them, the node keeps committing, then stops it cleanly."""
+    dep = await Deployment(tmp_path, bca_nodes=1).astart()
+    try:
+        assert dep.hub is not None and dep.hub.proc is not None
+        (writer,) = _writer_pids(dep.hub.proc.pid)
+        os.kill(writer, signal.SIGTERM)
+        os.kill(writer, signal.SIGINT)
+        async with dep.client() as client:
+            tx = await client.charge("sig-1", 10_000, card=Card(RICH[0], 12, 2030, "123"))
+            assert tx.transaction_status == "capture"
+        assert not await _gone(writer, timeout_s=0.5)
+        code = await asyncio.get_running_loop().run_in_executor(None, dep.hub.terminate)
+        assert code == 0
+        assert await _gone(writer)
     finally:
         dep.stop()

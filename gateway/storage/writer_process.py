@@ -5,12 +5,14 @@ It reads messages from the socket ``FD`` (a batch of calls and records each, see
 ``batch_writes_max`` items inside one SQLite transaction, commit once, send one answer.
 The first message is its configuration; it answers ``"ready"`` once its connection is open.
 End-of-file without a ``CLOSE`` item means the node died: what is not committed is dropped.
+SIGINT and SIGTERM are ignored: they are meant for the node, which stops its writer itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import pickle
+import signal
 import socket
 import sqlite3
 import sys
@@ -146,6 +148,11 @@ def _picklable(answer: Answer) -> Answer:
 
 
 def main(argv: list[str]) -> int:
+    # Ctrl-C in a terminal, or a service manager stopping the whole process group, signals
+    # the writer with its node. The node is the one to decide: it flushes, sends CLOSE and
+    # waits; if the node dies instead, end-of-file ends the writer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sock = socket.socket(fileno=int(argv[0]))
     buf = bytearray()
     config: dict[str, Any] | None = None
