@@ -45,6 +45,7 @@ class Writer:
         self.items: list[Item] = []
         self.closing = False
         self.eof = False
+        self.commits = 0  # since the last answer
 
     def run(self) -> None:
         while True:
@@ -84,6 +85,7 @@ class Writer:
             self.conn.execute("BEGIN IMMEDIATE")
             values = self._apply(batch)
             self.conn.execute("COMMIT")
+            self.commits += 1
             return [(token, value, err) for (_, token, _), (value, err)
                     in zip(batch, values, strict=True)]
         except Exception:
@@ -123,16 +125,18 @@ class Writer:
             self.conn.execute("BEGIN IMMEDIATE")
             ((value, err),) = self._apply([item])
             self.conn.execute("COMMIT")
+            self.commits += 1
             return item[1], value, err
         except Exception as exc:
             self._abort()
             return item[1], None, exc
 
     def _send(self, answers: list[Answer]) -> None:
+        commits, self.commits = self.commits, 0
         try:
-            data = frame((1, answers))
+            data = frame((commits, answers))
         except Exception:
-            data = frame((1, [_picklable(a) for a in answers]))
+            data = frame((commits, [_picklable(a) for a in answers]))
         self.sock.setblocking(True)
         self.sock.sendall(data)
 
