@@ -50,9 +50,9 @@ def _setup_logging(level: str) -> None:
 
 # Chosen when a commit thread shared the GIL with the loop: every SQLite call released it,
 # and with the default 5 ms interval getting it back took up to 5 ms. The writer is now a
-# process, but the nodes' helper threads (executor, webhook reader) still take the GIL
-# from time to time; measured again after the move, 0.2 ms still gave 1.15-1.3x the
-# throughput of 5 ms (BENCHMARKS.md).
+# process; measured again after the move, 0.2 ms still gave 1.15-1.3x the throughput of
+# 5 ms (BENCHMARKS.md). Why was not pinned down; the nodes still run helper threads (the
+# default executor, the webhook outbox reader).
 GIL_SWITCH_INTERVAL_S = 0.0002
 
 
