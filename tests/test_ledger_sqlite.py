@@ -59,7 +59,7 @@ def test_transaction_ids_are_uuid7_and_grow_with_time() -> None:
     assert len(set(ids)) == len(ids)
     for i in ids[:50]:
         u = uuid.UUID(i)
-        assert u.version == 7 and u.variant == uuid.RFC_4122
+        assert u.version == 7 and u.variant == uuid.RFC_4122 and str(u) == i
         assert u.int >> 80 == 1_795_000_000_000 + ids.index(i) // 10
     # Sorted by creation time (ties within one millisecond are random): B-tree inserts land
     # at the right edge of the index, not on a random page.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import operator
 import os
 import time
-import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -44,7 +43,8 @@ def time_ordered_id(ms: int | None = None) -> str:
     rand = int.from_bytes(os.urandom(10), "big")
     value = (stamp << 80) | (0x7 << 76) | (((rand >> 64) & 0xFFF) << 64) | (0b10 << 62) \
         | (rand & ((1 << 62) - 1))
-    return str(uuid.UUID(int=value))
+    h = f"{value:032x}"  # formatted directly: uuid.UUID costs ~3x as much, once per charge
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def now_us() -> int:
