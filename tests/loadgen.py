@@ -64,3 +64,13 @@ async def wait_resolved(dep: Deployment, timeout_s: float = 30.0) -> int:
         if left == 0 or loop.time() > deadline:
             return left
         await asyncio.sleep(0.1)
+
+
+async def assert_settled_and_clean(dep: Deployment, acks: list[dict[str, Any]],
+                                   context: str = "") -> Any:
+    """The end of every fault test: no bank call left unresolved, and the audit finds no
+    lost or doubled charge and no money created. Returns the audit report."""
+    assert await wait_resolved(dep) == 0, context
+    report = dep.audit(acks)
+    assert report.clean, f"{context}{report.findings[:10]}"
+    return report

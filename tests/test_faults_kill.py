@@ -16,7 +16,7 @@ from pathlib import Path
 from bench.cpu import children
 from gateway.client import Card
 from tests.deploy import RICH, Deployment
-from tests.loadgen import charge_load, wait_resolved
+from tests.loadgen import assert_settled_and_clean, charge_load
 
 ROUNDS = int(os.environ.get("PAYWIRE_SOAK_ROUNDS", "10"))
 CHARGES_PER_ROUND = int(os.environ.get("PAYWIRE_SOAK_CHARGES", "40"))
@@ -52,9 +52,8 @@ async def test_kill_the_hub_at_random_moments(tmp_path: Path) -> None:
             all_acks += acks
         # The test means something only if kills hit work in flight.
         assert mid_load >= ROUNDS // 2, f"only {mid_load} of {ROUNDS} kills hit in-flight work"
-        assert await wait_resolved(dep) == 0
-        report = dep.audit(all_acks)
-        assert report.clean, f"seeds {BASE_SEED}..{BASE_SEED + ROUNDS - 1}: {report.findings[:10]}"
+        report = await assert_settled_and_clean(
+            dep, all_acks, f"seeds {BASE_SEED}..{BASE_SEED + ROUNDS - 1}: ")
         if RESULTS:
             Path(RESULTS).write_text(json.dumps({
                 "rounds": ROUNDS, "hub_kills": kills, "kills_mid_load": mid_load,
@@ -77,9 +76,7 @@ async def test_kill_a_bank_node_mid_load(tmp_path: Path) -> None:
         acks, errors = await asyncio.wait_for(load, 120)
         assert 0 < at_kill < 80, at_kill  # the node died mid-load
         assert not errors and len(acks) == 80
-        assert await wait_resolved(dep) == 0
-        report = dep.audit(acks)
-        assert report.clean, report.findings[:10]
+        await assert_settled_and_clean(dep, acks)
         # The survivor did the rest: both nodes answered some of the load.
         served = dep.bank_sql("bca", "SELECT COUNT(*) FROM ops")[0][0]
         assert served >= 80
@@ -131,9 +128,7 @@ async def test_killed_ledger_writer_stops_the_hub_and_loses_nothing(tmp_path: Pa
         acks, errors = await asyncio.wait_for(load, 120)
         assert 0 < at_kill < 60, at_kill
         assert not errors and len(acks) == 60
-        assert await wait_resolved(dep) == 0
-        report = dep.audit(acks)
-        assert report.clean, report.findings[:10]
+        await assert_settled_and_clean(dep, acks)
     finally:
         dep.stop()
 

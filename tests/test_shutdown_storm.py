@@ -10,7 +10,7 @@ from pathlib import Path
 
 from gateway.client import Card
 from tests.deploy import RICH, Deployment, ack
-from tests.loadgen import charge_load, wait_resolved
+from tests.loadgen import assert_settled_and_clean, charge_load
 
 
 def free_port() -> int:
@@ -55,9 +55,7 @@ async def test_sigterm_under_load_answers_up_to_goaway_and_clients_move_on(
                 assert all(rid > last for rid in conn.shutting_down_rids), (last,
                                                                             conn.shutting_down_rids)
         assert goaways >= 1
-        assert await wait_resolved(dep) == 0
-        report = dep.audit(got)
-        assert report.clean, report.findings[:10]
+        await assert_settled_and_clean(dep, got)
     finally:
         dep.stop()
 
@@ -85,9 +83,7 @@ async def test_retry_storm_reconnects_are_spread_by_jitter(tmp_path: Path) -> No
         # Charges caught mid-flight are settled by recovery: completed, or (if the hub's
         # inquiry overtook the slow bank) reversed. Either way one outcome, nothing doubled.
         assert all(r.transaction_status in ("capture", "failure") for r in results)
-        assert await wait_resolved(dep) == 0
-        report = dep.audit([ack(r) for r in results])
-        assert report.clean, report.findings[:5]
+        await assert_settled_and_clean(dep, [ack(r) for r in results])
         firsts = sorted(next(t for t in c.reconnect_attempts if t >= killed_at) - killed_at
                         for c in clients)
         # Full jitter over the first backoff step (1 s): spread, not one synchronised wave.
