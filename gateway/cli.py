@@ -280,14 +280,17 @@ def cmd_chaos(ns: argparse.Namespace) -> int:
 def cmd_bench(ns: argparse.Namespace) -> int:
     from bench.run import Options, run
 
+    if ns.rounds < 1:
+        print("paywire bench: --rounds must be at least 1", file=sys.stderr)
+        return 2
     if ns.what == "smoke":
         opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
                        out=Path(ns.out or "bench/results/smoke.json"), fsync_samples=20,
-                       memory_s=2.0, memory_warmup_s=1.0)
+                       memory_s=2.0, memory_warmup_s=1.0, rounds=2)
     else:
         opts = Options(duration_s=ns.duration_s, connections=ns.connections, window=ns.window,
                        memory_s=ns.memory_s, memory_warmup_s=ns.memory_warmup_s,
-                       out=Path(ns.out or "bench/results/latest.json"),
+                       rounds=ns.rounds, out=Path(ns.out or "bench/results/latest.json"),
                        plot=Path(ns.plot) if ns.plot else None,
                        markdown=Path(ns.markdown) if ns.markdown else None)
     return run(opts, "paywire " + " ".join(sys.argv[1:]))
@@ -414,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--memory-warmup-s", type=float, default=None,
                        help="load before the memory measurement (default: the hub's "
                             "timestamp window + 30 s, so the nonce cache is full)")
+    bench.add_argument("--rounds", type=int, default=3,
+                       help="interleaved rounds of the alternative, durable and "
+                            "synchronous=OFF closed-loop runs (ratios: median of the rounds)")
     bench.add_argument("--out", help="JSON result file")
     bench.add_argument("--markdown", help="also write the Markdown table here")
     bench.add_argument("--plot", help="PNG of latency percentiles against offered load")

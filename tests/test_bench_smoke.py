@@ -25,6 +25,8 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
         assert sum(int(n) for n in run["histogram"]["counts"].values()) == \
             run["histogram"]["total"]
     for name in ("alternative", "paywire", "paywire_sync_off"):
+        assert len(runs[name + "_rounds"]) == 2, name  # the smoke runs two rounds
+        assert runs[name] in runs[name + "_rounds"], name
         cpu = runs[name]["cpu_us_per_request"]
         assert cpu["total"] > 0 and cpu["load generator"] >= 0 and cpu["bank node"] > 0, name
     assert "CPU per request" in proc.stdout
@@ -41,3 +43,4 @@ def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
     assert set(doc["ratios"]) >= {"paywire_vs_alternative", "paywire_vs_echo_ceiling",
                                   "durable_vs_sync_off", "p99_ms_at_half_peak"}
     assert "| target | measured | met |" in proc.stdout
+    assert "Interleaved rounds" in proc.stdout and doc["options"]["rounds"] == 2
