@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,9 +11,13 @@ from pathlib import Path
 
 def test_bench_smoke_writes_a_well_formed_result(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
+    scratch = tmp_path / "scratch"  # where the bench makes its working directory
+    scratch.mkdir()
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "smoke", "--out",
-                           str(out)], capture_output=True, text=True, timeout=300)
+                           str(out)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert list(scratch.iterdir()) == []  # its databases and logs are removed at the end
     doc = json.loads(out.read_text())
     runs = doc["results"]
     for name in ("echo_plain", "echo_gathered", "alternative", "paywire",
