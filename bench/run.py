@@ -339,16 +339,24 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return ordered[(len(ordered) - 1) // 2]
 
 
+def _tput_ratio(run: dict[str, Any], base: dict[str, Any]) -> float:
+    return float(run["throughput_per_s"]) / max(float(base["throughput_per_s"]), 1e-9)
+
+
+def round_ratios(r: dict[str, Any], name: str, base: str) -> list[float]:
+    """Throughput of ``name`` over ``base`` within each round."""
+    return [_tput_ratio(x, y) for x, y in zip(r[name + "_rounds"], r[base + "_rounds"],
+                                                strict=True)]
+
+
 def paired_ratio(r: dict[str, Any], name: str, base: str) -> float:
     """Throughput of ``name`` over ``base``: the median of the ratios within each round, so
     a slow minute, which slows both runs of its round, does not decide the figure. Without
     rounds, the ratio of the two runs."""
     a, b = r.get(name + "_rounds"), r.get(base + "_rounds")
     if a and b and len(a) == len(b):
-        return statistics.median(float(x["throughput_per_s"]) /
-                                 max(float(y["throughput_per_s"]), 1e-9)
-                                 for x, y in zip(a, b, strict=True))
-    return float(r[name]["throughput_per_s"]) / max(float(r[base]["throughput_per_s"]), 1e-9)
+        return statistics.median(round_ratios(r, name, base))
+    return _tput_ratio(r[name], r[base])
 
 
 def ratios(r: dict[str, Any]) -> dict[str, float]:
@@ -413,11 +421,13 @@ def markdown(results: dict[str, Any], opts: Options, command: str) -> str:
                   "each round):", "",
                   "| round | alternative | durable | synchronous=OFF | durable / alternative | "
                   "durable / OFF |", "|---|---|---|---|---|---|"]
-        for i, (alt, full, off) in enumerate(zip(*(results[n + "_rounds"] for n in ROUND_RUNS),
-                                                 strict=True)):
-            t = [float(x["throughput_per_s"]) for x in (alt, full, off)]
+        vs_alt = round_ratios(results, "paywire", "alternative")
+        vs_off = round_ratios(results, "paywire", "paywire_sync_off")
+        for i, runs in enumerate(zip(*(results[n + "_rounds"] for n in ROUND_RUNS),
+                                     strict=True)):
+            t = [float(x["throughput_per_s"]) for x in runs]
             lines.append(f"| {i + 1} | {t[0]:,.0f} | {t[1]:,.0f} | {t[2]:,.0f} | "
-                         f"{t[1] / max(t[0], 1e-9):.2f} | {t[1] / max(t[2], 1e-9):.2f} |")
+                         f"{vs_alt[i]:.2f} | {vs_off[i]:.2f} |")
     cpu_rows = [(label, results[key]["cpu_us_per_request"]) for label, key in rows
                 if key in results and "cpu_us_per_request" in results[key]]
     if cpu_rows:

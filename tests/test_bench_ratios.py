@@ -6,7 +6,7 @@ import subprocess
 import sys
 from typing import Any
 
-from bench.run import Options, markdown, median_run, paired_ratio, ratios
+from bench.run import ROUND_RUNS, Options, markdown, median_run, paired_ratio, ratios
 
 
 def _run(tput: float, p99: float = 10.0) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def _rounds(alt: list[float], full: list[float], off: list[float]) -> dict[str, 
     r: dict[str, Any] = {"alternative_rounds": [_run(t) for t in alt],
                          "paywire_rounds": [_run(t) for t in full],
                          "paywire_sync_off_rounds": [_run(t) for t in off]}
-    for name in ("alternative", "paywire", "paywire_sync_off"):
+    for name in ROUND_RUNS:
         r[name] = median_run(r[name + "_rounds"])
     r["echo_plain"] = _run(10_000.0)
     r["paywire_half_peak"] = _run(1.0)

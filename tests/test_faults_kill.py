@@ -97,9 +97,13 @@ def _writer_pids(parent: int) -> list[int]:
 
 
 async def _gone(pid: int, timeout_s: float = 10.0) -> bool:
+    """The process exited (reaped, or a zombie waiting for its parent)."""
     for _ in range(int(timeout_s / 0.05)):
-        if not Path(f"/proc/{pid}").exists() or \
-                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True  # reaped, possibly between two reads
+        if state == "Z":
             return True
         await asyncio.sleep(0.05)
     return False
