@@ -287,9 +287,6 @@ def fake_bank_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[De
 async def test_hub_refuses_a_bank_link_to_a_merchant_certificate(
         fake_bank_dep: tuple[Deployment, NodeProcess]) -> None:
     dep, _ = fake_bank_dep
-    hub_log = dep.workdir / "hub.log"
-    await wait_for(lambda: "refusing" in hub_log.read_text(), "the hub to refuse the link")
-    assert "certificate role is 'merchant', expected 'bank'" in hub_log.read_text()
     async with dep.client(retry_attempts_max=1) as c:
         with pytest.raises(RemoteError) as info:
             await c.charge("via-fake-bank", 10_000,
@@ -303,6 +300,9 @@ async def test_hub_refuses_a_bank_link_to_a_merchant_certificate(
         assert conn.execute("SELECT COUNT(*) FROM effects").fetchone()[0] == 0
     finally:
         conn.close()
+    hub_log = dep.workdir / "hub.log"
+    await wait_for(lambda: "refusing" in hub_log.read_text(), "the hub to refuse the link")
+    assert "certificate role is 'merchant', expected 'bank'" in hub_log.read_text()
 
 
 @pytest.mark.parametrize(("subject", "why", "code"), [
