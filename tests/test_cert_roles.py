@@ -345,3 +345,82 @@ async def test_bank_node_refuses_a_client_that_is_not_a_hub(
         assert [f.type for f in frames] == [FrameType.ERROR]
         body = messages.decode_body(FrameType.ERROR, frames[0].body)
         assert body["code"] == ErrorCode.FORBIDDEN
+
+
+# --- a bank may settle only its own transactions ---------------------------------------------
+@dataclass
+class FakeBankNode:
+    """A TLS server holding a *genuine* bank node certificate (of bank ``bni``) that answers
+    the hub's HELLO and then reports payments of its choosing, signed with the link key."""
+
+    writer: asyncio.StreamWriter | None = None
+    responses: list[Frame] = field(default_factory=list)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        decoder = FrameDecoder(BODY_BYTES_MAX_DEFAULT)
+        try:
+            while data := await reader.read(65536):
+                for frame in decoder.feed(data):
+                    if frame.type == FrameType.HELLO:
+                        writer.write(messages.encode_message(FrameType.WELCOME, {
+                            "version": 1, "server": "paywire-bank/bni-1", "session_id": "f",
+                            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 16,
+                            "heartbeat_interval_ms": 5000, "resume_token": b"",
+                            "event_seq": 0, "server_time_ms": 0}))
+                        self.writer = writer
+                    elif frame.type == FrameType.PING:
+                        writer.write(messages.encode_message(FrameType.PONG, {},
+                                                             frame.request_id))
+                    elif frame.type == FrameType.RESPONSE:
+                        self.responses.append(frame)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    def report_payment(self, transaction_id: str, amount: int) -> None:
+        from gateway.net.signed import build_request
+        from gateway.transactions.model import now_ms
+        from protocol import banklink
+
+        assert self.writer is not None
+        self.writer.write(build_request(LINK_KEY.encode(), "bni-1", 1, banklink.PAYMENT, {
+            "notification_id": 1, "transaction_id": transaction_id, "status": "settlement",
+            "amount": amount, "paid_ms": now_ms()}))
+
+
+async def test_a_bank_cannot_settle_another_banks_payment(tmp_path: Path) -> None:
+    certs = tmp_path / "certs"
+    pki.init(certs, merchants=list(KEYS), banks=["bca-1", "bni-1", "wallet-1"])
+    fake = FakeBankNode()
+    bni = pki.cert_paths(certs, "bank", "bni-1")
+    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0, ssl=tls.server_context(
+        bni.cert, bni.key, certs / "ca.crt"))
+    fake_port = server.sockets[0].getsockname()[1]
+    dep = Deployment(tmp_path, bca_nodes=1,
+                     bank_address=lambda bank, port: fake_port if bank == "bni" else port)
+    try:
+        await dep.astart()
+        await wait_for(lambda: fake.writer is not None, "the hub's link to the bni node")
+        async with dep.client() as c:
+            tx = await c.charge("va-at-bca", 75_000, "bank_transfer", bank="bca")
+            assert tx.transaction_status == "pending"
+            fake.report_payment(tx.transaction_id, 75_000)
+            await wait_for(lambda: fake.responses, "the hub's answer to the payment report")
+            assert (await c.status("va-at-bca")).transaction_status == "pending"
+            assert "payment notification from bank bni" in (tmp_path / "hub.log").read_text()
+            # The bank the payment was routed to still settles it.
+            await dep.admin("bca", "admin.pay", {"number": tx.va_number})
+            await wait_for_status(c, "va-at-bca", "settlement")
+    finally:
+        dep.stop()
+        server.close()
+        await server.wait_closed()
+
+
+async def wait_for_status(c: object, order_id: str, status: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while (await c.status(order_id)).transaction_status != status:  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{order_id} never reached {status}")
+        await asyncio.sleep(0.05)
