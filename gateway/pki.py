@@ -314,8 +314,10 @@ def check_certificate(der: bytes | None, role: str, used_as: Use) -> Peer | Peer
             eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         except x509.ExtensionNotFound:
             eku = None
-    except ValueError as exc:  # an encoding cryptography cannot read; OpenSSL accepted it
-        return PeerRefused(f"unreadable certificate: {exc}")
+    except Exception as exc:
+        # OpenSSL accepted it, but cryptography may still reject an odd encoding (ValueError,
+        # DuplicateExtension, ...): whatever a peer sends is a refusal, never an exception.
+        return PeerRefused(f"unreadable certificate: {type(exc).__name__}")
     if len(ous) != 1 or len(cns) != 1:
         return PeerRefused(f"certificate has {len(ous)} OU and {len(cns)} CN values; "
                            "exactly one of each is required")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import pki
+from gateway import pki, tls
 
 
 def _mode(path: Path) -> int:
@@ -91,3 +91,16 @@ def test_a_ca_key_in_the_node_directory_is_refused(tmp_path: Path) -> None:
     result = _paywire_certs(tmp_path, "issue", "certs", "--role", "merchant", "--name", "M2")
     assert result.returncode == 2
     assert "directory nodes read" in result.stderr
+
+
+def test_nodes_warn_about_a_ca_key_in_their_directory(tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    certs = tmp_path / "certs"
+    pki.init(certs, merchants=["M1"], banks=[])
+    with caplog.at_level("WARNING", logger="paywire.tls"):
+        tls.node_server_context(certs, "hub", "hub")
+    assert not caplog.records
+    (certs / "ca.key").write_bytes((tmp_path / "certs-ca" / "ca.key").read_bytes())
+    with caplog.at_level("WARNING", logger="paywire.tls"):
+        tls.node_client_context(certs, "merchant", "M1")
+    assert "holds the CA private key" in caplog.text

@@ -175,6 +175,12 @@ def test_check_certificate_refuses(certs_dir: Path, tmp_path: Path,
     assert why in refused.reason
 
 
+def test_check_certificate_never_raises_on_what_a_peer_sends() -> None:
+    assert isinstance(pki.check_certificate(None, "hub", pki.Use.SERVER), pki.PeerRefused)
+    for junk in (b"", b"\x30\x03\x02\x01\x01", b"not a certificate" * 10):
+        assert isinstance(pki.check_certificate(junk, "hub", pki.Use.SERVER), pki.PeerRefused)
+
+
 def test_peer_identity_refuses_two_ous_or_cns() -> None:
     def subject(*attrs: tuple[str, str]) -> dict[str, object]:
         return {"subject": tuple((a,) for a in attrs)}
