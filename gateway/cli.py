@@ -1,7 +1,8 @@
 """``paywire``: certificates, nodes, one-off operations, the demo.
 
     paywire certs init DIR [--merchant M1 ...] [--bank bank-a-1 ...] [--san NAME ...]
-    paywire certs issue DIR --role merchant --name M2
+                           [--ca-dir CADIR]
+    paywire certs issue DIR --role merchant --name M2 [--ca-dir CADIR]
     paywire hub --config hub.toml
     paywire bank --config bank.toml
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
@@ -110,18 +111,23 @@ def cmd_bank(ns: argparse.Namespace) -> int:
 
 def cmd_certs(ns: argparse.Namespace) -> int:
     directory = Path(ns.dir)
+    ca_dir = Path(ns.ca_dir) if ns.ca_dir else pki.default_ca_dir(directory)
     try:
         if ns.certs_cmd == "init":
             issued = pki.init(directory, merchants=ns.merchant or ["M1"],
                               banks=ns.bank or ["bank-a-1"], hub_name=ns.hub, sans=ns.san or [],
-                              force=ns.force)
+                              force=ns.force, ca_dir=ca_dir)
         else:
-            issued = [pki.issue(directory, ns.role, ns.name, ns.san or [], force=ns.force)]
-    except pki.PkiError as exc:
+            issued = [pki.issue(directory, ns.role, ns.name, ns.san or [], force=ns.force,
+                                ca_dir=ca_dir)]
+    except (pki.PkiError, OSError) as exc:
         print(f"paywire certs: {exc}", file=sys.stderr)
         return 2
     for item in issued:
         print(f"wrote {item.cert} and {item.key} (0600)")
+    if ns.certs_cmd == "init":
+        print(f"the CA key is in {ca_dir} (0700): keep it off the nodes, which need only "
+              f"{directory}")
     return 0
 
 
@@ -325,12 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--hub", default="hub")
     init.add_argument("--san", action="append", help="extra server name or IP")
     init.add_argument("--force", action="store_true", help="replace existing files")
+    init.add_argument("--ca-dir", help="where the CA key is kept (default: DIR-ca beside DIR)")
     issue = csub.add_parser("issue", help="one more certificate from the existing CA")
     issue.add_argument("dir")
     issue.add_argument("--role", required=True, choices=pki.ROLES)
     issue.add_argument("--name", required=True)
     issue.add_argument("--san", action="append")
     issue.add_argument("--force", action="store_true")
+    issue.add_argument("--ca-dir", help="where the CA key is kept (default: DIR-ca beside DIR)")
     certs.set_defaults(fn=cmd_certs)
 
     for name, fn in (("hub", cmd_hub), ("bank", cmd_bank)):

@@ -40,11 +40,12 @@ class BankSession(FramedProtocol):
 
     def on_connected(self) -> None:
         assert self.transport is not None
-        role, name = tls.peer_identity(self.transport.get_extra_info("peercert"))
-        if role != "hub":
-            self.fail(ErrorCode.FORBIDDEN, "only hub certificates may connect to a bank node")
+        peer = tls.check_peer(self.transport, "hub", tls.Use.CLIENT)
+        if isinstance(peer, tls.PeerRefused):
+            self.fail(ErrorCode.FORBIDDEN,
+                      f"only hub certificates may connect to a bank node: {peer.reason}")
             return
-        self.identity = name
+        self.identity = peer.name
         self._hello_timer = self.loop.call_later(5.0, self._hello_timeout)
 
     def _hello_timeout(self) -> None:

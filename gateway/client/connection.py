@@ -7,6 +7,7 @@ from typing import Any
 
 from gateway.net.framed import FramedProtocol
 from gateway.net.signed import Correlator
+from gateway.tls import PeerRefused, Use, check_peer
 from protocol import messages
 from protocol.connection import Side
 from protocol.errors import BodyError, ErrorCode, RemoteError
@@ -36,6 +37,18 @@ class ClientConnection(FramedProtocol):
         self.shutting_down_rids: set[int] = set()
 
     def on_connected(self) -> None:
+        # The card number and CVV go to whoever holds the server end, so the server must
+        # prove it is a hub before it gets even the HELLO: any certificate of the CA passes
+        # the TLS handshake. Refused: close without sending a frame, and fail for good.
+        assert self.transport is not None
+        peer = check_peer(self.transport, "hub", Use.SERVER)
+        if isinstance(peer, PeerRefused):
+            err = RemoteError(f"the server is not a hub: {peer.reason}",
+                              code=ErrorCode.FORBIDDEN)
+            self.lost_reason = f"{err.code.name}: {err.message}"
+            self.welcome.set_exception(err)
+            self.abort_soon()
+            return
         self.send(messages.encode_message(FrameType.HELLO, {
             "versions": [PROTOCOL_VERSION], "role": ROLE_MERCHANT,
             "identity": self.merchant_id, "client": "paywire-py/0.1", **self.hello}))

@@ -15,6 +15,7 @@ import ssl
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from gateway import tls
 from gateway.net.backoff import full_jitter_s
 from gateway.net.framed import FramedProtocol
 from gateway.net.signed import Correlator, RequestTimeout, build_request
@@ -61,6 +62,17 @@ class BankLink(FramedProtocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()
 
     def on_connected(self) -> None:
+        # The server must prove it is a bank node before it gets a HELLO, let alone a bank
+        # call: any certificate of the CA passes the TLS handshake, and a merchant's posing
+        # as a bank could approve charges (or report payments) the hub would record.
+        assert self.transport is not None
+        peer = tls.check_peer(self.transport, "bank", tls.Use.SERVER)
+        if isinstance(peer, tls.PeerRefused):
+            log.warning("refusing %s as a node of %s: %s", self.node.address,
+                        self.node.pool.name, peer.reason)
+            self.ready.set_exception(LinkLost(f"not a bank node: {peer.reason}"))
+            self.abort_soon()
+            return
         self.send(messages.encode_message(FrameType.HELLO, {
             "versions": [PROTOCOL_VERSION], "role": ROLE_HUB, "identity": self.node.hub_id,
             "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"}))

@@ -204,7 +204,7 @@ class Hub:
 
         async def settle() -> None:
             try:
-                await self.service.on_payment(note)
+                await self.service.on_payment(note, link.node.pool.name)
                 link.respond(rid, {"ok": True})
             except PaywireError as exc:
                 link.respond_error(rid, exc)

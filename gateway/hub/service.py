@@ -525,11 +525,21 @@ class TransactionService:
             fraud_review=True)
 
     # --- events from banks and timers ---------------------------------------------------------
-    async def on_payment(self, note: dict[str, Any]) -> None:
-        """A bank reports that a customer paid. Idempotent: a repeat changes nothing."""
+    async def on_payment(self, note: dict[str, Any], from_bank: str) -> None:
+        """A bank reports that a customer paid. Idempotent: a repeat changes nothing.
+
+        Only the bank the transaction was routed to may settle it: the link it came on is
+        to a node the hub dialled for ``from_bank`` (and whose certificate is a bank's), but
+        every bank shares the link key, so a node of another bank could otherwise settle any
+        pending payment. Such a report is logged and acknowledged, like one for an unknown
+        transaction, so the sender stops repeating it."""
         tx = await self.load_by_id(note["transaction_id"])
         if tx is None:
             log.error("payment notification for unknown transaction %s", note["transaction_id"])
+            return
+        if tx.bank != from_bank:
+            log.error("payment notification from bank %s for transaction %s of bank %s: ignored",
+                      from_bank, note["transaction_id"], tx.bank)
             return
         key = (tx.merchant_id, tx.order_id)
         async with self.lock(key):

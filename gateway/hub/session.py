@@ -54,11 +54,16 @@ class MerchantSession(FramedProtocol):
 
     def on_connected(self) -> None:
         assert self.transport is not None
-        role, name = tls.peer_identity(self.transport.get_extra_info("peercert"))
-        if role != "merchant" or name is None:
-            self.fail(ErrorCode.FORBIDDEN, "a merchant certificate is required")
+        # Before anything is read or sent: the peer must hold a merchant certificate (one OU,
+        # one CN, clientAuth only) naming a merchant this hub knows.
+        peer = tls.check_peer(self.transport, "merchant", tls.Use.CLIENT)
+        if isinstance(peer, tls.PeerRefused):
+            self.fail(ErrorCode.FORBIDDEN, f"a merchant certificate is required: {peer.reason}")
             return
-        self.cert_name = name
+        if self.cfg.merchant(peer.name) is None:
+            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {peer.name!r}")
+            return
+        self.cert_name = peer.name
         self.hub.sessions.add(self)
         self._hello_timer = self.loop.call_later(self.cfg.hello_timeout_s, self._hello_timeout)
 
