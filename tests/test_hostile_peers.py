@@ -34,8 +34,9 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 def signed(merchant: str, rid: int, op: str, args: dict[str, Any]) -> bytes:
     nonce = os.urandom(16)
     ts = now_ms()
-    sig = signing.sign_request(KEYS[merchant].encode(), merchant, rid, op, ts, nonce, args)
-    return messages.encode_request(rid, op, merchant, ts, nonce, sig, args)
+    args_raw = messages.encode_args(args)
+    sig = signing.sign_request(KEYS[merchant].encode(), merchant, rid, op, ts, nonce, args_raw)
+    return messages.encode_request(rid, op, merchant, ts, nonce, sig, args_raw)
 
 
 async def still_serving(dep: Deployment) -> None:
