@@ -132,6 +132,9 @@ def unpack_flat(data: bytes, bin_bytes_max: int) -> dict[str, Any]:
             if isinstance(value, float):
                 raise BodyError("floats are not allowed in bodies",
                                 code=ErrorCode.MALFORMED_BODY)
+            if isinstance(value, (dict, list)):  # empty ones pass the length limits
+                raise BodyError(f"{key}: arrays and maps are not allowed here",
+                                code=ErrorCode.MALFORMED_BODY)
             out[key] = value
     except msgpack.OutOfData:
         raise BodyError("body ends inside a value", code=ErrorCode.MALFORMED_BODY) from None
