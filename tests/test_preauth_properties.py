@@ -4,15 +4,19 @@ the bank link alike (they share this code)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.net.signed import Correlator
 from gateway.transactions.model import now_ms
 from protocol import banklink, messages, signing
-from protocol.errors import PaywireError
+from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.frame import Frame, FrameType
 from protocol.operations import parse_operation, validate_args
 
 KEY = b"sk-property"
@@ -82,3 +86,15 @@ def test_any_bytes(data: bytes) -> None:
     sig = signing.sign_request(KEY, "M1", 7, "charge", ts, nonce, data)
     outcome(pack({"op": "charge", "merchant_id": "M1", "timestamp_ms": ts, "nonce": nonce,
                   "signature": sig, "args": data}))
+
+
+async def test_the_client_turns_a_hostile_response_into_that_requests_error() -> None:
+    """What a hub sends goes through the same body rules on the client: a RESPONSE with a
+    non-string key fails its request with a coded error, it raises nothing."""
+    correlator = Correlator(asyncio.get_running_loop())
+    rid, answer = correlator.new(None)
+    assert correlator.resolve(Frame(FrameType.RESPONSE, rid,
+                                    pack({"transaction_status": "capture", b"k": 1})))
+    with pytest.raises(BodyError) as info:
+        await answer
+    assert info.value.code is ErrorCode.MALFORMED_BODY
