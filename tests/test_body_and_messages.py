@@ -203,3 +203,24 @@ def test_request_encode_decode() -> None:
     req = messages.decode_request(frame.request_id, frame.body)
     assert (req.request_id, req.op) == (9, "status")
     assert messages.decode_args(req.args_raw) == {"order_id": "o1"}
+
+
+@pytest.mark.parametrize("args", [[], {}, {"order_id": "o1"}, [[]], {"k": [1]}])
+def test_request_envelope_holds_scalars_only(args: Any) -> None:
+    # args travel as their bytes (a bin); an array or map anywhere in the envelope is refused
+    # as soon as its header is read, before anything it nests is built.
+    body = {**full_bodies()[FrameType.REQUEST], "args": args}
+    with pytest.raises(BodyError) as info:
+        messages.decode_request(1, bodycodec.pack(body))
+    assert info.value.code is ErrorCode.MALFORMED_BODY
+    with pytest.raises(BodyError) as info:
+        messages.decode_body(FrameType.REQUEST, bodycodec.pack({**body, "args": b"\x80",
+                                                                "extra": [1]}))
+    assert info.value.code is ErrorCode.MALFORMED_BODY
+
+
+def test_map_keys_must_be_strings_at_every_depth() -> None:
+    for body in ({b"k": 1}, {"a": {1: 2}}, {"a": [{"b": {b"c": 1}}]}, {"a": 1, b"b": 2}):
+        with pytest.raises(BodyError) as info:
+            bodycodec.unpack(bodycodec.pack(body))
+        assert info.value.code is ErrorCode.MALFORMED_BODY
