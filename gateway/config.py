@@ -31,7 +31,7 @@ class MerchantConfig:
     connections_max: int = 64
     rate_per_s: float = 20_000.0
     rate_burst: int = 40_000
-    # This merchant's nonce space (remembered nonces, ~120 bytes each). None: derived from
+    # This merchant's nonce space (remembered nonces, <= 192 bytes each). None: derived from
     # the rate limit and the hub's window (``HubConfig.nonce_entries_max``), so a merchant
     # within its rate is never refused by it. Set lower to cap memory; at least rate_burst.
     nonce_entries_max: int | None = None
@@ -143,7 +143,7 @@ class HubConfig:
         """The size of merchant ``m``'s nonce space: its own setting, or every nonce its
         rate limit can admit while one is remembered (a nonce lives up to 2 * the window
         + 1 s: its timestamp may be a window ahead), so the bound never refuses a merchant
-        within its rate. Memory: this * ``NONCE_ENTRY_BYTES`` (~120) bytes when full."""
+        within its rate. Memory: this * ``NONCE_ENTRY_BYTES`` (192) bytes at most."""
         if m.nonce_entries_max is not None:
             return m.nonce_entries_max
         return m.rate_burst + math.ceil(m.rate_per_s * (2 * self.timestamp_window_s + 1))
