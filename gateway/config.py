@@ -8,6 +8,7 @@ is a limit that does not exist.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -30,6 +31,10 @@ class MerchantConfig:
     connections_max: int = 64
     rate_per_s: float = 20_000.0
     rate_burst: int = 40_000
+    # This merchant's nonce space (remembered nonces, <= 192 bytes each). None: derived from
+    # the rate limit and the hub's window (``HubConfig.nonce_entries_max``), so a merchant
+    # within its rate is never refused by it. Set lower to cap memory; at least rate_burst.
+    nonce_entries_max: int | None = None
 
 
 @dataclass
@@ -106,7 +111,6 @@ class HubConfig:
     tls_handshake_timeout_s: float = 5.0
     hello_timeout_s: float = 5.0
     timestamp_window_s: float = 300.0
-    nonce_cache_entries_max: int = 2_000_000
     bank_timeout_s: float = 5.0
     bank_calls_queued_max: int = 20_000
     bank_retry_attempts_max: int = 3
@@ -121,11 +125,28 @@ class HubConfig:
     fraud: FraudConfig = field(default_factory=FraudConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
+    def __post_init__(self) -> None:
+        for m in self.merchants:
+            if m.nonce_entries_max is not None and m.nonce_entries_max < m.rate_burst:
+                # A burst the rate limit admits would then be refused by the nonce space.
+                raise ConfigError(f"merchant {m.id}: nonce_entries_max "
+                                  f"({m.nonce_entries_max}) must be at least rate_burst "
+                                  f"({m.rate_burst})")
+
     def merchant(self, merchant_id: str) -> MerchantConfig | None:
         for m in self.merchants:
             if m.id == merchant_id:
                 return m
         return None
+
+    def nonce_entries_max(self, m: MerchantConfig) -> int:
+        """The size of merchant ``m``'s nonce space: its own setting, or every nonce its
+        rate limit can admit while one is remembered (a nonce lives up to 2 * the window
+        + 1 s: its timestamp may be a window ahead), so the bound never refuses a merchant
+        within its rate. Memory: this * ``NONCE_ENTRY_BYTES`` (192) bytes at most."""
+        if m.nonce_entries_max is not None:
+            return m.nonce_entries_max
+        return m.rate_burst + math.ceil(m.rate_per_s * (2 * self.timestamp_window_s + 1))
 
 
 @dataclass

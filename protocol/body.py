@@ -1,7 +1,13 @@
 """Msgpack bodies: packing, and unpacking under limits that a hostile peer cannot exceed.
 
-Every body is a msgpack map with string keys. Floats are refused anywhere in a body: money is
-integer minor units, times are integer milliseconds.
+Every body is a msgpack map with string keys, at every depth: a key of any other type
+(``bin``, an integer) is refused with ``MALFORMED_BODY``, so nothing downstream (schemas, the
+canonical encoding) ever meets a map it cannot order. Floats are refused anywhere in a body:
+money is integer minor units, times are integer milliseconds.
+
+A REQUEST envelope is unpacked by ``unpack_flat``: a map of scalars only, so the work done on
+it before the signature is checked is one pass over a handful of values, whatever the peer
+put in the body.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ STRING_BYTES_MAX = 4096
 BINARY_BYTES_MAX = 4096
 COLLECTION_ITEMS_MAX = 256
 NESTING_DEPTH_MAX = 8
+FLAT_FIELDS_MAX = 16  # a REQUEST envelope has 6; room for additions, refused past it
 
 def pack(obj: Any) -> bytes:
     """Pack a body. Maps keep insertion order; use ``canonical`` when bytes must be stable."""
@@ -74,17 +81,70 @@ def unpack(data: bytes) -> dict[str, Any]:
 
 
 def _check_shape(root: dict[str, Any]) -> None:
-    """Refuse nesting past the limit and floats, without recursion (a deep body is hostile)."""
+    """Refuse nesting past the limit, non-string map keys and floats, without recursion (a
+    deep body is hostile)."""
     stack: list[tuple[Any, int]] = [(root, 1)]
     while stack:
         node, depth = stack.pop()
         if depth > NESTING_DEPTH_MAX:
             raise BodyError(f"nesting deeper than {NESTING_DEPTH_MAX}",
                             code=ErrorCode.MALFORMED_BODY)
-        values = node.values() if isinstance(node, dict) else node
+        if isinstance(node, dict):
+            for key in node:
+                if type(key) is not str:
+                    raise BodyError("map keys must be strings", code=ErrorCode.MALFORMED_BODY)
+            values: Any = node.values()
+        else:
+            values = node
         for value in values:
             if isinstance(value, (dict, list)):
                 stack.append((value, depth + 1))
             elif isinstance(value, float):
                 raise BodyError("floats are not allowed in bodies",
                                 code=ErrorCode.MALFORMED_BODY)
+
+
+def unpack_flat(data: bytes, bin_bytes_max: int) -> dict[str, Any]:
+    """Unpack a map of at most ``FLAT_FIELDS_MAX`` scalar values (the REQUEST envelope).
+
+    Any array or map value is refused as soon as its header is read, so a hostile body costs
+    one pass over at most ``FLAT_FIELDS_MAX`` headers and a copy of its bytes: nothing it
+    nests is ever built or walked. ``bin_bytes_max`` lets a ``bin`` value (the request's
+    ``args``) be as long as the frame allows; strings keep their usual limit. Raise
+    ``BodyError(MALFORMED_BODY)`` on any defect.
+    """
+    unpacker = msgpack.Unpacker(
+        raw=False, strict_map_key=True, max_buffer_size=max(len(data), 1),
+        max_str_len=STRING_BYTES_MAX, max_bin_len=bin_bytes_max,
+        max_array_len=0, max_map_len=0, max_ext_len=0)
+    unpacker.feed(data)
+    out: dict[str, Any] = {}
+    try:
+        count = unpacker.read_map_header()
+        if count > FLAT_FIELDS_MAX:
+            raise BodyError(f"{count} fields; at most {FLAT_FIELDS_MAX}",
+                            code=ErrorCode.MALFORMED_BODY)
+        for _ in range(count):
+            key = unpacker.unpack()
+            value = unpacker.unpack()
+            if type(key) is not str:
+                raise BodyError("map keys must be strings", code=ErrorCode.MALFORMED_BODY)
+            if isinstance(value, float):
+                raise BodyError("floats are not allowed in bodies",
+                                code=ErrorCode.MALFORMED_BODY)
+            if isinstance(value, (dict, list)):  # empty ones pass the length limits
+                raise BodyError(f"{key}: arrays and maps are not allowed here",
+                                code=ErrorCode.MALFORMED_BODY)
+            out[key] = value
+    except msgpack.OutOfData:
+        raise BodyError("body ends inside a value", code=ErrorCode.MALFORMED_BODY) from None
+    except UnicodeDecodeError:
+        raise BodyError("a string is not valid UTF-8", code=ErrorCode.MALFORMED_BODY) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A map or array value (max_*_len=0), a body that is not a map, a limit, a bad type
+        # byte: msgpack reports each as a ValueError subclass.
+        raise BodyError(f"not a flat msgpack map: {exc}",
+                        code=ErrorCode.MALFORMED_BODY) from None
+    if unpacker.tell() != len(data):
+        raise BodyError("bytes left over after the body", code=ErrorCode.MALFORMED_BODY)
+    return out

@@ -118,11 +118,16 @@ def hexdump(data: bytes) -> str:
     return "\n".join(lines)
 
 
+def example_args() -> bytes:
+    """The example's ``args`` as sent and signed: plain msgpack in the order written."""
+    return messages.encode_args(EXAMPLE_ARGS)
+
+
 def example_request() -> bytes:
     sig = signing.sign_request(EXAMPLE_KEY, "M1", EXAMPLE_REQUEST_ID, "charge",
-                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, EXAMPLE_ARGS)
+                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, example_args())
     return messages.encode_request(EXAMPLE_REQUEST_ID, "charge", "M1", EXAMPLE_TIMESTAMP_MS,
-                                   EXAMPLE_NONCE, sig, EXAMPLE_ARGS)
+                                   EXAMPLE_NONCE, sig, example_args())
 
 
 def example_response() -> bytes:
@@ -159,9 +164,10 @@ def render() -> dict[str, str]:
             for (side, state, ftype), nxt in connection.TRANSITIONS.items())
     req = example_request()
     sig = signing.sign_request(EXAMPLE_KEY, "M1", EXAMPLE_REQUEST_ID, "charge",
-                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, EXAMPLE_ARGS)
+                               EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, example_args())
     signed = signing.signing_input("M1", EXAMPLE_REQUEST_ID, "charge", EXAMPLE_TIMESTAMP_MS,
-                                   EXAMPLE_NONCE, EXAMPLE_ARGS)
+                                   EXAMPLE_NONCE, example_args())
+    out["example-args"] = "```\n" + hexdump(example_args()) + "\n```"
     out["example-signing-input"] = "```\n" + hexdump(signed) + "\n```"
     out["example-signature"] = f"`{sig.hex()}`"
     out["example-request"] = "```\n" + hexdump(req) + "\n```"

@@ -1,7 +1,10 @@
 """Bodies of the connection-level frames and the request envelope, with their validation.
 
 A REQUEST body is an envelope (operation, merchant, timestamp, nonce, signature) around the
-operation's ``args``; the envelope is checked here, the args by ``protocol.operations``.
+operation's ``args``, which travel as the exact msgpack bytes the signature covers (a
+``bin``). The envelope is checked here before authentication, cheaply (``unpack_flat``: it
+holds scalars only); ``args`` are unpacked by ``decode_args`` only after the signature has
+verified, and checked by ``protocol.operations``.
 """
 
 from __future__ import annotations
@@ -60,7 +63,8 @@ REQUEST = Map(
         "timestamp_ms": Int(0, 2**63 - 1),
         "nonce": NONCE,
         "signature": SIGNATURE,
-        "args": Map({}, allow_extra=True),
+        # The operation's arguments: the exact bytes of a msgpack map, signed as they are.
+        "args": Bin(1, BODY_BYTES_MAX_CEILING),
     }
 )
 
@@ -106,6 +110,10 @@ BODY_SPECS: dict[FrameType, Spec] = {
 
 def decode_body(frame_type: FrameType | int, raw: bytes) -> dict[str, Any]:
     """Unpack and validate a body for its frame type (RESPONSE bodies are op-specific)."""
+    if frame_type == FrameType.REQUEST:
+        # The envelope is flat and its ``args`` a bin as long as the frame: see decode_request.
+        flat: dict[str, Any] = REQUEST.check(bodycodec.unpack_flat(raw, len(raw)), "")
+        return flat
     obj = bodycodec.unpack(raw)
     spec = BODY_SPECS.get(FrameType(frame_type))
     if spec is None:
@@ -116,7 +124,8 @@ def decode_body(frame_type: FrameType | int, raw: bytes) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """A REQUEST envelope after validation; ``args`` are raw until the operation checks them."""
+    """A REQUEST envelope after validation. ``args_raw`` is the exact msgpack the signature
+    covers; it is unpacked (``decode_args``) only once the signature has verified."""
 
     request_id: int
     op: str
@@ -124,11 +133,18 @@ class Request:
     timestamp_ms: int
     nonce: bytes
     signature: bytes
-    args: dict[str, Any]
+    args_raw: bytes
 
 
 def decode_request(request_id: int, raw: bytes) -> Request:
-    body = decode_body(FrameType.REQUEST, raw)
+    """Unpack and check a REQUEST envelope without unpacking its ``args``.
+
+    The work is bounded by the envelope's few scalar fields and one copy of the bytes (the
+    frame's length was bounded by the decoder), so an unauthenticated peer cannot make it
+    cost more than reading what it sent. Raise ``BodyError`` on any defect.
+    """
+    obj = bodycodec.unpack_flat(raw, bin_bytes_max=len(raw))
+    body: dict[str, Any] = REQUEST.check(obj, "")
     return Request(
         request_id,
         body["op"],
@@ -140,6 +156,21 @@ def decode_request(request_id: int, raw: bytes) -> Request:
     )
 
 
+def decode_args(args_raw: bytes) -> dict[str, Any]:
+    """Unpack an authenticated request's ``args`` under the body limits (``MALFORMED_BODY``
+    on any defect; the schema of the operation is checked afterwards)."""
+    try:
+        return bodycodec.unpack(args_raw)
+    except BodyError as exc:
+        raise BodyError(f"args: {exc.message}", code=exc.code, field="args") from None
+
+
+def encode_args(args: dict[str, Any]) -> bytes:
+    """The bytes a sender puts in ``args`` and signs: any valid msgpack map will do (the
+    receiver never re-encodes it); this is plain msgpack in insertion order."""
+    return bodycodec.pack(args)
+
+
 def encode_request(
     request_id: int,
     op: Operation | str,
@@ -147,7 +178,7 @@ def encode_request(
     timestamp_ms: int,
     nonce: bytes,
     signature: bytes,
-    args: dict[str, Any],
+    args_raw: bytes,
 ) -> bytes:
     body = bodycodec.pack(
         {
@@ -156,7 +187,7 @@ def encode_request(
             "timestamp_ms": timestamp_ms,
             "nonce": nonce,
             "signature": signature,
-            "args": args,
+            "args": args_raw,
         }
     )
     return encode_frame(FrameType.REQUEST, request_id, body)

@@ -1,9 +1,13 @@
 """Request signatures and notification signatures.
 
 Requests: HMAC-SHA256, keyed with the merchant's server key, over a domain tag followed by
-the canonical msgpack encoding of ``[merchant_id, request_id, op, timestamp_ms, nonce, args]``
-(maps sorted by key bytes at every depth, integers in their shortest form). The request id and
-the nonce are inside, so a signature cannot be moved to another request or reused.
+the msgpack array ``[merchant_id, request_id, op, timestamp_ms, nonce, args]`` in shortest
+form, where ``args`` is the ``bin`` holding the exact bytes the REQUEST carries. Nothing is
+re-encoded: a receiver hashes the scalars it decoded and the bytes it received, so checking a
+signature costs O(bytes) and never walks (or even unpacks) what the peer nested in ``args``
+(issue 11, item 3: a canonical re-encoding of a hostile ``args`` cost ~30 ms per 63 KB before
+the signature was compared). The request id and the nonce are inside, so a signature cannot
+be moved to another request or reused.
 
 Notifications: Midtrans' ``signature_key`` (SHA-512 hex of order_id + status_code +
 gross_amount + server_key), and a header HMAC over ``timestamp.body`` for replay protection.
@@ -16,9 +20,10 @@ import hashlib
 import hmac
 from typing import Any
 
-from protocol import body as bodycodec
+import msgpack
 
-REQUEST_SIGNING_TAG = b"paywire-request-v1\x00"
+# v2: the signature covers the exact ``args`` bytes (v1 covered a canonical re-encoding).
+REQUEST_SIGNING_TAG = b"paywire-request-v2\x00"
 SIGNATURE_BYTES = 32
 
 # Minor-unit exponents of the ISO 4217 currencies the demo and tests use. Unlisted codes
@@ -58,18 +63,46 @@ def hmac_sha256(key: bytes, data: bytes) -> bytes:
     return o.digest()  # type: ignore[no-any-return]
 
 
+def signing_prefix(
+    merchant_id: str,
+    request_id: int,
+    op: str,
+    timestamp_ms: int,
+    nonce: bytes,
+    args_bytes: int,
+) -> bytes:
+    """The signing input up to (not including) the ``args`` bytes: the tag, the array header,
+    the five scalars and the ``bin`` header of ``args``, each in msgpack's shortest form.
+
+    msgpack (the C packer) writes every header in its shortest form, so packing the scalars
+    gives the spec's encoding. The ``bin`` header is built from the length rather than by
+    packing ``args`` into the array, which would copy up to a whole frame once more.
+    """
+    head: bytes = msgpack.packb([merchant_id, request_id, op, timestamp_ms, nonce],
+                                use_bin_type=True)
+    # 0x95 (a 5-element array) becomes 0x96: the sixth element, args, follows.
+    return REQUEST_SIGNING_TAG + b"\x96" + head[1:] + _bin_header(args_bytes)
+
+
+def _bin_header(length: int) -> bytes:
+    if length < 0x100:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 0x10000:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
 def signing_input(
     merchant_id: str,
     request_id: int,
     op: str,
     timestamp_ms: int,
     nonce: bytes,
-    args: dict[str, Any],
+    args_raw: bytes,
 ) -> bytes:
-    """The exact bytes the request HMAC covers (``docs/protocol.md``, "Signing")."""
-    return REQUEST_SIGNING_TAG + bodycodec.canonical(
-        [merchant_id, request_id, op, timestamp_ms, nonce, args]
-    )
+    """The exact bytes the request HMAC covers (``docs/protocol.md``, "Signing recipe")."""
+    return signing_prefix(merchant_id, request_id, op, timestamp_ms, nonce,
+                          len(args_raw)) + args_raw
 
 
 def sign_request(
@@ -79,10 +112,16 @@ def sign_request(
     op: str,
     timestamp_ms: int,
     nonce: bytes,
-    args: dict[str, Any],
+    args_raw: bytes,
 ) -> bytes:
-    data = signing_input(merchant_id, request_id, op, timestamp_ms, nonce, args)
-    return hmac_sha256(key, data)
+    """HMAC-SHA256 of the signing input, hashed in two parts so ``args`` is never copied."""
+    inner, outer = _pads(key)
+    h = inner.copy()
+    h.update(signing_prefix(merchant_id, request_id, op, timestamp_ms, nonce, len(args_raw)))
+    h.update(args_raw)
+    o = outer.copy()
+    o.update(h.digest())
+    return o.digest()  # type: ignore[no-any-return]
 
 
 def verify_request(
@@ -93,10 +132,13 @@ def verify_request(
     op: str,
     timestamp_ms: int,
     nonce: bytes,
-    args: dict[str, Any],
+    args_raw: bytes,
 ) -> bool:
-    """Constant-time comparison, so timing reveals nothing of the expected signature."""
-    expected = sign_request(key, merchant_id, request_id, op, timestamp_ms, nonce, args)
+    """Constant-time comparison, so timing reveals nothing of the expected signature.
+
+    ``args_raw`` is hashed as received, never unpacked: verification costs one pass of
+    SHA-256 over the bytes, whatever they contain."""
+    expected = sign_request(key, merchant_id, request_id, op, timestamp_ms, nonce, args_raw)
     return hmac.compare_digest(expected, signature)
 
 

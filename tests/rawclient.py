@@ -29,6 +29,23 @@ class Raw:
             "127.0.0.1", dep.port, ssl=ctx, server_hostname="127.0.0.1" if tls else None)
         return cls(reader, writer)
 
+    @classmethod
+    async def open_bank(cls, dep: Deployment, bank: str = "bca", node: int = 0) -> Raw:
+        """A connection to a bank node with the hub's certificate (the hub's side of a link)."""
+        from gateway.tls import node_client_context
+
+        ctx = node_client_context(dep.certs, "hub", "hub")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", dep.banks[bank][node].port, ssl=ctx, server_hostname="127.0.0.1")
+        return cls(reader, writer)
+
+    async def hello_as_hub(self) -> dict[str, Any]:
+        self.send(messages.encode_message(FrameType.HELLO, {
+            "versions": [1], "role": "hub", "identity": "hub"}))
+        welcome = await self.next_frame()
+        assert welcome.type == FrameType.WELCOME
+        return messages.decode_body(FrameType.WELCOME, welcome.body)
+
     async def hello(self, merchant: str = "M1") -> dict[str, Any]:
         self.send(messages.encode_message(FrameType.HELLO, {
             "versions": [1], "role": "merchant", "identity": merchant}))

@@ -147,7 +147,7 @@ def full_bodies() -> dict[FrameType, dict[str, Any]]:
                             "event_seq": 3, "server_time_ms": 1_700_000_000_000},
         FrameType.REQUEST: {"op": "status", "merchant_id": "M1", "timestamp_ms": 1,
                             "nonce": b"n" * 16, "signature": b"s" * 32,
-                            "args": {"order_id": "o1"}},
+                            "args": bodycodec.pack({"order_id": "o1"})},
         FrameType.EVENT: {"seq": 1, "type": "transaction.status", "merchant_id": "M1",
                           "data": {"order_id": "o1"}},
         FrameType.PING: {"time_ms": 5},
@@ -173,7 +173,8 @@ def test_every_message_round_trips_through_frame_and_schema() -> None:
         (FrameType.HELLO, {"identity": 5}, "identity"),
         (FrameType.REQUEST, {"signature": b"short"}, "signature"),
         (FrameType.REQUEST, {"nonce": "text"}, "nonce"),
-        (FrameType.REQUEST, {"args": []}, "args"),
+        (FrameType.REQUEST, {"args": "text"}, "args"),
+        (FrameType.REQUEST, {"args": 5}, "args"),
         (FrameType.GOAWAY, {"last_request_id": -1}, "last_request_id"),
         (FrameType.WELCOME, {"heartbeat_interval_ms": 1}, "heartbeat_interval_ms"),
     ],
@@ -197,7 +198,29 @@ def test_version_negotiation() -> None:
 
 def test_request_encode_decode() -> None:
     raw = messages.encode_request(9, Operation.STATUS, "M1", 5, b"n" * 16, b"s" * 32,
-                                  {"order_id": "o1"})
+                                  messages.encode_args({"order_id": "o1"}))
     (frame,) = FrameDecoder(65536).feed(raw)
     req = messages.decode_request(frame.request_id, frame.body)
-    assert (req.request_id, req.op, req.args) == (9, "status", {"order_id": "o1"})
+    assert (req.request_id, req.op) == (9, "status")
+    assert messages.decode_args(req.args_raw) == {"order_id": "o1"}
+
+
+@pytest.mark.parametrize("args", [[], {}, {"order_id": "o1"}, [[]], {"k": [1]}])
+def test_request_envelope_holds_scalars_only(args: Any) -> None:
+    # args travel as their bytes (a bin); an array or map anywhere in the envelope is refused
+    # as soon as its header is read, before anything it nests is built.
+    body = {**full_bodies()[FrameType.REQUEST], "args": args}
+    with pytest.raises(BodyError) as info:
+        messages.decode_request(1, bodycodec.pack(body))
+    assert info.value.code is ErrorCode.MALFORMED_BODY
+    with pytest.raises(BodyError) as info:
+        messages.decode_body(FrameType.REQUEST, bodycodec.pack({**body, "args": b"\x80",
+                                                                "extra": [1]}))
+    assert info.value.code is ErrorCode.MALFORMED_BODY
+
+
+def test_map_keys_must_be_strings_at_every_depth() -> None:
+    for body in ({b"k": 1}, {"a": {1: 2}}, {"a": [{"b": {b"c": 1}}]}, {"a": 1, b"b": 2}):
+        with pytest.raises(BodyError) as info:
+            bodycodec.unpack(bodycodec.pack(body))
+        assert info.value.code is ErrorCode.MALFORMED_BODY

@@ -33,10 +33,11 @@ async def raw_request(c: Client, op: str, args: dict[str, Any], *, merchant_id: 
     mid = merchant_id or c.merchant_id
     ts = now_ms() if ts_ms is None else ts_ms
     nonce = nonce or os.urandom(16)
-    sig = signing.sign_request(key or c.key, mid, rid, op, ts, nonce, args)
+    args_raw = messages.encode_args(args)
+    sig = signing.sign_request(key or c.key, mid, rid, op, ts, nonce, args_raw)
     if flip_bit:
         sig = bytes([sig[0] ^ 1]) + sig[1:]
-    conn.send(messages.encode_request(rid, op, mid, ts, nonce, sig, args))
+    conn.send(messages.encode_request(rid, op, mid, ts, nonce, sig, args_raw))
     return await fut
 
 

@@ -34,8 +34,9 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
 def signed(merchant: str, rid: int, op: str, args: dict[str, Any]) -> bytes:
     nonce = os.urandom(16)
     ts = now_ms()
-    sig = signing.sign_request(KEYS[merchant].encode(), merchant, rid, op, ts, nonce, args)
-    return messages.encode_request(rid, op, merchant, ts, nonce, sig, args)
+    args_raw = messages.encode_args(args)
+    sig = signing.sign_request(KEYS[merchant].encode(), merchant, rid, op, ts, nonce, args_raw)
+    return messages.encode_request(rid, op, merchant, ts, nonce, sig, args_raw)
 
 
 async def still_serving(dep: Deployment) -> None:
@@ -181,3 +182,114 @@ async def test_peer_that_goes_silent_is_dropped_after_three_heartbeats(tmp_path:
         assert await raw.closed()
     finally:
         dep.stop()
+
+
+# --- issue 11, item 1: nothing a peer sends escapes as an exception --------------------------
+# Built with msgpack by hand, not with the library's encoders, so they keep their meaning
+# whatever the envelope's shape: a REQUEST whose args is a *map* mixing text and binary keys
+# (a v1-style envelope; the old hub canonicalised it inside the signature check and raised
+# TypeError, aborting the connection), and one whose args bytes hold such a map, signed.
+MIXED_KEYS: dict[Any, Any] = {"order_id": "x", b"bin-key": 1}
+
+
+def envelope(merchant: str, rid: int, op: str, args: Any, signature: bytes = b"s" * 32) -> bytes:
+    from protocol.frame import encode_frame
+
+    return encode_frame(FrameType.REQUEST, rid, bodycodec.pack({
+        "op": op, "merchant_id": merchant, "timestamp_ms": now_ms(), "nonce": os.urandom(16),
+        "signature": signature, "args": args}))
+
+
+def signed_raw_args(key: str, merchant: str, rid: int, op: str, args_raw: bytes) -> bytes:
+    """A correctly signed REQUEST carrying ``args_raw`` as its args bytes, whatever they are."""
+    nonce, ts = os.urandom(16), now_ms()
+    sig = signing.sign_request(key.encode(), merchant, rid, op, ts, nonce, args_raw)
+    return messages.encode_request(rid, op, merchant, ts, nonce, sig, args_raw)
+
+
+def ping(rid: int) -> bytes:
+    return messages.encode_message(FrameType.PING, {}, rid)
+
+
+async def answers(raw: Raw, count: int) -> list[tuple[int, int, Any]]:
+    """(type, request id, error code or None) of the next ``count`` frames, PINGs skipped."""
+    out = []
+    while len(out) < count:
+        frame = await raw.next_frame(10)
+        if frame.type == FrameType.PING:
+            continue
+        code = bodycodec.unpack(frame.body).get("code") if frame.flags & Flags.ERROR else None
+        out.append((frame.type, frame.request_id, code))
+    return out
+
+
+async def test_hostile_bodies_fail_only_their_request_at_the_hub(dep: Deployment) -> None:
+    raw = await Raw.open(dep)
+    await raw.hello()
+    # One write: earlier frames' answers are gathered with the hostile ones'; all must arrive.
+    raw.send(ping(1)
+             + envelope("M1", 2, "status", MIXED_KEYS)
+             + signed_raw_args(KEYS["M1"], "M1", 3, "status", bodycodec.pack(MIXED_KEYS))
+             + envelope("M1", 4, "status", {"order_id": "x", 5: [b"k"]})
+             + signed_raw_args(KEYS["M1"], "M1", 5, "status",
+                               bodycodec.pack({"order_id": "x", "n": {b"k": 1}}))
+             + ping(6))
+    got = await answers(raw, 6)
+    assert got == [(FrameType.PONG, 1, None),
+                   (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 3, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 4, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 5, ErrorCode.MALFORMED_BODY),
+                   (FrameType.PONG, 6, None)]
+    raw.send(signed("M1", 7, "status", {"order_id": "nope"}))  # the connection still serves
+    assert await answers(raw, 1) == [(FrameType.RESPONSE, 7, ErrorCode.NOT_FOUND)]
+    raw.close()
+    await still_serving(dep)
+
+
+async def test_hostile_bodies_fail_only_their_request_at_a_bank_node(dep: Deployment) -> None:
+    from tests.deploy import LINK_KEY
+
+    raw = await Raw.open_bank(dep)
+    await raw.hello_as_hub()
+    raw.send(ping(1)
+             + envelope("hub", 2, "admin.balances", MIXED_KEYS)
+             + signed_raw_args(LINK_KEY, "hub", 3, "admin.balances", bodycodec.pack(MIXED_KEYS))
+             + envelope("hub", 4, "admin.balances", {}, signature=b"\x00" * 32)
+             + ping(5))
+    got = await answers(raw, 5)
+    assert got == [(FrameType.PONG, 1, None),
+                   (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 3, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 4, ErrorCode.MALFORMED_BODY),
+                   (FrameType.PONG, 5, None)]
+    raw.send(signed_raw_args(LINK_KEY, "hub", 6, "admin.balances", bodycodec.pack({})))
+    assert await answers(raw, 1) == [(FrameType.RESPONSE, 6, None)]  # still serving
+    raw.close()
+
+
+# --- issue 11, item 3: nothing is unpacked before the signature verifies ----------------------
+NOT_MSGPACK = b"\xc1" * 64  # 0xc1 is the one byte msgpack never uses
+
+
+async def test_wrong_signature_is_refused_before_args_are_unpacked(dep: Deployment) -> None:
+    raw = await Raw.open(dep)
+    await raw.hello()
+    # A wrong signature: if the args bytes were looked at first, this would be MALFORMED_BODY.
+    raw.send(envelope("M1", 1, "status", NOT_MSGPACK)
+             + signed_raw_args(KEYS["M1"], "M1", 2, "status", NOT_MSGPACK))
+    assert await answers(raw, 2) == [(FrameType.RESPONSE, 1, ErrorCode.BAD_SIGNATURE),
+                                     (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY)]
+    raw.close()
+
+
+async def test_bank_node_checks_the_link_signature_before_unpacking(dep: Deployment) -> None:
+    from tests.deploy import LINK_KEY
+
+    raw = await Raw.open_bank(dep)
+    await raw.hello_as_hub()
+    raw.send(envelope("hub", 1, "admin.balances", NOT_MSGPACK)
+             + signed_raw_args(LINK_KEY, "hub", 2, "admin.balances", NOT_MSGPACK))
+    assert await answers(raw, 2) == [(FrameType.RESPONSE, 1, ErrorCode.BAD_SIGNATURE),
+                                     (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY)]
+    raw.close()

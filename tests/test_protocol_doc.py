@@ -51,7 +51,9 @@ def _canon(v: Any) -> bytes:
             return bytes([0xA0 | len(raw)]) + raw
         return b"\xd9" + bytes([len(raw)]) + raw
     if isinstance(v, bytes):
-        return b"\xc4" + bytes([len(v)]) + v
+        if len(v) < 0x100:
+            return b"\xc4" + bytes([len(v)]) + v
+        return b"\xc5" + struct.pack(">H", len(v)) + v
     if isinstance(v, list):
         assert len(v) < 16
         return bytes([0x90 | len(v)]) + b"".join(_canon(x) for x in v)
@@ -63,9 +65,14 @@ def _canon(v: Any) -> bytes:
 
 
 def test_signing_recipe_reimplemented_from_the_spec() -> None:
-    by_spec = b"paywire-request-v1\x00" + _canon(
+    # The args bytes as the doc shows them (any valid msgpack map; these are the sender's),
+    # then the signing input built from section 4.3 alone: tag, then a 6-element array of
+    # the scalars in shortest form and args as a bin holding those exact bytes.
+    args_raw = _hex_block("example-args")
+    assert messages.decode_args(args_raw) == docgen.EXAMPLE_ARGS
+    by_spec = b"paywire-request-v2\x00" + _canon(
         ["M1", docgen.EXAMPLE_REQUEST_ID, "charge", docgen.EXAMPLE_TIMESTAMP_MS,
-         docgen.EXAMPLE_NONCE, docgen.EXAMPLE_ARGS])
+         docgen.EXAMPLE_NONCE, args_raw])
     assert by_spec == _hex_block("example-signing-input")
     mac = hmac.new(docgen.EXAMPLE_KEY, by_spec, hashlib.sha256).hexdigest()
     assert f"`{mac}`" == docgen.sections_in(DOC.read_text())["example-signature"]
@@ -80,7 +87,8 @@ def test_worked_example_frames_decode_and_verify() -> None:
     (frame,) = FrameDecoder(65536).feed(raw)
     req = messages.decode_request(frame.request_id, frame.body)
     assert signing.verify_request(docgen.EXAMPLE_KEY, req.signature, req.merchant_id,
-                                  req.request_id, req.op, req.timestamp_ms, req.nonce, req.args)
+                                  req.request_id, req.op, req.timestamp_ms, req.nonce,
+                                  req.args_raw)
     resp = _hex_block("example-response")
     (rframe,) = FrameDecoder(65536).feed(resp)
     assert (rframe.type, rframe.request_id, rframe.flags) == (FrameType.RESPONSE, 1, 0)

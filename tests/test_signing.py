@@ -19,9 +19,13 @@ ARGS = {"order_id": "o-1", "gross_amount": 25000, "payment_type": "credit_card",
         "card": {"number": "4811111111111114", "exp_month": 1, "exp_year": 2031, "cvv": "999"}}
 
 
+ARGS_RAW = messages.encode_args(ARGS)
+
+
 def signed_frame() -> bytes:
-    sig = signing.sign_request(KEY, "M1", 7, "charge", 1_700_000_000_000, b"N" * 16, ARGS)
-    return messages.encode_request(7, "charge", "M1", 1_700_000_000_000, b"N" * 16, sig, ARGS)
+    sig = signing.sign_request(KEY, "M1", 7, "charge", 1_700_000_000_000, b"N" * 16, ARGS_RAW)
+    return messages.encode_request(7, "charge", "M1", 1_700_000_000_000, b"N" * 16, sig,
+                                   ARGS_RAW)
 
 
 def verifies(raw: bytes) -> bool:
@@ -33,7 +37,7 @@ def verifies(raw: bytes) -> bool:
     except PaywireError:
         return False
     return signing.verify_request(KEY, req.signature, req.merchant_id, req.request_id, req.op,
-                                  req.timestamp_ms, req.nonce, req.args)
+                                  req.timestamp_ms, req.nonce, req.args_raw)
 
 
 def test_signed_request_verifies_and_key_order_does_not_matter() -> None:
@@ -52,8 +56,8 @@ def test_any_changed_byte_fails_verification() -> None:
 
 
 def test_other_key_fails() -> None:
-    sig = signing.sign_request(b"other", "M1", 7, "charge", 1, b"N" * 16, ARGS)
-    assert not signing.verify_request(KEY, sig, "M1", 7, "charge", 1, b"N" * 16, ARGS)
+    sig = signing.sign_request(b"other", "M1", 7, "charge", 1, b"N" * 16, ARGS_RAW)
+    assert not signing.verify_request(KEY, sig, "M1", 7, "charge", 1, b"N" * 16, ARGS_RAW)
 
 
 def test_midtrans_signature_key_matches_published_formula() -> None:

@@ -139,10 +139,11 @@ class BankNode:
         rid = frame.request_id
         try:
             req = messages.decode_request(rid, frame.body)
+            # The signature covers the exact args bytes: nothing is unpacked before it verifies.
             if not signing.verify_request(self.key, req.signature, req.merchant_id, rid, req.op,
-                                          req.timestamp_ms, req.nonce, req.args):
+                                          req.timestamp_ms, req.nonce, req.args_raw):
                 raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
-            args = banklink.validate(req.op, req.args)
+            args = banklink.validate(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             session.respond_error(rid, exc)
             return

@@ -33,7 +33,8 @@ class Hub:
         self.ledger = SqliteLedger(cfg.ledger_path, synchronous=cfg.ledger_synchronous,
                                    queue_writes_max=cfg.ledger_queue_writes_max)
         self.auth = Authenticator({m.id: m.server_key.encode() for m in cfg.merchants},
-                                  cfg.timestamp_window_s, cfg.nonce_cache_entries_max)
+                                  cfg.timestamp_window_s,
+                                  {m.id: cfg.nonce_entries_max(m) for m in cfg.merchants})
         client_ctx = tls.node_client_context(cfg.certs_dir, "hub", cfg.node_id)
         self.pools = {
             b.name: BankPool(b.name, b.nodes, hub_id=cfg.node_id, key=self.link_key,
@@ -191,13 +192,14 @@ class Hub:
         rid = frame.request_id
         try:
             req = messages.decode_request(rid, frame.body)
+            # The signature covers the exact args bytes: nothing is unpacked before it verifies.
             if not signing.verify_request(self.link_key, req.signature, req.merchant_id, rid,
-                                          req.op, req.timestamp_ms, req.nonce, req.args):
+                                          req.op, req.timestamp_ms, req.nonce, req.args_raw):
                 raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
             if req.op != banklink.PAYMENT:
                 raise PaywireError(f"hub does not serve {req.op}",
                                    code=ErrorCode.UNKNOWN_OPERATION)
-            note = banklink.validate(req.op, req.args)
+            note = banklink.validate(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             link.respond_error(rid, exc)
             return

@@ -152,8 +152,9 @@ class MerchantSession(FramedProtocol):
         try:
             req = messages.decode_request(rid, frame.body)
             self.hub.auth.check(req, self.merchant_id)
+            # Authenticated: only now are the args unpacked (the signature covers their bytes).
             op = parse_operation(req.op)
-            args = validate_args(op, req.args)
+            args = validate_args(op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             self.respond_error(rid, exc)
             return

@@ -4,6 +4,14 @@ It does only transport work: feed received bytes to the ``FrameDecoder``, check 
 against the connection state table, hand it to ``frame_received``, and send frames. Sends
 are gathered: everything queued during one loop iteration leaves in one ``transport.write``
 (a loopback send costs ~7 µs, the biggest single cost on this machine, DESIGN §8).
+
+Nothing a peer sends may escape ``data_received`` as an exception: uvloop would abort the
+TLS connection without an ERROR frame and drop the answers already gathered for earlier
+requests. Every failure a peer can cause is meant to be a coded error value where it
+happens; ``_handle`` is the last line behind that rule: an unexpected exception while
+handling one frame fails that request with ``INTERNAL`` (or, for any other frame, the
+connection with an ERROR frame), and is logged briefly rather than once per frame with a
+traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +31,17 @@ log = logging.getLogger("paywire.net")
 
 WRITE_BUFFER_HIGH_BYTES = 256 * 1024
 WRITE_BUFFER_LOW_BYTES = 64 * 1024
+# Unexpected exceptions get a traceback in the log this many times per process, then one
+# line per connection: enough to diagnose the bug, too few for a peer to flood the log.
+UNEXPECTED_TRACEBACKS_MAX = 1
+_unexpected_tracebacks = 0
+
+
+def _type_name(frame_type: int) -> str:
+    try:
+        return FrameType(frame_type).name
+    except ValueError:
+        return str(frame_type)
 
 
 class FramedProtocol(asyncio.Protocol):
@@ -44,6 +63,7 @@ class FramedProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.peer: Any = None
         self.heartbeat: Heartbeat | None = None
+        self.unexpected_errors = 0  # frames whose handling raised (see _handle)
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -63,12 +83,45 @@ class FramedProtocol(asyncio.Protocol):
                 self._handle(frame)
             self.fail(exc.code, exc.message)
             return
+        except Exception as exc:  # the decoder's own bug; still never a crash of the loop
+            self._unexpected(exc, None)
+            self.fail(ErrorCode.INTERNAL, "internal error while decoding frames")
+            return
         for frame in frames:
             if self.state.state is State.CLOSED:
                 return
             self._handle(frame)
 
     def _handle(self, frame: Frame) -> None:
+        try:
+            self._dispatch(frame)
+        except Exception as exc:
+            self._unexpected(exc, frame)
+            if frame.type == FrameType.REQUEST and self.state.state is not State.CLOSED:
+                # That request fails, as a bad body would; the connection and the answers
+                # gathered for earlier requests are unaffected.
+                self.respond_error(frame.request_id, PaywireError(
+                    "internal error while handling this request", code=ErrorCode.INTERNAL))
+            else:
+                self.fail(ErrorCode.INTERNAL,
+                          f"internal error while handling a {_type_name(frame.type)} frame")
+
+    def _unexpected(self, exc: Exception, frame: Frame | None) -> None:
+        """Log an exception that escaped a frame's handling: with a traceback the first
+        ``UNEXPECTED_TRACEBACKS_MAX`` times in this process, then one line on the first of
+        each connection, then nothing (``unexpected_errors`` still counts them)."""
+        global _unexpected_tracebacks
+        self.unexpected_errors += 1
+        what = f"{_type_name(frame.type)} {frame.request_id}" if frame is not None else "bytes"
+        if _unexpected_tracebacks < UNEXPECTED_TRACEBACKS_MAX:
+            _unexpected_tracebacks += 1
+            log.error("unexpected error handling %s from %s (further ones: one line per "
+                      "connection)", what, self.peer, exc_info=exc)
+        elif self.unexpected_errors == 1:
+            log.error("unexpected error handling %s from %s: %s", what, self.peer,
+                      type(exc).__name__)
+
+    def _dispatch(self, frame: Frame) -> None:
         try:
             self.state.on_receive(frame.type)
         except ProtocolViolation as exc:

@@ -15,11 +15,13 @@ from protocol.frame import Flags, Frame
 
 def build_request(key: bytes, identity: str, request_id: int, op: str,
                   args: dict[str, Any]) -> bytes:
-    """A REQUEST frame signed now, with a fresh 16-byte nonce."""
+    """A REQUEST frame signed now, with a fresh 16-byte nonce; ``args`` are packed once and
+    those exact bytes are both signed and sent."""
     ts = now_ms()
     nonce = os.urandom(16)
-    sig = signing.sign_request(key, identity, request_id, op, ts, nonce, args)
-    return messages.encode_request(request_id, op, identity, ts, nonce, sig, args)
+    args_raw = messages.encode_args(args)
+    sig = signing.sign_request(key, identity, request_id, op, ts, nonce, args_raw)
+    return messages.encode_request(request_id, op, identity, ts, nonce, sig, args_raw)
 
 
 class RequestTimeout(PaywireError):
