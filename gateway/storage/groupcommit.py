@@ -237,6 +237,7 @@ class GroupCommitWriter:
         create the schema (start-up fails loudly on a bad path) and start the writer."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        make_private_dirs(self.path.parent)
         if self._exclusive is not None:
             self._lock = await loop.run_in_executor(None, lockfile.acquire, self.path,
                                                     self._exclusive)
