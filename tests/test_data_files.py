@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from gateway.storage import lockfile
 from tests.deploy import RICH, deployment
 
 EXIT_TIMEOUT_S = 60.0
+POLL_S = 0.05
 
 
 def mode(path: Path) -> int:
@@ -106,7 +108,15 @@ async def test_second_hub_on_a_ledger_is_refused_and_the_lock_survives_no_kill_9
         ledger = dep.hub_cfg.ledger_path
         second = _second_hub(dep.hub_cfg, tmp_path, "hub-2")
         assert second.proc is not None
-        assert second.proc.wait(EXIT_TIMEOUT_S) == 2
+        try:
+            deadline = time.monotonic() + EXIT_TIMEOUT_S
+            while second.proc.poll() is None and not second.ready_path.exists():
+                assert time.monotonic() < deadline, "second hub neither exited nor started"
+                time.sleep(POLL_S)
+            assert not second.ready_path.exists(), "a second hub serves the same ledger"
+            assert second.proc.wait(EXIT_TIMEOUT_S) == 2
+        finally:
+            second.terminate()
         lines = second.log_path.read_text().strip().splitlines()
         assert len(lines) == 1, lines
         assert lines[0].startswith("paywire hub: ledger ")
