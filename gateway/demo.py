@@ -30,6 +30,7 @@ from gateway.config import (
     WebhookConfig,
 )
 from gateway.processes import NodeProcess
+from gateway.storage.groupcommit import make_private_dirs
 
 MERCHANT = "demo-merchant"
 SERVER_KEY = "SB-Mid-server-demo-key"
@@ -339,7 +340,7 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
     import uvloop
 
     workdir = directory or Path(tempfile.mkdtemp(prefix="paywire-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(workdir)  # 0700: it will hold the ledger, the books and the keys
     for stale in workdir.glob("*.db*"):
         stale.unlink()
     print(f"Paywire demo in {workdir}")

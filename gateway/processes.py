@@ -39,17 +39,18 @@ def module_command(module: str) -> list[str]:
 def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a child started with ``module_command``.
 
-    Installed (the normal case: ``pip install``, ``make``), a ``-P`` child finds ``gateway``
-    where this process did and nothing is added. Run from a source checkout without
-    installing (``python -m gateway.cli`` in the checkout), this process found ``gateway``
-    through its working directory, which ``-P`` removes; then the checkout's root is named
-    explicitly, so the child runs the same code as this process and nothing else.
+    A ``-P`` child finds ``gateway`` where this process did (``pip install``, ``make``)
+    and nothing is added, with one exception: when the code this process runs *is* the
+    working directory (a source checkout, used in place: ``python -m gateway.cli`` there,
+    or the test suite, whose writers unpickle functions of ``tests``), ``-P`` would hide it,
+    so the checkout's root is named explicitly and the child runs the same code as this
+    process. A ``gateway/`` anywhere else the operator stands is never on the child's path.
     """
     env = dict(os.environ if env is None else env)
-    root = str(Path(gateway.__file__).resolve().parent.parent)
-    if Path.cwd().resolve() == Path(root) and sys.path and sys.path[0] in ("", os.getcwd()):
+    root = Path(gateway.__file__).resolve().parent.parent
+    if Path.cwd().resolve() == root:
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, env.get("PYTHONPATH", "")) if p)
+            p for p in (str(root), env.get("PYTHONPATH", "")) if p)
     return env
 
 

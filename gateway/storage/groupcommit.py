@@ -45,7 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from gateway.processes import module_command
+from gateway.processes import child_env, module_command
 from gateway.storage import lockfile
 from protocol.errors import ErrorCode, PaywireError
 
@@ -260,7 +260,7 @@ class GroupCommitWriter:
         try:
             self._proc = subprocess.Popen(
                 [*module_command("gateway.storage.writer_process"), str(theirs.fileno())],
-                pass_fds=inherited, stdin=subprocess.DEVNULL)
+                pass_fds=inherited, stdin=subprocess.DEVNULL, env=child_env())
         finally:
             theirs.close()
         self._ready = loop.create_future()
