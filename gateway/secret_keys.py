@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import ConfigError
+from gateway.storage.groupcommit import make_private_dirs
 
 # Was the built-in `link_key` of every config until issue 11: it is in the public source, so
 # a deployment still using it has no secret at all.
@@ -34,7 +35,6 @@ PUBLIC_DEFAULT_LINK_KEY = "paywire-dev-link-key"
 KEY_BYTES = 32  # generated: HMAC-SHA256's output size, the most a key can usefully hold
 KEY_BYTES_MIN = 16  # refused below this (128 bits) when an operator writes a key by hand
 FILE_MODE = 0o600
-DIR_MODE = 0o700
 FILE_BYTES_MAX = 64 * 1024  # a secrets file is three lines; refuse to parse a huge one
 PURPOSES = ("link_key", "fingerprint_key", "idempotency_key")
 HUB_PURPOSES = PURPOSES
@@ -59,7 +59,7 @@ def _how(path: Path) -> str:
 def init(path: Path, *, force: bool = False) -> Path:
     """Write a new secrets file with a fresh random key per purpose, mode 0600.
 
-    A missing parent directory is created 0700. An existing file is kept (``SecretsError``)
+    Missing directories on the way are created 0700. An existing file is kept (``SecretsError``)
     unless ``force``: replacing the link key cuts every bank node off until it gets the new
     file, and a new fingerprint key makes old fingerprints unrecognisable.
     """
@@ -67,7 +67,7 @@ def init(path: Path, *, force: bool = False) -> Path:
     if path.exists() and not force:
         raise SecretsError(f"{path} exists; keep it, or pass --force to replace it "
                            "(bank nodes then need the new link_key)")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+    make_private_dirs(path.parent)
     lines = ["# Paywire deployment secrets, made by `paywire secrets init`. Keep this file",
              "# 0600 and out of version control. A bank node needs link_key only.",
              *(f'{name} = "{secrets.token_hex(KEY_BYTES)}"' for name in PURPOSES)]
