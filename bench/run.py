@@ -34,10 +34,10 @@ from typing import Any
 from bench.cpu import CpuMeter
 from bench.disk import fsync_latency
 from bench.loadgen import LoadResult, closed_loop, open_loop
-from gateway import pki
+from gateway import pki, secret_keys
 from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig, dump_toml
 from gateway.demo import luhn_complete
-from gateway.processes import NodeProcess
+from gateway.processes import NodeProcess, child_env, module_command
 
 MERCHANT = "bench-merchant"
 KEY = "bench-server-key"
@@ -75,14 +75,16 @@ class Bench:
         self.workdir = workdir
         self.opts = opts
         self.certs = workdir / "certs"
+        self.secrets = workdir / "paywire-secrets.toml"
         self.procs: list[Any] = []
         self.bank: NodeProcess | None = None
         self.seq = 0
 
     def start_bank(self) -> int:
         pki.init(self.certs, merchants=[MERCHANT], banks=["bca-1"])
+        secret_keys.init(self.secrets)
         cfg = BankNodeConfig(node_id="bca-1", bank="bca", listen_port=0, certs_dir=self.certs,
-                             store_path=self.workdir / "bca.db",
+                             store_path=self.workdir / "bca.db", secrets_file=self.secrets,
                              accounts={c: 10**15 for c in CARDS})
         self.bank = NodeProcess("bank", cfg, self.workdir, "bca-1").start()
         self.procs.append(self.bank)
@@ -90,7 +92,7 @@ class Bench:
 
     def hub_config(self, name: str, synchronous: str) -> HubConfig:
         assert self.bank is not None
-        return HubConfig(listen_port=0, certs_dir=self.certs,
+        return HubConfig(listen_port=0, certs_dir=self.certs, secrets_file=self.secrets,
                          ledger_path=self.workdir / f"{name}.db", ledger_synchronous=synchronous,
                          merchants=[MerchantConfig(MERCHANT, KEY, connections_max=1024,
                                                    rate_per_s=1e9, rate_burst=10**9)],
@@ -101,8 +103,9 @@ class Bench:
         port_file = self.workdir / f"{name}.port"
         port_file.unlink(missing_ok=True)
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
-        proc = subprocess.Popen([sys.executable, "-m", module, *args, "--port-file",
-                                 str(port_file)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*module_command(module), *args, "--port-file",
+                                 str(port_file)], stdout=log, stderr=subprocess.STDOUT,
+                                env=child_env())
         log.close()
         self.procs.append(proc)
         deadline = time.monotonic() + 30

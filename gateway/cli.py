@@ -3,6 +3,7 @@
     paywire certs init DIR [--merchant M1 ...] [--bank bank-a-1 ...] [--san NAME ...]
                            [--ca-dir CADIR]
     paywire certs issue DIR --role merchant --name M2 [--ca-dir CADIR]
+    paywire secrets init FILE
     paywire hub --config hub.toml
     paywire bank --config bank.toml
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
@@ -87,26 +88,59 @@ async def _serve(node: Any, ready_file: str | None) -> int:
     return 1 if died is not None and died.done() else 0
 
 
+# Nodes create ledgers, books, lock and ready files: owner-only, whatever umask the operator
+# or the service manager started them with (their writer processes inherit it).
+NODE_UMASK = 0o077
+
+
+def _refused(kind: str, exc: Exception) -> int:
+    """A node that cannot start says why in one line (no traceback) and exits 2."""
+    print(f"paywire {kind}: {exc}", file=sys.stderr)
+    return 2
+
+
 def cmd_hub(ns: argparse.Namespace) -> int:
     from gateway.hub.server import Hub
+    from gateway.storage.lockfile import LockHeld
 
-    cfg = configmod.load(configmod.HubConfig, Path(ns.config))
-    if ns.listen:
-        host, _, port = ns.listen.rpartition(":")
-        cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
-    if ns.ledger:
-        cfg.ledger_path = Path(ns.ledger)
-    return int(_run(_serve(Hub(cfg), ns.ready_file)))
+    os.umask(NODE_UMASK)
+    try:
+        cfg = configmod.load(configmod.HubConfig, Path(ns.config))
+        if ns.listen:
+            host, _, port = ns.listen.rpartition(":")
+            cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+        if ns.ledger:
+            cfg.ledger_path = Path(ns.ledger)
+        return int(_run(_serve(Hub(cfg), ns.ready_file)))
+    except (configmod.ConfigError, LockHeld) as exc:
+        return _refused("hub", exc)
 
 
 def cmd_bank(ns: argparse.Namespace) -> int:
     from gateway.bank.node import BankNode
 
-    cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
-    if ns.listen:
-        host, _, port = ns.listen.rpartition(":")
-        cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
-    return int(_run(_serve(BankNode(cfg), ns.ready_file)))
+    os.umask(NODE_UMASK)
+    try:
+        cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
+        if ns.listen:
+            host, _, port = ns.listen.rpartition(":")
+            cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+        return int(_run(_serve(BankNode(cfg), ns.ready_file)))
+    except configmod.ConfigError as exc:
+        return _refused("bank", exc)
+
+
+def cmd_secrets(ns: argparse.Namespace) -> int:
+    from gateway import secret_keys
+
+    try:
+        path = secret_keys.init(Path(ns.file), force=ns.force)
+    except (secret_keys.SecretsError, OSError) as exc:
+        print(f"paywire secrets: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (0600): link_key, fingerprint_key, idempotency_key; "
+          "point secrets_file of the hub and of every bank node at it")
+    return 0
 
 
 def cmd_certs(ns: argparse.Namespace) -> int:
@@ -193,20 +227,27 @@ def cmd_bank_admin(ns: argparse.Namespace) -> int:
                 args[name] = getattr(ns, name)
         if ns.blackhole is not None:
             args["blackhole"] = ns.blackhole == "on"
-    result = asyncio.run(bank_admin_call(ns.node, Path(ns.certs), ns.hub_name, ns.link_key,
+    from gateway import secret_keys
+
+    try:
+        link_key = secret_keys.load_link_key(Path(ns.secrets))
+    except secret_keys.SecretsError as exc:
+        print(f"paywire bank-admin: {exc}", file=sys.stderr)
+        return 2
+    result = asyncio.run(bank_admin_call(ns.node, Path(ns.certs), ns.hub_name, link_key,
                                          op, args))
     print(json.dumps(result, indent=2))
     return 0
 
 
-async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: str, op: str,
+async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: bytes, op: str,
                           args: dict[str, Any]) -> dict[str, Any]:
     """One admin call to a bank node over the hub link protocol (hub certificate)."""
     from gateway import tls
     from gateway.hub.banklink import BankNodeHandle, BankPool
 
     ctx = tls.node_client_context(certs, "hub", hub_name)
-    pool = BankPool("admin", [node], hub_id=hub_name, key=link_key.encode(), ssl_ctx=ctx,
+    pool = BankPool("admin", [node], hub_id=hub_name, key=link_key, ssl_ctx=ctx,
                     on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=1)
     handle: BankNodeHandle = pool.nodes[0]
     handle.start()
@@ -341,6 +382,15 @@ def build_parser() -> argparse.ArgumentParser:
     issue.add_argument("--ca-dir", help="where the CA key is kept (default: DIR-ca beside DIR)")
     certs.set_defaults(fn=cmd_certs)
 
+    keys = sub.add_parser("secrets", help="create the deployment's keys (0600 file)")
+    ksub = keys.add_subparsers(dest="secrets_cmd", required=True)
+    kinit = ksub.add_parser("init", help="a random key per purpose: link, card fingerprints, "
+                                         "idempotency hashes")
+    kinit.add_argument("file", help="e.g. paywire-secrets.toml (the configs' default)")
+    kinit.add_argument("--force", action="store_true",
+                       help="replace an existing file (bank nodes need the new link_key)")
+    keys.set_defaults(fn=cmd_secrets)
+
     for name, fn in (("hub", cmd_hub), ("bank", cmd_bank)):
         node = sub.add_parser(name, help=f"run a {name} node")
         node.add_argument("--config", required=True)
@@ -355,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--node", required=True, help="bank node HOST:PORT")
     admin.add_argument("--certs", default="certs")
     admin.add_argument("--hub-name", default="hub", help="hub certificate to connect with")
-    admin.add_argument("--link-key", default="paywire-dev-link-key")
+    admin.add_argument("--secrets", default=os.environ.get("PAYWIRE_SECRETS",
+                                                          "paywire-secrets.toml"),
+                       help="secrets file with the link_key (env PAYWIRE_SECRETS)")
     admin.add_argument("--transaction-id")
     admin.add_argument("--number", help="virtual account or e-wallet reference")
     admin.add_argument("--latency-ms", type=int)

@@ -102,7 +102,10 @@ class HubConfig:
     certs_dir: Path = Path("certs")
     ledger_path: Path = Path("paywire-ledger.db")
     ledger_synchronous: str = "FULL"
-    link_key: str = "paywire-dev-link-key"
+    # The deployment's keys (link, card fingerprints, idempotency hashes): a 0600 file made
+    # by `paywire secrets init`; the node refuses to start without it (gateway/secret_keys.py).
+    secrets_file: Path = Path("paywire-secrets.toml")
+    link_key: str | None = None  # no longer read: refused if set (it was a public default)
     merchants: list[MerchantConfig] = field(default_factory=list)
     banks: list[BankRoute] = field(default_factory=list)
     body_bytes_max: int = 64 * 1024
@@ -158,7 +161,8 @@ class BankNodeConfig:
     certs_dir: Path = Path("certs")
     store_path: Path = Path("paywire-bank.db")
     store_synchronous: str = "FULL"
-    link_key: str = "paywire-dev-link-key"
+    secrets_file: Path = Path("paywire-secrets.toml")  # only its link_key is read
+    link_key: str | None = None  # no longer read: refused if set (it was a public default)
     # Opening balances in minor units, by account id (card number, or "payer"/"settlement").
     accounts: dict[str, int] = field(default_factory=dict)
     va_prefix: str = "8808"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import pki
+from gateway import pki, secret_keys
 from gateway.config import (
     BankNodeConfig,
     BankRoute,
@@ -30,6 +30,7 @@ from gateway.config import (
     WebhookConfig,
 )
 from gateway.processes import NodeProcess
+from gateway.storage.groupcommit import make_private_dirs
 
 MERCHANT = "demo-merchant"
 SERVER_KEY = "SB-Mid-server-demo-key"
@@ -107,6 +108,10 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
     node_names = [n for b in banks for n in b.nodes]
     if not (certs / "ca.crt").exists():
         pki.init(certs, merchants=[MERCHANT], banks=node_names)
+    # The demo's own random keys (link, fingerprints, idempotency): no built-in key anywhere.
+    secrets_file = workdir / "paywire-secrets.toml"
+    if not secrets_file.exists():
+        secret_keys.init(secrets_file)
     bank_procs: list[NodeProcess] = []
     routes: list[BankRoute] = []
     for bank in banks:
@@ -116,7 +121,8 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
         for node in bank.nodes:
             cfg = BankNodeConfig(
                 node_id=node, bank=bank.name, listen_port=0, certs_dir=certs,
-                store_path=workdir / f"{bank.name}.db", accounts=accounts,
+                store_path=workdir / f"{bank.name}.db", secrets_file=secrets_file,
+                accounts=accounts,
                 auto_pay_after_s=0.6 if auto_pay else None, auto_pay_ratio=0.8,
                 seed=hash(node) & 0xFFFF)
             proc = NodeProcess("bank", cfg, workdir, node).start()
@@ -129,6 +135,7 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
     fraud = FraudConfig(challenge_above={"IDR": 2_000_000}, deny_above={"IDR": 100_000_000},
                         block_emails=[BLOCKED_EMAIL])
     hub_cfg = HubConfig(listen_port=0, certs_dir=certs, ledger_path=workdir / "ledger.db",
+                        secrets_file=secrets_file,
                         merchants=[MerchantConfig(MERCHANT, SERVER_KEY, webhook_url)],
                         banks=routes, expiry_check_interval_s=0.2, fraud=fraud,
                         webhooks=WebhookConfig(poll_interval_s=0.05))
@@ -333,7 +340,7 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
     import uvloop
 
     workdir = directory or Path(tempfile.mkdtemp(prefix="paywire-demo-"))
-    workdir.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(workdir)  # 0700: it will hold the ledger, the books and the keys
     for stale in workdir.glob("*.db*"):
         stale.unlink()
     print(f"Paywire demo in {workdir}")

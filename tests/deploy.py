@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway import pki
+from gateway import pki, secret_keys
 from gateway.cli import bank_admin_call
 from gateway.client import Client, connect
 from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig
@@ -17,7 +17,6 @@ from gateway.demo import luhn_complete
 from gateway.processes import NodeProcess
 
 KEYS = {"M1": "sk-M1-test", "M2": "sk-M2-test"}
-LINK_KEY = "paywire-dev-link-key"
 RICH = [luhn_complete(f"4811{i:06d}") for i in range(1, 31)]
 POOR = luhn_complete("4811900001")
 BNI_CARDS = [luhn_complete(f"5211{i:06d}") for i in range(1, 11)]
@@ -36,6 +35,7 @@ class Deployment:
         self.bank_address = bank_address or (lambda bank, port: port)
         self.workdir = workdir
         self.certs = workdir / "certs"
+        self.secrets = workdir / "paywire-secrets.toml"  # its own keys, like a deployment
         self.bca_nodes = [f"bca-{i}" for i in range(1, bca_nodes + 1)]
         self.hub_overrides = hub_overrides or {}
         self.bank_overrides = bank_overrides or {}
@@ -47,6 +47,8 @@ class Deployment:
         if not (self.certs / "ca.crt").exists():
             pki.init(self.certs, merchants=list(KEYS), banks=[*self.bca_nodes, "bni-1",
                                                                "wallet-1"])
+        if not self.secrets.exists():
+            secret_keys.init(self.secrets)
         plan = {
             "bca": (self.bca_nodes, {**{c: OPENING for c in RICH}, POOR: 1_000}),
             "bni": (["bni-1"], {c: OPENING for c in BNI_CARDS}),
@@ -58,6 +60,7 @@ class Deployment:
             for node in nodes:
                 cfg = BankNodeConfig(node_id=node, bank=bank, listen_port=0,
                                      certs_dir=self.certs, store_path=self.workdir / f"{bank}.db",
+                                     secrets_file=self.secrets,
                                      accounts=accounts, heartbeat_interval_s=1.0,
                                      **self.bank_overrides)
                 proc = NodeProcess("bank", cfg, self.workdir, node).start()
@@ -71,6 +74,7 @@ class Deployment:
                                     providers=["gopay"] if bank == "wallet" else []))
         self.hub_cfg = HubConfig(
             listen_port=0, certs_dir=self.certs, ledger_path=self.workdir / "ledger.db",
+            secrets_file=self.secrets,
             merchants=[MerchantConfig(m, k, webhook_url=self.webhook_urls.get(m),
                                       **self.merchant_overrides.get(m, {}))
                        for m, k in KEYS.items()], banks=routes,
@@ -122,8 +126,8 @@ class Deployment:
     async def admin(self, bank: str, op: str, args: dict[str, Any] | None = None,
                     node: int = 0) -> dict[str, Any]:
         proc = self.banks[bank][node]
-        return await bank_admin_call(f"127.0.0.1:{proc.port}", self.certs, "hub", LINK_KEY,
-                                     op, args or {})
+        return await bank_admin_call(f"127.0.0.1:{proc.port}", self.certs, "hub",
+                                     secret_keys.load_link_key(self.secrets), op, args or {})
 
     async def balance(self, bank: str, account: str) -> tuple[int, int]:
         balances = (await self.admin(bank, "admin.balances"))["balances"]

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from gateway import pki, tls
+from gateway import pki, secret_keys, tls
 from gateway.client import Card, connect
 from gateway.config import BankNodeConfig
 from gateway.processes import NodeProcess
@@ -32,7 +32,7 @@ from protocol import messages
 from protocol.decoder import FrameDecoder
 from protocol.errors import ErrorCode, RemoteError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, Frame, FrameType
-from tests.deploy import BNI_CARDS, KEYS, LINK_KEY, OPENING, Deployment
+from tests.deploy import BNI_CARDS, KEYS, OPENING, Deployment
 
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -276,9 +276,12 @@ def fake_bank_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[De
     evil_dir.mkdir()
     shutil.copy(certs / "ca.crt", evil_dir / "ca.crt")
     hostile_cert(certs, evil_dir, "bank-evil", [ou("merchant"), cn("M1")], [SERVER, CLIENT])
+    # The deployment's own secrets file: the fake bank holds the real link key, so only its
+    # certificate gives it away.
+    secrets = secret_keys.init(workdir / "paywire-secrets.toml")
     evil = NodeProcess("bank", BankNodeConfig(
         node_id="evil", bank="bni", listen_port=0, certs_dir=evil_dir,
-        store_path=workdir / "evil.db", link_key=LINK_KEY,
+        store_path=workdir / "evil.db", secrets_file=secrets,
         accounts={c: OPENING for c in BNI_CARDS}), workdir, "evil").start()
     dep = Deployment(workdir, bca_nodes=1,
                      bank_address=lambda bank, port: evil.port if bank == "bni" else port)
@@ -359,6 +362,7 @@ class FakeBankNode:
     """A TLS server holding a *genuine* bank node certificate (of bank ``bni``) that answers
     the hub's HELLO and then reports payments of its choosing, signed with the link key."""
 
+    link_key: bytes
     writer: asyncio.StreamWriter | None = None
     responses: list[Frame] = field(default_factory=list)
 
@@ -390,7 +394,7 @@ class FakeBankNode:
         from protocol import banklink
 
         assert self.writer is not None
-        self.writer.write(build_request(LINK_KEY.encode(), "bni-1", 1, banklink.PAYMENT, {
+        self.writer.write(build_request(self.link_key, "bni-1", 1, banklink.PAYMENT, {
             "notification_id": 1, "transaction_id": transaction_id, "status": "settlement",
             "amount": amount, "paid_ms": now_ms()}))
 
@@ -398,7 +402,9 @@ class FakeBankNode:
 async def test_a_bank_cannot_settle_another_banks_payment(tmp_path: Path) -> None:
     certs = tmp_path / "certs"
     pki.init(certs, merchants=list(KEYS), banks=["bca-1", "bni-1", "wallet-1"])
-    fake = FakeBankNode()
+    # The deployment's own link key (the Deployment keeps an existing secrets file).
+    fake = FakeBankNode(secret_keys.load_link_key(
+        secret_keys.init(tmp_path / "paywire-secrets.toml")))
     bni = pki.cert_paths(certs, "bank", "bni-1")
     server = await asyncio.start_server(fake.handle, "127.0.0.1", 0, ssl=tls.server_context(
         bni.cert, bni.key, certs / "ca.crt"))

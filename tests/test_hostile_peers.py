@@ -200,10 +200,10 @@ def envelope(merchant: str, rid: int, op: str, args: Any, signature: bytes = b"s
         "signature": signature, "args": args}))
 
 
-def signed_raw_args(key: str, merchant: str, rid: int, op: str, args_raw: bytes) -> bytes:
+def signed_raw_args(key: bytes, merchant: str, rid: int, op: str, args_raw: bytes) -> bytes:
     """A correctly signed REQUEST carrying ``args_raw`` as its args bytes, whatever they are."""
     nonce, ts = os.urandom(16), now_ms()
-    sig = signing.sign_request(key.encode(), merchant, rid, op, ts, nonce, args_raw)
+    sig = signing.sign_request(key, merchant, rid, op, ts, nonce, args_raw)
     return messages.encode_request(rid, op, merchant, ts, nonce, sig, args_raw)
 
 
@@ -229,9 +229,9 @@ async def test_hostile_bodies_fail_only_their_request_at_the_hub(dep: Deployment
     # One write: earlier frames' answers are gathered with the hostile ones'; all must arrive.
     raw.send(ping(1)
              + envelope("M1", 2, "status", MIXED_KEYS)
-             + signed_raw_args(KEYS["M1"], "M1", 3, "status", bodycodec.pack(MIXED_KEYS))
+             + signed_raw_args(KEYS["M1"].encode(), "M1", 3, "status", bodycodec.pack(MIXED_KEYS))
              + envelope("M1", 4, "status", {"order_id": "x", 5: [b"k"]})
-             + signed_raw_args(KEYS["M1"], "M1", 5, "status",
+             + signed_raw_args(KEYS["M1"].encode(), "M1", 5, "status",
                                bodycodec.pack({"order_id": "x", "n": {b"k": 1}}))
              + ping(6))
     got = await answers(raw, 6)
@@ -248,13 +248,14 @@ async def test_hostile_bodies_fail_only_their_request_at_the_hub(dep: Deployment
 
 
 async def test_hostile_bodies_fail_only_their_request_at_a_bank_node(dep: Deployment) -> None:
-    from tests.deploy import LINK_KEY
+    from gateway import secret_keys
 
+    link_key = secret_keys.load_link_key(dep.secrets)
     raw = await Raw.open_bank(dep)
     await raw.hello_as_hub()
     raw.send(ping(1)
              + envelope("hub", 2, "admin.balances", MIXED_KEYS)
-             + signed_raw_args(LINK_KEY, "hub", 3, "admin.balances", bodycodec.pack(MIXED_KEYS))
+             + signed_raw_args(link_key, "hub", 3, "admin.balances", bodycodec.pack(MIXED_KEYS))
              + envelope("hub", 4, "admin.balances", {}, signature=b"\x00" * 32)
              + ping(5))
     got = await answers(raw, 5)
@@ -263,7 +264,7 @@ async def test_hostile_bodies_fail_only_their_request_at_a_bank_node(dep: Deploy
                    (FrameType.RESPONSE, 3, ErrorCode.MALFORMED_BODY),
                    (FrameType.RESPONSE, 4, ErrorCode.MALFORMED_BODY),
                    (FrameType.PONG, 5, None)]
-    raw.send(signed_raw_args(LINK_KEY, "hub", 6, "admin.balances", bodycodec.pack({})))
+    raw.send(signed_raw_args(link_key, "hub", 6, "admin.balances", bodycodec.pack({})))
     assert await answers(raw, 1) == [(FrameType.RESPONSE, 6, None)]  # still serving
     raw.close()
 
@@ -277,19 +278,20 @@ async def test_wrong_signature_is_refused_before_args_are_unpacked(dep: Deployme
     await raw.hello()
     # A wrong signature: if the args bytes were looked at first, this would be MALFORMED_BODY.
     raw.send(envelope("M1", 1, "status", NOT_MSGPACK)
-             + signed_raw_args(KEYS["M1"], "M1", 2, "status", NOT_MSGPACK))
+             + signed_raw_args(KEYS["M1"].encode(), "M1", 2, "status", NOT_MSGPACK))
     assert await answers(raw, 2) == [(FrameType.RESPONSE, 1, ErrorCode.BAD_SIGNATURE),
                                      (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY)]
     raw.close()
 
 
 async def test_bank_node_checks_the_link_signature_before_unpacking(dep: Deployment) -> None:
-    from tests.deploy import LINK_KEY
+    from gateway import secret_keys
 
+    link_key = secret_keys.load_link_key(dep.secrets)
     raw = await Raw.open_bank(dep)
     await raw.hello_as_hub()
     raw.send(envelope("hub", 1, "admin.balances", NOT_MSGPACK)
-             + signed_raw_args(LINK_KEY, "hub", 2, "admin.balances", NOT_MSGPACK))
+             + signed_raw_args(link_key, "hub", 2, "admin.balances", NOT_MSGPACK))
     assert await answers(raw, 2) == [(FrameType.RESPONSE, 1, ErrorCode.BAD_SIGNATURE),
                                      (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY)]
     raw.close()

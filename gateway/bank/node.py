@@ -14,7 +14,7 @@ import logging
 import random
 from typing import Any
 
-from gateway import tls
+from gateway import secret_keys, tls
 from gateway.bank.store import BankStore
 from gateway.config import BankNodeConfig
 from gateway.net.framed import FramedProtocol, Heartbeat
@@ -94,7 +94,7 @@ class BankSession(FramedProtocol):
 class BankNode:
     def __init__(self, cfg: BankNodeConfig) -> None:
         self.cfg = cfg
-        self.key = cfg.link_key.encode()
+        self.key = secret_keys.load_link_key(cfg.secrets_file, cfg.link_key)
         self.store = BankStore(cfg.store_path, cfg.accounts, synchronous=cfg.store_synchronous,
                                va_prefix=cfg.va_prefix)
         self.sessions: set[BankSession] = set()

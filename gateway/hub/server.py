@@ -6,7 +6,7 @@ import asyncio
 import logging
 from typing import Any
 
-from gateway import tls
+from gateway import secret_keys, tls
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
 from gateway.hub.auth import Authenticator, TokenBucket
@@ -29,7 +29,10 @@ RECOVERY_AT_START_S = 10.0
 class Hub:
     def __init__(self, cfg: HubConfig) -> None:
         self.cfg = cfg
-        self.link_key = cfg.link_key.encode()
+        # One key per purpose (link signing, card fingerprints, idempotency hashes), from the
+        # deployment's 0600 secrets file; SecretsError here keeps the hub from starting.
+        self.secrets = secret_keys.load_hub(cfg.secrets_file, cfg.link_key)
+        self.link_key = self.secrets.link_key
         self.ledger = SqliteLedger(cfg.ledger_path, synchronous=cfg.ledger_synchronous,
                                    queue_writes_max=cfg.ledger_queue_writes_max)
         self.auth = Authenticator({m.id: m.server_key.encode() for m in cfg.merchants},
@@ -44,9 +47,9 @@ class Hub:
                              calls_max=cfg.bank_calls_queued_max)
             for b in cfg.banks
         }
-        self.fraud = FraudEngine(cfg.fraud, self.link_key)
+        self.fraud = FraudEngine(cfg.fraud, self.secrets.fingerprint_key)
         self.service = TransactionService(cfg, self.ledger, self.pools, Router(cfg.banks),
-                                          self.fraud)
+                                          self.fraud, self.secrets.idempotency_key)
         self.service.listeners.append(self._on_change)
         self.webhooks = WebhookDispatcher(cfg.webhooks, cfg.ledger_path, self.ledger,
                                           {m.id: m.server_key for m in cfg.merchants})

@@ -72,14 +72,14 @@ def clone(tx: Transaction) -> Transaction:
 
 class TransactionService:
     def __init__(self, cfg: HubConfig, ledger: Ledger, pools: dict[str, BankPool],
-                 router: Router, fraud: FraudEngine | None = None) -> None:
+                 router: Router, fraud: FraudEngine, idempotency_key: bytes) -> None:
         self.cfg = cfg
-        self.fraud = fraud or FraudEngine(cfg.fraud, cfg.link_key.encode())
+        self.fraud = fraud
         self.merchants = {m.id: m for m in cfg.merchants}
         self.ledger = ledger
         self.pools = pools
         self.router = router
-        self.hash_key = cfg.link_key.encode()
+        self.hash_key = idempotency_key  # its own secret: never the link or fingerprint key
         self.cache: OrderedDict[Key, Transaction] = OrderedDict()
         self.by_txid: dict[str, Key] = {}
         self._locks: dict[Key, asyncio.Lock] = {}

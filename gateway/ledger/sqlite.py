@@ -196,8 +196,10 @@ def existing_sql(keys: int) -> str:
 class SqliteLedger:
     def __init__(self, path: Path | str, *, synchronous: str = "FULL",
                  queue_writes_max: int = 50_000) -> None:
+        # One writing process per ledger file: the bulk writer numbers events in memory.
         self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous,
-                                        queue_writes_max=queue_writes_max, bulk=_LedgerBulk)
+                                        queue_writes_max=queue_writes_max, bulk=_LedgerBulk,
+                                        exclusive="ledger")
 
     async def start(self) -> None:
         await self.writer.start()

@@ -34,16 +34,19 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import pickle
 import socket
 import sqlite3
+import stat
 import struct
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from gateway.processes import child_env, module_command
+from gateway.storage import lockfile
 from protocol.errors import ErrorCode, PaywireError
 
 CALL = 0
@@ -80,6 +83,50 @@ class StorageClosed(PaywireError):
 # back and rewritten on every commit, and a long run's throughput fell off a cliff. It is
 # memory of the writer process, not the node's.
 PAGE_CACHE_KIB = 65_536
+
+
+# Ledgers and books hold card fingerprints, amounts and customers: owner-only, whatever the
+# umask. SQLite gives its -wal and -shm files the database file's own mode.
+DATA_FILE_MODE = 0o600
+DATA_DIR_MODE = 0o700
+_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and any missing parents 0700 (``mkdir -p`` would give the
+    parents the umask's mode). Directories that exist are left as they are."""
+    missing: list[Path] = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=DATA_DIR_MODE)
+        except FileExistsError:
+            continue
+        os.chmod(d, DATA_DIR_MODE)  # mkdir's mode passes through the umask
+
+
+def prepare_data_file(path: Path | str) -> None:
+    """Create the database file 0600 before SQLite does (SQLite would use 0644 minus the
+    umask), and take group and other access away from one made before this rule, with its
+    WAL and shared-memory files."""
+    path = Path(path)
+    make_private_dirs(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DATA_FILE_MODE)
+    try:
+        if stat.S_IMODE(os.fstat(fd).st_mode) != DATA_FILE_MODE:
+            os.fchmod(fd, DATA_FILE_MODE)
+    finally:
+        os.close(fd)
+    for suffix in _SIDE_FILES:
+        side = path.with_name(path.name + suffix)
+        try:
+            if stat.S_IMODE(side.stat().st_mode) != DATA_FILE_MODE:
+                os.chmod(side, DATA_FILE_MODE)
+        except FileNotFoundError:
+            pass
 
 
 def open_connection(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
@@ -155,6 +202,7 @@ class GroupCommitWriter:
         queue_writes_max: int = QUEUE_WRITES_MAX_DEFAULT,
         batch_writes_max: int = BATCH_WRITES_MAX_DEFAULT,
         bulk: Callable[[], BulkWriter] | None = None,
+        exclusive: str | None = None,
     ) -> None:
         if synchronous not in ("FULL", "NORMAL", "OFF"):
             raise ValueError("synchronous must be FULL, NORMAL or OFF")
@@ -164,6 +212,10 @@ class GroupCommitWriter:
         self.batch_writes_max = batch_writes_max
         self._schema = schema
         self._bulk = bulk  # a factory, pickled by reference and called in the writer
+        # With a name ("ledger"), the file gets one writing process at a time: an flock held
+        # by this node and its writer process for their lifetime (gateway/storage/lockfile).
+        self._exclusive = exclusive
+        self._lock: lockfile.FileLock | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: asyncio.Transport | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -181,19 +233,34 @@ class GroupCommitWriter:
         self.writes = 0
 
     async def start(self) -> None:
-        """Create the schema (start-up fails loudly on a bad path) and start the writer."""
+        """Take the file's lock if exclusive (``LockHeld`` if another process has it),
+        create the schema (start-up fails loudly on a bad path) and start the writer."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        make_private_dirs(self.path.parent)
+        if self._exclusive is not None:
+            self._lock = await loop.run_in_executor(None, lockfile.acquire, self.path,
+                                                    self._exclusive)
+        try:
+            await self._start_writer(loop)
+        except BaseException:
+            self._release_lock()
+            raise
+
+    async def _start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        prepare_data_file(self.path)
         conn = open_connection(self.path, self.synchronous)
         try:
             conn.executescript(self._schema)
         finally:
             conn.close()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # The writer inherits the lock's descriptor and keeps it until it exits.
+        inherited = (theirs.fileno(),) + ((self._lock.fd,) if self._lock is not None else ())
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.storage.writer_process", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
+                [*module_command("gateway.storage.writer_process"), str(theirs.fileno())],
+                pass_fds=inherited, stdin=subprocess.DEVNULL, env=child_env())
         finally:
             theirs.close()
         self._ready = loop.create_future()
@@ -315,6 +382,7 @@ class GroupCommitWriter:
         if self._transport is not None and not self._failed:
             self._transport.write(frame([(CLOSE, -1, None)]))
         await self._stop_process()
+        self._release_lock()
 
     async def _stop_process(self) -> None:
         """Wait for the writer's end-of-file (every answer it sent is read before it), then
@@ -333,6 +401,11 @@ class GroupCommitWriter:
             await loop.run_in_executor(None, proc.wait)
         if self._transport is not None:
             self._transport.close()
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
 def read(path: Path | str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

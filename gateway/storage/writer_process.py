@@ -6,11 +6,16 @@ It reads messages from the socket ``FD`` (a batch of calls and records each, see
 The first message is its configuration; it answers ``"ready"`` once its connection is open.
 End-of-file without a ``CLOSE`` item means the node died: what is not committed is dropped.
 SIGINT and SIGTERM are ignored: they are meant for the node, which stops its writer itself.
+
+An exclusive store (the ledger) arrives with the node's lock descriptor inherited: it stays
+open until this process exits, so the file is not free while this writer may still commit
+(``gateway/storage/lockfile.py``). Files it creates are owner-only (``WRITER_UMASK``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import pickle
 import signal
 import socket
@@ -30,6 +35,9 @@ from gateway.storage.groupcommit import (
 from protocol.errors import ErrorCode, PaywireError
 
 RECV_BYTES = 1 << 20
+# SQLite gives -wal/-shm the database's mode; anything else it creates (a rollback journal,
+# temporary files) must not be readable by others either, whoever started the node.
+WRITER_UMASK = 0o077
 Item = tuple[int, int, Any]  # kind, token, payload
 Answer = tuple[int, Any, BaseException | None]  # token, value, error
 
@@ -157,6 +165,7 @@ def main(argv: list[str]) -> int:
     # waits; if the node dies instead, end-of-file ends the writer.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.umask(WRITER_UMASK)
     sock = socket.socket(fileno=int(argv[0]))
     buf = bytearray()
     config: dict[str, Any] | None = None
