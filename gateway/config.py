@@ -8,6 +8,7 @@ is a limit that does not exist.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import tomllib
 import types
@@ -15,8 +16,15 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from protocol.signing import CURRENCY_EXPONENTS
 
 C = TypeVar("C")
+
+# The host names a plain-HTTP webhook may name when the lab opt-in is on: loopback only, so
+# a notification and its signature header never cross a network in clear.
+PLAIN_HTTP_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 class ConfigError(Exception):
@@ -88,7 +96,12 @@ class WebhookConfig:
     concurrency_per_merchant: int = 8
     concurrency_max: int = 256
     poll_interval_s: float = 0.2
-    redirects_max: int = 3
+    # Redirects are never followed (a 3xx is a failed attempt, like a 4xx): following one
+    # could carry the body and its signature header off HTTPS or to another host.
+    # Lab opt-in: accept ``http://`` webhook URLs whose host is 127.0.0.1, ::1 or localhost.
+    # Every other URL must be ``https://``; the check runs at config load and again before
+    # each delivery (rows queued under an older configuration are refused, not sent).
+    allow_plain_http_loopback: bool = False
     # Extra CA bundle to trust for HTTPS endpoints (private CAs in labs or internal
     # receivers); the system's trust store is used as well.
     ca_file: Path | None = None
@@ -125,6 +138,10 @@ class HubConfig:
     cache_entries_max: int = 20_000
     event_replay_batch_max: int = 1000
     event_buffer_bytes_max: int = 4 * 1024 * 1024
+    # ISO 4217 codes a charge may use; others get INVALID_FIELD on ``args.currency``. Each
+    # must be one whose minor-unit exponent the hub knows (``protocol.signing``), since the
+    # webhook ``gross_amount`` string (and so ``signature_key``) depends on it.
+    currencies: list[str] = field(default_factory=lambda: list(CURRENCY_EXPONENTS))
     fraud: FraudConfig = field(default_factory=FraudConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
 
@@ -135,6 +152,12 @@ class HubConfig:
                 raise ConfigError(f"merchant {m.id}: nonce_entries_max "
                                   f"({m.nonce_entries_max}) must be at least rate_burst "
                                   f"({m.rate_burst})")
+            if m.webhook_url is not None:
+                problem = webhook_url_problem(m.webhook_url,
+                                              self.webhooks.allow_plain_http_loopback)
+                if problem is not None:
+                    raise ConfigError(f"merchants[{m.id}].webhook_url: {problem}")
+        check_currencies(self.currencies, "currencies")
 
     def merchant(self, merchant_id: str) -> MerchantConfig | None:
         for m in self.merchants:
@@ -165,6 +188,11 @@ class BankNodeConfig:
     link_key: str | None = None  # no longer read: refused if set (it was a public default)
     # Opening balances in minor units, by account id (card number, or "payer"/"settlement").
     accounts: dict[str, int] = field(default_factory=dict)
+    # The currency the bank keeps its accounts in (and the one ``payer``/``settlement`` use);
+    # an operation in another currency is declined. ``account_currencies`` overrides it per
+    # account (e.g. a USD card at an IDR bank).
+    currency: str = "IDR"
+    account_currencies: dict[str, str] = field(default_factory=dict)
     va_prefix: str = "8808"
     latency_ms: float = 0.0
     latency_jitter_ms: float = 0.0
@@ -176,6 +204,58 @@ class BankNodeConfig:
     notify_retry_interval_s: float = 1.0
     heartbeat_interval_s: float = 5.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_currencies([self.currency], "currency")
+        for account, code in self.account_currencies.items():
+            check_currencies([code], f"account_currencies.{account}")
+
+
+def webhook_url_problem(url: str, allow_plain_http_loopback: bool) -> str | None:
+    """Why ``url`` may not receive webhooks, or ``None`` if it may.
+
+    Notifications carry card and payment details and a signature header a replay would reuse,
+    so they travel over HTTPS only; plain HTTP only to loopback, and only when a lab opts in.
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    scheme = parts.scheme.lower()
+    if not host:
+        return f"{url!r} names no host"
+    if scheme == "https":
+        return None
+    if scheme != "http":
+        return f"{url!r}: only https:// webhook URLs are allowed"
+    if not allow_plain_http_loopback:
+        return (f"{url!r} is plain HTTP: notifications and their signatures would travel in "
+                f"clear; use https:// (for a lab on loopback only, set "
+                f"webhooks.allow_plain_http_loopback = true)")
+    if _loopback_name(host):
+        return None
+    return (f"{url!r}: webhooks.allow_plain_http_loopback allows plain HTTP only to "
+            f"{', '.join(sorted(PLAIN_HTTP_LOOPBACK_HOSTS))}")
+
+
+def _loopback_name(host: str) -> bool:
+    if host.lower() in PLAIN_HTTP_LOOPBACK_HOSTS:
+        return True
+    try:
+        return str(ipaddress.ip_address(host)) in PLAIN_HTTP_LOOPBACK_HOSTS
+    except ValueError:
+        return False
+
+
+def check_currencies(codes: list[str], where: str) -> None:
+    """Every code must be an ISO 4217 code whose minor-unit exponent we know."""
+    if not codes:
+        raise ConfigError(f"{where}: at least one currency is needed")
+    for code in codes:
+        if code not in CURRENCY_EXPONENTS:
+            raise ConfigError(f"{where}: {code!r} is not a supported ISO 4217 currency "
+                              f"(known: {', '.join(sorted(CURRENCY_EXPONENTS))})")
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

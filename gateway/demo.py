@@ -138,7 +138,9 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
                         secrets_file=secrets_file,
                         merchants=[MerchantConfig(MERCHANT, SERVER_KEY, webhook_url)],
                         banks=routes, expiry_check_interval_s=0.2, fraud=fraud,
-                        webhooks=WebhookConfig(poll_interval_s=0.05))
+                        # The demo's receiver listens on loopback in clear: the lab opt-in.
+                        webhooks=WebhookConfig(poll_interval_s=0.05,
+                                               allow_plain_http_loopback=True))
     hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
     hub.wait_ready()
     return bank_procs, hub

@@ -3,7 +3,8 @@
 Every money-moving operation carries an ``op_id`` chosen by the hub; the bank node stores
 the first answer under it and returns that answer for any repeat, so the hub may resend an
 operation after a timeout or to another node of the same bank without moving money twice.
-Declines (insufficient funds, unknown card) are answers, not errors: they are stored too.
+Declines (unknown card, expired card, currency not held, insufficient funds) are answers, not
+errors: they are stored too.
 Errors are reserved for "nothing happened, ask again" (``BANK_UNAVAILABLE``).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from protocol.errors import BodyError, ErrorCode
-from protocol.operations import AMOUNT, CURRENCY, MERCHANT_ID
+from protocol.operations import AMOUNT, CARD, CURRENCY, MERCHANT_ID
 from protocol.schema import Bool, Int, Map, Opt, Str
 
 OP_ID = Str(1, 128)
@@ -34,6 +35,7 @@ ADMIN_PAYMENTS = "admin.payments"
 
 ARGS: dict[str, Map] = {
     AUTHORIZE: Map({"op_id": OP_ID, "transaction_id": TXID, "account": Str(1, 32),
+                    "exp_month": CARD.fields["exp_month"], "exp_year": CARD.fields["exp_year"],
                     "amount": AMOUNT, "currency": CURRENCY, "capture": Bool()}),
     CAPTURE: Map({"op_id": OP_ID, "transaction_id": TXID, "amount": AMOUNT}),
     VOID: Map({"op_id": OP_ID, "transaction_id": TXID}),

@@ -77,6 +77,11 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.REFUND_EXCEEDS_CAPTURED: "refunds would exceed the captured amount",
     ErrorCode.NO_ROUTE: "no bank for this card BIN, VA bank or e-wallet provider",
     ErrorCode.ACCOUNT_UNKNOWN: "issuer has no such account (bank link)",
+    ErrorCode.CARD_EXPIRED: "issuer declined: the card's expiry month has passed (bank link; "
+                            "merchants see `deny`)",
+    ErrorCode.CURRENCY_NOT_SUPPORTED: "bank declined: the account (or, for a virtual account "
+                                      "or e-wallet, the bank) is not in the charge's currency "
+                                      "(bank link; merchants see `deny` / `failure`)",
     ErrorCode.BANK_UNAVAILABLE: "no node of the bank could be asked; nothing happened",
     ErrorCode.TIMEOUT: "no response within the request timeout",
     ErrorCode.OUTCOME_UNKNOWN: "the bank's answer is not known yet; retry the same request",

@@ -47,6 +47,8 @@ class ErrorCode(enum.IntEnum):
     REFUND_EXCEEDS_CAPTURED = 504
     NO_ROUTE = 505
     ACCOUNT_UNKNOWN = 506
+    CARD_EXPIRED = 507
+    CURRENCY_NOT_SUPPORTED = 508
     # 6xx: upstream.
     BANK_UNAVAILABLE = 600
     TIMEOUT = 601

@@ -6,6 +6,7 @@ recognise them. Amounts are integer minor units of an ISO 4217 currency; never f
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 from typing import Any
 
@@ -169,6 +170,12 @@ def luhn_valid(number: str) -> bool:
                 d -= 9
         total += d
     return total % 10 == 0
+
+
+def card_expired(exp_month: int, exp_year: int, today: dt.date) -> bool:
+    """A card is valid through the last day of its expiry month (``today`` is the issuer's
+    date, UTC): 11/2026 is still good on 30 November 2026 and expired on 1 December."""
+    return (exp_year, exp_month) < (today.year, today.month)
 
 
 def mask_card(number: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import itertools
 import random
@@ -14,7 +15,7 @@ from typing import Any
 
 from gateway.client import Card
 from gateway.config import WebhookConfig
-from gateway.webhooks.dispatcher import retry_delay_s
+from gateway.webhooks.dispatcher import redeliver, retry_delay_s
 from protocol.signing import verify_webhook_signature
 from tests.deploy import KEYS, RICH, deployment
 from tests.receiver import Receiver
@@ -41,10 +42,10 @@ def test_retry_delays_grow_within_jittered_bands() -> None:
 
 
 async def test_deliveries_are_signed_and_verifiable(tmp_path: Path) -> None:
-    rx = await Receiver(KEYS).start()
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()
     try:
         with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1")},
-                        hub_overrides={"webhooks": FAST}) as dep:
+                        hub_overrides={"webhooks": rx.trusted(FAST)}) as dep:
             async with dep.client() as c:
                 await c.charge("wh-card", 150_000, card=card())
                 await c.refund("wh-card", "r1", 50_000)
@@ -79,7 +80,7 @@ async def test_deliveries_are_signed_and_verifiable(tmp_path: Path) -> None:
 
 async def test_503_three_times_then_delivered_then_dead_letter_and_redeliver(
         tmp_path: Path) -> None:
-    rx = await Receiver(KEYS).start()
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()
     failures = {"first": 3}
     mode = {"M2": 503}
 
@@ -93,7 +94,7 @@ async def test_503_three_times_then_delivered_then_dead_letter_and_redeliver(
     try:
         with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1"),
                                                              "M2": rx.url("M2")},
-                        hub_overrides={"webhooks": FAST}) as dep:
+                        hub_overrides={"webhooks": rx.trusted(FAST)}) as dep:
             async with dep.client("M1") as c1, dep.client("M2") as c2:
                 await c1.charge("retry-1", 10_000, card=card(1))
                 await c2.charge("dead-1", 10_000, card=card(2))
@@ -129,7 +130,7 @@ async def test_503_three_times_then_delivered_then_dead_letter_and_redeliver(
 
 async def test_sigkill_with_pending_notifications_then_all_delivered_in_order(
         tmp_path: Path) -> None:
-    rx = await Receiver(KEYS).start()
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()
     up = {"ok": False}
 
     async def flaky(merchant: str, body: dict[str, Any], attempt: int) -> int:
@@ -139,7 +140,7 @@ async def test_sigkill_with_pending_notifications_then_all_delivered_in_order(
     slow_retries = WebhookConfig(time_scale=0.001, poll_interval_s=0.02)
     try:
         with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1")},
-                        hub_overrides={"webhooks": slow_retries}) as dep:
+                        hub_overrides={"webhooks": rx.trusted(slow_retries)}) as dep:
             async with dep.client() as c:
                 for i in range(8):
                     oid = f"kill-{i}"
@@ -170,7 +171,7 @@ async def test_sigkill_with_pending_notifications_then_all_delivered_in_order(
 
 
 async def test_slow_receiver_of_one_merchant_does_not_delay_another(tmp_path: Path) -> None:
-    rx = await Receiver(KEYS).start()
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()
     release = asyncio.Event()
 
     async def stuck(merchant: str, body: dict[str, Any], attempt: int) -> int:
@@ -181,7 +182,7 @@ async def test_slow_receiver_of_one_merchant_does_not_delay_another(tmp_path: Pa
     try:
         with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1"),
                                                              "M2": rx.url("M2")},
-                        hub_overrides={"webhooks": FAST}) as dep:
+                        hub_overrides={"webhooks": rx.trusted(FAST)}) as dep:
             async with dep.client("M1") as c1, dep.client("M2") as c2:
                 for i in range(12):  # more than M1's 8 delivery slots
                     await c1.charge(f"slow-{i}", 1_000, card=card(i))
@@ -199,53 +200,121 @@ async def test_slow_receiver_of_one_merchant_does_not_delay_another(tmp_path: Pa
         await rx.stop()
 
 
-async def test_4xx_gets_a_few_attempts_and_only_307_308_are_followed(tmp_path: Path) -> None:
+async def test_4xx_and_every_3xx_get_a_few_attempts_and_no_redirect_is_followed(
+        tmp_path: Path) -> None:
+    """Issue 11 item 7: an HTTPS receiver answering 307 to ``http://`` must not get the body
+    and its signature re-posted in clear; no redirect is followed, even one staying on HTTPS;
+    a 3xx is a failed attempt (few retries, like a 4xx), then dead-lettered."""
     from aiohttp import web
 
-    rx = await Receiver(KEYS).start()
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()
     seen: list[str] = []
+    in_clear: list[str] = []
+
+    async def cleartext(request: web.Request) -> web.StreamResponse:
+        in_clear.append(request.path)
+        return web.Response(status=200)
+
+    plain_app = web.Application()
+    plain_app.router.add_post("/{tail:.*}", cleartext)
+    plain_runner = web.AppRunner(plain_app)
+    await plain_runner.setup()
+    plain_site = web.TCPSite(plain_runner, "127.0.0.1", 0)
+    await plain_site.start()
+    plain = f"http://127.0.0.1:{plain_site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
 
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.path)
         if request.path == "/gone":
             return web.Response(status=404)
+        if request.path == "/to-clear":
+            return web.Response(status=307, headers={"Location": plain + "/stolen"})
         if request.path == "/moved":
-            return web.Response(status=307, headers={"Location": "/final"})
+            return web.Response(status=308, headers={"Location": "/final"})
         if request.path == "/old":
             return web.Response(status=301, headers={"Location": "/final"})
-        assert (await request.read()).startswith(b"{")  # the same body after a 307
         return web.Response(status=200)
 
     app = web.Application()
     app.router.add_post("/{tail:.*}", handler)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=rx.ssl_ctx)
     await site.start()
-    base = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    attempts_max = FAST.client_error_attempts_max
     try:
-        for path in ("/gone", "/moved", "/old"):
+        for path in ("/gone", "/to-clear", "/moved", "/old"):
             seen.clear()
             with deployment(tmp_path / path.strip("/"), bca_nodes=1,
                             webhook_urls={"M1": base + path},
-                            hub_overrides={"webhooks": FAST}) as dep:
+                            hub_overrides={"webhooks": rx.trusted(FAST)}) as dep:
                 async with dep.client() as c:
                     await c.charge("redirect-1", 1_000, card=card(0))
-                for _ in range(100):
-                    rows = dep.ledger_sql("SELECT state, attempts FROM webhooks")
+                for _ in range(400):
+                    rows = dep.ledger_sql("SELECT state, attempts, last_error FROM webhooks")
                     if rows and rows[0][0] != "pending":
                         break
                     await asyncio.sleep(0.05)
-            if path == "/gone":
-                assert rows[0] == ("dead", FAST.client_error_attempts_max)
-                assert seen == ["/gone"] * FAST.client_error_attempts_max
-            elif path == "/moved":
-                assert rows[0] == ("delivered", 1) and seen == ["/moved", "/final"]
-            else:
-                assert rows[0][0] == "dead" and "/final" not in seen
+            assert rows[0][:2] == ("dead", attempts_max), (path, rows)
+            assert seen == [path] * attempts_max, (path, seen)
+            if path != "/gone":
+                assert "redirect not followed" in rows[0][2], rows
+        assert in_clear == []  # nothing ever reached the plain-HTTP receiver
     finally:
         await runner.cleanup()
+        await plain_runner.cleanup()
         await rx.stop()
+
+
+async def test_plain_http_url_queued_by_an_older_configuration_is_not_sent(
+        tmp_path: Path) -> None:
+    """A row written while plain HTTP was allowed (lab opt-in) is refused at delivery once
+    the opt-in is off: dead-lettered without a request."""
+    from aiohttp import web
+
+    got: list[str] = []
+
+    async def cleartext(request: web.Request) -> web.StreamResponse:
+        got.append(request.path)
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", cleartext)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    # Real-time retry delays: the 503 leaves the row pending for a while, untouched.
+    lab = dataclasses.replace(FAST, time_scale=1.0, allow_plain_http_loopback=True)
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": url},
+                        hub_overrides={"webhooks": lab}) as dep:
+            async with dep.client() as c:
+                await c.charge("lab-1", 1_000, card=card(0))
+            for _ in range(400):  # the lab receiver got it (and answered 503: still pending)
+                if got:
+                    break
+                await asyncio.sleep(0.05)
+            assert got == ["/hook"]
+            assert dep.hub is not None and dep.hub_cfg is not None
+            dep.hub.terminate()
+            # Restart with the opt-in off. The merchant's URL is no longer accepted at load,
+            # so the merchant now has an HTTPS URL; the queued row still names the old one.
+            dep.hub_cfg.webhooks = FAST
+            dep.hub_cfg.merchants[0].webhook_url = "https://127.0.0.1:9/unused"
+            assert redeliver(dep.workdir / "ledger.db", [1]) == 1  # due now, as an operator would
+            dep.start_hub()
+            for _ in range(400):
+                rows = dep.ledger_sql("SELECT state, last_error FROM webhooks")
+                if rows and rows[0][0] == "dead":
+                    break
+                await asyncio.sleep(0.05)
+        assert rows[0][0] == "dead" and "plain HTTP" in rows[0][1], rows
+        assert got == ["/hook"]  # nothing more was sent in clear
+    finally:
+        await runner.cleanup()
 
 
 async def test_https_delivery_verifies_the_receiver_certificate(tmp_path: Path) -> None:

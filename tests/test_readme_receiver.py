@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.webhooks.payload import notification_body
-from protocol.signing import webhook_signature_header
+from protocol.signing import signature_key, webhook_signature_header
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -51,6 +52,16 @@ async def test_readme_receiver_accepts_genuine_and_refuses_forged() -> None:
 
             now = int(time.time())
             assert await post(body, webhook_signature_header(key.encode(), now, body)) == 200
+            # A capture edited into a refund keeps a valid signature_key (it does not cover
+            # transaction_status): only the HMAC over the exact body catches it.
+            as_refund = body.replace(b'"transaction_status":"capture"',
+                                     b'"transaction_status":"refund"')
+            assert as_refund != body
+            edited = json.loads(as_refund)
+            assert edited["signature_key"] == signature_key(
+                edited["order_id"], edited["status_code"], edited["gross_amount"], key)
+            assert await post(as_refund, webhook_signature_header(key.encode(), now, body)) \
+                == 401
             forged = body.replace(b"capture", b"settled")
             assert await post(forged, webhook_signature_header(key.encode(), now, body)) == 401
             assert await post(body, webhook_signature_header(b"wrong", now, body)) == 401

@@ -96,7 +96,8 @@ class BankNode:
         self.cfg = cfg
         self.key = secret_keys.load_link_key(cfg.secrets_file, cfg.link_key)
         self.store = BankStore(cfg.store_path, cfg.accounts, synchronous=cfg.store_synchronous,
-                               va_prefix=cfg.va_prefix)
+                               va_prefix=cfg.va_prefix, currency=cfg.currency,
+                               account_currencies=cfg.account_currencies)
         self.sessions: set[BankSession] = set()
         self.rng = random.Random(cfg.seed)
         self.latency_ms = cfg.latency_ms

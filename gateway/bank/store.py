@@ -16,6 +16,7 @@ the audit reads to find duplicated effects.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import hashlib
 import sqlite3
@@ -28,6 +29,7 @@ from gateway.storage.groupcommit import GroupCommitWriter, execute, execute_many
 from gateway.transactions.model import now_ms
 from protocol import banklink
 from protocol.errors import ErrorCode
+from protocol.operations import card_expired
 
 SETTLEMENT = "settlement"
 PAYER = "payer"
@@ -35,7 +37,8 @@ PAYER_OPENING_DEFAULT = 10**15
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, balance INTEGER NOT NULL,
-                                     held INTEGER NOT NULL, opening INTEGER NOT NULL);
+                                     held INTEGER NOT NULL, opening INTEGER NOT NULL,
+                                     currency TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS ops (op_id TEXT PRIMARY KEY, result BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS holds (transaction_id TEXT PRIMARY KEY, account TEXT NOT NULL,
     amount INTEGER NOT NULL, state TEXT NOT NULL, captured INTEGER NOT NULL,
@@ -50,7 +53,16 @@ CREATE TABLE IF NOT EXISTS effects (seq INTEGER PRIMARY KEY AUTOINCREMENT,
     delta INTEGER NOT NULL, kind TEXT NOT NULL);
 """
 
+# Version 2 added ``accounts.currency``. Books of version 1 (no column) are migrated when a
+# node opens them: their accounts get the bank's declared currency, the only one such books
+# were ever debited in by intent.
+BOOKS_VERSION = 2
+
 Result = dict[str, Any]
+
+
+class BooksError(Exception):
+    """The books disagree with the node's configuration (refuse to start, say why)."""
 
 
 def _pack(obj: Any) -> bytes:
@@ -98,20 +110,37 @@ class BankStore:
     """Runs bank operations against the shared books; every call returns a future."""
 
     def __init__(self, path: Path, opening: dict[str, int], *, synchronous: str = "FULL",
-                 va_prefix: str = "8808") -> None:
+                 va_prefix: str = "8808", currency: str = "IDR",
+                 account_currencies: dict[str, str] | None = None) -> None:
         self.path = path
         self.opening = dict(opening)
         self.opening.setdefault(SETTLEMENT, 0)
         self.opening.setdefault(PAYER, PAYER_OPENING_DEFAULT)
         self.va_prefix = va_prefix
+        self.currency = currency
+        self.account_currencies = dict(account_currencies or {})
         self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous)
+
+    def account_currency(self, account: str) -> str:
+        return self.account_currencies.get(account, self.currency)
 
     async def start(self) -> None:
         await self.writer.start()
-        rows = [(k, v, v) for k, v in self.opening.items()]
+        await self.writer.submit(_migrate, self.currency)
+        rows = [(k, v, v, self.account_currency(k)) for k, v in self.opening.items()]
         await self.writer.submit(
-            execute_many,
-            "INSERT OR IGNORE INTO accounts (id, balance, held, opening) VALUES (?,?,0,?)", rows)
+            execute_many, "INSERT OR IGNORE INTO accounts (id, balance, held, opening, currency) "
+            "VALUES (?,?,0,?,?)", rows)
+        stored: dict[str, str] = await self.writer.submit(_account_currencies)
+        wrong = {k: v for k, v in stored.items()
+                 if k in self.opening and v != self.account_currency(k)}
+        if wrong:
+            # An account's currency is fixed when it is opened: a changed setting would
+            # silently debit old balances in another unit.
+            raise BooksError(f"{self.path}: accounts held in another currency than configured: "
+                             + ", ".join(f"{k} is {v}, configured "
+                                         f"{self.account_currency(k)}"
+                                         for k, v in sorted(wrong.items())))
 
     async def close(self) -> None:
         await self.writer.close()
@@ -124,7 +153,8 @@ class BankStore:
     def apply(self, op: str, args: dict[str, Any]) -> asyncio.Future[Result]:
         handler = _HANDLERS[op]
         if op == banklink.OPEN_PAYMENT:
-            handler = functools.partial(_open_payment, va_prefix=self.va_prefix)
+            handler = functools.partial(_open_payment, va_prefix=self.va_prefix,
+                                        currency=self.currency)
         return self.writer.submit(_dedup, op, args, handler)
 
     def pay(self, txid: str | None = None, number: str | None = None) -> asyncio.Future[Result]:
@@ -166,6 +196,24 @@ def _payments(conn: sqlite3.Connection) -> dict[str, Result]:
         "SELECT transaction_id, number, status, amount FROM payments")}
 
 
+def _migrate(conn: sqlite3.Connection, currency: str) -> None:
+    """Bring books of an older version to ``BOOKS_VERSION``; a no-op on current ones."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version > BOOKS_VERSION:
+        raise BooksError(f"books version {version} is newer than this node's "
+                         f"({BOOKS_VERSION}); upgrade the node")
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(accounts)")}
+    if "currency" not in columns:
+        conn.execute("ALTER TABLE accounts ADD COLUMN currency TEXT NOT NULL DEFAULT ''")
+    conn.execute("UPDATE accounts SET currency = ? WHERE currency = ''", (currency,))
+    if version != BOOKS_VERSION:
+        conn.execute(f"PRAGMA user_version = {BOOKS_VERSION}")
+
+
+def _account_currencies(conn: sqlite3.Connection) -> dict[str, str]:
+    return {r[0]: r[1] for r in conn.execute("SELECT id, currency FROM accounts")}
+
+
 def _dedup(conn: sqlite3.Connection, op: str, args: dict[str, Any], handler: Any) -> Result:
     """The first answer under an op id is the only answer: a repeat gets it back unchanged."""
     if op != banklink.INQUIRY:
@@ -177,11 +225,24 @@ def _dedup(conn: sqlite3.Connection, op: str, args: dict[str, Any], handler: Any
 
 
 def _authorize(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
+    """The issuer's checks, in the order a card network applies them: the account exists,
+    the card has not expired, the account is in the charge's currency (an amount is an
+    integer of minor units of *that* currency: debiting it from an account in another would
+    move a different sum), then funds."""
     txid, op_id, amount, account = a["transaction_id"], a["op_id"], a["amount"], a["account"]
-    row = conn.execute("SELECT balance, held FROM accounts WHERE id = ?", (account,)).fetchone()
+    row = conn.execute("SELECT balance, held, currency FROM accounts WHERE id = ?",
+                       (account,)).fetchone()
     if row is None or account in (SETTLEMENT, PAYER):
         return _record(conn, op_id, {"approved": False, "code": int(ErrorCode.ACCOUNT_UNKNOWN),
                                      "reason": "card account unknown to the issuer"})
+    if card_expired(a["exp_month"], a["exp_year"], dt.datetime.now(dt.UTC).date()):
+        return _record(conn, op_id, {
+            "approved": False, "code": int(ErrorCode.CARD_EXPIRED),
+            "reason": f"card expired ({a['exp_month']:02d}/{a['exp_year']})"})
+    if a["currency"] != row[2]:
+        return _record(conn, op_id, {
+            "approved": False, "code": int(ErrorCode.CURRENCY_NOT_SUPPORTED),
+            "reason": f"card account is in {row[2]}, not {a['currency']}"})
     if row[0] - row[1] < amount:
         return _record(conn, op_id, {"approved": False, "code": int(ErrorCode.INSUFFICIENT_FUNDS),
                                      "reason": "insufficient funds"})
@@ -283,9 +344,14 @@ def _inquiry(conn: sqlite3.Connection, a: dict[str, Any]) -> Result:
     return {"found": row is not None, "result": msgpack.unpackb(row[0]) if row else None}
 
 
-def _open_payment(conn: sqlite3.Connection, a: dict[str, Any], va_prefix: str = "8808"
-                  ) -> Result:
+def _open_payment(conn: sqlite3.Connection, a: dict[str, Any], va_prefix: str = "8808",
+                  currency: str = "IDR") -> Result:
     txid, op_id = a["transaction_id"], a["op_id"]
+    if a["currency"] != currency:
+        # The customer pays from ``payer`` into ``settlement``, both in the bank's currency.
+        return _record(conn, op_id, {
+            "ok": False, "code": int(ErrorCode.CURRENCY_NOT_SUPPORTED),
+            "reason": f"bank accepts payments in {currency}, not {a['currency']}"})
     digest = int(hashlib.sha256(txid.encode()).hexdigest(), 16)
     if a["kind"] == "va":
         number = va_prefix + f"{digest % 10**12:012d}"

@@ -30,7 +30,7 @@ from gateway.transactions import states
 from gateway.transactions.model import Transaction, card_brand, now_ms, now_us, time_ordered_id
 from protocol import banklink
 from protocol import body as bodycodec
-from protocol.errors import ErrorCode, PaywireError
+from protocol.errors import BodyError, ErrorCode, PaywireError
 from protocol.operations import (
     EXPIRY_S_MAX,
     FraudStatus,
@@ -76,6 +76,7 @@ class TransactionService:
         self.cfg = cfg
         self.fraud = fraud
         self.merchants = {m.id: m for m in cfg.merchants}
+        self.currencies = frozenset(cfg.currencies)
         self.ledger = ledger
         self.pools = pools
         self.router = router
@@ -189,6 +190,10 @@ class TransactionService:
                 await self._resolve(existing)
                 existing = self.cache[key]
             return self._replay(existing, req_hash)
+        if args["currency"] not in self.currencies:
+            raise BodyError(f"args.currency: {args['currency']!r} is not a currency this hub "
+                            f"accepts ({', '.join(self.cfg.currencies)})",
+                            code=ErrorCode.INVALID_FIELD, field="args.currency")
         ptype = args["payment_type"]
         txid = time_ordered_id()
         created = now_ms()
@@ -240,10 +245,13 @@ class TransactionService:
                          "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
         assert tx.bank is not None
         with self.pools[tx.bank].slot():
-            return await self._charge_at_bank(key, tx, op, bank_args, number, req_hash)
+            card_args = None if number is None else {
+                "account": number, "exp_month": args["card"]["exp_month"],
+                "exp_year": args["card"]["exp_year"]}
+            return await self._charge_at_bank(key, tx, op, bank_args, card_args, req_hash)
 
     async def _charge_at_bank(self, key: Key, tx: Transaction, op: str,
-                              bank_args: dict[str, Any], number: str | None,
+                              bank_args: dict[str, Any], card_args: dict[str, Any] | None,
                               req_hash: bytes) -> tuple[dict[str, Any], bool]:
         tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
         stored = await self.ledger.insert_new(tx)
@@ -256,8 +264,9 @@ class TransactionService:
             return self._replay(stored, req_hash)
         tx.hops_us["intent_committed"] = now_us()
         self.publish(tx)
-        if number is not None:
-            bank_args = {**bank_args, "account": number}
+        if card_args is not None:
+            # Card details go to the issuer only; the intent on disk holds none of them.
+            bank_args = {**bank_args, **card_args}
         work = clone(tx)
         try:
             result = await self._call_bank(work, op, bank_args)
@@ -353,6 +362,7 @@ class TransactionService:
                 tx.va_number = result["number"]
                 tx.updated_ms = now_ms()
             else:
+                tx.decline_reason = result.get("reason")
                 tx.set_status(S.FAILURE)
         elif op == banklink.CAPTURE:
             if result.get("ok"):

@@ -16,7 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from gateway import tls
-from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
 from protocol import messages
@@ -47,10 +47,16 @@ class MerchantSession(FramedProtocol):
         self.goaway_sent = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        # Pushed events: the last seq sent, and live events held while replaying the past.
+        # Pushed events: the last seq sent; while replaying the past from the ledger, live
+        # events are not pushed (the replay reads them from the ledger when it gets there).
         self.events_sent_seq = 0
         self.replaying = False
-        self._held: list[tuple[int, bytes]] = []
+        # Set while the transport accepts writes; the replay waits on it (backpressure).
+        self._writable = asyncio.Event()
+        self._writable.set()
+        # The most bytes ever buffered for this connection right after an event was queued
+        # (telemetry, and what the backpressure test observes).
+        self.event_buffer_bytes_peak = 0
 
     def on_connected(self) -> None:
         assert self.transport is not None
@@ -198,45 +204,95 @@ class MerchantSession(FramedProtocol):
         return super().wants_reading() and self.in_flight < self.in_flight_max
 
     # --- pushed events ------------------------------------------------------------------------
+    def event_buffered_bytes(self) -> int:
+        """Bytes queued for this connection and not yet handed to the kernel: gathered output
+        plus the (TLS) transport's write buffer."""
+        if self.transport is None:
+            return 0
+        return self._out_bytes + self.transport.get_write_buffer_size()
+
+    def _event_queued(self, frame: bytes) -> None:
+        self.send(frame)
+        self.event_buffer_bytes_peak = max(self.event_buffer_bytes_peak,
+                                           self.event_buffered_bytes())
+
     def push_event(self, seq: int, frame: bytes) -> None:
         if self.replaying:
-            self._held.append((seq, frame))
-            if len(self._held) > self.cfg.event_replay_batch_max * 10:
-                self.fail(ErrorCode.QUEUE_FULL, "too many events while replaying; "
-                          "resume with events_since")
-            return
+            return  # committed already: the replay reads it from the ledger
         if seq <= self.events_sent_seq:
             return  # already sent during the replay
         if self.transport is not None and \
-                self.transport.get_write_buffer_size() > self.cfg.event_buffer_bytes_max:
+                self.event_buffered_bytes() + len(frame) > self.cfg.event_buffer_bytes_max:
             # A consumer this slow would make us buffer without bound: drop it; it resumes
             # from its last seq and loses nothing.
             self.fail(ErrorCode.QUEUE_FULL, "event consumer too slow; resume with events_since")
             return
         self.events_sent_seq = seq
-        self.send(frame)
+        self._event_queued(frame)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._writable.set()
+
+    async def _room_for(self, frame_bytes: int) -> bool:
+        """Wait until ``frame_bytes`` more fit in ``event_buffer_bytes_max``; ``False`` if the
+        connection closed meanwhile.
+
+        The transport's high-water mark is at most half the bound (``_replay_events``), so
+        while writing is not paused at least half the bound is free: one event fits unless
+        it alone is larger than that, and then it is sent once nothing else is queued ahead
+        of it beyond the high-water mark (progress over a tighter bound)."""
+        bound = self.cfg.event_buffer_bytes_max
+        while True:
+            if self.transport is None or self.transport.is_closing() or self.closed.done():
+                return False
+            if self.event_buffered_bytes() + frame_bytes <= bound and not self.writing_paused:
+                return True
+            self.flush_now()  # hand gathered output over so the transport's flow control sees it
+            if not self.writing_paused:
+                return not (self.transport.is_closing() or self.closed.done())
+            writable = self.loop.create_task(self._writable.wait())
+            try:
+                await asyncio.wait((writable, self.closed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                writable.cancel()
 
     async def _replay_events(self, since: int) -> None:
         """Send the stored events after ``since``, then switch to live ones without a gap
-        or a duplicate (live events that arrive meanwhile are held and merged by seq)."""
-        assert self.merchant_id is not None
+        or a duplicate.
+
+        Backpressure: each event waits for room in the same per-connection bound as live
+        events (``event_buffer_bytes_max``), so a subscriber that asks for its whole history
+        and does not read costs one ledger batch and that bound, never the history. Live
+        events are not held meanwhile (they are in the ledger before they are pushed); the
+        replay keeps reading until it has sent everything up to the merchant's latest seq,
+        and switches to live in the same step as that check, so nothing falls between."""
+        assert self.merchant_id is not None and self.transport is not None
+        high = max(1, min(WRITE_BUFFER_HIGH_BYTES, self.cfg.event_buffer_bytes_max // 2))
+        self.transport.set_write_buffer_limits(high, high // 4)
         batch = self.cfg.event_replay_batch_max
         try:
             while self.transport is not None and not self.transport.is_closing():
                 rows = await self.hub.ledger.events_after(self.merchant_id,
                                                           self.events_sent_seq, batch)
                 for seq, data in rows:
-                    self.send(self.hub.event_frame(self.merchant_id, seq,
-                                                   bodycodec.unpack(data)))
+                    if seq <= self.events_sent_seq:
+                        continue
+                    frame = self.hub.event_frame(self.merchant_id, seq,
+                                                 bodycodec.unpack(data))
+                    if not await self._room_for(len(frame)):
+                        return
                     self.events_sent_seq = seq
-                if len(rows) < batch:
-                    break
-                await asyncio.sleep(0)  # let the writes drain between batches
+                    self._event_queued(frame)
+                if len(rows) < batch and \
+                        self.events_sent_seq >= self.hub.event_seq.get(self.merchant_id, 0):
+                    break  # caught up: from here on, live events are pushed
         finally:
             self.replaying = False
-            held, self._held = self._held, []
-            for seq, frame in sorted(held):
-                self.push_event(seq, frame)
 
     # --- shutdown ------------------------------------------------------------------------
     def send_goaway(self) -> None:

@@ -9,9 +9,12 @@ Per transaction only the oldest pending row is eligible, so a merchant sees ``pe
 before ``settlement``. Each merchant has its own concurrency bound: a slow endpoint fills
 only its own slots and never delays other merchants.
 
-Answers, in the spirit of Midtrans: 2xx delivered; 307/308 followed (same method and body);
-5xx, timeouts and connection errors retried on the schedule; 4xx and other redirects retried
-only ``client_error_attempts_max`` times; then the row is dead-lettered.
+Answers, in the spirit of Midtrans: 2xx delivered; 5xx, timeouts and connection errors
+retried on the schedule; 4xx and every 3xx retried only ``client_error_attempts_max`` times;
+then the row is dead-lettered. Redirects are never followed: a 307 from an HTTPS endpoint to
+``http://`` (or to another host) would re-post the body and its signature header where the
+merchant never configured, possibly in clear. A URL that is not allowed (plain HTTP without
+the loopback opt-in) is dead-lettered without a request.
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ import ssl
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin
 
 import aiohttp
 
-from gateway.config import WebhookConfig
+from gateway.config import WebhookConfig, webhook_url_problem
 from gateway.ledger.base import Ledger
 from gateway.storage.groupcommit import execute
 from gateway.transactions.model import now_ms
@@ -39,6 +41,7 @@ from protocol.signing import webhook_signature_header
 log = logging.getLogger("paywire.webhooks")
 
 DUE_BATCH_MAX = 500
+LOCATION_LOGGED_CHARS_MAX = 200
 _DUE = """
 SELECT id, merchant_id, transaction_id, event_id, url, body, attempts FROM webhooks w
 WHERE state = 'pending' AND next_attempt_ms <= ?
@@ -167,20 +170,23 @@ class WebhookDispatcher:
                    SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
                    "X-Paywire-Attempt": str(attempt), "User-Agent": "paywire-webhooks/0.1"}
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
+        # Rows keep the URL of the configuration they were written under: check it again.
+        problem = webhook_url_problem(url, self.cfg.allow_plain_http_loopback)
+        if problem is not None:
+            return "refused", f"not sent: {problem}"[:300]
         try:
-            for _ in range(self.cfg.redirects_max + 1):
-                async with self._session.post(url, data=body, headers=headers, timeout=timeout,
-                                              allow_redirects=False) as resp:
-                    await resp.read()
-                    if 200 <= resp.status < 300:
-                        return "delivered", None
-                    location = resp.headers.get("Location")
-                    if resp.status in (307, 308) and location:
-                        url = urljoin(url, location)
-                        continue
-                    kind = "server" if resp.status >= 500 else "client"
-                    return kind, f"HTTP {resp.status}"
-            return "client", "too many redirects"
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout,
+                                          allow_redirects=False) as resp:
+                await resp.read()
+                if 200 <= resp.status < 300:
+                    return "delivered", None
+                if 300 <= resp.status < 400:
+                    location = resp.headers.get("Location", "")[:LOCATION_LOGGED_CHARS_MAX]
+                    log.warning("webhook to %s answered %d (Location %r): redirects are not "
+                                "followed", url, resp.status, location)
+                    return "client", f"HTTP {resp.status} redirect not followed: {location}"
+                kind = "server" if resp.status >= 500 else "client"
+                return kind, f"HTTP {resp.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return "network", f"{type(exc).__name__}: {exc}"[:300]
 
@@ -193,7 +199,7 @@ class WebhookDispatcher:
                            "last_error=NULL WHERE id=?", (attempts, now, wid))
         else:
             self.failed_attempts += 1
-            retries_left = attempts <= len(self.cfg.retry_schedule_s)
+            retries_left = attempts <= len(self.cfg.retry_schedule_s) and outcome != "refused"
             if outcome == "client" and attempts >= self.cfg.client_error_attempts_max:
                 retries_left = False
             if retries_left:
