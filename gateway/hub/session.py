@@ -152,24 +152,29 @@ class MerchantSession(FramedProtocol):
         except PaywireError as exc:
             self.respond_error(rid, exc)
             return
-        if op is Operation.STATUS:
-            tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
+        service = self.hub.service
+        key = (self.merchant_id, args["order_id"])
+        if op is Operation.STATUS and not service.busy(key):
+            tx = service.cache.get(key)
             if tx is not None and tx.pending_op is None:  # the common case: no task
                 self.send(messages.encode_response(rid, tx.to_result()))
                 return
+        # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
+        after_earlier = service.admit(key)
         self.in_flight += 1
         if self.in_flight >= self.in_flight_max:
             self._update_reading()
-        task = self.loop.create_task(self._serve(rid, op, args, received_us))
+        task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _t: service.finished(key))
 
     async def _serve(self, rid: int, op: Operation, args: dict[str, Any],
-                     received_us: int) -> None:
+                     received_us: int, after_earlier: bool = False) -> None:
         assert self.merchant_id is not None
         try:
-            result, replayed = await self.hub.service.execute(self.merchant_id, op, args,
-                                                              received_us)
+            result, replayed = await self.hub.service.execute(
+                self.merchant_id, op, args, received_us, after_earlier=after_earlier)
             self.respond(rid, result, replayed)
             if not replayed:
                 # Telemetry only: kept in memory (``status`` shows it) and written with the
