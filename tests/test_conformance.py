@@ -95,3 +95,76 @@ async def test_status_with_nothing_queued_is_answered_at_once(dep: Deployment) -
     raw.send(signed("M1", 2, "status", {"order_id": oid}))
     assert outcome((await answers(raw, 1))[2]) == "capture"
     raw.close()
+
+
+# --- item 16: HELLO errors, one rule on the hub and on bank nodes ----------------------------
+def _hello(role_: str, identity_: str, changes: dict[str, Any]) -> dict[str, Any]:
+    body: dict[str, Any] = {"versions": [1], "role": role_, "identity": identity_}
+    for k, v in changes.items():
+        if v is _DROP:
+            body.pop(k)
+        else:
+            body[k] = v
+    return body
+
+
+_DROP = object()
+HELLO_VIOLATIONS: list[tuple[str, dict[str, Any], ErrorCode, str | None]] = [
+    ("unknown field", {"bogus": 1}, ErrorCode.INVALID_FIELD, "bogus"),
+    ("missing identity", {"identity": _DROP}, ErrorCode.INVALID_FIELD, "identity"),
+    ("missing versions", {"versions": _DROP}, ErrorCode.INVALID_FIELD, "versions"),
+    ("empty versions", {"versions": []}, ErrorCode.INVALID_FIELD, "versions"),
+    ("versions not an array", {"versions": 1}, ErrorCode.INVALID_FIELD, "versions"),
+    ("version out of range", {"versions": [0]}, ErrorCode.INVALID_FIELD, "versions[0]"),
+    ("body_bytes_max too small", {"body_bytes_max": 1023}, ErrorCode.INVALID_FIELD,
+     "body_bytes_max"),
+    ("body_bytes_max too large", {"body_bytes_max": 4_194_305}, ErrorCode.INVALID_FIELD,
+     "body_bytes_max"),
+    ("in_flight_max zero", {"in_flight_max": 0}, ErrorCode.INVALID_FIELD, "in_flight_max"),
+    ("role of the wrong type", {"role": 1}, ErrorCode.INVALID_FIELD, "role"),
+    ("subscribe_events an int", {"subscribe_events": 1}, ErrorCode.INVALID_FIELD,
+     "subscribe_events"),
+    ("resume_token a string", {"resume_token": "x"}, ErrorCode.INVALID_FIELD, "resume_token"),
+    ("no common version", {"versions": [2, 3]}, ErrorCode.UNSUPPORTED_VERSION, "versions"),
+    ("identity not the certificate's", {"identity": "someone-else"}, ErrorCode.FORBIDDEN,
+     "identity"),
+]
+
+
+async def _hello_outcome(raw: Raw, body: bytes) -> tuple[ErrorCode, dict[str, Any]]:
+    from protocol.frame import encode_frame
+
+    raw.send(encode_frame(FrameType.HELLO, 0, body))
+    return await raw.error_body_then_close()
+
+
+@pytest.mark.parametrize("node", ["hub", "bank"])
+@pytest.mark.parametrize(("case", "changes", "code", "field"), HELLO_VIOLATIONS,
+                         ids=[c[0] for c in HELLO_VIOLATIONS])
+async def test_hello_violation_gets_its_code_and_field(
+        dep: Deployment, node: str, case: str, changes: dict[str, Any], code: ErrorCode,
+        field: str | None) -> None:
+    from gateway import tls
+
+    if node == "hub":
+        raw = await Raw.open(dep)
+        body = _hello("merchant", "M1", changes)
+    else:
+        ctx = tls.node_client_context(dep.certs, "hub", "hub")
+        raw = await Raw.connect(dep.banks["bca"][0].port, ctx)
+        body = _hello("hub", "hub", changes)
+    got, error = await _hello_outcome(raw, bodycodec.pack(body))
+    assert (got, error.get("field")) == (code, field), error
+
+
+@pytest.mark.parametrize("node", ["hub", "bank"])
+async def test_hello_that_is_not_a_map_is_malformed_body(dep: Deployment, node: str) -> None:
+    from gateway import tls
+
+    if node == "hub":
+        raw = await Raw.open(dep)
+    else:
+        raw = await Raw.connect(dep.banks["bca"][0].port,
+                                tls.node_client_context(dep.certs, "hub", "hub"))
+    got, error = await _hello_outcome(raw, b"\x93\x01\x02\x03")
+    assert (got, error.get("field")) == (ErrorCode.MALFORMED_BODY, None)

@@ -19,9 +19,9 @@ from gateway import tls
 from gateway.net.framed import FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
-from protocol import messages
+from protocol import handshake, messages
 from protocol.connection import Side
-from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 from protocol.operations import Operation, parse_operation, validate_args
@@ -76,19 +76,18 @@ class MerchantSession(FramedProtocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         try:
-            hello = messages.decode_body(FrameType.HELLO, frame.body)
-            version = messages.negotiate_version(hello["versions"], SUPPORTED_VERSIONS)
-        except BodyError as exc:
-            code = exc.code if exc.code is ErrorCode.UNSUPPORTED_VERSION else \
-                ErrorCode.MALFORMED_BODY
-            self.fail(code, exc.message)
+            accepted = handshake.accept_hello(
+                frame.body, role=ROLE_MERCHANT, identity=self.cert_name,
+                supported_versions=SUPPORTED_VERSIONS, body_bytes_max=self.cfg.body_bytes_max,
+                in_flight_max=self.cfg.in_flight_max)
+        except PaywireError as exc:
+            self.fail(exc.code, exc.message, exc.field)
             return
+        hello, version = accepted.body, accepted.version
         merchant = self.cfg.merchant(hello["identity"])
-        if hello["role"] != ROLE_MERCHANT or hello["identity"] != self.cert_name:
-            self.fail(ErrorCode.FORBIDDEN, "HELLO identity does not match the client certificate")
-            return
         if merchant is None:
-            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}")
+            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}",
+                      "identity")
             return
         count = self.hub.connections_by_merchant.get(merchant.id, 0)
         if count >= merchant.connections_max:
@@ -97,10 +96,8 @@ class MerchantSession(FramedProtocol):
             return
         self.hub.connections_by_merchant[merchant.id] = count + 1
         self.merchant_id = merchant.id
-        body_max = min(hello.get("body_bytes_max") or self.cfg.body_bytes_max,
-                       self.cfg.body_bytes_max)
-        self.in_flight_max = min(hello.get("in_flight_max") or self.cfg.in_flight_max,
-                                 self.cfg.in_flight_max)
+        body_max = accepted.body_bytes_max
+        self.in_flight_max = accepted.in_flight_max
         self.decoder.body_bytes_max = body_max
         self.send(messages.encode_message(FrameType.WELCOME, {
             "version": version, "server": f"paywire-hub/{self.cfg.node_id}",

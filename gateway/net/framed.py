@@ -160,12 +160,12 @@ class FramedProtocol(asyncio.Protocol):
     def flush_now(self) -> None:
         self._flush()
 
-    def fail(self, code: ErrorCode, message: str) -> None:
+    def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None:
         """Send a connection-level ERROR frame and close (framing errors poison the stream)."""
         if self.transport is None or self.state.state is State.CLOSED:
             return
         log.info("closing %s: %s %s", self.peer, code.name, message)
-        self._out.append(messages.encode_error_frame(code, message))
+        self._out.append(messages.encode_error_frame(code, message, field))
         self._flush()
         self.state.close()
         self.transport.close()
