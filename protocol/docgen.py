@@ -70,6 +70,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.TOO_MANY_IN_FLIGHT: "more requests in flight than WELCOME allowed",
     ErrorCode.TOO_MANY_CONNECTIONS: "merchant over its connection limit",
     ErrorCode.QUEUE_FULL: "a bounded internal queue (ledger, bank calls) is full",
+    ErrorCode.RESPONSE_TOO_LARGE: "the result exceeds the negotiated `body_bytes_max`; "
+    "the operation's effect stands (section 2.3)",
     ErrorCode.DUPLICATE_ORDER: "order id (or refund key) reused with different content",
     ErrorCode.INVALID_TRANSITION: "operation not allowed in the transaction's status",
     ErrorCode.INSUFFICIENT_FUNDS: "bank declined for funds (bank link; merchants see `deny`)",

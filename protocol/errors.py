@@ -39,6 +39,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_IN_FLIGHT = 401
     TOO_MANY_CONNECTIONS = 402
     QUEUE_FULL = 403
+    RESPONSE_TOO_LARGE = 404
     # 5xx: business rules.
     DUPLICATE_ORDER = 500
     INVALID_TRANSITION = 501

@@ -40,13 +40,17 @@ def outcome(frame: Frame) -> Any:
     return body["transaction_status"]
 
 
-async def answers(raw: Raw, count: int, timeout_s: float = 20.0) -> dict[int, Frame]:
-    """The next ``count`` RESPONSEs by request id (responses may come in any order)."""
+async def answers(raw: Raw, count: int, timeout_s: float = 20.0,
+                  others: list[Frame] | None = None) -> dict[int, Frame]:
+    """The next ``count`` RESPONSEs by request id (responses may come in any order); other
+    frames go to ``others``."""
     got: dict[int, Frame] = {}
     while len(got) < count:
         frame = await raw.next_frame(timeout_s)
         if frame.type == FrameType.RESPONSE:
             got[frame.request_id] = frame
+        elif others is not None:
+            others.append(frame)
     return got
 
 
@@ -168,3 +172,71 @@ async def test_hello_that_is_not_a_map_is_malformed_body(dep: Deployment, node: 
                                 tls.node_client_context(dep.certs, "hub", "hub"))
     got, error = await _hello_outcome(raw, b"\x93\x01\x02\x03")
     assert (got, error.get("field")) == (ErrorCode.MALFORMED_BODY, None)
+
+
+# --- item 15: the negotiated body_bytes_max binds the hub's frames too -----------------------
+async def test_results_and_events_never_exceed_the_clients_body_limit(dep: Deployment) -> None:
+    from protocol import messages
+    from protocol.fit import TRUNCATED_EVENT_TYPE
+
+    oid = order()
+    raw = await Raw.open(dep)
+    raw.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "M1", "body_bytes_max": 1024,
+        "subscribe_events": True}))
+    welcome = await raw.next_frame()
+    assert messages.decode_body(FrameType.WELCOME, welcome.body)["body_bytes_max"] == 1024
+    raw.decoder.body_bytes_max = 1024  # a larger frame from the hub fails this test
+    events: list[Frame] = []
+    raw.send(signed("M1", 1, "charge", card_charge(oid)))
+    assert outcome((await answers(raw, 1, others=events))[1]) == "capture"
+    refunds = []
+    for i in range(6):  # six refunds with long reasons: the transaction outgrows 1 024 bytes
+        rid = 2 + i
+        args: dict[str, Any] = {"order_id": oid, "refund_key": f"k{i}", "reason": "r" * 200}
+        if i < 5:
+            args["amount"] = 100  # the sixth refunds the rest: a status change, so an event
+        raw.send(signed("M1", rid, "refund", args))
+        refunds.append(outcome((await answers(raw, 1, others=events))[rid]))
+    raw.send(signed("M1", 9, "status", {"order_id": oid}))
+    status = await answers(raw, 1, others=events)
+    assert outcome(status[9]) is ErrorCode.RESPONSE_TOO_LARGE
+    assert refunds[0] == "partial_refund"
+    assert refunds[-1] is ErrorCode.RESPONSE_TOO_LARGE
+    # Every refund happened: the effect stands, readable with a larger limit.
+    async with dep.client() as c:
+        tx = await c.status(oid)
+    assert tx.refunded_amount == 10_000 and len(tx.refunds) == 6
+    # Events: one per status change (capture, partial_refund, refund), the last too large
+    # for 1 024 bytes, so sent as its summary.
+    while sum(f.type == FrameType.EVENT for f in events) < 3:
+        events.append(await raw.next_frame())
+    bodies = [messages.decode_body(FrameType.EVENT, f.body) for f in events
+              if f.type == FrameType.EVENT]
+    mine = [b for b in bodies if b["data"].get("order_id") == oid]
+    assert [b["type"] for b in mine] == ["transaction.status", "transaction.status",
+                                         TRUNCATED_EVENT_TYPE]
+    assert [b["seq"] for b in mine] == sorted(b["seq"] for b in mine)
+    assert mine[-1]["data"] == {"transaction_id": tx.transaction_id, "order_id": oid,
+                                "transaction_status": "refund"}
+    raw.close()
+
+
+def test_every_frame_type_that_would_not_fit_has_a_stand_in_that_does() -> None:
+    from protocol import messages
+    from protocol.errors import PaywireError
+    from protocol.fit import fit_frame
+
+    limit = 1024
+    error = messages.encode_error_frame(ErrorCode.INVALID_FIELD, "é" * 1024, "args.x")
+    fitted = fit_frame(error, limit)
+    body = messages.decode_body(FrameType.ERROR, fitted[16:])
+    assert len(fitted) - 16 <= limit
+    assert (body["code"], body["field"]) == (ErrorCode.INVALID_FIELD, "args.x")
+    big = {"order_id": "o", "blob": "x" * 2000}
+    response = fit_frame(messages.encode_response(7, big), limit)
+    assert len(response) - 16 <= limit
+    assert bodycodec.unpack(response[16:])["code"] == ErrorCode.RESPONSE_TOO_LARGE
+    with pytest.raises(PaywireError) as exc:
+        fit_frame(signed("M1", 1, "status", {"order_id": "o" * 64, "x": "y" * 2000}), limit)
+    assert exc.value.code is ErrorCode.FRAME_TOO_LARGE

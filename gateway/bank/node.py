@@ -80,6 +80,7 @@ class BankSession(FramedProtocol):
             "heartbeat_interval_ms": int(self.node.cfg.heartbeat_interval_s * 1000),
             "resume_token": b"", "event_seq": 0, "server_time_ms": 0,
         }))
+        self.peer_body_bytes_max = accepted.body_bytes_max  # binds our frames too (§2.3)
         self.heartbeat = Heartbeat(self, self.node.cfg.heartbeat_interval_s)
         self.heartbeat.start()
         self.node.sessions.add(self)

@@ -107,6 +107,7 @@ class MerchantSession(FramedProtocol):
             "resume_token": os.urandom(16),
             "event_seq": self.hub.event_seq.get(merchant.id, 0), "server_time_ms": now_ms(),
         }))
+        self.peer_body_bytes_max = body_max  # binds our frames too (§2.3)
         self.heartbeat = Heartbeat(self, self.cfg.heartbeat_interval_s)
         self.heartbeat.start()
         if hello.get("subscribe_events"):

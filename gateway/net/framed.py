@@ -17,7 +17,8 @@ from protocol import messages
 from protocol.connection import ConnectionState, Side, State
 from protocol.decoder import FrameDecoder
 from protocol.errors import BodyError, ErrorCode, FrameError, PaywireError, ProtocolViolation
-from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, Frame, FrameType
+from protocol.fit import fit_frame
+from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, HEADER_BYTES, Frame, FrameType
 
 log = logging.getLogger("paywire.net")
 
@@ -44,6 +45,9 @@ class FramedProtocol(asyncio.Protocol):
         self.closed: asyncio.Future[None] = self.loop.create_future()
         self.peer: Any = None
         self.heartbeat: Heartbeat | None = None
+        # The largest body the peer accepts from us: the handshake limit, then the
+        # negotiated body_bytes_max, which binds both directions (docs/protocol.md §2.3).
+        self.peer_body_bytes_max = HANDSHAKE_BODY_BYTES_MAX
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -114,8 +118,13 @@ class FramedProtocol(asyncio.Protocol):
 
     # --- sending -------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
+        """Queue one encoded frame. A frame whose body exceeds the peer's negotiated limit
+        leaves as its documented stand-in (``protocol.fit``); a REQUEST or handshake frame
+        that does not fit raises ``PaywireError(FRAME_TOO_LARGE)`` to the caller."""
         if self.transport is None or self.state.state is State.CLOSED:
             return
+        if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
+            data = fit_frame(data, self.peer_body_bytes_max)
         self._out.append(data)
         self._out_bytes += len(data)
         if self._out_bytes >= WRITE_BUFFER_HIGH_BYTES:
@@ -146,6 +155,7 @@ class FramedProtocol(asyncio.Protocol):
             self.fail(ErrorCode.MALFORMED_BODY, exc.message)
             return None
         self.decoder.body_bytes_max = welcome["body_bytes_max"]
+        self.peer_body_bytes_max = welcome["body_bytes_max"]
         self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
         self.heartbeat.start()
         return welcome
@@ -165,7 +175,8 @@ class FramedProtocol(asyncio.Protocol):
         if self.transport is None or self.state.state is State.CLOSED:
             return
         log.info("closing %s: %s %s", self.peer, code.name, message)
-        self._out.append(messages.encode_error_frame(code, message, field))
+        self._out.append(fit_frame(messages.encode_error_frame(code, message, field),
+                                   self.peer_body_bytes_max))
         self._flush()
         self.state.close()
         self.transport.close()
