@@ -240,3 +240,150 @@ def test_every_frame_type_that_would_not_fit_has_a_stand_in_that_does() -> None:
     with pytest.raises(PaywireError) as exc:
         fit_frame(signed("M1", 1, "status", {"order_id": "o" * 64, "x": "y" * 2000}), limit)
     assert exc.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+# --- item 17: TRUNCATED_FRAME -----------------------------------------------------------------
+class BioTls:
+    """TLS over a plain asyncio stream through ``ssl.MemoryBIO``: unlike asyncio's SSL
+    transport it can send close_notify (a TLS half-close) and then keep reading."""
+
+    def __init__(self, reader: Any, writer: Any, obj: Any, inc: Any, out: Any) -> None:
+        self.reader, self.writer, self.obj, self.inc, self.out = reader, writer, obj, inc, out
+        from protocol.decoder import FrameDecoder
+
+        self.decoder = FrameDecoder(1 << 20)
+        self.frames: list[Frame] = []
+
+    @classmethod
+    async def open(cls, dep: Deployment) -> BioTls:
+        import asyncio
+        import ssl
+
+        from gateway.client import client_ssl_context
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", dep.port)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = client_ssl_context(dep.certs, "M1").wrap_bio(inc, out,
+                                                           server_hostname="127.0.0.1")
+        self = cls(reader, writer, obj, inc, out)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await self._pump()
+        self._push()
+        return self
+
+    def _push(self) -> None:
+        data = self.out.read()
+        if data:
+            self.writer.write(data)
+
+    async def _pump(self) -> None:
+        self._push()
+        data = await self.reader.read(65536)
+        if data:
+            self.inc.write(data)
+        else:
+            self.inc.write_eof()
+
+    def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        self._push()
+
+    def half_close(self) -> None:
+        import ssl
+
+        try:
+            self.obj.unwrap()  # sends close_notify; the answer's close_notify comes later
+        except ssl.SSLWantReadError:
+            pass
+        self._push()
+
+    async def next_frame(self) -> Frame:
+        import asyncio
+        import ssl
+
+        async with asyncio.timeout(10):
+            while not self.frames:
+                try:
+                    data = self.obj.read(65536)
+                except ssl.SSLWantReadError:
+                    await self._pump()
+                    continue
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    raise EOFError from None
+                if not data:
+                    raise EOFError
+                self.frames += self.decoder.feed(data)
+        return self.frames.pop(0)
+
+
+def _error_code(frame: Frame) -> ErrorCode:
+    assert frame.type == FrameType.ERROR, frame
+    return ErrorCode(bodycodec.unpack(frame.body)["code"])
+
+
+async def test_tls_half_close_mid_frame_is_answered_truncated_frame(dep: Deployment) -> None:
+    from protocol import messages
+
+    peer = await BioTls.open(dep)
+    peer.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "M1"}))
+    assert (await peer.next_frame()).type == FrameType.WELCOME
+    frame = signed("M1", 1, "status", {"order_id": "x"})
+    peer.send(frame[: len(frame) // 2])
+    peer.half_close()
+    assert _error_code(await peer.next_frame()) is ErrorCode.TRUNCATED_FRAME
+    with pytest.raises(EOFError):
+        await peer.next_frame()
+    peer.writer.close()
+
+
+async def test_tls_half_close_at_a_frame_boundary_is_no_error(dep: Deployment) -> None:
+    from protocol import messages
+
+    peer = await BioTls.open(dep)
+    peer.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "M1"}))
+    assert (await peer.next_frame()).type == FrameType.WELCOME
+    peer.half_close()
+    with pytest.raises(EOFError):
+        await peer.next_frame()
+    peer.writer.close()
+
+
+@pytest.fixture(scope="module")
+def fast_heartbeat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(tmp_path_factory.mktemp("heartbeat"), bca_nodes=1,
+                    hub_overrides={"heartbeat_interval_s": 0.3}) as d:
+        yield d
+
+
+async def test_peer_that_stalls_inside_a_frame_gets_truncated_frame(
+        fast_heartbeat: Deployment) -> None:
+    raw = await Raw.open(fast_heartbeat)
+    await raw.hello()
+    frame = signed("M1", 1, "status", {"order_id": "x"})
+    raw.send(frame[:20])  # the header and 4 body bytes, then nothing
+    while (got := await raw.next_frame(10)).type == FrameType.PING:
+        pass
+    assert _error_code(got) is ErrorCode.TRUNCATED_FRAME
+    assert await raw.closed()
+
+
+async def test_peer_that_trickles_a_frame_gets_truncated_frame(
+        fast_heartbeat: Deployment) -> None:
+    """One byte per PING keeps the peer from being silent, but the frame never completes
+    within three heartbeat intervals: TRUNCATED_FRAME, not an endless slow read."""
+    raw = await Raw.open(fast_heartbeat)
+    await raw.hello()
+    frame = signed("M1", 1, "status", {"order_id": "x"})
+    sent = 0
+    while (got := await raw.next_frame(10)).type == FrameType.PING:
+        assert sent < len(frame) - 1, "the hub waited for the whole trickled frame"
+        raw.send(frame[sent:sent + 1])
+        sent += 1
+    assert _error_code(got) is ErrorCode.TRUNCATED_FRAME
+    assert await raw.closed()

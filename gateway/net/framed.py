@@ -48,6 +48,10 @@ class FramedProtocol(asyncio.Protocol):
         # The largest body the peer accepts from us: the handshake limit, then the
         # negotiated body_bytes_max, which binds both directions (docs/protocol.md §2.3).
         self.peer_body_bytes_max = HANDSHAKE_BODY_BYTES_MAX
+        # Since when the decoder has held an incomplete frame without completing one (None:
+        # at a frame boundary). The heartbeat ends a frame left incomplete too long with
+        # TRUNCATED_FRAME (docs/protocol.md §2.4).
+        self.partial_since_s: float | None = None
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -67,6 +71,8 @@ class FramedProtocol(asyncio.Protocol):
                 self._handle(frame)
             self.fail(exc.code, exc.message)
             return
+        if frames or self.partial_since_s is None:
+            self.partial_since_s = self.last_received_s if self.decoder.buffered_bytes else None
         for frame in frames:
             if self.state.state is State.CLOSED:
                 return
@@ -90,10 +96,14 @@ class FramedProtocol(asyncio.Protocol):
         self.frame_received(frame)
 
     def eof_received(self) -> bool | None:
+        """The peer ended its sending side (TLS close_notify). TLS 1.3 still lets us write,
+        and uvloop calls this before it starts its own shutdown, so an ERROR written *now*
+        (not gathered for later) reaches a peer that is still reading (§2.4)."""
         try:
             self.decoder.eof()
         except FrameError as exc:
             log.info("peer %s closed mid-frame: %s", self.peer, exc.message)
+            self.fail(ErrorCode.TRUNCATED_FRAME, exc.message)
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -245,8 +255,16 @@ class Heartbeat:
         conn = self.conn
         if conn.state.state is State.CLOSED:
             return
-        silent_s = conn.loop.time() - conn.last_received_s
-        if silent_s >= self.interval_s * self.misses_max:
+        now_s = conn.loop.time()
+        silent_s = now_s - conn.last_received_s
+        dead_s = self.interval_s * self.misses_max
+        if conn.partial_since_s is not None and now_s - conn.partial_since_s >= dead_s:
+            # Stalled (or trickling) inside a frame: say so rather than "idle".
+            conn.fail(ErrorCode.TRUNCATED_FRAME,
+                      f"frame incomplete for {now_s - conn.partial_since_s:.1f} s "
+                      f"({conn.decoder.buffered_bytes} bytes buffered)")
+            return
+        if silent_s >= dead_s:
             conn.fail(ErrorCode.IDLE_TIMEOUT, f"peer silent for {silent_s:.1f} s")
             return
         if silent_s >= self.interval_s * 0.9:
