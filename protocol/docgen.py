@@ -58,6 +58,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.UNEXPECTED_FRAME: "frame type not allowed in the connection's state",
     ErrorCode.HANDSHAKE_TIMEOUT: "no HELLO within the hello timeout",
     ErrorCode.IDLE_TIMEOUT: "peer silent for 3 heartbeat intervals",
+    ErrorCode.DUPLICATE_REQUEST_ID: "a REQUEST reuses the id of one still in flight; "
+    "it is not executed",
     ErrorCode.MALFORMED_BODY: "body is not a msgpack map within the limits",
     ErrorCode.INVALID_FIELD: "a field is missing, of the wrong type, out of range, or unknown",
     ErrorCode.UNKNOWN_OPERATION: "`op` names no operation",

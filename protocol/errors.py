@@ -24,6 +24,7 @@ class ErrorCode(enum.IntEnum):
     UNEXPECTED_FRAME = 106
     HANDSHAKE_TIMEOUT = 107
     IDLE_TIMEOUT = 108
+    DUPLICATE_REQUEST_ID = 109
     # 2xx: one request's body. Only that request fails.
     MALFORMED_BODY = 200
     INVALID_FIELD = 201

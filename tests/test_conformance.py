@@ -387,3 +387,206 @@ async def test_peer_that_trickles_a_frame_gets_truncated_frame(
         sent += 1
     assert _error_code(got) is ErrorCode.TRUNCATED_FRAME
     assert await raw.closed()
+
+
+# --- item 18: what the spec settles -------------------------------------------------------------
+async def _fatal(raw: Raw) -> ErrorCode:
+    return await raw.error_then_close()
+
+
+async def test_request_with_request_id_zero_is_bad_frame(dep: Deployment) -> None:
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(signed("M1", 0, "status", {"order_id": "x"}))
+    assert await _fatal(raw) is ErrorCode.BAD_FRAME
+
+
+@pytest.mark.parametrize("ftype", [FrameType.HELLO, FrameType.GOAWAY])
+async def test_non_zero_request_id_where_the_type_has_none_is_bad_frame(
+        dep: Deployment, ftype: FrameType) -> None:
+    from protocol import messages
+
+    raw = await Raw.open(dep)
+    if ftype == FrameType.HELLO:
+        body: dict[str, Any] = {"versions": [1], "role": "merchant", "identity": "M1"}
+    else:
+        await raw.hello()
+        body = {"last_request_id": 0, "code": 0, "message": ""}
+    raw.send(messages.encode_message(ftype, body, request_id=3))
+    assert await _fatal(raw) is ErrorCode.BAD_FRAME
+
+
+@pytest.mark.parametrize("ping_id", [0, 77])
+async def test_ping_with_an_empty_body_gets_an_empty_map_pong_with_its_id(
+        dep: Deployment, ping_id: int) -> None:
+    from protocol.frame import encode_frame
+
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(encode_frame(FrameType.PING, ping_id, b""))
+    pong = await raw.next_frame()
+    assert (pong.type, pong.request_id, pong.body) == (FrameType.PONG, ping_id, b"\x80")
+    raw.close()
+
+
+async def test_duplicate_in_flight_request_id_is_refused_without_executing(
+        dep: Deployment) -> None:
+    first, second = order(), order()
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(signed("M1", 5, "charge", card_charge(first)) +
+             signed("M1", 5, "charge", card_charge(second)))
+    assert await _fatal(raw) is ErrorCode.DUPLICATE_REQUEST_ID
+    async with dep.client() as c:
+        for _ in range(200):  # the first request still completes (its effect stands)
+            try:
+                tx = await c.status(first)
+                if tx.transaction_status == "capture":
+                    break
+            except Exception:
+                pass
+        assert tx.transaction_status == "capture"
+        with pytest.raises(Exception) as exc:
+            await c.status(second)
+    assert getattr(exc.value, "code", None) is ErrorCode.NOT_FOUND
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"n": value}
+    return value
+
+
+@pytest.mark.parametrize(("extra_depth", "code"), [(6, ErrorCode.INVALID_FIELD),
+                                                   (7, ErrorCode.MALFORMED_BODY)])
+async def test_nesting_depth_counts_the_body_map_as_one(
+        dep: Deployment, extra_depth: int, code: ErrorCode) -> None:
+    """body (1) → args (2) → ``n`` maps: 6 more is depth 8 (allowed, then refused by the
+    schema as an unknown field), 7 more is depth 9 (refused by the body rules)."""
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(signed("M1", 1, "status", {"order_id": "x", "n": _nested(extra_depth)}))
+    assert outcome((await answers(raw, 1))[1]) is code
+    raw.close()
+
+
+async def test_welcome_event_seq_is_the_latest_and_resume_token_is_ignored(
+        dep: Deployment) -> None:
+    from protocol import messages
+
+    raw = await Raw.open(dep)
+    raw.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "M1", "subscribe_events": True,
+        "resume_token": b"anything at all"}))
+    welcome = messages.decode_body(FrameType.WELCOME, (await raw.next_frame()).body)
+    events: list[Frame] = []
+    raw.send(signed("M1", 1, "charge", card_charge(order())))
+    await answers(raw, 1, others=events)
+    seq = messages.decode_body(FrameType.EVENT, events[0].body)["seq"]
+    assert seq == welcome["event_seq"] + 1
+    raw.close()
+    again = await Raw.open(dep)
+    assert (await again.hello())["event_seq"] == seq
+    again.close()
+
+
+@pytest.mark.parametrize("subscribe", [False, True])
+async def test_events_since_without_subscribing_or_beyond_the_latest_is_invalid(
+        dep: Deployment, subscribe: bool) -> None:
+    from protocol import messages
+
+    probe = await Raw.open(dep)
+    latest = (await probe.hello())["event_seq"]
+    probe.close()
+    raw = await Raw.open(dep)
+    raw.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "M1", "subscribe_events": subscribe,
+        "events_since": latest + 1 if subscribe else 0}))
+    code, body = await raw.error_body_then_close()
+    assert (code, body.get("field")) == (ErrorCode.INVALID_FIELD, "events_since")
+
+
+async def test_multi_version_hello_is_answered_with_the_highest_common_version(
+        dep: Deployment) -> None:
+    from protocol import messages
+
+    raw = await Raw.open(dep)
+    raw.send(messages.encode_message(FrameType.HELLO, {
+        "versions": [7, 1, 2], "role": "merchant", "identity": "M1"}))
+    welcome = await raw.next_frame()
+    assert welcome.version == 1
+    assert messages.decode_body(FrameType.WELCOME, welcome.body)["version"] == 1
+    raw.close()
+
+
+async def test_over_capture_and_refund_error_codes(dep: Deployment) -> None:
+    oid = order()
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(signed("M1", 1, "charge", card_charge(oid, 10_000, capture=False)))
+    await answers(raw, 1)
+    raw.send(signed("M1", 2, "capture", {"order_id": oid, "gross_amount": 10_001}))
+    over = (await answers(raw, 1))[2]
+    assert outcome(over) is ErrorCode.INVALID_FIELD
+    assert bodycodec.unpack(over.body)["field"] == "args.gross_amount"
+    raw.send(signed("M1", 3, "capture", {"order_id": oid}))
+    await answers(raw, 1)
+    raw.send(signed("M1", 4, "refund", {"order_id": oid, "refund_key": "a", "amount": 10_001}))
+    too_much = (await answers(raw, 1))[4]
+    assert outcome(too_much) is ErrorCode.REFUND_EXCEEDS_CAPTURED
+    assert bodycodec.unpack(too_much.body)["field"] == "args.amount"
+    raw.send(signed("M1", 5, "refund", {"order_id": oid, "refund_key": "b"}))
+    assert outcome((await answers(raw, 1))[5]) == "refund"
+    raw.send(signed("M1", 6, "refund", {"order_id": oid, "refund_key": "c", "amount": 1}))
+    assert outcome((await answers(raw, 1))[6]) is ErrorCode.INVALID_TRANSITION
+    raw.close()
+
+
+async def test_nil_counts_as_absent_in_the_idempotency_comparison(dep: Deployment) -> None:
+    oid = order()
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(signed("M1", 1, "charge", card_charge(oid)))
+    first = (await answers(raw, 1))[1]
+    raw.send(signed("M1", 2, "charge", {**card_charge(oid), "description": None,
+                                        "customer": None, "expiry_s": None}))
+    again = (await answers(raw, 1))[2]
+    assert again.flags == Flags.REPLAYED and again.body == first.body
+    raw.close()
+
+
+async def test_client_goaway_and_unsolicited_response_change_nothing(dep: Deployment) -> None:
+    from protocol import messages
+
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(messages.encode_response(99, {"ok": True}))
+    raw.send(messages.encode_message(FrameType.GOAWAY, {
+        "last_request_id": 0, "code": 901, "message": "client leaving"}))
+    raw.send(signed("M1", 1, "status", {"order_id": "never-made"}))
+    assert outcome((await answers(raw, 1))[1]) is ErrorCode.NOT_FOUND
+    raw.close()
+
+
+async def test_client_error_frame_closes_without_an_answer(dep: Deployment) -> None:
+    from protocol import messages
+
+    raw = await Raw.open(dep)
+    await raw.hello()
+    raw.send(messages.encode_error_frame(ErrorCode.INTERNAL, "client gives up"))
+    raw.send(signed("M1", 1, "status", {"order_id": "never-made"}))
+    with pytest.raises(EOFError):
+        await raw.next_frame()
+
+
+async def test_bank_admin_result_shapes(dep: Deployment) -> None:
+    faults = await dep.admin("bca", "admin.faults", {})
+    assert set(faults) == {"latency_ms", "failure_rate_pct", "blackhole"}
+    balances = (await dep.admin("bca", "admin.balances"))["balances"]
+    assert all(isinstance(v, list) and len(v) == 2 for v in balances.values())
+    assert balances[RICH[0]][1] >= 0
+    payments = await dep.admin("bca", "admin.payments")
+    assert set(payments) == {"payments"}
+    paid = await dep.admin("bca", "admin.pay", {"number": "no-such-number"})
+    assert paid == {"paid": False, "reason": "no such payment"}

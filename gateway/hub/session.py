@@ -47,6 +47,9 @@ class MerchantSession(FramedProtocol):
         self.goaway_sent = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # Ids of the requests running as tasks (not answered yet): a REQUEST reusing one is
+        # DUPLICATE_REQUEST_ID, so an answer's id never names two requests (§4).
+        self.open_rids: set[int] = set()
         # Pushed events: the last seq sent, and live events held while replaying the past.
         self.events_sent_seq = 0
         self.replaying = False
@@ -89,6 +92,17 @@ class MerchantSession(FramedProtocol):
             self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}",
                       "identity")
             return
+        since = hello.get("events_since")
+        latest_seq = self.hub.event_seq.get(merchant.id, 0)
+        if since is not None and not hello.get("subscribe_events"):
+            self.fail(ErrorCode.INVALID_FIELD, "events_since needs subscribe_events: true",
+                      "events_since")
+            return
+        if since is not None and since > latest_seq:
+            # Accepting it would silently skip the events up to ``since`` once they exist.
+            self.fail(ErrorCode.INVALID_FIELD, f"events_since {since} is beyond the latest "
+                      f"event seq {latest_seq}", "events_since")
+            return
         count = self.hub.connections_by_merchant.get(merchant.id, 0)
         if count >= merchant.connections_max:
             self.fail(ErrorCode.TOO_MANY_CONNECTIONS,
@@ -126,6 +140,10 @@ class MerchantSession(FramedProtocol):
     def _on_request(self, frame: Frame) -> None:
         rid = frame.request_id
         received_us = now_us()
+        if rid in self.open_rids:
+            self.fail(ErrorCode.DUPLICATE_REQUEST_ID,
+                      f"request_id {rid} is already in flight on this connection")
+            return
         if self.goaway_sent and rid > self.last_request_id:
             self.respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
                                                   code=ErrorCode.SHUTTING_DOWN))
@@ -160,6 +178,7 @@ class MerchantSession(FramedProtocol):
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
         after_earlier = service.admit(key)
         self.in_flight += 1
+        self.open_rids.add(rid)
         if self.in_flight >= self.in_flight_max:
             self._update_reading()
         task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
@@ -186,6 +205,7 @@ class MerchantSession(FramedProtocol):
             log.exception("request %d (%s) failed", rid, op.value)
             self.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
         finally:
+            self.open_rids.discard(rid)
             self.in_flight -= 1
             self._update_reading()
             if self.goaway_sent and self.in_flight == 0:

@@ -24,6 +24,9 @@ log = logging.getLogger("paywire.net")
 
 WRITE_BUFFER_HIGH_BYTES = 256 * 1024
 WRITE_BUFFER_LOW_BYTES = 64 * 1024
+# Frame types whose request_id correlates (MUST be non-zero), and those where any id is fine.
+_ID_CARRYING = frozenset({FrameType.REQUEST, FrameType.RESPONSE})
+_ID_ANY = frozenset({FrameType.PING, FrameType.PONG})
 
 
 class FramedProtocol(asyncio.Protocol):
@@ -79,6 +82,13 @@ class FramedProtocol(asyncio.Protocol):
             self._handle(frame)
 
     def _handle(self, frame: Frame) -> None:
+        # REQUEST/RESPONSE need a non-zero id; HELLO, WELCOME, EVENT, GOAWAY and ERROR carry
+        # 0; PING/PONG may carry any (docs/protocol.md §2.5).
+        if (frame.request_id == 0) is (frame.type in _ID_CARRYING) and \
+                frame.type not in _ID_ANY:
+            self.fail(ErrorCode.BAD_FRAME, f"request_id {frame.request_id} is not allowed "
+                      f"on frame type {frame.type}")
+            return
         try:
             self.state.on_receive(frame.type)
         except ProtocolViolation as exc:
