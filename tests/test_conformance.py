@@ -590,3 +590,28 @@ async def test_bank_admin_result_shapes(dep: Deployment) -> None:
     assert set(payments) == {"payments"}
     paid = await dep.admin("bca", "admin.pay", {"number": "no-such-number"})
     assert paid == {"paid": False, "reason": "no such payment"}
+
+
+async def test_bank_call_stops_at_its_deadline_without_sending(dep: Deployment) -> None:
+    """The OUTCOME_UNKNOWN bound (§5.3) rests on this: a bank call never sends past its
+    deadline, so the settlement after a timeout (inquiry, then reversal) shares one budget."""
+    import asyncio
+
+    from gateway import tls
+    from gateway.hub.banklink import BankPool, BankUnavailable
+    from tests.deploy import LINK_KEY
+
+    pool = BankPool("bca", [f"127.0.0.1:{dep.banks['bca'][0].port}"], hub_id="hub",
+                    key=LINK_KEY.encode(), ssl_ctx=tls.node_client_context(dep.certs, "hub", "hub"),
+                    on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=3)
+    pool.start()
+    try:
+        assert await pool.wait_ready(10.0)
+        assert pool.call_budget_s == 30.0
+        loop = asyncio.get_running_loop()
+        with pytest.raises(BankUnavailable):  # nothing was sent: the deadline had passed
+            await pool.call("bank.inquiry", {"op_id": "conf-none"}, loop.time())
+        found = await pool.call("bank.inquiry", {"op_id": "conf-none"}, pool.deadline())
+        assert found["found"] is False
+    finally:
+        await pool.stop()

@@ -346,16 +346,20 @@ class TransactionService:
         assert pending is not None and tx.bank is not None
         pool = self.pools[tx.bank]
         op, op_id = pending["op"], pending["op_id"]
+        # One call budget for the whole settlement (inquiry and reversal share it), so an
+        # operation is answered within 2 budgets of its first send (docs/protocol.md §5.3).
+        deadline_s = pool.deadline()
         try:
             if op not in _DEFINING_OPS:
-                return await pool.call(op, pending["args"])  # forward: same op id again
-            found = await pool.call(banklink.INQUIRY, {"op_id": op_id})
+                # forward: same op id again
+                return await pool.call(op, pending["args"], deadline_s)
+            found = await pool.call(banklink.INQUIRY, {"op_id": op_id}, deadline_s)
             if found["found"]:
                 result: dict[str, Any] = found["result"]
                 return result
             await pool.call(banklink.REVERSE, {"op_id": f"{op_id}:reverse",
                                                "transaction_id": tx.transaction_id,
-                                               "target_op_id": op_id})
+                                               "target_op_id": op_id}, deadline_s)
             return {"approved": False, "ok": False, "reversed": True,
                     "reason": "the bank did not answer in time; the request was reversed"}
         except (BankUnavailable, OutcomeUnknown) as exc:
