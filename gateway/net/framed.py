@@ -217,6 +217,9 @@ class FramedProtocol(asyncio.Protocol):
         want = self.wants_reading()
         if want and self.reading_paused:
             self.reading_paused = False
+            if self.partial_since_s is not None:
+                # The rest of the frame may be waiting in the socket: we paused, not the peer.
+                self.partial_since_s = self.loop.time()
             self.transport.resume_reading()
         elif not want and not self.reading_paused:
             self.reading_paused = True
@@ -268,7 +271,8 @@ class Heartbeat:
         now_s = conn.loop.time()
         silent_s = now_s - conn.last_received_s
         dead_s = self.interval_s * self.misses_max
-        if conn.partial_since_s is not None and now_s - conn.partial_since_s >= dead_s:
+        if conn.partial_since_s is not None and not conn.reading_paused and \
+                now_s - conn.partial_since_s >= dead_s:
             # Stalled (or trickling) inside a frame: say so rather than "idle".
             conn.fail(ErrorCode.TRUNCATED_FRAME,
                       f"frame incomplete for {now_s - conn.partial_since_s:.1f} s "
