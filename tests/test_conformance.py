@@ -615,3 +615,27 @@ async def test_bank_call_stops_at_its_deadline_without_sending(dep: Deployment) 
         assert found["found"] is False
     finally:
         await pool.stop()
+
+
+async def test_goaway_code_is_shutting_down_and_names_the_last_request(tmp_path: Any) -> None:
+    import signal
+
+    from protocol import messages
+    from tests.deploy import Deployment as Dep
+
+    own = await Dep(tmp_path, bca_nodes=1).astart()
+    try:
+        raw = await Raw.open(own)
+        await raw.hello()
+        raw.send(signed("M1", 41, "status", {"order_id": "none"}))
+        await answers(raw, 1)
+        assert own.hub is not None and own.hub.proc is not None
+        own.hub.proc.send_signal(signal.SIGTERM)
+        while (frame := await raw.next_frame(10)).type != FrameType.GOAWAY:
+            pass
+        goaway = messages.decode_body(FrameType.GOAWAY, frame.body)
+        assert (goaway["code"], goaway["last_request_id"]) == (ErrorCode.SHUTTING_DOWN, 41)
+        assert frame.request_id == 0
+        raw.close()
+    finally:
+        own.stop()
