@@ -357,8 +357,25 @@ async def test_tls_half_close_at_a_frame_boundary_is_no_error(dep: Deployment) -
 @pytest.fixture(scope="module")
 def fast_heartbeat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     with deployment(tmp_path_factory.mktemp("heartbeat"), bca_nodes=1,
-                    hub_overrides={"heartbeat_interval_s": 0.3}) as d:
+                    hub_overrides={"heartbeat_interval_s": 0.3, "hello_timeout_s": 0.5},
+                    bank_overrides={"hello_timeout_s": 0.5}) as d:
         yield d
+
+
+@pytest.mark.parametrize("node", ["hub", "bank"])
+async def test_no_hello_in_time_is_handshake_timeout_on_hub_and_bank(
+        fast_heartbeat: Deployment, node: str) -> None:
+    """Both servers time a missing HELLO from their own ``hello_timeout_s`` setting."""
+    from gateway import tls
+
+    if node == "hub":
+        raw = await Raw.open(fast_heartbeat)
+    else:
+        raw = await Raw.connect(fast_heartbeat.banks["bca"][0].port,
+                                tls.node_client_context(fast_heartbeat.certs, "hub", "hub"))
+    code, body = await raw.error_body_then_close()
+    assert code is ErrorCode.HANDSHAKE_TIMEOUT
+    assert body["message"] == "no HELLO within 0.5 s"
 
 
 async def test_peer_that_stalls_inside_a_frame_gets_truncated_frame(
