@@ -203,6 +203,7 @@ class BankNodeConfig:
     auto_pay_ratio: float = 1.0
     notify_retry_interval_s: float = 1.0
     heartbeat_interval_s: float = 5.0
+    hello_timeout_s: float = 5.0  # as the hub's: HANDSHAKE_TIMEOUT after it
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -58,6 +58,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.UNEXPECTED_FRAME: "frame type not allowed in the connection's state",
     ErrorCode.HANDSHAKE_TIMEOUT: "no HELLO within the hello timeout",
     ErrorCode.IDLE_TIMEOUT: "peer silent for 3 heartbeat intervals",
+    ErrorCode.DUPLICATE_REQUEST_ID: "a REQUEST reuses the id of one still in flight; "
+    "it is not executed",
     ErrorCode.MALFORMED_BODY: "body is not a msgpack map within the limits",
     ErrorCode.INVALID_FIELD: "a field is missing, of the wrong type, out of range, or unknown",
     ErrorCode.UNKNOWN_OPERATION: "`op` names no operation",
@@ -70,6 +72,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.TOO_MANY_IN_FLIGHT: "more requests in flight than WELCOME allowed",
     ErrorCode.TOO_MANY_CONNECTIONS: "merchant over its connection limit",
     ErrorCode.QUEUE_FULL: "a bounded internal queue (ledger, bank calls) is full",
+    ErrorCode.RESPONSE_TOO_LARGE: "the result exceeds the negotiated `body_bytes_max`; "
+    "the operation's effect stands (section 2.3)",
     ErrorCode.DUPLICATE_ORDER: "order id (or refund key) reused with different content",
     ErrorCode.INVALID_TRANSITION: "operation not allowed in the transaction's status",
     ErrorCode.INSUFFICIENT_FUNDS: "bank declined for funds (bank link; merchants see `deny`)",

@@ -24,6 +24,7 @@ class ErrorCode(enum.IntEnum):
     UNEXPECTED_FRAME = 106
     HANDSHAKE_TIMEOUT = 107
     IDLE_TIMEOUT = 108
+    DUPLICATE_REQUEST_ID = 109
     # 2xx: one request's body. Only that request fails.
     MALFORMED_BODY = 200
     INVALID_FIELD = 201
@@ -39,6 +40,7 @@ class ErrorCode(enum.IntEnum):
     TOO_MANY_IN_FLIGHT = 401
     TOO_MANY_CONNECTIONS = 402
     QUEUE_FULL = 403
+    RESPONSE_TOO_LARGE = 404
     # 5xx: business rules.
     DUPLICATE_ORDER = 500
     INVALID_TRANSITION = 501

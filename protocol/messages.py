@@ -204,9 +204,11 @@ def encode_error_response(request_id: int, error: PaywireError) -> bytes:
                         Flags.ERROR)
 
 
-def encode_error_frame(code: ErrorCode, message: str) -> bytes:
+def encode_error_frame(code: ErrorCode, message: str, field: str | None = None) -> bytes:
     """A connection-level ERROR frame; the sender closes the connection after it."""
     body = {"code": int(code), "name": code.name, "message": message}
+    if field is not None:
+        body["field"] = field
     return encode_frame(FrameType.ERROR, 0, bodycodec.pack(body))
 
 

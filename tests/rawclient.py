@@ -34,10 +34,8 @@ class Raw:
         """A connection to a bank node with the hub's certificate (the hub's side of a link)."""
         from gateway.tls import node_client_context
 
-        ctx = node_client_context(dep.certs, "hub", "hub")
-        reader, writer = await asyncio.open_connection(
-            "127.0.0.1", dep.banks[bank][node].port, ssl=ctx, server_hostname="127.0.0.1")
-        return cls(reader, writer)
+        return await cls.connect(dep.banks[bank][node].port,
+                                 node_client_context(dep.certs, "hub", "hub"))
 
     async def hello_as_hub(self) -> dict[str, Any]:
         self.send(messages.encode_message(FrameType.HELLO, {
@@ -45,6 +43,13 @@ class Raw:
         welcome = await self.next_frame()
         assert welcome.type == FrameType.WELCOME
         return messages.decode_body(FrameType.WELCOME, welcome.body)
+
+    @classmethod
+    async def connect(cls, port: int, ctx: ssl.SSLContext) -> Raw:
+        """A TLS connection to any node (e.g. a bank node with a hub certificate)."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                       server_hostname="127.0.0.1")
+        return cls(reader, writer)
 
     async def hello(self, merchant: str = "M1") -> dict[str, Any]:
         self.send(messages.encode_message(FrameType.HELLO, {
@@ -66,11 +71,16 @@ class Raw:
 
     async def error_then_close(self, timeout_s: float = 5.0) -> ErrorCode:
         """The documented outcome of a fatal error: an ERROR frame, then the end."""
+        return (await self.error_body_then_close(timeout_s))[0]
+
+    async def error_body_then_close(self, timeout_s: float = 5.0
+                                    ) -> tuple[ErrorCode, dict[str, Any]]:
+        """As ``error_then_close``, with the ERROR frame's whole body."""
         frame = await self.next_frame(timeout_s)
         assert frame.type == FrameType.ERROR, frame
-        code = ErrorCode(messages.decode_body(FrameType.ERROR, frame.body)["code"])
+        body = messages.decode_body(FrameType.ERROR, frame.body)
         assert await self.closed(timeout_s)
-        return code
+        return ErrorCode(body["code"]), body
 
     async def closed(self, timeout_s: float = 5.0) -> bool:
         try:

@@ -19,11 +19,11 @@ from gateway.bank.store import BankStore
 from gateway.config import BankNodeConfig
 from gateway.net.framed import FramedProtocol, Heartbeat
 from gateway.net.signed import Correlator, build_request
-from protocol import banklink, messages, signing
+from protocol import banklink, handshake, messages, signing
 from protocol.connection import Side
-from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
-from protocol.messages import ROLE_HUB
+from protocol.messages import IN_FLIGHT_MAX_CEILING, ROLE_HUB
 
 log = logging.getLogger("paywire.bank")
 
@@ -46,10 +46,12 @@ class BankSession(FramedProtocol):
                       f"only hub certificates may connect to a bank node: {peer.reason}")
             return
         self.identity = peer.name
-        self._hello_timer = self.loop.call_later(5.0, self._hello_timeout)
+        self._hello_timer = self.loop.call_later(self.node.cfg.hello_timeout_s,
+                                                 self._hello_timeout)
 
     def _hello_timeout(self) -> None:
-        self.fail(ErrorCode.HANDSHAKE_TIMEOUT, "no HELLO within 5 s")
+        self.fail(ErrorCode.HANDSHAKE_TIMEOUT,
+                  f"no HELLO within {self.node.cfg.hello_timeout_s} s")
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.HELLO:
@@ -63,22 +65,23 @@ class BankSession(FramedProtocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         try:
-            hello = messages.decode_body(FrameType.HELLO, frame.body)
-            version = messages.negotiate_version(hello["versions"], frozenset({PROTOCOL_VERSION}))
-        except BodyError as exc:
-            self.fail(exc.code if exc.code.is_fatal else ErrorCode.UNEXPECTED_FRAME, exc.message)
+            accepted = handshake.accept_hello(
+                frame.body, role=ROLE_HUB, identity=self.identity,
+                supported_versions=frozenset({PROTOCOL_VERSION}),
+                body_bytes_max=BODY_BYTES_MAX_DEFAULT, in_flight_max=IN_FLIGHT_MAX_CEILING)
+        except PaywireError as exc:
+            self.fail(exc.code, exc.message, exc.field)
             return
-        if hello["role"] != ROLE_HUB or hello["identity"] != self.identity:
-            self.fail(ErrorCode.FORBIDDEN, "HELLO identity does not match the certificate")
-            return
-        self.decoder.body_bytes_max = BODY_BYTES_MAX_DEFAULT
+        version = accepted.version
+        self.decoder.body_bytes_max = accepted.body_bytes_max
         self.send(messages.encode_message(FrameType.WELCOME, {
             "version": version, "server": f"paywire-bank/{self.node.cfg.node_id}",
             "session_id": f"{self.node.cfg.node_id}-{id(self):x}",
-            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 4096,
+            "body_bytes_max": accepted.body_bytes_max, "in_flight_max": accepted.in_flight_max,
             "heartbeat_interval_ms": int(self.node.cfg.heartbeat_interval_s * 1000),
             "resume_token": b"", "event_seq": 0, "server_time_ms": 0,
         }))
+        self.peer_body_bytes_max = accepted.body_bytes_max  # binds our frames too (§2.3)
         self.heartbeat = Heartbeat(self, self.node.cfg.heartbeat_interval_s)
         self.heartbeat.start()
         self.node.sessions.add(self)

@@ -225,7 +225,7 @@ class Client:
         """After a timeout, ask what happened instead of sending a money-moving op again."""
         order_id = args["order_id"]
         try:
-            tx = await self.status(order_id)
+            tx = await self._status_after_timeout(order_id)
         except RequestError as exc:
             if exc.code is ErrorCode.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(f"{op} of {order_id!r} timed out and the bank's answer is "
@@ -240,6 +240,21 @@ class Client:
             return tx
         raise OutcomeUnknown(f"{op} of {order_id!r} timed out; the transaction is "
                              f"{tx.transaction_status}", order_id=order_id)
+
+    async def _status_after_timeout(self, order_id: str) -> TransactionResult:
+        """``status`` of an order whose operation timed out. The hub answers it only after
+        that operation has finished (docs/protocol.md §4.5), which can take longer than our
+        request timeout with a slow bank; a status is a read, so asking again is safe."""
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                return TransactionResult.from_wire(
+                    await self.request("status", {"order_id": order_id}))
+            except RequestTimeout:
+                if attempts >= self.retry_attempts_max:
+                    raise OutcomeUnknown(f"status of {order_id!r}: no answer in time",
+                                         order_id=order_id) from None
 
     async def events(self, since: int | None = None, *, reconnect: bool = True
                      ) -> AsyncIterator[Event]:

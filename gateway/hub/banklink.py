@@ -251,24 +251,43 @@ class BankPool:
         pick = fresh or healthy
         return pick[0] if pick else None
 
-    async def call(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Send to a healthy node; on failure try another, up to ``attempts_max`` sends.
+    @property
+    def call_budget_s(self) -> float:
+        """The most one ``call`` may take: ``timeout_s * attempts_max`` (docs/protocol.md
+        §5.3 states the OUTCOME_UNKNOWN bound in these terms)."""
+        return self.timeout_s * self.attempts_max
+
+    def deadline(self) -> float:
+        """A loop-time deadline one call budget from now (several calls may share it)."""
+        return asyncio.get_running_loop().time() + self.call_budget_s
+
+    async def call(self, op: str, args: dict[str, Any],
+                   deadline_s: float | None = None) -> dict[str, Any]:
+        """Send to a healthy node; on failure try another, up to ``attempts_max`` sends,
+        all of them (and the pauses between) ending by ``deadline_s`` (loop time; default
+        one call budget from now): each send waits at most ``timeout_s`` and never past it.
 
         Raises ``BankUnavailable`` when no attempt can have reached the bank, and
         ``OutcomeUnknown`` when at least one was sent and none was answered.
         """
         loop = asyncio.get_running_loop()
+        if deadline_s is None:
+            deadline_s = loop.time() + self.call_budget_s
         tried: set[BankNodeHandle] = set()
         maybe_sent = False
         for attempt in range(self.attempts_max):
+            remaining_s = deadline_s - loop.time()
+            if remaining_s <= 0:
+                break
             node = self._pick(tried)
             if node is None or node.link is None:
                 if attempt + 1 < self.attempts_max:
-                    await asyncio.sleep(full_jitter_s(attempt, 0.05, 0.5))
+                    await asyncio.sleep(min(full_jitter_s(attempt, 0.05, 0.5), remaining_s))
                 continue
             tried.add(node)
             try:
-                result: dict[str, Any] = await node.link.call(op, args, self.timeout_s)
+                result: dict[str, Any] = await node.link.call(op, args,
+                                                              min(self.timeout_s, remaining_s))
             except RemoteError as exc:
                 if exc.code is not ErrorCode.BANK_UNAVAILABLE:
                     raise

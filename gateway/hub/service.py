@@ -5,7 +5,10 @@ Rules this module keeps (DESIGN §4):
 * Every bank call is preceded by a durable *intent* (``pending_op`` on the record) and
   followed by a durable result, so recovery always knows what may have happened.
 * The client is answered only after the result is committed.
-* Operations on one order run one at a time, in arrival order (a lock per order).
+* Operations on one order run one at a time, in admission order (a lock per order). A
+  session admits each request synchronously as it decodes it (``admit``); a ``status``
+  admitted while earlier operations on its order are unfinished queues behind them on the
+  same lock, so it reflects all of them (docs/protocol.md §4.5).
 * Records are copy-on-write: the working copy is published to the cache only after its
   commit, so a concurrent ``status`` never sees a state that is not on disk.
 * An unanswered bank call is never guessed: inquiry first, then reversal, else the
@@ -84,6 +87,8 @@ class TransactionService:
         self.cache: OrderedDict[Key, Transaction] = OrderedDict()
         self.by_txid: dict[str, Key] = {}
         self._locks: dict[Key, asyncio.Lock] = {}
+        # Requests admitted per order and not finished yet (see ``admit``).
+        self._admitted: dict[Key, int] = {}
         self._expiries: dict[Key, int] = {}
         self._challenges: dict[Key, int] = {}
         self.listeners: list[ChangeListener] = []
@@ -137,19 +142,40 @@ class TransactionService:
     def lock(self, key: Key) -> _OrderLock:
         return _OrderLock(self._locks, key)
 
+    # --- admission order ----------------------------------------------------------------------
+    def busy(self, key: Key) -> bool:
+        """Whether an operation admitted earlier on this order has not finished yet."""
+        return key in self._admitted
+
+    def admit(self, key: Key) -> bool:
+        """Count one request on ``key``, in the order the sessions decode them; return whether
+        earlier ones are unfinished (then a ``status`` must wait for them). Each admitted
+        request runs as a task whose first step takes the order's lock, tasks start in
+        creation order and ``asyncio.Lock`` is FIFO: the lock order is the admission order.
+        The caller pairs it with exactly one ``finished``."""
+        n = self._admitted.get(key, 0)
+        self._admitted[key] = n + 1
+        return n > 0
+
+    def finished(self, key: Key) -> None:
+        n = self._admitted.get(key, 0) - 1
+        if n > 0:
+            self._admitted[key] = n
+        else:
+            self._admitted.pop(key, None)
+
     # --- the entry point -------------------------------------------------------------------
     async def execute(self, merchant_id: str, op: Operation, args: dict[str, Any],
-                      received_us: int) -> tuple[dict[str, Any], bool]:
-        """Run one validated operation; return (result map, replayed?)."""
+                      received_us: int, *, after_earlier: bool = False
+                      ) -> tuple[dict[str, Any], bool]:
+        """Run one validated operation; return (result map, replayed?). ``after_earlier``:
+        a ``status`` admitted behind unfinished operations on its order waits for them."""
         key = (merchant_id, args["order_id"])
         if op is Operation.STATUS:
-            tx = await self.load(key)
-            if tx is None:
-                raise NotFound(f"no transaction for order {args['order_id']!r}")
-            if tx.pending_op is not None and tx.pending_op["op"] in _DEFINING_OPS:
-                # Only the intent is on disk: "pending" would be a guess. Say so instead.
-                raise OutcomeUnknown("the bank has not answered this charge yet; ask again")
-            return tx.to_result(), False
+            if after_earlier:
+                async with self.lock(key):
+                    return await self._status(key, args)
+            return await self._status(key, args)
         async with self.lock(key):
             if op is Operation.CHARGE:
                 return await self._charge(key, args, received_us)
@@ -162,6 +188,15 @@ class TransactionService:
             handler = _HANDLERS[op]
             result: tuple[dict[str, Any], bool] = await handler(self, tx, args)
             return result
+
+    async def _status(self, key: Key, args: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        tx = await self.load(key)
+        if tx is None:
+            raise NotFound(f"no transaction for order {args['order_id']!r}")
+        if tx.pending_op is not None and tx.pending_op["op"] in _DEFINING_OPS:
+            # Only the intent is on disk: "pending" would be a guess. Say so instead.
+            raise OutcomeUnknown("the bank has not answered this charge yet; ask again")
+        return tx.to_result(), False
 
     # --- charge ----------------------------------------------------------------------------
     def request_hash(self, args: dict[str, Any]) -> bytes:
@@ -320,16 +355,20 @@ class TransactionService:
         assert pending is not None and tx.bank is not None
         pool = self.pools[tx.bank]
         op, op_id = pending["op"], pending["op_id"]
+        # One call budget for the whole settlement (inquiry and reversal share it), so an
+        # operation is answered within 2 budgets of its first send (docs/protocol.md §5.3).
+        deadline_s = pool.deadline()
         try:
             if op not in _DEFINING_OPS:
-                return await pool.call(op, pending["args"])  # forward: same op id again
-            found = await pool.call(banklink.INQUIRY, {"op_id": op_id})
+                # forward: same op id again
+                return await pool.call(op, pending["args"], deadline_s)
+            found = await pool.call(banklink.INQUIRY, {"op_id": op_id}, deadline_s)
             if found["found"]:
                 result: dict[str, Any] = found["result"]
                 return result
             await pool.call(banklink.REVERSE, {"op_id": f"{op_id}:reverse",
                                                "transaction_id": tx.transaction_id,
-                                               "target_op_id": op_id})
+                                               "target_op_id": op_id}, deadline_s)
             return {"approved": False, "ok": False, "reversed": True,
                     "reason": "the bank did not answer in time; the request was reversed"}
         except (BankUnavailable, OutcomeUnknown) as exc:

@@ -19,9 +19,9 @@ from gateway import tls
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
-from protocol import messages
+from protocol import handshake, messages
 from protocol.connection import Side
-from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 from protocol.operations import Operation, parse_operation, validate_args
@@ -47,6 +47,9 @@ class MerchantSession(FramedProtocol):
         self.goaway_sent = False
         self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        # Ids of the requests running as tasks (not answered yet): a REQUEST reusing one is
+        # DUPLICATE_REQUEST_ID, so an answer's id never names two requests (§4).
+        self.open_rids: set[int] = set()
         # Pushed events: the last seq sent; while replaying the past from the ledger, live
         # events are not pushed (the replay reads them from the ledger when it gets there).
         self.events_sent_seq = 0
@@ -87,19 +90,29 @@ class MerchantSession(FramedProtocol):
         if self._hello_timer is not None:
             self._hello_timer.cancel()
         try:
-            hello = messages.decode_body(FrameType.HELLO, frame.body)
-            version = messages.negotiate_version(hello["versions"], SUPPORTED_VERSIONS)
-        except BodyError as exc:
-            code = exc.code if exc.code is ErrorCode.UNSUPPORTED_VERSION else \
-                ErrorCode.MALFORMED_BODY
-            self.fail(code, exc.message)
+            accepted = handshake.accept_hello(
+                frame.body, role=ROLE_MERCHANT, identity=self.cert_name,
+                supported_versions=SUPPORTED_VERSIONS, body_bytes_max=self.cfg.body_bytes_max,
+                in_flight_max=self.cfg.in_flight_max)
+        except PaywireError as exc:
+            self.fail(exc.code, exc.message, exc.field)
             return
+        hello, version = accepted.body, accepted.version
         merchant = self.cfg.merchant(hello["identity"])
-        if hello["role"] != ROLE_MERCHANT or hello["identity"] != self.cert_name:
-            self.fail(ErrorCode.FORBIDDEN, "HELLO identity does not match the client certificate")
-            return
         if merchant is None:
-            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}")
+            self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}",
+                      "identity")
+            return
+        since = hello.get("events_since")
+        latest_seq = self.hub.event_seq.get(merchant.id, 0)
+        if since is not None and not hello.get("subscribe_events"):
+            self.fail(ErrorCode.INVALID_FIELD, "events_since needs subscribe_events: true",
+                      "events_since")
+            return
+        if since is not None and since > latest_seq:
+            # Accepting it would silently skip the events up to ``since`` once they exist.
+            self.fail(ErrorCode.INVALID_FIELD, f"events_since {since} is beyond the latest "
+                      f"event seq {latest_seq}", "events_since")
             return
         count = self.hub.connections_by_merchant.get(merchant.id, 0)
         if count >= merchant.connections_max:
@@ -108,10 +121,8 @@ class MerchantSession(FramedProtocol):
             return
         self.hub.connections_by_merchant[merchant.id] = count + 1
         self.merchant_id = merchant.id
-        body_max = min(hello.get("body_bytes_max") or self.cfg.body_bytes_max,
-                       self.cfg.body_bytes_max)
-        self.in_flight_max = min(hello.get("in_flight_max") or self.cfg.in_flight_max,
-                                 self.cfg.in_flight_max)
+        body_max = accepted.body_bytes_max
+        self.in_flight_max = accepted.in_flight_max
         self.decoder.body_bytes_max = body_max
         self.send(messages.encode_message(FrameType.WELCOME, {
             "version": version, "server": f"paywire-hub/{self.cfg.node_id}",
@@ -121,6 +132,7 @@ class MerchantSession(FramedProtocol):
             "resume_token": os.urandom(16),
             "event_seq": self.hub.event_seq.get(merchant.id, 0), "server_time_ms": now_ms(),
         }))
+        self.peer_body_bytes_max = body_max  # binds our frames too (§2.3)
         self.heartbeat = Heartbeat(self, self.cfg.heartbeat_interval_s)
         self.heartbeat.start()
         if hello.get("subscribe_events"):
@@ -139,6 +151,10 @@ class MerchantSession(FramedProtocol):
     def _on_request(self, frame: Frame) -> None:
         rid = frame.request_id
         received_us = now_us()
+        if rid in self.open_rids:
+            self.fail(ErrorCode.DUPLICATE_REQUEST_ID,
+                      f"request_id {rid} is already in flight on this connection")
+            return
         if self.goaway_sent and rid > self.last_request_id:
             self.respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
                                                   code=ErrorCode.SHUTTING_DOWN))
@@ -164,24 +180,30 @@ class MerchantSession(FramedProtocol):
         except PaywireError as exc:
             self.respond_error(rid, exc)
             return
-        if op is Operation.STATUS:
-            tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
+        service = self.hub.service
+        key = (self.merchant_id, args["order_id"])
+        if op is Operation.STATUS and not service.busy(key):
+            tx = service.cache.get(key)
             if tx is not None and tx.pending_op is None:  # the common case: no task
                 self.send(messages.encode_response(rid, tx.to_result()))
                 return
+        # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
+        after_earlier = service.admit(key)
         self.in_flight += 1
+        self.open_rids.add(rid)
         if self.in_flight >= self.in_flight_max:
             self._update_reading()
-        task = self.loop.create_task(self._serve(rid, op, args, received_us))
+        task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(lambda _t: service.finished(key))
 
     async def _serve(self, rid: int, op: Operation, args: dict[str, Any],
-                     received_us: int) -> None:
+                     received_us: int, after_earlier: bool = False) -> None:
         assert self.merchant_id is not None
         try:
-            result, replayed = await self.hub.service.execute(self.merchant_id, op, args,
-                                                              received_us)
+            result, replayed = await self.hub.service.execute(
+                self.merchant_id, op, args, received_us, after_earlier=after_earlier)
             self.respond(rid, result, replayed)
             if not replayed:
                 # Telemetry only: kept in memory (``status`` shows it) and written with the
@@ -195,6 +217,7 @@ class MerchantSession(FramedProtocol):
             log.exception("request %d (%s) failed", rid, op.value)
             self.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
         finally:
+            self.open_rids.discard(rid)
             self.in_flight -= 1
             self._update_reading()
             if self.goaway_sent and self.in_flight == 0:

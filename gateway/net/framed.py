@@ -25,7 +25,8 @@ from protocol import messages
 from protocol.connection import ConnectionState, Side, State
 from protocol.decoder import FrameDecoder
 from protocol.errors import BodyError, ErrorCode, FrameError, PaywireError, ProtocolViolation
-from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, Frame, FrameType
+from protocol.fit import fit_frame
+from protocol.frame import HANDSHAKE_BODY_BYTES_MAX, HEADER_BYTES, Frame, FrameType
 
 log = logging.getLogger("paywire.net")
 
@@ -42,6 +43,11 @@ def _type_name(frame_type: int) -> str:
         return FrameType(frame_type).name
     except ValueError:
         return str(frame_type)
+
+
+# Frame types whose request_id correlates (MUST be non-zero), and those where any id is fine.
+_ID_CARRYING = frozenset({FrameType.REQUEST, FrameType.RESPONSE})
+_ID_ANY = frozenset({FrameType.PING, FrameType.PONG})
 
 
 class FramedProtocol(asyncio.Protocol):
@@ -64,6 +70,13 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: Any = None
         self.heartbeat: Heartbeat | None = None
         self.unexpected_errors = 0  # frames whose handling raised (see _handle)
+        # The largest body the peer accepts from us: the handshake limit, then the
+        # negotiated body_bytes_max, which binds both directions (docs/protocol.md §2.3).
+        self.peer_body_bytes_max = HANDSHAKE_BODY_BYTES_MAX
+        # Since when the decoder has held an incomplete frame without completing one (None:
+        # at a frame boundary). The heartbeat ends a frame left incomplete too long with
+        # TRUNCATED_FRAME (docs/protocol.md §2.4).
+        self.partial_since_s: float | None = None
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -87,12 +100,21 @@ class FramedProtocol(asyncio.Protocol):
             self._unexpected(exc, None)
             self.fail(ErrorCode.INTERNAL, "internal error while decoding frames")
             return
+        if frames or self.partial_since_s is None:
+            self.partial_since_s = self.last_received_s if self.decoder.buffered_bytes else None
         for frame in frames:
             if self.state.state is State.CLOSED:
                 return
             self._handle(frame)
 
     def _handle(self, frame: Frame) -> None:
+        # REQUEST/RESPONSE need a non-zero id; HELLO, WELCOME, EVENT, GOAWAY and ERROR carry
+        # 0; PING/PONG may carry any (docs/protocol.md §2.5).
+        if (frame.request_id == 0) is (frame.type in _ID_CARRYING) and \
+                frame.type not in _ID_ANY:
+            self.fail(ErrorCode.BAD_FRAME, f"request_id {frame.request_id} is not allowed "
+                      f"on frame type {frame.type}")
+            return
         try:
             self._dispatch(frame)
         except Exception as exc:
@@ -139,10 +161,14 @@ class FramedProtocol(asyncio.Protocol):
         self.frame_received(frame)
 
     def eof_received(self) -> bool | None:
+        """The peer ended its sending side (TLS close_notify). TLS 1.3 still lets us write,
+        and uvloop calls this before it starts its own shutdown, so an ERROR written *now*
+        (not gathered for later) reaches a peer that is still reading (§2.4)."""
         try:
             self.decoder.eof()
         except FrameError as exc:
             log.info("peer %s closed mid-frame: %s", self.peer, exc.message)
+            self.fail(ErrorCode.TRUNCATED_FRAME, exc.message)
         return None  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -167,8 +193,13 @@ class FramedProtocol(asyncio.Protocol):
 
     # --- sending -------------------------------------------------------------------------
     def send(self, data: bytes) -> None:
+        """Queue one encoded frame. A frame whose body exceeds the peer's negotiated limit
+        leaves as its documented stand-in (``protocol.fit``); a REQUEST or handshake frame
+        that does not fit raises ``PaywireError(FRAME_TOO_LARGE)`` to the caller."""
         if self.transport is None or self.state.state is State.CLOSED:
             return
+        if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
+            data = fit_frame(data, self.peer_body_bytes_max)
         self._out.append(data)
         self._out_bytes += len(data)
         if self._out_bytes >= WRITE_BUFFER_HIGH_BYTES:
@@ -199,6 +230,7 @@ class FramedProtocol(asyncio.Protocol):
             self.fail(ErrorCode.MALFORMED_BODY, exc.message)
             return None
         self.decoder.body_bytes_max = welcome["body_bytes_max"]
+        self.peer_body_bytes_max = welcome["body_bytes_max"]
         self.heartbeat = Heartbeat(self, welcome["heartbeat_interval_ms"] / 1000)
         self.heartbeat.start()
         return welcome
@@ -213,12 +245,13 @@ class FramedProtocol(asyncio.Protocol):
     def flush_now(self) -> None:
         self._flush()
 
-    def fail(self, code: ErrorCode, message: str) -> None:
+    def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None:
         """Send a connection-level ERROR frame and close (framing errors poison the stream)."""
         if self.transport is None or self.state.state is State.CLOSED:
             return
         log.info("closing %s: %s %s", self.peer, code.name, message)
-        self._out.append(messages.encode_error_frame(code, message))
+        self._out.append(fit_frame(messages.encode_error_frame(code, message, field),
+                                   self.peer_body_bytes_max))
         self._flush()
         self.state.close()
         self.transport.close()
@@ -239,6 +272,9 @@ class FramedProtocol(asyncio.Protocol):
         want = self.wants_reading()
         if want and self.reading_paused:
             self.reading_paused = False
+            if self.partial_since_s is not None:
+                # The rest of the frame may be waiting in the socket: we paused, not the peer.
+                self.partial_since_s = self.loop.time()
             self.transport.resume_reading()
         elif not want and not self.reading_paused:
             self.reading_paused = True
@@ -287,8 +323,17 @@ class Heartbeat:
         conn = self.conn
         if conn.state.state is State.CLOSED:
             return
-        silent_s = conn.loop.time() - conn.last_received_s
-        if silent_s >= self.interval_s * self.misses_max:
+        now_s = conn.loop.time()
+        silent_s = now_s - conn.last_received_s
+        dead_s = self.interval_s * self.misses_max
+        if conn.partial_since_s is not None and not conn.reading_paused and \
+                now_s - conn.partial_since_s >= dead_s:
+            # Stalled (or trickling) inside a frame: say so rather than "idle".
+            conn.fail(ErrorCode.TRUNCATED_FRAME,
+                      f"frame incomplete for {now_s - conn.partial_since_s:.1f} s "
+                      f"({conn.decoder.buffered_bytes} bytes buffered)")
+            return
+        if silent_s >= dead_s:
             conn.fail(ErrorCode.IDLE_TIMEOUT, f"peer silent for {silent_s:.1f} s")
             return
         if silent_s >= self.interval_s * 0.9:
