@@ -50,8 +50,13 @@ def _sorted(obj: Any) -> Any:
     return obj
 
 
-def unpack(data: bytes) -> dict[str, Any]:
-    """Unpack a body, enforcing every limit; raise ``BodyError`` with a code on any defect."""
+def unpack(data: bytes, depth: int = 1) -> dict[str, Any]:
+    """Unpack a body, enforcing every limit; raise ``BodyError`` with a code on any defect.
+
+    ``depth`` is the nesting depth of the map being unpacked: 1 for a frame's body, 2 for a
+    REQUEST's ``args`` (their own msgpack bytes, but counted as if embedded in the envelope,
+    so the depth rule of ``docs/protocol.md`` §2.6 reads the same either way).
+    """
     try:
         obj = msgpack.unpackb(
             data,
@@ -76,14 +81,14 @@ def unpack(data: bytes) -> dict[str, Any]:
         raise BodyError(f"not valid msgpack: {exc}", code=ErrorCode.MALFORMED_BODY) from None
     if not isinstance(obj, dict):
         raise BodyError("a body must be a msgpack map", code=ErrorCode.MALFORMED_BODY)
-    _check_shape(obj)
+    _check_shape(obj, depth)
     return obj
 
 
-def _check_shape(root: dict[str, Any]) -> None:
+def _check_shape(root: dict[str, Any], root_depth: int) -> None:
     """Refuse nesting past the limit, non-string map keys and floats, without recursion (a
     deep body is hostile)."""
-    stack: list[tuple[Any, int]] = [(root, 1)]
+    stack: list[tuple[Any, int]] = [(root, root_depth)]
     while stack:
         node, depth = stack.pop()
         if depth > NESTING_DEPTH_MAX:

@@ -156,11 +156,16 @@ def decode_request(request_id: int, raw: bytes) -> Request:
     )
 
 
+# ``args`` travel as their own msgpack bytes (signed exactly as sent) but count as depth 2,
+# the depth they would have inside the envelope (docs/protocol.md §2.6).
+ARGS_DEPTH = 2
+
+
 def decode_args(args_raw: bytes) -> dict[str, Any]:
     """Unpack an authenticated request's ``args`` under the body limits (``MALFORMED_BODY``
     on any defect; the schema of the operation is checked afterwards)."""
     try:
-        return bodycodec.unpack(args_raw)
+        return bodycodec.unpack(args_raw, depth=ARGS_DEPTH)
     except BodyError as exc:
         raise BodyError(f"args: {exc.message}", code=exc.code, field="args") from None
 

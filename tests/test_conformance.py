@@ -614,12 +614,12 @@ async def test_bank_call_stops_at_its_deadline_without_sending(dep: Deployment) 
     deadline, so the settlement after a timeout (inquiry, then reversal) shares one budget."""
     import asyncio
 
-    from gateway import tls
+    from gateway import secret_keys, tls
     from gateway.hub.banklink import BankPool, BankUnavailable
-    from tests.deploy import LINK_KEY
 
     pool = BankPool("bca", [f"127.0.0.1:{dep.banks['bca'][0].port}"], hub_id="hub",
-                    key=LINK_KEY.encode(), ssl_ctx=tls.node_client_context(dep.certs, "hub", "hub"),
+                    key=secret_keys.load_link_key(dep.secrets),
+                    ssl_ctx=tls.node_client_context(dep.certs, "hub", "hub"),
                     on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=3)
     pool.start()
     try:
