@@ -272,9 +272,12 @@ class FramedProtocol(asyncio.Protocol):
         want = self.wants_reading()
         if want and self.reading_paused:
             self.reading_paused = False
+            now_s = self.loop.time()
+            # What the peer sent meanwhile (PONGs, the rest of a frame) waits in the socket:
+            # we paused, not the peer, so its silence and partial-frame clocks restart here.
+            self.last_received_s = now_s
             if self.partial_since_s is not None:
-                # The rest of the frame may be waiting in the socket: we paused, not the peer.
-                self.partial_since_s = self.loop.time()
+                self.partial_since_s = now_s
             self.transport.resume_reading()
         elif not want and not self.reading_paused:
             self.reading_paused = True
@@ -333,7 +336,10 @@ class Heartbeat:
                       f"frame incomplete for {now_s - conn.partial_since_s:.1f} s "
                       f"({conn.decoder.buffered_bytes} bytes buffered)")
             return
-        if silent_s >= dead_s:
+        if silent_s >= dead_s and not (conn.reading_paused and not conn.writing_paused):
+            # Reads paused by our own bound (in flight) leave the peer's PONGs unread: that
+            # silence is ours. Paused because the peer does not read what we send, it is not,
+            # and the same three intervals bound how long such a peer holds the connection.
             conn.fail(ErrorCode.IDLE_TIMEOUT, f"peer silent for {silent_s:.1f} s")
             return
         if silent_s >= self.interval_s * 0.9:
