@@ -134,6 +134,10 @@ class Deployment:
         """How many ``op`` requests the node has received (``bank.authorize``, ...)."""
         return int((await self.stats(bank, node))["received"].get(op, 0))
 
+    async def applied(self, bank: str, op: str, node: int = 0) -> int:
+        """How many ``op`` requests the node has applied to its books and answered."""
+        return int((await self.stats(bank, node))["applied"].get(op, 0))
+
     async def balance(self, bank: str, account: str) -> tuple[int, int]:
         balances = (await self.admin(bank, "admin.balances"))["balances"]
         return balances[account][0], balances[account][1]
