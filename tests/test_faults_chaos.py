@@ -93,7 +93,7 @@ async def test_black_holed_bank_link_then_healed(tmp_path: Path) -> None:
             assert not charge.done()
             proxy.heal()
             proxy.reset_all()  # the black hole ate TLS records: the link must start over
-            tx = await asyncio.wait_for(charge, 60)
+            tx = await asyncio.wait_for(charge, 120)
         assert tx.transaction_status in ("capture", "failure")
         assert await wait_resolved(dep) == 0
         debits = dep.bank_sql("bca", "SELECT COUNT(*) FROM effects WHERE transaction_id=? "
@@ -123,7 +123,7 @@ async def test_late_bank_success_after_the_hub_timeout(tmp_path: Path) -> None:
                              "the late authorization to be applied")
             assert (await dep.balance("bca", RICH[3]))[0] == OPENING - 55_000
             await dep.admin("bca", "admin.faults", {"latency_ms": 0})
-            tx = await asyncio.wait_for(charge, 60)
+            tx = await asyncio.wait_for(charge, 120)
         # Reconciled by inquiry: the late success is the outcome, applied once.
         assert tx.transaction_status == "capture"
         assert await dep.balance("bca", RICH[3]) == (OPENING - 55_000, 0)

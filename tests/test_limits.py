@@ -71,7 +71,7 @@ async def test_client_timeout_is_resolved_by_status_never_by_charging_again(
             await wait_until(lambda: dep.ledger_sql(
                 "SELECT status, unresolved FROM transactions WHERE order_id = 'slow-1'")
                 == [("capture", 0)], "the hub to record the bank's late answer")
-            assert (await c.status("slow-1")).transaction_status == "capture"
+            assert (await c.status("slow-1", timeout_s=60)).transaction_status == "capture"
         assert await dep.balance("bca", RICH[2]) == (OPENING - 12_000, 0)
         # With the default retries the client asks ``status`` until the answer is known
         # and returns it: the charge is resolved, and made once.

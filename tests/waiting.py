@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -39,20 +38,6 @@ async def wait_until(condition: Callable[[], T | Awaitable[T]], what: str, *,
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} "
                                  f"(last: {value!r})")
         await asyncio.sleep(poll_s)
-
-
-def wait_until_sync(condition: Callable[[], T], what: str, *,
-                    timeout_s: float = WAIT_S_DEFAULT, poll_s: float = POLL_S) -> T:
-    """``wait_until`` for code outside an event loop."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what} "
-                                 f"(last: {value!r})")
-        time.sleep(poll_s)
 
 
 def log_contains(path: Path, text: str) -> Callable[[], bool]:
