@@ -71,6 +71,7 @@ class _Pipe:
                     self.conn.reset()
                     return
                 if f.blackhole:
+                    self.proxy.swallowed[self.direction] += 1
                     continue
                 delay_s = max(0.0, f.latency_ms + self.proxy.rng.uniform(
                     -f.jitter_ms, f.jitter_ms)) / 1000
@@ -97,6 +98,7 @@ class _Pipe:
                         if room > 0:
                             self.writer.write(data[:room])
                             await self.writer.drain()
+                        self.proxy.cuts += 1
                         self.conn.close()
                         return
                 for piece in self._pieces(data, f.slice_bytes_max):
@@ -161,6 +163,11 @@ class ChaosProxy:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.port = listen_port
         self.accepted = 0
+        # Connections cut by ``drop_after_bytes``: what a test waits on ("the answer was
+        # cut") instead of sleeping.
+        self.cuts = 0
+        # Reads swallowed by ``blackhole``, per direction (``up``: what the client sent).
+        self.swallowed = {d: 0 for d in DIRECTIONS}
 
     async def start(self) -> ChaosProxy:
         self._server = await asyncio.start_server(self._accept, *self.listen)

@@ -133,6 +133,9 @@ class HubConfig:
     pending_expiry_default_s: int = 24 * 3600
     expiry_check_interval_s: float = 0.5
     recovery_interval_s: float = 1.0
+    # How long start-up waits for the settling of unanswered bank calls before serving; what
+    # is not settled by then stays marked unresolved and is settled in the background.
+    recovery_at_start_s: float = 20.0
     ledger_queue_writes_max: int = 50_000
     shutdown_grace_s: float = 10.0
     cache_entries_max: int = 20_000
@@ -158,6 +161,7 @@ class HubConfig:
                 if problem is not None:
                     raise ConfigError(f"merchants[{m.id}].webhook_url: {problem}")
         check_currencies(self.currencies, "currencies")
+        check_recovery_bound(self)
 
     def merchant(self, merchant_id: str) -> MerchantConfig | None:
         for m in self.merchants:
@@ -173,6 +177,20 @@ class HubConfig:
         if m.nonce_entries_max is not None:
             return m.nonce_entries_max
         return m.rate_burst + math.ceil(m.rate_per_s * (2 * self.timestamp_window_s + 1))
+
+
+def check_recovery_bound(cfg: HubConfig) -> None:
+    """The start-up recovery bound must outlast one inquiry through every bank attempt
+    (``bank_timeout_s`` x ``bank_retry_attempts_max``): with less, a merely slow bank could
+    never be settled before serving. A longer recovery never stops the hub from starting;
+    it continues in the background (``docs/reliability.md``)."""
+    one_inquiry_s = cfg.bank_timeout_s * cfg.bank_retry_attempts_max
+    if not cfg.recovery_at_start_s > one_inquiry_s:
+        raise ConfigError(
+            f"recovery_at_start_s ({cfg.recovery_at_start_s:g}) must exceed bank_timeout_s "
+            f"x bank_retry_attempts_max ({cfg.bank_timeout_s:g} x "
+            f"{cfg.bank_retry_attempts_max} = {one_inquiry_s:g} s), the time one inquiry "
+            "to an unresponsive bank takes")
 
 
 @dataclass

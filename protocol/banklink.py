@@ -32,6 +32,7 @@ ADMIN_PAY = "admin.pay"
 ADMIN_BALANCES = "admin.balances"
 ADMIN_FAULTS = "admin.faults"
 ADMIN_PAYMENTS = "admin.payments"
+ADMIN_STATS = "admin.stats"
 
 ARGS: dict[str, Map] = {
     AUTHORIZE: Map({"op_id": OP_ID, "transaction_id": TXID, "account": Str(1, 32),
@@ -57,6 +58,7 @@ ARGS: dict[str, Map] = {
                        "failure_rate_pct": Opt(Int(0, 100)),
                        "blackhole": Opt(Bool())}),
     ADMIN_PAYMENTS: Map({}),
+    ADMIN_STATS: Map({}),
 }
 
 

@@ -14,7 +14,7 @@ from gateway.cli import bank_admin_call
 from gateway.client import Client, connect
 from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig
 from gateway.demo import luhn_complete
-from gateway.processes import NodeProcess
+from gateway.processes import READY_TIMEOUT_S, NodeProcess
 
 KEYS = {"M1": "sk-M1-test", "M2": "sk-M2-test"}
 RICH = [luhn_complete(f"4811{i:06d}") for i in range(1, 31)]
@@ -83,11 +83,11 @@ class Deployment:
         self.start_hub()
         return self
 
-    def start_hub(self) -> int:
+    def start_hub(self, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
         """Start (or restart) the hub; a restart listens on the same port as before."""
         assert self.hub_cfg is not None
         self.hub = NodeProcess("hub", self.hub_cfg, self.workdir, "hub").start()
-        port = self.hub.wait_ready()
+        port = self.hub.wait_ready(ready_timeout_s)
         self.hub_cfg.listen_port = port
         return port
 
@@ -96,8 +96,9 @@ class Deployment:
         await asyncio.get_running_loop().run_in_executor(None, self.start)
         return self
 
-    async def arestart_hub(self) -> int:
-        return await asyncio.get_running_loop().run_in_executor(None, self.start_hub)
+    async def arestart_hub(self, ready_timeout_s: float = READY_TIMEOUT_S) -> int:
+        return await asyncio.get_running_loop().run_in_executor(None, self.start_hub,
+                                                                ready_timeout_s)
 
     def bank_paths(self) -> dict[str, Path]:
         return {bank: self.workdir / f"{bank}.db" for bank in self.banks}
@@ -128,6 +129,18 @@ class Deployment:
         proc = self.banks[bank][node]
         return await bank_admin_call(f"127.0.0.1:{proc.port}", self.certs, "hub",
                                      secret_keys.load_link_key(self.secrets), op, args or {})
+
+    async def stats(self, bank: str, node: int = 0) -> dict[str, dict[str, int]]:
+        """A bank node's counters of operations received and applied (``admin.stats``)."""
+        return await self.admin(bank, "admin.stats", node=node)
+
+    async def received(self, bank: str, op: str, node: int = 0) -> int:
+        """How many ``op`` requests the node has received (``bank.authorize``, ...)."""
+        return int((await self.stats(bank, node))["received"].get(op, 0))
+
+    async def applied(self, bank: str, op: str, node: int = 0) -> int:
+        """How many ``op`` requests the node has applied to its books and answered."""
+        return int((await self.stats(bank, node))["applied"].get(op, 0))
 
     async def balance(self, bank: str, account: str) -> tuple[int, int]:
         balances = (await self.admin(bank, "admin.balances"))["balances"]

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Callable
 from typing import Any
 
 from gateway.client import Card, Client, ConnectionLost, OutcomeUnknown, RequestError
 from tests.deploy import RICH, Deployment, ack
+from tests.waiting import wait_until
 
 
 async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
@@ -39,6 +41,7 @@ async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
     async def one(i: int) -> None:
         order, amount, capture = plan[i]
         if spread_s:
+            # Pacing, not synchronisation: the load's shape (charges spread over spread_s).
             await asyncio.sleep(spread_s * i / count)
         try:
             tx = await made[i % clients].charge(order, amount, capture=capture,
@@ -55,15 +58,15 @@ async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
     return acks, errors
 
 
-async def wait_resolved(dep: Deployment, timeout_s: float = 30.0) -> int:
+async def wait_resolved(dep: Deployment, timeout_s: float = 60.0) -> int:
     """Wait until the ledger has no unresolved bank call; return how many are left."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while True:
-        left = int(dep.ledger_sql("SELECT COUNT(*) FROM transactions WHERE unresolved=1")[0][0])
-        if left == 0 or loop.time() > deadline:
-            return left
-        await asyncio.sleep(0.1)
+    def left() -> int:
+        return int(dep.ledger_sql("SELECT COUNT(*) FROM transactions WHERE unresolved=1")[0][0])
+
+    with contextlib.suppress(AssertionError):
+        await wait_until(lambda: left() == 0, "every bank call to be resolved",
+                         timeout_s=timeout_s)
+    return left()
 
 
 async def assert_settled_and_clean(dep: Deployment, acks: list[dict[str, Any]],

@@ -61,7 +61,7 @@ class Raw:
     def send(self, data: bytes) -> None:
         self.writer.write(data)
 
-    async def next_frame(self, timeout_s: float = 5.0) -> Frame:
+    async def next_frame(self, timeout_s: float = 30.0) -> Frame:
         while not self.frames:
             data = await asyncio.wait_for(self.reader.read(65536), timeout_s)
             if not data:
@@ -69,7 +69,7 @@ class Raw:
             self.frames += self.decoder.feed(data)
         return self.frames.pop(0)
 
-    async def error_then_close(self, timeout_s: float = 5.0) -> ErrorCode:
+    async def error_then_close(self, timeout_s: float = 30.0) -> ErrorCode:
         """The documented outcome of a fatal error: an ERROR frame, then the end."""
         return (await self.error_body_then_close(timeout_s))[0]
 
@@ -82,7 +82,7 @@ class Raw:
         assert await self.closed(timeout_s)
         return ErrorCode(body["code"]), body
 
-    async def closed(self, timeout_s: float = 5.0) -> bool:
+    async def closed(self, timeout_s: float = 30.0) -> bool:
         try:
             while await asyncio.wait_for(self.reader.read(65536), timeout_s):
                 pass

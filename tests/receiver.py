@@ -141,7 +141,7 @@ class Receiver:
         return [d for d in self.deliveries if 200 <= d.status < 300
                 and (merchant is None or d.merchant == merchant)]
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
         async with self.arrived:
             try:
                 await asyncio.wait_for(self.arrived.wait_for(predicate), timeout_s)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import subprocess
@@ -62,4 +61,3 @@ async def test_audit_detects_each_kind_of_fault(tmp_path: Path) -> None:
                            str(ledger), "--bank", f"bca={bank}", "--acks", str(acks_file)],
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "duplicated:" in proc.stdout
-    await asyncio.sleep(0)

@@ -13,7 +13,6 @@ import datetime as dt
 import ipaddress
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gateway import pki, secret_keys, tls
-from gateway.client import Card, connect
+from gateway.client import Card, Client, connect
 from gateway.config import BankNodeConfig
 from gateway.processes import NodeProcess
 from protocol import messages
@@ -33,6 +32,7 @@ from protocol.decoder import FrameDecoder
 from protocol.errors import ErrorCode, RemoteError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, Frame, FrameType
 from tests.deploy import BNI_CARDS, KEYS, OPENING, Deployment
+from tests.waiting import wait_until
 
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -91,14 +91,6 @@ def cn(name: str) -> tuple[x509.ObjectIdentifier, str]:
 def der(crt: Path) -> bytes:
     return x509.load_pem_x509_certificate(crt.read_bytes()).public_bytes(
         serialization.Encoding.DER)
-
-
-async def wait_for(condition: object, what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # --- issuance ------------------------------------------------------------------------------
@@ -310,7 +302,7 @@ async def test_hub_refuses_a_bank_link_to_a_merchant_certificate(
     finally:
         conn.close()
     hub_log = dep.workdir / "hub.log"
-    await wait_for(lambda: "refusing" in hub_log.read_text(), "the hub to refuse the link")
+    await wait_until(lambda: "refusing" in hub_log.read_text(), "the hub to refuse the link")
     assert "certificate role is 'merchant', expected 'bank'" in hub_log.read_text()
 
 
@@ -413,12 +405,12 @@ async def test_a_bank_cannot_settle_another_banks_payment(tmp_path: Path) -> Non
                      bank_address=lambda bank, port: fake_port if bank == "bni" else port)
     try:
         await dep.astart()
-        await wait_for(lambda: fake.writer is not None, "the hub's link to the bni node")
+        await wait_until(lambda: fake.writer is not None, "the hub's link to the bni node")
         async with dep.client() as c:
             tx = await c.charge("va-at-bca", 75_000, "bank_transfer", bank="bca")
             assert tx.transaction_status == "pending"
             fake.report_payment(tx.transaction_id, 75_000)
-            await wait_for(lambda: fake.responses, "the hub's answer to the payment report")
+            await wait_until(lambda: fake.responses, "the hub's answer to the payment report")
             assert (await c.status("va-at-bca")).transaction_status == "pending"
             assert "payment notification from bank bni" in (tmp_path / "hub.log").read_text()
             # The bank the payment was routed to still settles it.
@@ -430,9 +422,7 @@ async def test_a_bank_cannot_settle_another_banks_payment(tmp_path: Path) -> Non
         await server.wait_closed()
 
 
-async def wait_for_status(c: object, order_id: str, status: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while (await c.status(order_id)).transaction_status != status:  # type: ignore[attr-defined]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{order_id} never reached {status}")
-        await asyncio.sleep(0.05)
+async def wait_for_status(c: Client, order_id: str, status: str) -> None:
+    async def reached() -> bool:
+        return (await c.status(order_id)).transaction_status == status
+    await wait_until(reached, f"{order_id} to reach {status}", timeout_s=WAIT_S)

@@ -9,17 +9,26 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import Card, Event, RequestError
+from gateway.client import Card, Event, RequestError, TransactionResult
 from gateway.config import FraudConfig, VelocityRule
 from protocol.errors import ErrorCode
 from tests.deploy import RICH, Deployment, deployment
+from tests.waiting import wait_until
 
 
 def card(i: int) -> Card:
     return Card(RICH[i % len(RICH)], 12, 2030, "123")
 
 
-async def take(stream: object, n: int, timeout_s: float = 10.0) -> list[Event]:
+def subscribed(stream: object) -> bool:
+    """The stream's connection has its WELCOME, so the hub has registered the subscription
+    (it does so in the same step as it sends WELCOME)."""
+    frame = getattr(stream, "ag_frame", None)
+    sub = frame.f_locals.get("sub") if frame is not None else None
+    return bool(sub is not None and sub.welcome)
+
+
+async def take(stream: object, n: int, timeout_s: float = 60.0) -> list[Event]:
     out: list[Event] = []
 
     async def run() -> None:
@@ -62,7 +71,7 @@ async def test_events_from_now_and_cli_tail(tmp_path: Path) -> None:
             await c.charge("old", 1_000, card=card(0))
             stream = c.events()  # from now on: the old event is not replayed
             task = asyncio.ensure_future(take(stream, 1))
-            await asyncio.sleep(0.3)
+            await wait_until(lambda: subscribed(stream), "the event subscription")
             await c.charge("new", 2_000, card=card(1))
             (event,) = await task
             await stream.aclose()
@@ -120,11 +129,12 @@ async def test_unreviewed_challenge_is_denied_after_the_timeout(fraud_dep: Deplo
     before = await dep.balance("bca", RICH[3])
     async with dep.client() as c:
         await c.charge("fr-timeout", 8_000_000, card=card(3))
-        for _ in range(100):
+
+        async def denied() -> TransactionResult | None:
             tx = await c.status("fr-timeout")
-            if tx.transaction_status == "deny":
-                break
-            await asyncio.sleep(0.05)
+            return tx if tx.transaction_status == "deny" else None
+
+        tx = await wait_until(denied, "the unreviewed challenge to be denied")
     assert (tx.transaction_status, tx.fraud_status) == ("deny", "deny")
     assert "review_timeout" in tx.fraud_reasons
     assert await dep.balance("bca", RICH[3]) == before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from gateway.client import Card, RequestError
 from protocol.errors import ErrorCode
 from tests.deploy import BNI_CARDS, POOR, RICH, Deployment, deployment
+from tests.waiting import wait_until
 
 _orders = itertools.count(1)
 _cards = itertools.cycle(RICH)
@@ -102,15 +104,14 @@ async def test_refunds_partial_partial_then_exceeding(dep: Deployment) -> None:
     assert await dep.balance("bca", number) == before
 
 
-async def _wait_status(dep: Deployment, oid: str, status: str, timeout_s: float = 10) -> str:
+async def _wait_status(dep: Deployment, oid: str, status: str, timeout_s: float = 60) -> str:
     async with dep.client() as c:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while True:
-            got = (await c.status(oid)).transaction_status
-            if got == status or loop.time() > deadline:
-                return got
-            await asyncio.sleep(0.05)
+        async def reached() -> bool:
+            return (await c.status(oid)).transaction_status == status
+
+        with contextlib.suppress(AssertionError):
+            await wait_until(reached, f"order {oid} to be {status}", timeout_s=timeout_s)
+        return (await c.status(oid)).transaction_status
 
 
 async def test_virtual_account_pending_then_settlement(dep: Deployment) -> None:

@@ -15,7 +15,6 @@ import asyncio
 import dataclasses
 import socket
 import ssl
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from protocol import messages
 from protocol.decoder import FrameDecoder
 from protocol.frame import FrameType
 from tests.deploy import KEYS, RICH, deployment
+from tests.waiting import wait_until
 
 EVENTS_STORED = 1000  # ~500 KB of EVENT frames: many times every allowance below
 EVENTS_DURING_REPLAY = 20
@@ -44,15 +44,6 @@ BELOW_TLS_BYTES_MAX = 64 * 1024 + BUFFER_BOUND_BYTES
 KERNEL_BYTES_MAX = 64 * 1024
 LARGE_SOCKET_BUFFER_BYTES = 1 << 20
 WAIT_S = 60.0
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    """Poll an observable condition with a deadline (no sleep as synchronisation)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.005)
 
 
 def open_subscriber(port: int, certs: Path) -> ssl.SSLSocket:
@@ -102,7 +93,7 @@ async def scenario(tmp_path: Path) -> None:
                 assert hub.event_seq["M1"] == EVENTS_STORED
 
                 tls = await loop.run_in_executor(None, open_subscriber, hub.port, dep.certs)
-                await until(lambda: any(s.cert_name == "M1" and s.merchant_id is None
+                await wait_until(lambda: any(s.cert_name == "M1" and s.merchant_id is None
                                         for s in hub.sessions), "the subscriber's session")
                 session: MerchantSession = next(s for s in hub.sessions
                                                 if s.merchant_id is None)
@@ -127,7 +118,7 @@ async def scenario(tmp_path: Path) -> None:
 
                 # The subscriber reads nothing: the hub fills what the kernel takes, then
                 # its own buffer, and must stop there.
-                await until(stalled, "the hub to stop writing to the non-reader")
+                await wait_until(stalled, "the hub to stop writing to the non-reader")
                 # More events while the replay waits: committed, pushed later, in order.
                 for i in range(EVENTS_STORED, EVENTS_STORED + EVENTS_DURING_REPLAY):
                     await charge(i)
@@ -152,7 +143,7 @@ async def scenario(tmp_path: Path) -> None:
                 replayed = EVENTS_STORED + EVENTS_DURING_REPLAY
                 got = await loop.run_in_executor(None, read_events, tls, replayed)
                 assert got == list(range(1, replayed + 1))
-                await until(lambda: not session.replaying, "the switch to live events")
+                await wait_until(lambda: not session.replaying, "the switch to live events")
                 await charge(replayed)
                 live = await loop.run_in_executor(None, read_events, tls, 1)
                 assert live == [replayed + 1]

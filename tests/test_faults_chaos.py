@@ -7,11 +7,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from gateway.chaos import ChaosProxy
-from gateway.client import Card, connect
+from gateway.client import Card, RequestError, connect
+from protocol import banklink
+from protocol.errors import ErrorCode
 from tests.deploy import KEYS, OPENING, RICH, Deployment, ack
 from tests.loadgen import wait_resolved
 from tests.rawclient import Raw
+from tests.waiting import wait_until
 
 
 def card(i: int) -> Card:
@@ -43,26 +48,30 @@ async def bank_proxied(tmp_path: Path, **hub: Any) -> tuple[Deployment, list[Cha
 
 
 async def test_response_dropped_after_the_bank_debited(tmp_path: Path) -> None:
-    dep = await Deployment(tmp_path, bca_nodes=1).astart()
+    # No heartbeats during the test: the only bytes the hub sends the client after the
+    # warm-up below are the charge's answer.
+    dep = await Deployment(tmp_path, bca_nodes=1,
+                           hub_overrides={"heartbeat_interval_s": 600.0}).astart()
     proxy = await ChaosProxy("127.0.0.1", dep.port).start()
     try:
         client = await via(dep, proxy).connect()
-        await dep.admin("bca", "admin.faults", {"latency_ms": 300})
-        charge = asyncio.ensure_future(client.charge("drop-1", 33_000, card=card(0)))
-        # Arm the cut once the charge waits on the bank (not earlier: TLS 1.3 session
-        # tickets from the hub would trip it before the request is even sent).
-        await asyncio.sleep(0.15)
+        # One round trip first: whatever the hub's TLS stack sends after the handshake
+        # (TLS 1.3 session tickets) has then passed the proxy and cannot trip the cut.
+        with pytest.raises(RequestError) as info:
+            await client.status("drop-1")
+        assert info.value.code is ErrorCode.NOT_FOUND
         proxy.set("down", drop_after_bytes=0)  # the hub's next bytes cut the connection
-        for _ in range(200):  # until the bank has debited
-            if (await dep.balance("bca", RICH[0]))[0] < OPENING:
-                break
-            await asyncio.sleep(0.02)
+        charge = asyncio.ensure_future(client.charge("drop-1", 33_000, card=card(0)))
+        await wait_until(lambda: proxy.cuts >= 1, "the hub's answer to be cut")
+        # The hub answers after its commit, so the bank had debited before the cut.
+        assert (await dep.balance("bca", RICH[0]))[0] == OPENING - 33_000
+        assert await dep.received("bca", banklink.AUTHORIZE) == 1
         proxy.heal()
-        await dep.admin("bca", "admin.faults", {"latency_ms": 0})
-        tx = await asyncio.wait_for(charge, 30)
+        tx = await asyncio.wait_for(charge, 120)
         await client.close()
         assert tx.transaction_status == "capture" and tx.replayed  # the retry got the record
         assert await dep.balance("bca", RICH[0]) == (OPENING - 33_000, 0)  # one debit
+        assert await dep.received("bca", banklink.AUTHORIZE) == 1
         assert dep.audit([ack(tx)]).clean
     finally:
         await proxy.stop()
@@ -76,11 +85,15 @@ async def test_black_holed_bank_link_then_healed(tmp_path: Path) -> None:
             await c.charge("bh-warmup", 1_000, card=card(1))
             proxy.set("both", blackhole=True)
             charge = asyncio.ensure_future(c.charge("bh-1", 44_000, card=card(2)))
-            await asyncio.sleep(2.0)  # several bank timeouts long
+            # The hub gave up on the bank more than once: three of its writes went into the
+            # hole (the authorization, then after its timeout the inquiry, then after that
+            # one's timeout a resolver's inquiry).
+            await wait_until(lambda: proxy.swallowed["up"] >= 3,
+                             "the hub to give up on the silent bank twice")
             assert not charge.done()
             proxy.heal()
             proxy.reset_all()  # the black hole ate TLS records: the link must start over
-            tx = await asyncio.wait_for(charge, 60)
+            tx = await asyncio.wait_for(charge, 120)
         assert tx.transaction_status in ("capture", "failure")
         assert await wait_resolved(dep) == 0
         debits = dep.bank_sql("bca", "SELECT COUNT(*) FROM effects WHERE transaction_id=? "
@@ -102,10 +115,15 @@ async def test_late_bank_success_after_the_hub_timeout(tmp_path: Path) -> None:
         await dep.admin("bca", "admin.faults", {"latency_ms": 1500})
         async with dep.client(timeout_s=5.0, retry_attempts_max=30) as c:
             charge = asyncio.ensure_future(c.charge("late-1", 55_000, card=card(3)))
-            await asyncio.sleep(3.0)  # the authorization succeeded at the bank, late
+            # The hub timed out and asked (an inquiry reached the bank) ...
+            await wait_until(lambda: dep.received("bca", banklink.INQUIRY),
+                             "the hub's inquiry after its timeout")
+            # ... and the authorization succeeded at the bank, late.
+            await wait_until(lambda: dep.applied("bca", banklink.AUTHORIZE),
+                             "the late authorization to be applied")
             assert (await dep.balance("bca", RICH[3]))[0] == OPENING - 55_000
             await dep.admin("bca", "admin.faults", {"latency_ms": 0})
-            tx = await asyncio.wait_for(charge, 60)
+            tx = await asyncio.wait_for(charge, 120)
         # Reconciled by inquiry: the late success is the outcome, applied once.
         assert tx.transaction_status == "capture"
         assert await dep.balance("bca", RICH[3]) == (OPENING - 55_000, 0)
@@ -182,6 +200,8 @@ async def test_slow_reading_client_keeps_hub_memory_bounded(tmp_path: Path) -> N
                 # ... while another client's payments go through.
                 tx = await other.charge(f"other-{os.urandom(3).hex()}", 1_000, card=card(1))
                 others_ok += tx.transaction_status == "capture"
+                # Pacing, not synchronisation: the other client's charges are spread over
+                # a few seconds of the flood, the window in which it must be served.
                 await asyncio.sleep(0.2)
         grown = rss_bytes(pid) - before
         read = read_bytes(pid) - read_before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,6 +13,7 @@ from gateway.client import Card, OutcomeUnknown, RequestError
 from protocol.errors import ErrorCode, RemoteError
 from tests.deploy import OPENING, RICH, Deployment
 from tests.rawclient import Raw
+from tests.waiting import log_contains, wait_until
 
 
 def card(i: int) -> Card:
@@ -28,8 +30,10 @@ async def test_connections_per_merchant_are_bounded(tmp_path: Path) -> None:
             await dep.client(reconnect=False).connect()
         assert info.value.code is ErrorCode.TOO_MANY_CONNECTIONS
         await a.close()
-        await asyncio.sleep(0.2)
-        c = await dep.client().connect()  # a slot freed up
+        # A slot frees up once the hub has seen the close: until then the hub answers
+        # TOO_MANY_CONNECTIONS, which the client retries with backoff (bounded by its
+        # reconnect window), so this waits for exactly that.
+        c = await dep.client().connect()
         await b.close()
         await c.close()
     finally:
@@ -63,8 +67,11 @@ async def test_client_timeout_is_resolved_by_status_never_by_charging_again(
             with pytest.raises(OutcomeUnknown) as info:
                 await c.charge("slow-1", 12_000, card=card(2))
             assert info.value.order_id == "slow-1"
-            await asyncio.sleep(1.5)  # the bank answers; the hub records it
-            assert (await c.status("slow-1")).transaction_status == "capture"
+            # The bank answers; the hub records it.
+            await wait_until(lambda: dep.ledger_sql(
+                "SELECT status, unresolved FROM transactions WHERE order_id = 'slow-1'")
+                == [("capture", 0)], "the hub to record the bank's late answer")
+            assert (await c.status("slow-1", timeout_s=60)).transaction_status == "capture"
         assert await dep.balance("bca", RICH[2]) == (OPENING - 12_000, 0)
         # With the default retries the client asks ``status`` until the answer is known
         # and returns it: the charge is resolved, and made once.
@@ -96,7 +103,10 @@ async def test_silent_bank_link_is_declared_dead_after_three_heartbeats(tmp_path
         async with dep.client(retry_attempts_max=1) as c:
             await c.charge("hb-warm", 1_000, card=card(3))
             proxy.set("both", blackhole=True)
-            await asyncio.sleep(4.0)  # > 3 heartbeat intervals of 1 s: the link is dead
+            # Silent for more than 3 heartbeat intervals of 1 s: the link is declared dead.
+            assert dep.hub is not None
+            await wait_until(log_contains(dep.hub.log_path, "link down to"),
+                             "the hub to declare the silent bank link dead")
             with pytest.raises(RequestError) as info:
                 await c.charge("hb-1", 1_000, card=card(4))
             # Nothing was sent: the hub knew the bank was unreachable, so the order id is
@@ -104,13 +114,15 @@ async def test_silent_bank_link_is_declared_dead_after_three_heartbeats(tmp_path
             assert info.value.code is ErrorCode.BANK_UNAVAILABLE
             proxy.heal()
             proxy.reset_all()  # connections opened into the black hole are half-dead
-            for _ in range(200):
+
+            async def charged() -> Any:
                 try:
-                    tx = await c.charge("hb-1", 1_000, card=card(4))
-                    break
+                    return await c.charge("hb-1", 1_000, card=card(4))
                 except RequestError as exc:
                     assert exc.code is ErrorCode.BANK_UNAVAILABLE
-                    await asyncio.sleep(0.1)
+                    return None
+
+            tx = await wait_until(charged, "the bank link to come back", poll_s=0.1)
             assert tx is not None and tx.transaction_status == "capture" and not tx.replayed
     finally:
         await proxy.stop()

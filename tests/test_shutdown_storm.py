@@ -9,8 +9,10 @@ import statistics
 from pathlib import Path
 
 from gateway.client import Card
+from protocol import banklink
 from tests.deploy import RICH, Deployment, ack
 from tests.loadgen import assert_settled_and_clean, charge_load
+from tests.waiting import wait_until
 
 
 def free_port() -> int:
@@ -33,7 +35,7 @@ async def test_sigterm_under_load_answers_up_to_goaway_and_clients_move_on(
         load = asyncio.ensure_future(charge_load(
             dep, 120, 11, "term", addresses=addresses, acks=acks, spread_s=1.5,
             on_clients=clients_seen.extend))
-        await asyncio.sleep(0.6)
+        await wait_until(lambda: len(acks) >= 10, "the load to be under way")
         assert first.proc is not None
         first.proc.send_signal(signal.SIGTERM)
         loop = asyncio.get_running_loop()
@@ -61,22 +63,30 @@ async def test_sigterm_under_load_answers_up_to_goaway_and_clients_move_on(
 
 
 async def test_retry_storm_reconnects_are_spread_by_jitter(tmp_path: Path) -> None:
-    dep = await Deployment(tmp_path, bca_nodes=1,
+    # The bank holds each authorization 3 s (within the hub's 5 s bank timeout): the window
+    # in which every client has its charge in flight when the hub is killed.
+    dep = await Deployment(tmp_path, bca_nodes=1, hub_overrides={"bank_timeout_s": 5.0},
                            merchant_overrides={"M1": {"connections_max": 400}}).astart()
     clients = []
     try:
         for _ in range(200):
             clients.append(await dep.client(backoff_min_s=1.0, backoff_max_s=4.0,
                                             reconnect_window_s=60).connect())
-        await dep.admin("bca", "admin.faults", {"latency_ms": 1000})
+        await dep.admin("bca", "admin.faults", {"latency_ms": 3000})
         card = Card(RICH[0], 12, 2030, "123")
         charges = [asyncio.ensure_future(c.charge(f"storm-{i}", 1_000, card=card))
                    for i, c in enumerate(clients)]
-        await asyncio.sleep(0.5)  # every client has a charge in flight
+        # Every client has a charge in flight: the bank has all 200 authorizations and has
+        # answered none (checked after the kill).
+        async def all_at_the_bank() -> bool:
+            return await dep.received("bca", banklink.AUTHORIZE) == len(clients)
+
+        await wait_until(all_at_the_bank, "every charge to reach the bank")
         loop = asyncio.get_running_loop()
         assert dep.hub is not None
         dep.hub.kill()
         killed_at = loop.time()
+        assert await dep.applied("bca", banklink.AUTHORIZE) == 0
         await dep.arestart_hub()
         await dep.admin("bca", "admin.faults", {"latency_ms": 0})
         results = await asyncio.wait_for(asyncio.gather(*charges), 120)

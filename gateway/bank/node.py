@@ -12,6 +12,7 @@ import asyncio
 import functools
 import logging
 import random
+from collections import Counter
 from typing import Any
 
 from gateway import secret_keys, tls
@@ -106,6 +107,12 @@ class BankNode:
         self.latency_ms = cfg.latency_ms
         self.failure_rate = cfg.failure_rate
         self.blackhole = False
+        # Per operation name: requests that passed validation (``received``, counted even
+        # when a fault then swallows them) and answers sent after the books were written
+        # (``applied``). Read with ``admin.stats``, so tests and labs can wait for "the bank
+        # has the request" or "the bank has applied it" instead of sleeping.
+        self.received: Counter[str] = Counter()
+        self.applied: Counter[str] = Counter()
         self._server: asyncio.Server | None = None
         self._in_flight_notes: set[int] = set()
         self._notify_timer: asyncio.TimerHandle | None = None
@@ -154,6 +161,7 @@ class BankNode:
         if req.op.startswith("admin."):
             self._admin(session, rid, req.op, args)
             return
+        self.received[req.op] += 1
         if self.blackhole:
             return  # a lab fault: the request vanishes, as into a dead network
         if self.failure_rate and self.rng.random() < self.failure_rate:
@@ -179,6 +187,7 @@ class BankNode:
                                                         code=ErrorCode.INTERNAL))
                 return
             result = fut.result()
+            self.applied[op] += 1
             session.respond(rid, result)
             if op == banklink.OPEN_PAYMENT and not result.get("duplicate"):
                 self._schedule_auto_pay(args["transaction_id"])
@@ -196,6 +205,10 @@ class BankNode:
             session.respond(rid, {"latency_ms": int(self.latency_ms),
                                   "failure_rate_pct": int(self.failure_rate * 100),
                                   "blackhole": self.blackhole})
+            return
+        if op == banklink.ADMIN_STATS:
+            session.respond(rid, {"received": dict(self.received),
+                                  "applied": dict(self.applied)})
             return
         if op == banklink.ADMIN_BALANCES:
             fut: asyncio.Future[Any] = self.store.balances()

@@ -23,8 +23,6 @@ from protocol.frame import Frame, FrameType
 
 log = logging.getLogger("paywire.hub")
 
-RECOVERY_AT_START_S = 10.0
-
 
 class Hub:
     def __init__(self, cfg: HubConfig) -> None:
@@ -95,8 +93,11 @@ class Hub:
 
     async def _recover(self) -> None:
         """Before serving: settle every bank call that has no recorded answer, and re-arm
-        expiry for pending payments. What cannot be settled now stays marked unresolved and
-        the resolver keeps trying; requests touching it get OUTCOME_UNKNOWN meanwhile."""
+        expiry for pending payments. Waits at most ``recovery_at_start_s``: what is not
+        settled by then keeps being settled in the background (the same tasks, then the
+        resolver), and start-up goes on. It stays marked unresolved meanwhile, so a request
+        touching it waits for its order's lock and gets OUTCOME_UNKNOWN or the settled
+        result; a charge is never sent to the bank a second time (the retry only inquires)."""
         unresolved = await self.ledger.unresolved()
         for tx in unresolved:
             self.service.publish(tx)
@@ -104,15 +105,23 @@ class Hub:
             self.service.publish(tx)
         for tx in await self.ledger.challenged():
             self.service.publish(tx)
-        if unresolved:
-            log.warning("recovery: %d transactions with unanswered bank calls", len(unresolved))
-            keys = [(tx.merchant_id, tx.order_id) for tx in unresolved]
-            results = await asyncio.wait_for(asyncio.gather(
-                *(self.service.resolve_key(k) for k in keys), return_exceptions=True),
-                RECOVERY_AT_START_S)
-            failed = sum(1 for r in results if isinstance(r, BaseException))
-            log.warning("recovery: %d settled, %d left for the resolver",
-                        len(keys) - failed, failed)
+        if not unresolved:
+            return
+        log.warning("recovery: %d transactions with unanswered bank calls", len(unresolved))
+        tasks = [t for tx in unresolved
+                 if (t := self._spawn((tx.merchant_id, tx.order_id),
+                                      self.service.resolve_key(
+                                          (tx.merchant_id, tx.order_id)))) is not None]
+        if not tasks:
+            return
+        # asyncio.wait, not wait_for: reaching the bound must neither cancel the settling
+        # (it may be half-way through an inquiry) nor fail start-up (a black-holed bank
+        # would otherwise make the hub exit and crash-loop under a supervisor).
+        done, running = await asyncio.wait(tasks, timeout=self.cfg.recovery_at_start_s)
+        failed = sum(1 for t in done if t.cancelled() or t.exception() is not None)
+        log.warning("recovery: %d settled, %d left for the resolver, %d still settling in "
+                    "the background after %g s", len(done) - failed, failed, len(running),
+                    self.cfg.recovery_at_start_s)
 
     def _arm(self, interval_s: float, fn: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -125,10 +134,11 @@ class Hub:
 
         self._timers.append(loop.call_later(interval_s, tick))
 
-    def _spawn(self, key: tuple[str, str], coro: Any) -> None:
+    def _spawn(self, key: tuple[str, str], coro: Any) -> asyncio.Task[Any] | None:
+        """Run ``coro`` in the background unless work on ``key`` is already running."""
         if key in self._busy:
             coro.close()
-            return
+            return None
         self._busy.add(key)
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
@@ -140,6 +150,7 @@ class Hub:
                 log.info("background work on %s: %r", key, t.exception())
 
         task.add_done_callback(done)
+        return task
 
     def _expiry_tick(self) -> None:
         for key in self.service.due_expiries(now_ms()):
