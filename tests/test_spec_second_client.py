@@ -494,3 +494,264 @@ def test_ping_with_id_zero(conn: Conn) -> None:
     conn.send(frame(PING, b"\x80", 0))
     got = conn.recv()
     assert got is not None and (got.type, got.request_id, got.raw) == (PONG, 0, b"\x80")
+
+
+# --- sections 4, 5: requests, authentication, operations -----------------------------------
+
+def test_charge_status_capture_refund_flow(conn: Conn) -> None:
+    oid = order()
+    tx = ok(conn.call("charge", card_charge(oid, 10_000, capture=False)))
+    assert (tx["transaction_status"], tx["status_code"], tx["order_id"]) == (
+        "authorize", "200", oid)
+    assert tx["currency"] == "IDR" and tx["masked_card"] == RICH[0][:6] + "*" * 6 + RICH[0][-4:]
+    assert ok(conn.call("status", {"order_id": oid}))["transaction_status"] == "authorize"
+    # 5.3: capture more than authorized
+    err = error_of(conn.call("capture", {"order_id": oid, "gross_amount": 10_001}))
+    assert (err["code"], err["name"], err.get("field")) == (
+        201, "INVALID_FIELD", "args.gross_amount")
+    tx = ok(conn.call("capture", {"order_id": oid, "gross_amount": 8_000}))
+    assert (tx["transaction_status"], tx["captured_amount"]) == ("capture", 8_000)
+    rep = conn.call("capture", {"order_id": oid, "gross_amount": 8_000})
+    assert rep.flags == FLAG_REPLAYED and rep.body["transaction_status"] == "capture"
+    # 5.3: refund more than remains
+    err = error_of(conn.call("refund", {"order_id": oid, "refund_key": "r1", "amount": 8_001}))
+    assert (err["code"], err.get("field")) == (504, "args.amount")
+    tx = ok(conn.call("refund", {"order_id": oid, "refund_key": "r1", "amount": 3_000}))
+    assert (tx["transaction_status"], tx["refunded_amount"]) == ("partial_refund", 3_000)
+    tx = ok(conn.call("refund", {"order_id": oid, "refund_key": "r2"}))  # what remains
+    assert (tx["transaction_status"], tx["refunded_amount"]) == ("refund", 8_000)
+    # 5.3: a fully refunded transaction, a new key -> INVALID_TRANSITION
+    err = error_of(conn.call("refund", {"order_id": oid, "refund_key": "r3", "amount": 1}))
+    assert (err["code"], err["name"]) == (501, "INVALID_TRANSITION")
+    # an old key is a repeat before any status check
+    rep = conn.call("refund", {"order_id": oid, "refund_key": "r1", "amount": 3_000})
+    assert rep.flags == FLAG_REPLAYED
+    err = error_of(conn.call("refund", {"order_id": oid, "refund_key": "r1", "amount": 2_000}))
+    assert err["code"] == 500
+    assert error_of(conn.call("capture", {"order_id": oid}))["code"] == 501
+    assert error_of(conn.call("status", {"order_id": order()}))["code"] == 503
+
+
+def test_charge_idempotency_nil_is_absent(conn: Conn) -> None:
+    oid = order()
+    first = conn.call("charge", card_charge(oid))
+    assert first.flags == 0
+    again = conn.call("charge", card_charge(oid, description=None, capture=True,
+                                            customer=None))
+    assert again.flags == FLAG_REPLAYED and again.body == first.body
+    err = error_of(conn.call("charge", card_charge(oid, 10_001)))
+    assert (err["code"], err["name"]) == (500, "DUPLICATE_ORDER")
+    err = error_of(conn.call("charge", card_charge(oid, description="other")))
+    assert err["code"] == 500
+
+
+def test_pipelined_requests_match_by_id(conn: Conn) -> None:
+    oids = [order() for _ in range(6)]
+    frames = [conn.request("charge", card_charge(o)) for o in oids]
+    conn.send(b"".join(data for _, data in frames))
+    got = {r.request_id: r for r in conn.responses(len(frames))}
+    assert set(got) == {rid for rid, _ in frames}
+    for (rid, _), oid in zip(frames, oids, strict=True):
+        assert ok(got[rid])["order_id"] == oid
+
+
+def test_reads_keep_their_place_per_order(conn: Conn) -> None:
+    oid = order()
+    ops = [("charge", card_charge(oid, 9_000, capture=False)), ("status", {"order_id": oid}),
+           ("capture", {"order_id": oid}), ("status", {"order_id": oid}),
+           ("refund", {"order_id": oid, "refund_key": "k", "amount": 1_000}),
+           ("status", {"order_id": oid})]
+    frames = [conn.request(op, args) for op, args in ops]
+    conn.send(b"".join(data for _, data in frames))
+    got = {r.request_id: r for r in conn.responses(len(frames))}
+    statuses = [ok(got[rid])["transaction_status"] for rid, _ in frames]
+    assert statuses == ["authorize", "authorize", "capture", "capture", "partial_refund",
+                        "partial_refund"]
+
+
+def test_status_of_an_idle_order_overtakes_a_slow_one(dep: Deployment, conn: Conn) -> None:
+    import asyncio
+
+    idle = order()
+    ok(conn.call("charge", card_charge(idle)))
+    asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 1500}))
+    try:
+        slow_id, slow = conn.request("charge", card_charge(order()))
+        read_id, read = conn.request("status", {"order_id": idle})
+        conn.send(slow + read)
+        first, second = conn.responses(2)
+        assert (first.request_id, second.request_id) == (read_id, slow_id)
+        assert ok(second)["transaction_status"] == "capture"
+    finally:
+        asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 0}))
+
+
+def test_authentication_errors(conn: Conn) -> None:
+    oid = order()
+    ok(conn.call("charge", card_charge(oid)))
+    status = {"order_id": oid}
+    assert error_of(conn.call("status", status, key="wrong-key"))["code"] == 301
+    stale = int(time.time() * 1000) - 301_000
+    assert error_of(conn.call("status", status, timestamp_ms=stale))["code"] == 303
+    future = int(time.time() * 1000) + 301_000
+    assert error_of(conn.call("status", status, timestamp_ms=future))["code"] == 303
+    # 4.2.1: a wrong signature is BAD_SIGNATURE even if args are not msgpack
+    assert error_of(conn.call("status", b"\xc1\xc1", key="wrong"))["code"] == 301
+    # 4.2 step 1: merchant_id must be the connection's identity
+    rid, _ = conn.request("status", status)
+    body = request_body("status", status, rid, merchant="M2")
+    conn.send(frame(REQUEST, body, rid))
+    (resp,) = conn.responses(1)
+    assert error_of(resp)["code"] == 304
+
+
+def test_nonce_reuse_is_replayed_also_after_a_failed_request(conn: Conn) -> None:
+    oid = order()
+    ok(conn.call("charge", card_charge(oid)))
+    nonce = os.urandom(8)
+    rid, data = conn.request("status", {"order_id": oid}, nonce=nonce)
+    conn.send(data)
+    assert ok(conn.responses(1)[0])["order_id"] == oid
+    conn.send(data)  # the same frame again (its id is free once answered, section 4.6)
+    (resp,) = conn.responses(1)
+    assert resp.request_id == rid and error_of(resp)["code"] == 302
+    # 4.2.2: authenticated but unknown op spends the nonce; BAD_SIGNATURE does not
+    rid, data = conn.request("fly", {"order_id": oid})
+    conn.send(data)
+    assert error_of(conn.responses(1)[0])["code"] == 202
+    conn.send(data)
+    assert error_of(conn.responses(1)[0])["code"] == 302
+    nonce = os.urandom(8)
+    assert error_of(conn.call("status", {"order_id": oid}, nonce=nonce,
+                              key="bad"))["code"] == 301
+    assert ok(conn.call("status", {"order_id": oid}, nonce=nonce))["order_id"] == oid
+
+
+def test_args_rules_after_authentication(conn: Conn) -> None:
+    # 4.1: args that are not msgpack, once authenticated -> MALFORMED_BODY, field args
+    err = error_of(conn.call("status", b"\xc1"))
+    assert (err["code"], err.get("field")) == (200, "args")
+    err = error_of(conn.call("status", {"order_id": "x", "extra": 1}))
+    assert (err["code"], err.get("field")) == (201, "args.extra")
+    # 2.6: the args map is depth 1 of its own body; depth 8 passes, depth 9 does not
+    deep: Any = {}
+    for _ in range(6):
+        deep = {"d": deep}
+    err = error_of(conn.call("charge", card_charge(order(), customer=deep)))
+    assert (err["code"], err.get("field")) == (201, "args.customer.d")  # depth 8: schema
+    err = error_of(conn.call("charge", card_charge(order(), customer={"d": deep})))
+    assert (err["code"], err.get("field")) == (200, "args")
+    err = error_of(conn.call("charge", card_charge(order(), currency="XYZ")))
+    assert (err["code"], err.get("field")) == (201, "args.currency")
+    # 2.2: keys must be strings at every depth
+    err = error_of(conn.call("charge", msgpack.packb({"order_id": "o", 1: 2})))
+    assert err["code"] == 200
+
+
+def test_envelope_holds_scalars_only(conn: Conn) -> None:
+    body = msgpack.unpackb(request_body("status", {"order_id": "x"}, 9))
+    body["extra"] = [1]
+    conn.send(frame(REQUEST, msgpack.packb(body), 9))
+    (resp,) = conn.responses(1)
+    assert resp.request_id == 9 and error_of(resp)["code"] == 200
+
+
+def test_envelope_in_long_header_forms_still_verifies(conn: Conn) -> None:
+    oid = order()
+    ok(conn.call("charge", card_charge(oid)))
+    rid, ts, nonce = 77, int(time.time() * 1000), os.urandom(8)
+    args = msgpack.packb({"order_id": oid})
+    sig = sign(KEYS["M1"], "M1", rid, "status", ts, nonce, args)
+    # map16 header, str8 for short strings, uint64 for the timestamp, bin32 for args
+    def s8(s: str) -> bytes:
+        return b"\xd9" + bytes([len(s)]) + s.encode()
+    body = (b"\xde\x00\x06" + s8("op") + s8("status") + s8("merchant_id") + s8("M1")
+            + s8("timestamp_ms") + b"\xcf" + struct.pack(">Q", ts)
+            + s8("nonce") + b"\xc6" + struct.pack(">I", len(nonce)) + nonce
+            + s8("signature") + b"\xc4\x20" + sig
+            + s8("args") + b"\xc6" + struct.pack(">I", len(args)) + args)
+    conn.send(frame(REQUEST, body, rid))
+    (resp,) = conn.responses(1)
+    assert ok(resp)["order_id"] == oid
+
+
+def test_response_too_large_for_the_negotiated_limit(dep: Deployment) -> None:
+    c, _ = connect(dep, body_bytes_max=1024)
+    try:
+        oid = order()
+        frames = [c.request("charge", card_charge(oid, 60_000))]
+        frames += [c.request("refund", {"order_id": oid, "refund_key": f"key-{i:02d}" * 4,
+                                        "amount": 100, "reason": "r" * 60})
+                   for i in range(6)]
+        frames.append(c.request("status", {"order_id": oid}))
+        c.send(b"".join(data for _, data in frames))
+        got = {r.request_id: r for r in c.responses(len(frames))}
+        last = got[frames[-1][0]]
+        err = error_of(last)
+        assert (err["code"], err["name"]) == (404, "RESPONSE_TOO_LARGE")
+        assert len(last.raw) <= 1024
+    finally:
+        c.close()
+    c, _ = connect(dep)
+    try:
+        tx = ok(c.call("status", {"order_id": oid}))
+        assert tx["refunded_amount"] == 600 and len(tx["refunds"]) == 6
+    finally:
+        c.close()
+
+
+def test_request_id_zero_and_duplicate_in_flight(dep: Deployment) -> None:
+    import asyncio
+
+    c, _ = connect(dep)
+    first, second = order(), order()
+    asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 1000}))
+    try:
+        rid, a = c.request("charge", card_charge(first))
+        b = frame(REQUEST, request_body("charge", card_charge(second), rid), rid)
+        c.send(a + b)
+        err = c.expect_error_and_close()
+        assert (err["code"], err["name"]) == (109, "DUPLICATE_REQUEST_ID")
+    finally:
+        c.close()
+        asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 0}))
+    c, _ = connect(dep)
+    try:
+        assert ok(c.call("status", {"order_id": first}))["transaction_status"] == "capture"
+        assert error_of(c.call("status", {"order_id": second}))["code"] == 503
+    finally:
+        c.close()
+
+
+# --- section 7.1: client ERROR, GOAWAY and unsolicited RESPONSE -----------------------------
+
+def test_client_error_frame_closes_and_later_requests_do_not_run(conn: Conn) -> None:
+    oid = order()
+    err = msgpack.packb({"code": 900, "name": "INTERNAL", "message": "bye"})
+    _, data = conn.request("charge", card_charge(oid))
+    conn.send(frame(ERROR, err) + data)
+    assert conn.recv() is None
+    c2, _ = connect_again(conn)
+    try:
+        assert error_of(c2.call("status", {"order_id": oid}))["code"] == 503
+    finally:
+        c2.close()
+
+
+_DEP: dict[str, Deployment] = {}
+
+
+def connect_again(conn: Conn) -> tuple[Conn, dict[str, Any]]:
+    return connect(_DEP["dep"])
+
+
+@pytest.fixture(autouse=True)
+def _remember(dep: Deployment) -> None:
+    _DEP["dep"] = dep
+
+
+def test_client_goaway_and_unsolicited_response_are_ignored(conn: Conn) -> None:
+    conn.send(frame(GOAWAY, msgpack.packb({"last_request_id": 0, "code": 0, "message": ""})))
+    conn.send(frame(RESPONSE, b"\x80", 12345))
+    oid = order()
+    assert ok(conn.call("charge", card_charge(oid)))["order_id"] == oid
