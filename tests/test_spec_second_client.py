@@ -275,14 +275,23 @@ def card_charge(order_id: str, amount: int = 10_000, **extra: Any) -> dict[str, 
 
 
 def error_of(resp: Frame) -> dict[str, Any]:
-    assert resp.flags & FLAG_ERROR, resp
+    assert resp.flags == FLAG_ERROR, resp  # section 7: an error body, never REPLAYED
     body: dict[str, Any] = resp.body
+    assert {"code", "name", "message"} <= set(body) <= {"code", "name", "message", "field"}
     return body
 
 
+TX_REQUIRED = {"transaction_id", "order_id", "merchant_id", "gross_amount", "currency",
+               "payment_type", "transaction_status", "fraud_status", "status_code",
+               "status_message", "transaction_time", "captured_amount", "refunded_amount"}
+TX_OPTIONAL = {"settlement_time", "expiry_time", "masked_card", "card_brand", "bank",
+               "va_number", "provider", "refunds", "fraud_reasons", "decline_reason", "hops_us"}
+
+
 def ok(resp: Frame) -> dict[str, Any]:
-    assert not resp.flags & FLAG_ERROR, resp.body
+    assert resp.flags in (0, FLAG_REPLAYED), resp.body
     body: dict[str, Any] = resp.body
+    assert TX_REQUIRED <= set(body) <= TX_REQUIRED | TX_OPTIONAL, body  # section 5.2
     return body
 
 
@@ -755,3 +764,191 @@ def test_client_goaway_and_unsolicited_response_are_ignored(conn: Conn) -> None:
     conn.send(frame(RESPONSE, b"\x80", 12345))
     oid = order()
     assert ok(conn.call("charge", card_charge(oid)))["order_id"] == oid
+
+
+@pytest.mark.parametrize("rid", [127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32,
+                                 2**64 - 1])
+def test_signing_input_uses_shortest_integer_forms(conn: Conn, rid: int) -> None:
+    resp = conn.call("status", {"order_id": order()}, request_id=rid)
+    assert error_of(resp)["code"] == 503  # authenticated: the signature verified
+
+
+def test_signing_input_bin16_args(dep: Deployment) -> None:
+    c, w = connect(dep, body_bytes_max=200_000)
+    try:
+        assert w["body_bytes_max"] == 65_536  # the hub's own limit (bin 32 args cannot fit)
+        oid = order()
+        tx = ok(c.call("charge", card_charge(oid, description="d" * 255),
+                       nonce=os.urandom(32)))
+        assert tx["order_id"] == oid  # args > 255 bytes: bin 16 in the signing input
+        big = {"order_id": oid, "junk": ["j" * 4000] * 15}  # 60 KB: still authenticated
+        err = error_of(c.call("status", big))
+        assert (err["code"], err.get("field")) == (201, "args.junk")
+    finally:
+        c.close()
+
+
+def test_envelope_errors_are_error_responses(conn: Conn) -> None:
+    def send(mutate: Any) -> dict[str, Any]:
+        rid = conn.next_id
+        conn.next_id += 1
+        body = msgpack.unpackb(request_body("status", {"order_id": "x"}, rid))
+        mutate(body)
+        conn.send(frame(REQUEST, msgpack.packb(body), rid))
+        (resp,) = conn.responses(1)
+        assert resp.request_id == rid
+        return error_of(resp)
+
+    err = send(lambda b: b.update(foo=1))
+    assert (err["code"], err.get("field")) == (201, "foo")
+    assert send(lambda b: b.update({f"k{i}": i for i in range(11)}))["code"] == 200
+    err = send(lambda b: b.update(nonce=b"1234567"))
+    assert (err["code"], err.get("field")) == (201, "nonce")
+    assert send(lambda b: b.update(timestamp_ms=1.5))["code"] == 200
+    err = send(lambda b: b.update(args="text"))
+    assert (err["code"], err.get("field")) == (201, "args")
+    err = send(lambda b: b.update(op=None))  # nil is absent; op is required
+    assert (err["code"], err.get("field")) == (201, "op")
+    conn.send(frame(REQUEST, b"", 99))
+    (resp,) = conn.responses(1)
+    assert resp.request_id == 99 and error_of(resp)["code"] == 200
+
+
+def test_in_flight_bound_answers_the_rest_of_the_read(dep: Deployment) -> None:
+    import asyncio
+
+    c, w = connect(dep, in_flight_max=1)
+    asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 500}))
+    try:
+        assert w["in_flight_max"] == 1
+        orders = [order(), order()]
+        frames = [c.request("charge", card_charge(o)) for o in orders]
+        c.send(b"".join(data for _, data in frames))
+        got = {r.request_id: r for r in c.responses(2)}
+        assert ok(got[frames[0][0]])["transaction_status"] == "capture"
+        assert error_of(got[frames[1][0]])["code"] == 401
+        assert error_of(c.call("status", {"order_id": orders[1]}))["code"] == 503
+    finally:
+        c.close()
+        asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 0}))
+
+
+def test_cancel_and_virtual_account_expire(conn: Conn) -> None:
+    oid = order()
+    ok(conn.call("charge", card_charge(oid, capture=False)))
+    assert ok(conn.call("cancel", {"order_id": oid}))["transaction_status"] == "cancel"
+    assert conn.call("cancel", {"order_id": oid}).flags == FLAG_REPLAYED
+    assert error_of(conn.call("capture", {"order_id": oid}))["code"] == 501
+    va = order()
+    tx = ok(conn.call("charge", {"order_id": va, "gross_amount": 5_000,
+                                 "payment_type": "bank_transfer", "bank": "bca"}))
+    assert (tx["transaction_status"], tx["status_code"]) == ("pending", "201")
+    assert tx["va_number"]
+    tx = ok(conn.call("expire", {"order_id": va}))
+    assert (tx["transaction_status"], tx["status_code"]) == ("expire", "407")
+    assert conn.call("expire", {"order_id": va}).flags == FLAG_REPLAYED
+
+
+# --- section 6 / 3.3: pushed events --------------------------------------------------------
+
+def _events_until(c: Conn, pred: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    while True:
+        got = c.recv_non_ping()
+        assert got is not None, f"closed after {out}"
+        if got.type != EVENT:
+            continue
+        assert (got.flags, got.request_id) == (0, 0)
+        ev: dict[str, Any] = got.body
+        assert set(ev) == {"seq", "type", "merchant_id", "data"}
+        out.append(ev)
+        if pred(ev):
+            return out
+
+
+def test_events_live_and_replay(dep: Deployment) -> None:
+    sub, w = connect(dep, "M2", subscribe_events=True)
+    worker, _ = connect(dep, "M2")
+    try:
+        start = w["event_seq"]
+        oid = order()
+        ok(worker.call("charge", card_charge(oid)))
+        live = _events_until(sub, lambda ev: ev["data"]["order_id"] == oid
+                             and ev["data"]["transaction_status"] == "capture")
+        assert [ev["seq"] for ev in live] == list(range(start + 1, start + 1 + len(live)))
+        assert {(ev["type"], ev["merchant_id"]) for ev in live} == {("transaction.status",
+                                                                    "M2")}
+        last = live[-1]["seq"]
+    finally:
+        sub.close()
+        worker.close()
+    # Replay from the first seq we saw, then nothing skipped, nothing repeated.
+    sub, w = connect(dep, "M2", subscribe_events=True, events_since=start)
+    try:
+        assert w["event_seq"] == last
+        replay = _events_until(sub, lambda ev: ev["seq"] == last)
+        assert replay == live
+    finally:
+        sub.close()
+    # events_since equal to the latest seq is allowed and replays nothing; live follows.
+    sub, w = connect(dep, "M2", subscribe_events=True, events_since=last)
+    worker, _ = connect(dep, "M2")
+    try:
+        oid = order()
+        ok(worker.call("charge", card_charge(oid)))
+        more = _events_until(sub, lambda ev: ev["data"]["order_id"] == oid
+                             and ev["data"]["transaction_status"] == "capture")
+        assert more[0]["seq"] == last + 1
+    finally:
+        sub.close()
+        worker.close()
+    # events_since beyond the latest seq is refused with the field.
+    c = Conn(dep, "M2")
+    try:
+        c.send(frame(HELLO, msgpack.packb({"versions": [1], "role": "merchant",
+                                           "identity": "M2", "subscribe_events": True,
+                                           "events_since": more[-1]["seq"] + 1})))
+        err = c.expect_error_and_close()
+        assert (err["code"], err.get("field")) == (201, "events_since")
+    finally:
+        c.close()
+
+
+# --- section 8: GOAWAY on hub shutdown (last: it restarts the hub) -------------------------
+
+def test_goaway_on_hub_shutdown(dep: Deployment) -> None:
+    import asyncio
+
+    c, _ = connect(dep)
+    oid = order()
+    asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 1000}))
+    stopper: threading.Thread | None = None
+    try:
+        slow_id, slow = c.request("charge", card_charge(oid))
+        c.send(slow)
+        assert dep.hub is not None
+        stopper = threading.Thread(target=dep.hub.terminate)
+        stopper.start()
+        got = c.recv_non_ping()
+        assert got is not None and got.type == GOAWAY, got
+        assert (got.flags, got.request_id) == (0, 0)
+        goaway = got.body
+        assert goaway["code"] == 901 and goaway["last_request_id"] >= slow_id
+        late_id, late = c.request("status", {"order_id": oid},
+                                  request_id=goaway["last_request_id"] + 1)
+        c.send(late)
+        answers = {r.request_id: r for r in c.responses(2)}
+        assert error_of(answers[late_id])["code"] == 901
+        assert ok(answers[slow_id])["transaction_status"] == "capture"
+        assert c.recv_non_ping() is None
+    finally:
+        c.close()
+        if stopper is not None:
+            stopper.join(timeout=60)
+        asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 0}))
+        dep.start_hub()
+    c, _ = connect(dep)
+    try:
+        assert ok(c.call("status", {"order_id": oid}))["transaction_status"] == "capture"
+    finally:
+        c.close()
