@@ -849,6 +849,33 @@ def test_cancel_and_virtual_account_expire(conn: Conn) -> None:
     assert conn.call("expire", {"order_id": va}).flags == FLAG_REPLAYED
 
 
+def test_what_replayed_answers_carry(conn: Conn) -> None:
+    oid = order()
+    first = ok(conn.call("charge", card_charge(oid, 10_000, capture=False)))
+    # 5.3: a capture repeats only with the captured amount, while the status is `capture`
+    ok(conn.call("capture", {"order_id": oid, "gross_amount": 8_000}))
+    assert conn.call("capture", {"order_id": oid, "gross_amount": 8_000}).flags == FLAG_REPLAYED
+    assert error_of(conn.call("capture", {"order_id": oid}))["code"] == 501  # 10 000 != 8 000
+    assert error_of(conn.call("capture", {"order_id": oid,
+                                          "gross_amount": 9_000}))["code"] == 501
+    ok(conn.call("refund", {"order_id": oid, "refund_key": "a", "amount": 1_000}))
+    ok(conn.call("refund", {"order_id": oid, "refund_key": "b", "amount": 2_000}))
+    # a repeated refund returns the transaction as it is now
+    rep = conn.call("refund", {"order_id": oid, "refund_key": "a", "amount": 1_000})
+    assert rep.flags == FLAG_REPLAYED and ok(rep)["refunded_amount"] == 3_000
+    # a capture after the transaction moved on is INVALID_TRANSITION
+    assert error_of(conn.call("capture", {"order_id": oid,
+                                          "gross_amount": 8_000}))["code"] == 501
+    # a repeated charge returns the stored first result
+    rep = conn.call("charge", card_charge(oid, 10_000, capture=False))
+    assert rep.flags == FLAG_REPLAYED and rep.body == first
+    full = order()
+    ok(conn.call("charge", card_charge(full, 5_000, capture=False)))
+    ok(conn.call("capture", {"order_id": full}))
+    assert conn.call("capture", {"order_id": full}).flags == FLAG_REPLAYED
+    assert conn.call("capture", {"order_id": full, "gross_amount": 5_000}).flags == FLAG_REPLAYED
+
+
 # --- section 6 / 3.3: pushed events --------------------------------------------------------
 
 def _events_until(c: Conn, pred: Any) -> list[dict[str, Any]]:
@@ -914,6 +941,64 @@ def test_events_live_and_replay(dep: Deployment) -> None:
         c.close()
 
 
+# --- sections 3 and 2.4: heartbeat, IDLE_TIMEOUT, an incomplete frame left too long -------
+
+@pytest.fixture(scope="module")
+def fast_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    d = Deployment(tmp_path_factory.mktemp("spec2hb"), bca_nodes=1,
+                   hub_overrides={"heartbeat_interval_s": 0.2})
+    try:
+        yield d.start()
+    finally:
+        d.stop()
+
+
+def test_hub_pings_an_idle_client_then_idle_timeout(fast_dep: Deployment) -> None:
+    c, w = connect(fast_dep)
+    try:
+        assert w["heartbeat_interval_ms"] == 200
+        pings = 0
+        while True:  # never answer: after 3 silent intervals the hub gives up
+            got = c.recv()
+            assert got is not None
+            if got.type != PING:
+                break
+            pings += 1
+            assert got.flags == 0
+        assert pings >= 1 and got.type == ERROR and got.request_id == 0
+        assert got.body["code"] == 108
+        assert c.recv() is None
+    finally:
+        c.close()
+
+
+def test_answering_pings_keeps_the_connection(fast_dep: Deployment) -> None:
+    c, _ = connect(fast_dep)
+    try:
+        for _ in range(8):  # 8 PINGs span more than 3 heartbeat intervals
+            got = c.recv()
+            assert got is not None and got.type == PING, got
+            c.send(frame(PONG, b"\x80", got.request_id))
+        assert error_of(c.call("status", {"order_id": order()}))["code"] == 503
+    finally:
+        c.close()
+
+
+def test_incomplete_frame_left_too_long_is_truncated(fast_dep: Deployment) -> None:
+    c, _ = connect(fast_dep)
+    try:
+        c.send(HEADER.pack(30, 1, PING, 0, 1) + b"\x80")
+        while True:
+            got = c.recv()
+            assert got is not None
+            if got.type != PING:
+                break
+        assert got.type == ERROR and got.body["code"] == 105  # not IDLE_TIMEOUT
+        assert c.recv() is None
+    finally:
+        c.close()
+
+
 # --- section 8: GOAWAY on hub shutdown (last: it restarts the hub) -------------------------
 
 def test_goaway_on_hub_shutdown(dep: Deployment) -> None:
@@ -924,7 +1009,7 @@ def test_goaway_on_hub_shutdown(dep: Deployment) -> None:
     asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 1000}))
     stopper: threading.Thread | None = None
     try:
-        slow_id, slow = c.request("charge", card_charge(oid))
+        slow_id, slow = c.request("charge", card_charge(oid), request_id=50)
         c.send(slow)
         assert dep.hub is not None
         stopper = threading.Thread(target=dep.hub.terminate)
@@ -933,12 +1018,15 @@ def test_goaway_on_hub_shutdown(dep: Deployment) -> None:
         assert got is not None and got.type == GOAWAY, got
         assert (got.flags, got.request_id) == (0, 0)
         goaway = got.body
-        assert goaway["code"] == 901 and goaway["last_request_id"] >= slow_id
+        assert goaway["code"] == 901 and goaway["last_request_id"] == slow_id  # highest id
         late_id, late = c.request("status", {"order_id": oid},
                                   request_id=goaway["last_request_id"] + 1)
-        c.send(late)
-        answers = {r.request_id: r for r in c.responses(2)}
+        # the cut is by id: a lower id sent after GOAWAY is still executed
+        early_id, early = c.request("charge", card_charge(order()), request_id=7)
+        c.send(late + early)
+        answers = {r.request_id: r for r in c.responses(3)}
         assert error_of(answers[late_id])["code"] == 901
+        assert ok(answers[early_id])["transaction_status"] == "capture"
         assert ok(answers[slow_id])["transaction_status"] == "capture"
         assert c.recv_non_ping() is None
     finally:
