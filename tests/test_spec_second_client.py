@@ -229,10 +229,13 @@ class Conn:
         return got
 
     def recv_non_ping(self) -> Frame | None:
+        """The next frame that is not a PING (answered); bounded even if PINGs keep coming."""
+        deadline = time.monotonic() + WAIT_S
         while True:
             got = self.recv()
             if got is None or got.type != PING:
                 return got
+            assert time.monotonic() < deadline, "only PINGs for too long"
             self.send(frame(PONG, b"\x80", got.request_id))
 
     def responses(self, count: int) -> list[Frame]:
@@ -760,10 +763,29 @@ def _remember(dep: Deployment) -> None:
 
 
 def test_client_goaway_and_unsolicited_response_are_ignored(conn: Conn) -> None:
-    conn.send(frame(GOAWAY, msgpack.packb({"last_request_id": 0, "code": 0, "message": ""})))
+    conn.send(frame(GOAWAY, b"\xc1"))  # 8.1: the body is not decoded
     conn.send(frame(RESPONSE, b"\x80", 12345))
+    conn.send(frame(RESPONSE, b"\xc1", 12346, flags=FLAG_ERROR | FLAG_REPLAYED))
+    conn.send(frame(PONG, b"\xc1", 3))  # an unsolicited PONG, body not decoded either
     oid = order()
     assert ok(conn.call("charge", card_charge(oid)))["order_id"] == oid
+    conn.send(frame(GOAWAY, msgpack.packb({"last_request_id": 0, "code": 0, "message": ""})))
+    assert conn.expect_error_and_close()["code"] == 106  # a second GOAWAY
+
+
+def test_client_error_frame_before_hello_closes_silently(dep: Deployment) -> None:
+    c = Conn(dep)
+    try:
+        c.send(frame(ERROR, b"\xc1") + frame(HELLO, msgpack.packb(
+            {"versions": [1], "role": "merchant", "identity": "M1"})))
+        assert c.recv() is None
+    finally:
+        c.close()
+
+
+def test_bad_request_ids_on_other_frame_types(conn: Conn) -> None:
+    conn.send(frame(RESPONSE, b"\x80", 0))
+    assert conn.expect_error_and_close()["code"] == 100
 
 
 @pytest.mark.parametrize("rid", [127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32,
@@ -997,6 +1019,42 @@ def test_incomplete_frame_left_too_long_is_truncated(fast_dep: Deployment) -> No
         assert c.recv() is None
     finally:
         c.close()
+
+
+def test_event_too_large_for_the_subscriber_gets_its_stand_in(dep: Deployment) -> None:
+    sub, w = connect(dep, "M2", subscribe_events=True, body_bytes_max=1024)
+    worker, _ = connect(dep, "M2")
+    try:
+        oid = order()
+        frames = [worker.request("charge", card_charge(oid, 60_000))]
+        frames += [worker.request("refund", {"order_id": oid, "refund_key": f"key-{i:02d}" * 4,
+                                             "amount": 100, "reason": "r" * 60})
+                   for i in range(5)]
+        # the last refund makes the status `refund` (an event) with six refunds in `data`
+        frames.append(worker.request("refund", {"order_id": oid, "refund_key": "last" * 8,
+                                                "reason": "r" * 60}))
+        worker.send(b"".join(data for _, data in frames))
+        worker.responses(len(frames))
+        seen: list[dict[str, Any]] = []
+        while not any(ev["data"]["order_id"] == oid
+                      and ev["data"]["transaction_status"] == "refund" for ev in seen):
+            got = sub.recv_non_ping()
+            assert got is not None
+            assert got.type == EVENT and len(got.raw) <= 1024, got
+            seen.append(got.body)
+        assert [ev["seq"] for ev in seen] == list(range(w["event_seq"] + 1,
+                                                        w["event_seq"] + 1 + len(seen)))
+        # 6: one event per change of transaction_status (capture, partial_refund, refund)
+        assert [ev["data"]["transaction_status"] for ev in seen] == [
+            "capture", "partial_refund", "refund"]
+        stand_ins = [ev for ev in seen if ev["type"] == "transaction.status.truncated"]
+        assert stand_ins == [seen[-1]], seen
+        for ev in stand_ins:
+            assert set(ev["data"]) == {"transaction_id", "order_id", "transaction_status"}
+            assert ev["merchant_id"] == "M2"
+    finally:
+        sub.close()
+        worker.close()
 
 
 # --- section 8: GOAWAY on hub shutdown (last: it restarts the hub) -------------------------
