@@ -581,6 +581,29 @@ def test_reads_keep_their_place_per_order(conn: Conn) -> None:
                         "partial_refund"]
 
 
+def test_status_on_another_connection_waits_for_an_admitted_capture(dep: Deployment) -> None:
+    import asyncio
+
+    a, _ = connect(dep)
+    b, _ = connect(dep)
+    oid = order()
+    ok(a.call("charge", card_charge(oid, capture=False)))
+    asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 800}))
+    try:
+        cap_id, cap = a.request("capture", {"order_id": oid})
+        a.send(cap + frame(PING, b"\x80", 4242))
+        # The PONG is sent after the REQUEST before it was decoded, i.e. admitted (4.5).
+        got = a.recv()
+        assert got is not None and (got.type, got.request_id) == (PONG, 4242), got
+        assert ok(b.call("status", {"order_id": oid}))["transaction_status"] == "capture"
+        (resp,) = a.responses(1)
+        assert resp.request_id == cap_id and ok(resp)["transaction_status"] == "capture"
+    finally:
+        a.close()
+        b.close()
+        asyncio.run(dep.admin("bca", "admin.faults", {"latency_ms": 0}))
+
+
 def test_status_of_an_idle_order_overtakes_a_slow_one(dep: Deployment, conn: Conn) -> None:
     import asyncio
 
@@ -611,10 +634,16 @@ def test_authentication_errors(conn: Conn) -> None:
     assert error_of(conn.call("status", b"\xc1\xc1", key="wrong"))["code"] == 301
     # 4.2 step 1: merchant_id must be the connection's identity
     rid, _ = conn.request("status", status)
-    body = request_body("status", status, rid, merchant="M2")
+    nonce = os.urandom(8)
+    body = request_body("status", status, rid, merchant="M2", nonce=nonce, timestamp_ms=stale)
     conn.send(frame(REQUEST, body, rid))
     (resp,) = conn.responses(1)
-    assert error_of(resp)["code"] == 304
+    assert error_of(resp)["code"] == 304  # step 1 comes before the timestamp
+    # 4.2.2: refusals before step 4 spend nothing, and the signature comes before the nonce
+    assert error_of(conn.call("status", status, nonce=nonce, timestamp_ms=stale))["code"] == 303
+    assert ok(conn.call("status", status, nonce=nonce))["order_id"] == oid
+    assert error_of(conn.call("status", status, nonce=nonce, key="bad"))["code"] == 301
+    assert error_of(conn.call("status", status, nonce=nonce))["code"] == 302
 
 
 def test_nonce_reuse_is_replayed_also_after_a_failed_request(conn: Conn) -> None:
