@@ -424,7 +424,8 @@ def test_request_before_hello_is_unexpected(dep: Deployment) -> None:
 
 # --- section 2.1 / 2.5: header checks ----------------------------------------------------
 
-@pytest.mark.parametrize(("header", "code"), [
+@pytest.mark.parametrize(("header", "code"), ids=lambda v: v.hex() if isinstance(v, bytes)
+                         else str(v), argvalues=[
     (HEADER.pack(0, 2, PING, 0, 0), 101),         # version
     (HEADER.pack(0, 2, 42, 0, 0), 101),           # version is checked before type
     (HEADER.pack(0, 1, 10, 0, 0), 103),           # unknown type
@@ -434,8 +435,6 @@ def test_request_before_hello_is_unexpected(dep: Deployment) -> None:
     (HEADER.pack(1, 1, PING, 0x0100, 0), 104),
     (HEADER.pack(70_000, 1, PING, 0x0100, 0), 104),     # flags before length
     (HEADER.pack(65_537, 1, REQUEST, 0, 5), 102),  # above the negotiated default 65 536
-    (HEADER.pack(1, 1, REQUEST, 0, 0), 100),       # REQUEST with request_id 0
-    (HEADER.pack(1, 1, GOAWAY, 0, 9), 100),        # GOAWAY must carry 0
 ])
 def test_header_checks_after_welcome(conn: Conn, header: bytes, code: int) -> None:
     conn.send(header)  # no body byte needed: the checks run on the 16 header bytes
@@ -741,7 +740,7 @@ def test_response_too_large_for_the_negotiated_limit(dep: Deployment) -> None:
         c.close()
 
 
-def test_request_id_zero_and_duplicate_in_flight(dep: Deployment) -> None:
+def test_duplicate_request_id_in_flight(dep: Deployment) -> None:
     import asyncio
 
     c, _ = connect(dep)
@@ -812,9 +811,33 @@ def test_client_error_frame_before_hello_closes_silently(dep: Deployment) -> Non
         c.close()
 
 
-def test_bad_request_ids_on_other_frame_types(conn: Conn) -> None:
-    conn.send(frame(RESPONSE, b"\x80", 0))
+@pytest.mark.parametrize("data", [frame(RESPONSE, b"\x80", 0), frame(GOAWAY, b"\x80", 9),
+                                  frame(REQUEST, b"\x80", 0), frame(EVENT, b"\x80", 1)],
+                         ids=["response-0", "goaway-9", "request-0", "event-1"])
+def test_bad_request_ids_in_complete_frames(conn: Conn, data: bytes) -> None:
+    conn.send(data)
     assert conn.expect_error_and_close()["code"] == 100
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "hub defect: section 2.5's request_id check 'follows the header checks of section 2.1', "
+    "which run as soon as the 16 header bytes are there; the hub makes it only once the "
+    "whole body has arrived, so a header with a bad request_id and a body still to come is "
+    "not refused (the hub PINGs after one heartbeat, and before WELCOME a HELLO header with "
+    "request_id 4 ends in HANDSHAKE_TIMEOUT after 5 s instead of BAD_FRAME)"))
+@pytest.mark.parametrize("header", [HEADER.pack(1, 1, REQUEST, 0, 0),
+                                    HEADER.pack(3, 1, GOAWAY, 0, 9),
+                                    HEADER.pack(1, 1, RESPONSE, 0, 0)],
+                         ids=["request-id-0", "goaway-id-9", "response-id-0"])
+def test_bad_request_id_is_refused_on_the_header(fast_dep: Deployment, header: bytes) -> None:
+    c, _ = connect(fast_dep)
+    try:
+        c.send(header)  # no body byte: the check needs none
+        got = c.recv()
+        assert got is not None and got.type == ERROR, got  # not a PING: refused at once
+        assert got.body["code"] == 100
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("rid", [127, 128, 255, 256, 65_535, 65_536, 2**32 - 1, 2**32,
