@@ -388,6 +388,8 @@ def test_welcome_fields_and_negotiation(dep: Deployment) -> None:
     ({"identity": "M2"}, 304, "identity"),
     ({"events_since": 0}, 201, "events_since"),
     ({"subscribe_events": True, "events_since": 10**12}, 201, "events_since"),
+    ({"resume_token": b"t" * 65}, 201, "resume_token"),
+    ({"client": 5}, 201, "client"),
 ])
 def test_refused_hello_names_the_field(dep: Deployment, hello: dict[str, Any], code: int,
                                         field: str) -> None:
@@ -410,6 +412,44 @@ def test_hello_body_not_a_map_is_malformed_without_field(dep: Deployment) -> Non
         assert err["code"] == 200 and "field" not in err
     finally:
         c.close()
+
+
+@pytest.mark.parametrize(("data", "code"), [
+    (frame(HELLO, msgpack.packb({"versions": [1], "role": "merchant", "identity": "M1"}),
+           version=2), 101),
+    (frame(HELLO, msgpack.packb({"versions": [1], "role": "merchant", "identity": "M1"})
+           + b"\x00"), 200),
+    (frame(HELLO, b""), 200),
+], ids=["header-version-2", "bytes-after-the-map", "empty-body"])
+def test_hello_frame_defects(dep: Deployment, data: bytes, code: int) -> None:
+    c = Conn(dep)
+    try:
+        c.send(data)
+        err = c.expect_error_and_close()
+        assert err["code"] == code and "field" not in err
+    finally:
+        c.close()
+
+
+def test_resume_token_is_accepted_and_ignored(dep: Deployment) -> None:
+    c, w = connect(dep)
+    c.close()
+    c, w2 = connect(dep, resume_token=w["resume_token"])
+    try:
+        assert w2["resume_token"] != w["resume_token"]  # 16 fresh random bytes
+        assert error_of(c.call("status", {"order_id": order()}))["code"] == 503
+    finally:
+        c.close()
+
+
+def test_tls_below_1_3_is_refused(dep: Deployment) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(dep.certs / "ca.crt")
+    ctx.load_cert_chain(dep.certs / "merchant-M1.crt", dep.certs / "merchant-M1.key")
+    with (socket.create_connection(("127.0.0.1", dep.port), timeout=WAIT_S) as raw,
+          pytest.raises((ssl.SSLError, ConnectionResetError))):
+        ctx.wrap_socket(raw, server_hostname="localhost")
 
 
 def test_request_before_hello_is_unexpected(dep: Deployment) -> None:
