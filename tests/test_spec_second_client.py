@@ -596,6 +596,16 @@ def test_charge_idempotency_nil_is_absent(conn: Conn) -> None:
     assert err["code"] == 500
 
 
+def test_nil_is_absent_only_for_listed_optional_fields(conn: Conn) -> None:
+    oid = order()
+    tx = ok(conn.call("charge", card_charge(oid, customer={"name": None}, expiry_s=None)))
+    assert tx["order_id"] == oid
+    err = error_of(conn.call("status", {"order_id": oid, "zzz": None}))
+    assert (err["code"], err.get("field")) == (201, "args.zzz")
+    err = error_of(conn.call("status", {"order_id": None}))
+    assert (err["code"], err.get("field")) == (201, "args.order_id")
+
+
 def test_pipelined_requests_match_by_id(conn: Conn) -> None:
     oids = [order() for _ in range(6)]
     frames = [conn.request("charge", card_charge(o)) for o in oids]
