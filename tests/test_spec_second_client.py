@@ -1070,7 +1070,8 @@ def test_events_live_and_replay(dep: Deployment) -> None:
 @pytest.fixture(scope="module")
 def fast_dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     d = Deployment(tmp_path_factory.mktemp("spec2hb"), bca_nodes=1,
-                   hub_overrides={"heartbeat_interval_s": 0.2})
+                   hub_overrides={"heartbeat_interval_s": 0.2, "bank_timeout_s": 0.3,
+                                  "bank_retry_attempts_max": 1})
     try:
         yield d.start()
     finally:
@@ -1157,6 +1158,32 @@ def test_event_too_large_for_the_subscriber_gets_its_stand_in(dep: Deployment) -
     finally:
         sub.close()
         worker.close()
+
+
+def test_outcome_unknown_then_the_retry_gets_the_settled_result(fast_dep: Deployment) -> None:
+    import asyncio
+
+    c, _ = connect(fast_dep)
+    oid = order()
+    asyncio.run(fast_dep.admin("bca", "admin.faults", {"blackhole": True}))
+    try:
+        err = error_of(c.call("charge", card_charge(oid)))  # 5.3: after at most 2 x B
+        assert (err["code"], err["name"]) == (602, "OUTCOME_UNKNOWN")
+    finally:
+        asyncio.run(fast_dep.admin("bca", "admin.faults", {"blackhole": False}))
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while True:  # "the client retries the same request later"
+            resp = c.call("charge", card_charge(oid))
+            if not resp.flags & FLAG_ERROR or resp.body["code"] not in (600, 602):
+                break
+            assert time.monotonic() < deadline, resp.body
+            time.sleep(0.05)  # retry pacing, not synchronisation: the loop polls the answer
+        # the bank never saw the charge: it was reversed, recorded as `failure`
+        assert resp.flags == FLAG_REPLAYED
+        assert (ok(resp)["transaction_status"], resp.body["status_code"]) == ("failure", "202")
+    finally:
+        c.close()
 
 
 # --- section 8: GOAWAY on hub shutdown (last: it restarts the hub) -------------------------
