@@ -475,12 +475,13 @@ def _nested(depth: int) -> dict[str, Any]:
     return value
 
 
-@pytest.mark.parametrize(("extra_depth", "code"), [(6, ErrorCode.INVALID_FIELD),
-                                                   (7, ErrorCode.MALFORMED_BODY)])
+@pytest.mark.parametrize(("extra_depth", "code"), [(7, ErrorCode.INVALID_FIELD),
+                                                   (8, ErrorCode.MALFORMED_BODY)])
 async def test_nesting_depth_counts_the_body_map_as_one(
         dep: Deployment, extra_depth: int, code: ErrorCode) -> None:
-    """body (1) → args (2) → ``n`` maps: 6 more is depth 8 (allowed, then refused by the
-    schema as an unknown field), 7 more is depth 9 (refused by the body rules)."""
+    """The ``args`` bytes are a body of their own (§2.6): the arguments map (1) → ``n`` maps:
+    7 more is depth 8 (allowed, then refused by the schema as an unknown field), 8 more is
+    depth 9 (refused by the body rules)."""
     raw = await Raw.open(dep)
     await raw.hello()
     raw.send(signed("M1", 1, "status", {"order_id": "x", "n": _nested(extra_depth)}))
