@@ -14,6 +14,7 @@ from protocol.frame import (
     FLAGS_ALLOWED,
     HEADER,
     HEADER_BYTES,
+    REQUEST_ID_NONZERO,
     SUPPORTED_VERSIONS,
     Frame,
 )
@@ -74,6 +75,10 @@ class FrameDecoder:
             if length > body_max:
                 self._fail(f"body of {length} bytes exceeds the limit of {body_max}",
                            ErrorCode.FRAME_TOO_LARGE, frames)
+            nonzero = REQUEST_ID_NONZERO.get(ftype)
+            if nonzero is not None and (request_id != 0) is not nonzero:
+                self._fail(f"request_id {request_id} is not allowed on frame type {ftype}",
+                           ErrorCode.BAD_FRAME, frames)
             body_end = pos + HEADER_BYTES + length
             if body_end > end_all:
                 break

@@ -59,6 +59,20 @@ FLAGS_ALLOWED: dict[int, int] = {int(t): 0 for t in FrameType}
 FLAGS_ALLOWED[FrameType.RESPONSE] = FLAGS_DEFINED
 
 
+# ``request_id`` by frame type (docs/protocol.md §2.5): True, it MUST be non-zero (it
+# correlates a RESPONSE with its REQUEST); False, it MUST be 0; a type not listed (PING,
+# PONG) may carry any value. Checked on the header, before any body byte is buffered.
+REQUEST_ID_NONZERO: dict[int, bool] = {
+    FrameType.REQUEST: True,
+    FrameType.RESPONSE: True,
+    FrameType.HELLO: False,
+    FrameType.WELCOME: False,
+    FrameType.EVENT: False,
+    FrameType.GOAWAY: False,
+    FrameType.ERROR: False,
+}
+
+
 class Frame(NamedTuple):
     """One decoded frame; ``body`` is still-encoded msgpack so a bad body fails one request."""
 

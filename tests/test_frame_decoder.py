@@ -34,7 +34,8 @@ def sample_frames() -> list[Frame]:
         Frame(FrameType.PONG, 99, bodycodec.pack({})),
         Frame(FrameType.GOAWAY, 0, bodycodec.pack({"last_request_id": 2**64 - 1})),
         Frame(FrameType.ERROR, 0, bodycodec.pack({"code": 100})),
-        Frame(FrameType.WELCOME, 2**64 - 1, bodycodec.pack({"version": 1})),
+        Frame(FrameType.WELCOME, 0, bodycodec.pack({"version": 1})),
+        Frame(FrameType.REQUEST, 2**64 - 1, bodycodec.pack({"op": "status"})),
     ]
 
 
@@ -115,6 +116,12 @@ def test_length_one_above_limit_rejected_at_limit_accepted() -> None:
         (_header(0, flags=0x8000), ErrorCode.RESERVED_FLAGS),
         (_header(0, ftype=3, flags=0x0001), ErrorCode.RESERVED_FLAGS),  # ERROR only on RESPONSE
         (_header(0, ftype=6, flags=0x0002), ErrorCode.RESERVED_FLAGS),
+        # request_id rules (docs/protocol.md §2.5), judged on the header alone: no body byte
+        # of these frames is sent, and none is needed to refuse them.
+        (_header(10, ftype=3, rid=0), ErrorCode.BAD_FRAME),  # REQUEST needs an id
+        (_header(10, ftype=4, rid=0), ErrorCode.BAD_FRAME),  # RESPONSE too
+        (_header(10, ftype=1, rid=4), ErrorCode.BAD_FRAME),  # HELLO carries 0
+        (_header(10, ftype=8, rid=9), ErrorCode.BAD_FRAME),  # GOAWAY carries 0
         (_header(10)[:7], ErrorCode.TRUNCATED_FRAME),
         (_header(10) + b"abc", ErrorCode.TRUNCATED_FRAME),
     ],

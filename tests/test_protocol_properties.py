@@ -11,15 +11,30 @@ from hypothesis import strategies as st
 from protocol import body as bodycodec
 from protocol import messages
 from protocol.decoder import FrameDecoder
-from protocol.errors import PaywireError
-from protocol.frame import FLAGS_ALLOWED, Frame, FrameType, encode
+from protocol.errors import ErrorCode, FrameError, PaywireError
+from protocol.frame import (
+    FLAGS_ALLOWED,
+    HEADER,
+    REQUEST_ID_NONZERO,
+    Frame,
+    FrameType,
+    encode,
+)
 from protocol.operations import Operation, validate_args
+
+
+def _request_ids(t: FrameType) -> st.SearchStrategy[int]:
+    """The ids a frame of type ``t`` may carry (docs/protocol.md §2.5)."""
+    nonzero = REQUEST_ID_NONZERO.get(t)
+    return st.integers(0 if nonzero is None else int(nonzero), 0 if nonzero is False
+                       else 2**64 - 1)
+
 
 frames = st.sampled_from(list(FrameType)).flatmap(
     lambda t: st.builds(
         Frame,
         st.just(int(t)),
-        st.integers(0, 2**64 - 1),
+        _request_ids(t),
         st.binary(max_size=600),
         st.integers(0, FLAGS_ALLOWED[t]),
         st.just(1),
@@ -124,3 +139,20 @@ def test_mutation_fuzz_of_valid_frames() -> None:
             dec.eof()
         except PaywireError:
             pass
+
+
+@given(st.sampled_from(sorted(REQUEST_ID_NONZERO)), st.integers(1, 2**64 - 1),
+       st.integers(0, 2**32 - 1))
+def test_a_request_id_its_type_forbids_is_refused_on_the_header(
+        t: int, rid: int, length: int) -> None:
+    """§2.5, checked before any body byte is buffered: the header alone is refused, whatever
+    length it announces (within the limit, so this is the check that fires)."""
+    bad_rid = 0 if REQUEST_ID_NONZERO[t] else rid
+    header = HEADER.pack(min(length, 1024), 1, t, 0, bad_rid)
+    dec = FrameDecoder(1024)
+    try:
+        dec.feed(header)
+    except FrameError as exc:
+        assert exc.code is ErrorCode.BAD_FRAME
+    else:
+        raise AssertionError(f"type {t} with request_id {bad_rid} was accepted")

@@ -869,12 +869,6 @@ def test_bad_request_ids_in_complete_frames(conn: Conn, data: bytes) -> None:
     assert conn.expect_error_and_close()["code"] == 100
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hub defect: section 2.5's request_id check 'follows the header checks of section 2.1', "
-    "which run as soon as the 16 header bytes are there; the hub makes it only once the "
-    "whole body has arrived, so a header with a bad request_id and a body still to come is "
-    "not refused (the hub PINGs after one heartbeat, and before WELCOME a HELLO header with "
-    "request_id 4 ends in HANDSHAKE_TIMEOUT after 5 s instead of BAD_FRAME)"))
 @pytest.mark.parametrize("header", [HEADER.pack(1, 1, REQUEST, 0, 0),
                                     HEADER.pack(3, 1, GOAWAY, 0, 9),
                                     HEADER.pack(1, 1, RESPONSE, 0, 0)],

@@ -45,11 +45,6 @@ def _type_name(frame_type: int) -> str:
         return str(frame_type)
 
 
-# Frame types whose request_id correlates (MUST be non-zero), and those where any id is fine.
-_ID_CARRYING = frozenset({FrameType.REQUEST, FrameType.RESPONSE})
-_ID_ANY = frozenset({FrameType.PING, FrameType.PONG})
-
-
 class FramedProtocol(asyncio.Protocol):
     """Base class; subclasses implement ``frame_received`` and may override the hooks."""
 
@@ -108,13 +103,6 @@ class FramedProtocol(asyncio.Protocol):
             self._handle(frame)
 
     def _handle(self, frame: Frame) -> None:
-        # REQUEST/RESPONSE need a non-zero id; HELLO, WELCOME, EVENT, GOAWAY and ERROR carry
-        # 0; PING/PONG may carry any (docs/protocol.md §2.5).
-        if (frame.request_id == 0) is (frame.type in _ID_CARRYING) and \
-                frame.type not in _ID_ANY:
-            self.fail(ErrorCode.BAD_FRAME, f"request_id {frame.request_id} is not allowed "
-                      f"on frame type {frame.type}")
-            return
         try:
             self._dispatch(frame)
         except Exception as exc:
