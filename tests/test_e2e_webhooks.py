@@ -7,9 +7,11 @@ import dataclasses
 import hashlib
 import itertools
 import random
+import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,22 @@ from tests.receiver import Receiver
 from tests.waiting import wait_until
 
 FAST = WebhookConfig(time_scale=0.0002, poll_interval_s=0.02)
+
+
+async def serve_posts(handler: Callable[[Any], Awaitable[Any]],
+                      ssl_ctx: ssl.SSLContext | None = None) -> tuple[Any, str]:
+    """An aiohttp server on an ephemeral loopback port answering every POST with
+    ``handler``; returns its runner (the caller cleans it up) and its base URL."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_ctx)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, f"{'https' if ssl_ctx else 'http'}://127.0.0.1:{port}"
 
 
 def card(i: int = 0) -> Card:
@@ -224,13 +242,7 @@ async def test_4xx_and_every_3xx_get_a_few_attempts_and_no_redirect_is_followed(
         in_clear.append(request.path)
         return web.Response(status=200)
 
-    plain_app = web.Application()
-    plain_app.router.add_post("/{tail:.*}", cleartext)
-    plain_runner = web.AppRunner(plain_app)
-    await plain_runner.setup()
-    plain_site = web.TCPSite(plain_runner, "127.0.0.1", 0)
-    await plain_site.start()
-    plain = f"http://127.0.0.1:{plain_site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    plain_runner, plain = await serve_posts(cleartext)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         seen.append(request.path)
@@ -244,13 +256,7 @@ async def test_4xx_and_every_3xx_get_a_few_attempts_and_no_redirect_is_followed(
             return web.Response(status=301, headers={"Location": "/final"})
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=rx.ssl_ctx)
-    await site.start()
-    base = f"https://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+    runner, base = await serve_posts(handler, rx.ssl_ctx)
     attempts_max = FAST.client_error_attempts_max
     try:
         for path in ("/gone", "/to-clear", "/moved", "/old"):
@@ -286,13 +292,8 @@ async def test_plain_http_url_queued_by_an_older_configuration_is_not_sent(
         got.append(request.path)
         return web.Response(status=503)
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", cleartext)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    runner, base = await serve_posts(cleartext)
+    url = base + "/hook"
     # Real-time retry delays: the 503 leaves the row pending for a while, untouched.
     lab = dataclasses.replace(FAST, time_scale=1.0, allow_plain_http_loopback=True)
     try:
@@ -333,15 +334,10 @@ async def test_https_delivery_verifies_the_receiver_certificate(tmp_path: Path) 
         got.append(await request.read())
         return web.Response(status=200)
 
-    app = web.Application()
-    app.router.add_post("/hook", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
     ctx = tls.server_context(receiver_pki / "hub-hub.crt", receiver_pki / "hub-hub.key",
                              receiver_pki / "ca.crt", require_client_cert=False)
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    url = f"https://localhost:{site._server.sockets[0].getsockname()[1]}/hook"  # type: ignore[union-attr]
+    runner, base = await serve_posts(handler, ctx)
+    url = base.replace("127.0.0.1", "localhost") + "/hook"  # the name its certificate has
     try:
         for trusted in (False, True):
             hooks = WebhookConfig(time_scale=0.0002, poll_interval_s=0.02,
