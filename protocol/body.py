@@ -50,8 +50,18 @@ def _sorted(obj: Any) -> Any:
     return obj
 
 
-def unpack(data: bytes, depth: int = 1) -> dict[str, Any]:
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise BodyError("a map holds the same key twice", code=ErrorCode.MALFORMED_BODY)
+    return out
+
+
+def unpack(data: bytes, depth: int = 1, *, unique_keys: bool = False) -> dict[str, Any]:
     """Unpack a body, enforcing every limit; raise ``BodyError`` with a code on any defect.
+
+    ``unique_keys`` refuses a map that holds one key twice (msgpack would keep the last):
+    signed bytes must mean one thing to every reader, whichever duplicate it keeps.
 
     ``depth`` is the nesting depth of the map being unpacked: 1 for a frame's body, 2 for a
     REQUEST's ``args`` (their own msgpack bytes, but counted as if embedded in the envelope,
@@ -68,6 +78,7 @@ def unpack(data: bytes, depth: int = 1) -> dict[str, Any]:
             max_array_len=COLLECTION_ITEMS_MAX,
             max_map_len=COLLECTION_ITEMS_MAX,
             max_ext_len=0,
+            object_pairs_hook=_unique_keys if unique_keys else None,
         )
     except msgpack.ExtraData:
         raise BodyError("bytes left over after the body", code=ErrorCode.MALFORMED_BODY) from None
@@ -109,6 +120,16 @@ def _check_shape(root: dict[str, Any], root_depth: int) -> None:
                                 code=ErrorCode.MALFORMED_BODY)
 
 
+def unpack_own(data: bytes) -> Any:
+    """Unpack bytes this node wrote itself (a frame it encoded, a record it stored).
+
+    Not for anything a peer sent: the body limits are for peers, and applying them to our
+    own output would turn a large but valid record (a transaction with many refunds) into
+    an exception in the middle of a send or a replay.
+    """
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
 def unpack_flat(data: bytes, bin_bytes_max: int) -> dict[str, Any]:
     """Unpack a map of at most ``FLAT_FIELDS_MAX`` scalar values (the REQUEST envelope).
 
@@ -140,6 +161,8 @@ def unpack_flat(data: bytes, bin_bytes_max: int) -> dict[str, Any]:
             if isinstance(value, (dict, list)):  # empty ones pass the length limits
                 raise BodyError(f"{key}: arrays and maps are not allowed here",
                                 code=ErrorCode.MALFORMED_BODY)
+            if key in out:  # signed bytes must mean one thing, whichever copy a reader keeps
+                raise BodyError(f"{key}: the same key twice", code=ErrorCode.MALFORMED_BODY)
             out[key] = value
     except msgpack.OutOfData:
         raise BodyError("body ends inside a value", code=ErrorCode.MALFORMED_BODY) from None

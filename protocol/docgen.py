@@ -86,6 +86,8 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.CURRENCY_NOT_SUPPORTED: "bank declined: the account (or, for a virtual account "
                                       "or e-wallet, the bank) is not in the charge's currency "
                                       "(bank link; merchants see `deny` / `failure`)",
+    ErrorCode.TOO_MANY_REFUNDS: "the transaction already has the most refunds one may have "
+                                "(`REFUNDS_PER_TRANSACTION_MAX`); refund the rest at once",
     ErrorCode.BANK_UNAVAILABLE: "no node of the bank could be asked; nothing happened",
     ErrorCode.TIMEOUT: "no response within the request timeout",
     ErrorCode.OUTCOME_UNKNOWN: "the bank's answer is not known yet; retry the same request",

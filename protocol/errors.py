@@ -51,6 +51,7 @@ class ErrorCode(enum.IntEnum):
     ACCOUNT_UNKNOWN = 506
     CARD_EXPIRED = 507
     CURRENCY_NOT_SUPPORTED = 508
+    TOO_MANY_REFUNDS = 509
     # 6xx: upstream.
     BANK_UNAVAILABLE = 600
     TIMEOUT = 601

@@ -165,7 +165,7 @@ def decode_args(args_raw: bytes) -> dict[str, Any]:
     """Unpack an authenticated request's ``args`` under the body limits (``MALFORMED_BODY``
     on any defect; the schema of the operation is checked afterwards)."""
     try:
-        return bodycodec.unpack(args_raw, depth=ARGS_DEPTH)
+        return bodycodec.unpack(args_raw, depth=ARGS_DEPTH, unique_keys=True)
     except BodyError as exc:
         raise BodyError(f"args: {exc.message}", code=exc.code, field="args") from None
 

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
+from gateway.client import Card
 from protocol import body as bodycodec
-from protocol.errors import ErrorCode
-from protocol.frame import Flags, Frame, FrameType
+from protocol.errors import ErrorCode, RemoteError
+from protocol.frame import HEADER, Flags, Frame, FrameType
 from tests.deploy import RICH, Deployment, deployment
 from tests.rawclient import Raw
 from tests.test_hostile_peers import signed
@@ -240,6 +241,62 @@ def test_every_frame_type_that_would_not_fit_has_a_stand_in_that_does() -> None:
     with pytest.raises(PaywireError) as exc:
         fit_frame(signed("M1", 1, "status", {"order_id": "o" * 64, "x": "y" * 2000}), limit)
     assert exc.value.code is ErrorCode.FRAME_TOO_LARGE
+
+
+
+def test_stand_ins_keep_an_errors_code_and_never_parse_our_frames_with_peer_limits() -> None:
+    """Review findings: an error RESPONSE too large for the peer keeps its code (nothing ran,
+    so 404 "effect stands" would misreport it); a long ``field`` is cut too; and our own
+    frame is read without the limits meant for peers, so an EVENT of a transaction with more
+    refunds than a peer may send items (256) still gets its stand-in instead of raising in
+    the middle of a send."""
+    from protocol import messages
+    from protocol.errors import PaywireError
+    from protocol.fit import TRUNCATED_EVENT_TYPE, fit_frame
+
+    limit = 1024
+    error = messages.encode_error_response(9, PaywireError(
+        "args." + "k" * 1000 + ": is not a known field", code=ErrorCode.INVALID_FIELD,
+        field="args." + "k" * 1000))
+    fitted = fit_frame(error, limit)
+    assert len(fitted) - 16 <= limit
+    assert HEADER.unpack_from(fitted)[2] == FrameType.RESPONSE
+    body = bodycodec.unpack(fitted[16:])
+    assert body["code"] == ErrorCode.INVALID_FIELD and body["field"].startswith("args.kkk")
+    frame_error = messages.encode_error_frame(ErrorCode.INVALID_FIELD, "m" * 2000,
+                                              "versions." + "v" * 2000)
+    fitted = fit_frame(frame_error, limit)
+    assert len(fitted) - 16 <= limit
+    assert messages.decode_body(FrameType.ERROR, fitted[16:])["code"] == ErrorCode.INVALID_FIELD
+    refunds = [{"refund_key": f"r{i}", "amount": 1} for i in range(300)]
+    event = messages.encode_message(FrameType.EVENT, {
+        "seq": 5, "type": "transaction.status", "merchant_id": "M1",
+        "data": {"transaction_id": "t", "order_id": "o", "transaction_status": "refund",
+                 "refunds": refunds}})
+    fitted = fit_frame(event, limit)
+    body = messages.decode_body(FrameType.EVENT, fitted[16:])
+    assert (body["seq"], body["type"]) == (5, TRUNCATED_EVENT_TYPE)
+    assert body["data"]["transaction_status"] == "refund"
+
+
+async def test_a_transaction_has_at_most_100_refunds(dep: Deployment) -> None:
+    """Every result lists the refunds, so their number is bounded (§5.3): the 101st new
+    refund key is TOO_MANY_REFUNDS and changes nothing; a repeat of a known key still is a
+    repeat; what remains is refunded in one."""
+    from gateway.hub.service import REFUNDS_PER_TRANSACTION_MAX
+
+    async with dep.client() as c:
+        await c.charge("many-refunds", 1_000, card=Card(RICH[3], 12, 2030, "123"))
+        for i in range(REFUNDS_PER_TRANSACTION_MAX):
+            await c.refund("many-refunds", f"r{i}", amount=1)
+        with pytest.raises(RemoteError) as info:
+            await c.refund("many-refunds", "one-more", amount=1)
+        assert info.value.code is ErrorCode.TOO_MANY_REFUNDS
+        assert info.value.field == "args.refund_key"
+        tx = await c.status("many-refunds")
+        assert tx.refunded_amount == REFUNDS_PER_TRANSACTION_MAX
+        assert tx.transaction_status == "partial_refund"
+        assert (await c.refund("many-refunds", "r0", amount=1)).replayed
 
 
 # --- item 17: TRUNCATED_FRAME -----------------------------------------------------------------

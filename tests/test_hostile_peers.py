@@ -298,3 +298,27 @@ async def test_bank_node_checks_the_link_signature_before_unpacking(dep: Deploym
     assert await answers(raw, 2) == [(FrameType.RESPONSE, 1, ErrorCode.BAD_SIGNATURE),
                                      (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY)]
     raw.close()
+
+
+async def test_a_key_twice_in_the_envelope_or_the_args_is_malformed(dep: Deployment) -> None:
+    """msgpack keeps the last of two equal keys; a second implementation, or a merchant's own
+    check, might keep the first, so signed bytes with a key twice are refused (§2.2)."""
+    from protocol.frame import encode_frame
+
+    raw = await Raw.open(dep)
+    await raw.hello()
+    key = KEYS["M1"].encode()
+    twice = b"\x83\xa8order_id\xa1a\xa8order_id\xa1b\xa1n\x01"  # order_id twice
+    ok = signed_raw_args(key, "M1", 3, "status", bodycodec.pack({"order_id": "c"}))
+    env = signed_raw_args(key, "M1", 2, "status", bodycodec.pack({"order_id": "d"}))
+    # The same envelope with its "op" field twice (the same value, so the signature would
+    # verify if the duplicate were let through): re-encode the body by hand.
+    body = env[16:]
+    assert body[0] == 0x86  # six fields
+    env_twice = encode_frame(FrameType.REQUEST, 2, b"\x87\xa2op\xa6status" + body[1:])
+    raw.send(signed_raw_args(key, "M1", 1, "status", twice) + env_twice + ok)
+    got = sorted(await answers(raw, 3))
+    assert got == [(FrameType.RESPONSE, 1, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 2, ErrorCode.MALFORMED_BODY),
+                   (FrameType.RESPONSE, 3, ErrorCode.NOT_FOUND)]
+    raw.close()

@@ -181,7 +181,14 @@ class Hub:
         if subscribers:
             frame = self.event_frame(merchant, seq, tx.to_result(with_hops=False))
             for session in list(subscribers):
-                session.push_event(seq, frame)
+                try:
+                    session.push_event(seq, frame)
+                except Exception:
+                    # One subscriber's fault is its own: drop it (it resumes from its last
+                    # seq, losing nothing) and tell the others.
+                    log.exception("pushing event %d to %s failed", seq, session.peer)
+                    session.fail(ErrorCode.INTERNAL, "event could not be sent; resume with "
+                                 "events_since")
 
     @staticmethod
     def event_frame(merchant_id: str, seq: int, data: dict[str, Any]) -> bytes:

@@ -46,6 +46,12 @@ from protocol.signing import hmac_sha256
 
 log = logging.getLogger("paywire.service")
 
+# Refunds one transaction may have. Its result lists them all, in every status answer and
+# event: without a bound, a merchant's many tiny refunds would grow that result past any
+# body limit a client can negotiate (and past the 256 items of a collection, protocol §2.2).
+# 100 refunds of the longest reason and key stay within the default 64 KiB body.
+REFUNDS_PER_TRANSACTION_MAX = 100
+
 Key = tuple[str, str]
 # Called after a committed status change with the transaction and its event sequence number.
 ChangeListener = Callable[[Transaction, int], None]
@@ -119,7 +125,15 @@ class TransactionService:
             self._challenges.pop(key, None)
         if seq is not None:
             for listener in self.listeners:
-                listener(tx, seq)
+                # The change is committed: a listener's failure must not become the
+                # answer of the request that made it (the money has moved) nor keep the
+                # other listeners from hearing of it. Events and webhooks are in the
+                # outbox anyway, and a subscriber resumes with events_since.
+                try:
+                    listener(tx, seq)
+                except Exception:
+                    log.exception("change listener failed for %s (seq %d); the change "
+                                  "stands", tx.transaction_id, seq)
 
     async def load(self, key: Key) -> Transaction | None:
         tx = self.cache.get(key)
@@ -543,6 +557,10 @@ class TransactionService:
                                    field="args.refund_key")
                 return tx.to_result(), True
         states.check(S(tx.status), S.PARTIAL_REFUND, "refund")
+        if len(tx.refunds) >= REFUNDS_PER_TRANSACTION_MAX:
+            raise PaywireError(f"the transaction already has {len(tx.refunds)} refunds, the "
+                               f"most one may have; refund the rest in one",
+                               code=ErrorCode.TOO_MANY_REFUNDS, field="args.refund_key")
         remaining = tx.captured_amount - tx.refunded_amount
         amount = args.get("amount", remaining)
         if amount > remaining or amount <= 0:

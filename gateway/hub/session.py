@@ -305,8 +305,9 @@ class MerchantSession(FramedProtocol):
                 for seq, data in rows:
                     if seq <= self.events_sent_seq:
                         continue
+                    # Stored by the hub itself: read without the peer limits.
                     frame = self.hub.event_frame(self.merchant_id, seq,
-                                                 bodycodec.unpack(data))
+                                                 bodycodec.unpack_own(data))
                     if not await self._room_for(len(frame)):
                         return
                     self.events_sent_seq = seq
