@@ -96,7 +96,8 @@ class Bench:
                          ledger_path=self.workdir / f"{name}.db", ledger_synchronous=synchronous,
                          merchants=[MerchantConfig(MERCHANT, KEY, connections_max=1024,
                                                    rate_per_s=1e9, rate_burst=10**9)],
-                         banks=[BankRoute("bca", [f"127.0.0.1:{self.bank.port}"], bins=["4811"])],
+                         banks=[BankRoute("bca", [f"bca-1@127.0.0.1:{self.bank.port}"],
+                                          bins=["4811"])],
                          in_flight_max=1024)
 
     def spawn(self, module: str, args: list[str], name: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import math
+import re
 import tomllib
 import types
 import typing
@@ -162,6 +163,9 @@ class HubConfig:
                     raise ConfigError(f"merchants[{m.id}].webhook_url: {problem}")
         check_currencies(self.currencies, "currencies")
         check_recovery_bound(self)
+        for route in self.banks:
+            for node in route.nodes:
+                check_bank_node_address(route.name, node)
 
     def merchant(self, merchant_id: str) -> MerchantConfig | None:
         for m in self.merchants:
@@ -177,6 +181,20 @@ class HubConfig:
         if m.nonce_entries_max is not None:
             return m.nonce_entries_max
         return m.rate_burst + math.ceil(m.rate_per_s * (2 * self.timestamp_window_s + 1))
+
+
+_NODE_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}@[^@\s]+:[0-9]{1,5}")
+
+
+def check_bank_node_address(bank: str, node: str) -> None:
+    """A bank node is configured as ``NODE@HOST:PORT``: the hub refuses a link whose
+    certificate does not name NODE, so a genuine node of another bank that answers at this
+    address (a moved port, a hostile host) cannot approve this bank's charges or report
+    payments for it. The address alone would prove only that *some* bank answered."""
+    if not _NODE_ADDRESS.fullmatch(node):
+        raise ConfigError(f"banks[{bank}].nodes: {node!r} must name the node whose "
+                          f"certificate it serves, as NODE@HOST:PORT (e.g. "
+                          f"'{bank}-1@127.0.0.1:7501')")
 
 
 def check_recovery_bound(cfg: HubConfig) -> None:

@@ -128,7 +128,7 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = T
             proc = NodeProcess("bank", cfg, workdir, node).start()
             # Nodes of one bank share its books; start them one by one so the first creates
             # the schema before the second opens it.
-            addresses.append(f"127.0.0.1:{proc.wait_ready()}")
+            addresses.append(f"{node}@127.0.0.1:{proc.wait_ready()}")
             bank_procs.append(proc)
         routes.append(BankRoute(bank.name, addresses, bins=bank.bins, virtual_account=bank.va,
                                 providers=bank.providers))

@@ -67,8 +67,8 @@ class Deployment:
                 proc.wait_ready()
                 procs.append(proc)
             self.banks[bank] = procs
-            routes.append(BankRoute(bank, [f"127.0.0.1:{self.bank_address(bank, p.port)}"
-                                           for p in procs],
+            routes.append(BankRoute(bank, [f"{node}@127.0.0.1:{self.bank_address(bank, p.port)}"
+                                           for node, p in zip(nodes, procs, strict=True)],
                                     bins={"bca": ["4811"], "bni": ["5211"]}.get(bank, []),
                                     virtual_account=bank != "wallet",
                                     providers=["gopay"] if bank == "wallet" else []))

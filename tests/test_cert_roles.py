@@ -31,8 +31,8 @@ from protocol import messages
 from protocol.decoder import FrameDecoder
 from protocol.errors import ErrorCode, RemoteError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, Frame, FrameType
-from tests.deploy import BNI_CARDS, KEYS, OPENING, Deployment
-from tests.waiting import wait_until
+from tests.deploy import BNI_CARDS, KEYS, OPENING, RICH, Deployment
+from tests.waiting import log_contains, wait_until
 
 SERVER = ExtendedKeyUsageOID.SERVER_AUTH
 CLIENT = ExtendedKeyUsageOID.CLIENT_AUTH
@@ -426,3 +426,26 @@ async def wait_for_status(c: Client, order_id: str, status: str) -> None:
     async def reached() -> bool:
         return (await c.status(order_id)).transaction_status == status
     await wait_until(reached, f"{order_id} to reach {status}", timeout_s=WAIT_S)
+
+
+async def test_hub_refuses_a_genuine_node_of_another_bank(tmp_path: Path) -> None:
+    """A real bca node answering at the address configured for bni's node: its certificate
+    is a genuine bank certificate, but it names bca-1, not bni-1, so the hub refuses the link
+    (it would otherwise approve bni's charges and could report payments as bni)."""
+    dep: Deployment
+    dep = Deployment(tmp_path, bca_nodes=1, bank_address=lambda bank, port:
+                     dep.banks["bca"][0].port if bank == "bni" else port)
+    try:
+        await dep.astart()
+        await wait_until(log_contains(tmp_path / "hub.log",
+                                      "certificate names bank node 'bca-1'"),
+                         "the hub to refuse bca-1 at bni-1's address")
+        async with dep.client(retry_attempts_max=1) as c:
+            with pytest.raises(RemoteError) as info:
+                await c.charge("bni-via-bca", 10_000, card=Card(BNI_CARDS[0], 12, 2030, "123"))
+            assert info.value.code is ErrorCode.BANK_UNAVAILABLE
+            # The node itself is fine where it belongs: bca's own charges go through.
+            tx = await c.charge("bca-own", 10_000, card=Card(RICH[0], 12, 2030, "123"))
+            assert tx.transaction_status == "capture"
+    finally:
+        dep.stop()

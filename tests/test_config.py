@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
 
 def test_round_trip_through_toml(tmp_path: Path) -> None:
     hub = cfgmod.HubConfig(listen_port=0, merchants=[cfgmod.MerchantConfig("M1", "k")],
-                           banks=[cfgmod.BankRoute("bca", ["127.0.0.1:1"], bins=["4811"])])
+                           banks=[cfgmod.BankRoute("bca", ["bca-1@127.0.0.1:1"], bins=["4811"])])
     path = tmp_path / "hub.toml"
     path.write_text(cfgmod.dump_toml(hub))
     assert cfgmod.load(cfgmod.HubConfig, path) == hub
@@ -68,3 +68,12 @@ def test_every_field_and_default_is_documented(cls: type) -> None:
             if isinstance(f.default, (str, Path)):
                 shown = f'"{f.default}"'
             assert cell == f"`{shown}`", f"{cls.__name__}.{f.name}: doc says {cell}"
+
+
+@pytest.mark.parametrize("node", ["127.0.0.1:7501", "@127.0.0.1:7501", "bca-1@127.0.0.1",
+                                  "bca 1@127.0.0.1:7501", "a@b@127.0.0.1:7501"])
+def test_a_bank_node_must_be_named_as_its_certificate_is(node: str) -> None:
+    """NODE@HOST:PORT: the name is what the hub checks the node's certificate against."""
+    with pytest.raises(cfgmod.ConfigError, match="NODE@HOST:PORT"):
+        cfgmod.HubConfig(listen_port=0, merchants=[cfgmod.MerchantConfig("M1", "k")],
+                         banks=[cfgmod.BankRoute("bca", [node], bins=["4811"])])

@@ -674,7 +674,7 @@ async def test_bank_call_stops_at_its_deadline_without_sending(dep: Deployment) 
     from gateway import secret_keys, tls
     from gateway.hub.banklink import BankPool, BankUnavailable
 
-    pool = BankPool("bca", [f"127.0.0.1:{dep.banks['bca'][0].port}"], hub_id="hub",
+    pool = BankPool("bca", [f"bca-1@127.0.0.1:{dep.banks['bca'][0].port}"], hub_id="hub",
                     key=secret_keys.load_link_key(dep.secrets),
                     ssl_ctx=tls.node_client_context(dep.certs, "hub", "hub"),
                     on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=3)

@@ -75,7 +75,7 @@ async def test_ledger_books_wal_and_directories_are_owner_only_under_umask_000(
             hub = NodeProcess("hub", HubConfig(
                 listen_port=0, certs_dir=certs, ledger_path=data / "hub" / "deep" / "ledger.db",
                 secrets_file=secrets, merchants=[MerchantConfig("M1", "sk-M1")],
-                banks=[BankRoute("bca", [f"127.0.0.1:{bank_port}"], bins=["4811"])]),
+                banks=[BankRoute("bca", [f"bca-1@127.0.0.1:{bank_port}"], bins=["4811"])]),
                 run, "hub").start()
             port = hub.wait_ready()
             async with connect("127.0.0.1", port, merchant_id="M1", server_key="sk-M1",

@@ -67,6 +67,12 @@ class BankLink(FramedProtocol):
         # as a bank could approve charges (or report payments) the hub would record.
         assert self.transport is not None
         peer = tls.check_peer(self.transport, "bank", tls.Use.SERVER)
+        expected = self.node.expected_name
+        if not isinstance(peer, tls.PeerRefused) and expected and peer.name != expected:
+            # A genuine node of *another* bank (or another node) at this address: it would
+            # approve this bank's charges and report payments the hub would credit to it.
+            peer = tls.PeerRefused(f"certificate names bank node {peer.name!r}, this address "
+                                   f"is configured for {expected!r}")
         if isinstance(peer, tls.PeerRefused):
             log.warning("refusing %s as a node of %s: %s", self.node.address,
                         self.node.pool.name, peer.reason)
@@ -125,8 +131,11 @@ class BankNodeHandle:
 
     def __init__(self, pool: BankPool, address: str) -> None:
         self.pool = pool
-        self.address = address
-        host, _, port = address.rpartition(":")
+        # "NODE@HOST:PORT": the node's certificate must name NODE (its CN), so a genuine node
+        # of another bank at this address is refused. A bare "HOST:PORT" (the bank-admin
+        # tool only; configs require the name) accepts any bank node.
+        self.expected_name, _, self.address = address.rpartition("@")
+        host, _, port = self.address.rpartition(":")
         self.host, self.port = host, int(port)
         self.link: BankLink | None = None
         self.breaker = CircuitBreaker()
