@@ -713,3 +713,20 @@ async def test_goaway_code_is_shutting_down_and_names_the_last_request(tmp_path:
         raw.close()
     finally:
         own.stop()
+
+
+async def test_a_request_too_large_to_send_fails_locally_and_leaves_nothing_waiting(
+        dep: Deployment) -> None:
+    """§2.3: a REQUEST that would not fit the negotiated limit is not sent; the client raises
+    FRAME_TOO_LARGE at once and keeps no waiting entry for it (review finding: the entry
+    stayed until its timeout), and the connection goes on serving."""
+    from protocol.errors import PaywireError
+
+    async with dep.client(hello={"body_bytes_max": 1024}) as c:
+        with pytest.raises(PaywireError) as info:
+            await c.request("status", {"order_id": "o", "padding": "x" * 2000})
+        assert info.value.code is ErrorCode.FRAME_TOO_LARGE
+        assert c.conn is not None and c.conn.correlator.waiting == {}
+        with pytest.raises(RemoteError) as missing:
+            await c.status("never-charged")
+        assert missing.value.code is ErrorCode.NOT_FOUND

@@ -153,6 +153,24 @@ def test_lock_names_the_file_and_a_live_holder_at_once(tmp_path: Path) -> None:
     lockfile.acquire(db, "ledger").close()
 
 
+def test_one_file_reached_through_a_link_or_another_path_has_one_lock(tmp_path: Path) -> None:
+    """Review finding: the lock file was named after the path as given, so a ledger opened
+    through a symbolic link (or its directory through one) got a second lock and a second
+    writer."""
+    real = tmp_path / "data"
+    real.mkdir()
+    (tmp_path / "alias").symlink_to(real)
+    (tmp_path / "ledger-link.db").symlink_to(real / "ledger.db")
+    held = lockfile.acquire(real / "ledger.db", "ledger")
+    try:
+        for other in (tmp_path / "ledger-link.db", tmp_path / "alias" / "ledger.db",
+                      real / ".." / "data" / "ledger.db"):
+            with pytest.raises(lockfile.LockHeld):
+                lockfile.acquire(other, "ledger", orphan_wait_s=60.0)
+    finally:
+        held.close()
+
+
 def test_lock_left_by_a_dead_owner_is_waited_for_then_refused(tmp_path: Path) -> None:
     """A hub killed while its writer finishes: the recorded pid is gone, a child still holds
     the lock. The newcomer waits (bounded), then says so; once it is released, it proceeds."""

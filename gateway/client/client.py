@@ -192,8 +192,10 @@ class Client:
             assert self._slots is not None
             async with self._slots:
                 rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
-                conn.send(build_request(self.key, self.merchant_id, rid, op, args))
                 try:
+                    # Inside the try: a request too large for the negotiated limit raises
+                    # FRAME_TOO_LARGE here, and its waiting entry must go with it.
+                    conn.send(build_request(self.key, self.merchant_id, rid, op, args))
                     return await fut
                 except RemoteError as exc:
                     if exc.code is ErrorCode.SHUTTING_DOWN:

@@ -50,7 +50,9 @@ class FileLock:
 
 
 def lock_path(data_path: Path | str) -> Path:
-    data_path = Path(data_path)
+    """The lock file of ``data_path``, beside the file it really is: a ledger opened through
+    a symbolic link (or a relative path, or ``..``) is one file, so it gets one lock."""
+    data_path = Path(data_path).resolve()
     return data_path.with_name(data_path.name + LOCK_SUFFIX)
 
 
