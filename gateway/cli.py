@@ -99,6 +99,14 @@ def _refused(kind: str, exc: Exception) -> int:
     return 2
 
 
+def _apply_listen(cfg: configmod.HubConfig | configmod.BankNodeConfig,
+                  listen: str | None) -> None:
+    """``--listen [HOST]:PORT`` overrides the config's listener (the host is optional)."""
+    if listen:
+        host, _, port = listen.rpartition(":")
+        cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+
+
 def cmd_hub(ns: argparse.Namespace) -> int:
     from gateway.hub.server import Hub
     from gateway.storage.lockfile import LockHeld
@@ -106,9 +114,7 @@ def cmd_hub(ns: argparse.Namespace) -> int:
     os.umask(NODE_UMASK)
     try:
         cfg = configmod.load(configmod.HubConfig, Path(ns.config))
-        if ns.listen:
-            host, _, port = ns.listen.rpartition(":")
-            cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+        _apply_listen(cfg, ns.listen)
         if ns.ledger:
             cfg.ledger_path = Path(ns.ledger)
         return int(_run(_serve(Hub(cfg), ns.ready_file)))
@@ -122,9 +128,7 @@ def cmd_bank(ns: argparse.Namespace) -> int:
     os.umask(NODE_UMASK)
     try:
         cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
-        if ns.listen:
-            host, _, port = ns.listen.rpartition(":")
-            cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
+        _apply_listen(cfg, ns.listen)
         return int(_run(_serve(BankNode(cfg), ns.ready_file)))
     except configmod.ConfigError as exc:
         return _refused("bank", exc)

@@ -186,6 +186,15 @@ def test_peer_identity_refuses_two_ous_or_cns() -> None:
 
 
 # --- the client refuses a server that is not a hub -----------------------------------------
+def fake_welcome(server: str) -> bytes:
+    """The WELCOME a fake server answers any HELLO with."""
+    return messages.encode_message(FrameType.WELCOME, {
+        "version": 1, "server": server, "session_id": "fake",
+        "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 16,
+        "heartbeat_interval_ms": 5000, "resume_token": b"", "event_seq": 0,
+        "server_time_ms": 0})
+
+
 @dataclass
 class FakeHub:
     """A TLS server that plays the hub: answers HELLO with a WELCOME and records every byte
@@ -205,11 +214,7 @@ class FakeHub:
                 for frame in decoder.feed(data):
                     self.frames.append(frame)
                     if frame.type == FrameType.HELLO:
-                        writer.write(messages.encode_message(FrameType.WELCOME, {
-                            "version": 1, "server": "paywire-hub/fake", "session_id": "fake",
-                            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 16,
-                            "heartbeat_interval_ms": 5000, "resume_token": b"",
-                            "event_seq": 0, "server_time_ms": 0}))
+                        writer.write(fake_welcome("paywire-hub/fake"))
         except (ConnectionError, OSError):
             pass
         finally:
@@ -364,11 +369,7 @@ class FakeBankNode:
             while data := await reader.read(65536):
                 for frame in decoder.feed(data):
                     if frame.type == FrameType.HELLO:
-                        writer.write(messages.encode_message(FrameType.WELCOME, {
-                            "version": 1, "server": "paywire-bank/bni-1", "session_id": "f",
-                            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "in_flight_max": 16,
-                            "heartbeat_interval_ms": 5000, "resume_token": b"",
-                            "event_seq": 0, "server_time_ms": 0}))
+                        writer.write(fake_welcome("paywire-bank/bni-1"))
                         self.writer = writer
                     elif frame.type == FrameType.PING:
                         writer.write(messages.encode_message(FrameType.PONG, {},

@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from gateway.client import Card, connect
 from tests.deploy import KEYS, RICH, deployment
+from tests.waiting import wait_until
 
 READY_TIMEOUT_S = 60.0
-POLL_S = 0.05
 
 
 def hostile_cwd(root: Path, marker: Path) -> Path:
@@ -51,11 +50,10 @@ async def test_nodes_and_writers_started_from_a_hostile_cwd_run_the_installed_co
                                      "--ready-file", str(ready)], stdout=log,
                                     stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not ready.exists():
-                assert proc.poll() is None, (tmp_path / "script-hub.log").read_text()
-                assert time.monotonic() < deadline, "hub not ready"
-                time.sleep(POLL_S)
+            await wait_until(lambda: ready.exists() or proc.poll() is not None,
+                             "the hub started from the console script to be ready",
+                             timeout_s=READY_TIMEOUT_S)
+            assert proc.poll() is None, (tmp_path / "script-hub.log").read_text()
             info = json.loads(ready.read_text())
             assert info["pid"] == proc.pid
             async with connect("127.0.0.1", info["port"], merchant_id="M1",

@@ -9,7 +9,6 @@ import os
 import stat
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,9 +21,9 @@ from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig
 from gateway.processes import NodeProcess
 from gateway.storage import lockfile
 from tests.deploy import RICH, deployment
+from tests.waiting import wait_until
 
 EXIT_TIMEOUT_S = 60.0
-POLL_S = 0.05
 
 
 def mode(path: Path) -> int:
@@ -109,10 +108,9 @@ async def test_second_hub_on_a_ledger_is_refused_and_the_lock_survives_no_kill_9
         second = _second_hub(dep.hub_cfg, tmp_path, "hub-2")
         assert second.proc is not None
         try:
-            deadline = time.monotonic() + EXIT_TIMEOUT_S
-            while second.proc.poll() is None and not second.ready_path.exists():
-                assert time.monotonic() < deadline, "second hub neither exited nor started"
-                time.sleep(POLL_S)
+            proc = second.proc
+            await wait_until(lambda: proc.poll() is not None or second.ready_path.exists(),
+                             "the second hub to exit or start", timeout_s=EXIT_TIMEOUT_S)
             assert not second.ready_path.exists(), "a second hub serves the same ledger"
             assert second.proc.wait(EXIT_TIMEOUT_S) == 2
         finally:
