@@ -19,8 +19,8 @@ from gateway import secret_keys, tls
 from gateway.bank.store import BankStore
 from gateway.config import BankNodeConfig
 from gateway.net.framed import FramedProtocol, Heartbeat
-from gateway.net.signed import Correlator, build_request
-from protocol import banklink, handshake, messages, signing
+from gateway.net.signed import Correlator, build_request, verified_request
+from protocol import banklink, handshake, messages
 from protocol.connection import Side
 from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
@@ -149,11 +149,7 @@ class BankNode:
     def handle_request(self, session: BankSession, frame: Frame) -> None:
         rid = frame.request_id
         try:
-            req = messages.decode_request(rid, frame.body)
-            # The signature covers the exact args bytes: nothing is unpacked before it verifies.
-            if not signing.verify_request(self.key, req.signature, req.merchant_id, rid, req.op,
-                                          req.timestamp_ms, req.nonce, req.args_raw):
-                raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
+            req = verified_request(self.key, frame)
             args = banklink.validate(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             session.respond_error(rid, exc)

@@ -15,9 +15,10 @@ from gateway.hub.routing import Router
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
 from gateway.ledger.sqlite import SqliteLedger
+from gateway.net.signed import verified_request
 from gateway.transactions.model import Transaction, now_ms
 from gateway.webhooks.dispatcher import WebhookDispatcher
-from protocol import banklink, messages, signing
+from protocol import banklink, messages
 from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import Frame, FrameType
 
@@ -212,11 +213,7 @@ class Hub:
     def on_bank_request(self, link: BankLink, frame: Frame) -> None:
         rid = frame.request_id
         try:
-            req = messages.decode_request(rid, frame.body)
-            # The signature covers the exact args bytes: nothing is unpacked before it verifies.
-            if not signing.verify_request(self.link_key, req.signature, req.merchant_id, rid,
-                                          req.op, req.timestamp_ms, req.nonce, req.args_raw):
-                raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
+            req = verified_request(self.link_key, frame)
             if req.op != banklink.PAYMENT:
                 raise PaywireError(f"hub does not serve {req.op}",
                                    code=ErrorCode.UNKNOWN_OPERATION)

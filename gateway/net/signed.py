@@ -24,6 +24,17 @@ def build_request(key: bytes, identity: str, request_id: int, op: str,
     return messages.encode_request(request_id, op, identity, ts, nonce, sig, args_raw)
 
 
+def verified_request(key: bytes, frame: Frame) -> messages.Request:
+    """The REQUEST envelope of a bank-link frame once its signature verifies under ``key``
+    (``BAD_SIGNATURE`` otherwise). The signature covers the exact args bytes, so nothing of
+    ``args`` is unpacked before this returns: the caller decodes them only then."""
+    req = messages.decode_request(frame.request_id, frame.body)
+    if not signing.verify_request(key, req.signature, req.merchant_id, frame.request_id,
+                                  req.op, req.timestamp_ms, req.nonce, req.args_raw):
+        raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
+    return req
+
+
 class RequestTimeout(PaywireError):
     code = ErrorCode.TIMEOUT
 
