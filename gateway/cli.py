@@ -337,11 +337,14 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if ns.what == "smoke":
         opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
                        out=Path(ns.out or "bench/results/smoke.json"), fsync_samples=20,
-                       memory_s=2.0, memory_warmup_s=1.0, rounds=2)
+                       memory_s=2.0, memory_warmup_s=1.0, rounds=2, wide_connections=4,
+                       baseline=Path(ns.baseline) if ns.baseline else None)
     else:
         opts = Options(duration_s=ns.duration_s, connections=ns.connections, window=ns.window,
                        memory_s=ns.memory_s, memory_warmup_s=ns.memory_warmup_s,
                        rounds=ns.rounds, out=Path(ns.out or "bench/results/latest.json"),
+                       wide_connections=ns.wide_connections, single=not ns.no_single,
+                       baseline=Path(ns.baseline) if ns.baseline else None,
                        plot=Path(ns.plot) if ns.plot else None,
                        markdown=Path(ns.markdown) if ns.markdown else None)
     return run(opts, "paywire " + " ".join(sys.argv[1:]))
@@ -485,6 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--rounds", type=int, default=3,
                        help="interleaved rounds of the alternative, durable and "
                             "synchronous=OFF closed-loop runs (ratios: median of the rounds)")
+    bench.add_argument("--wide-connections", type=int, default=64,
+                       help="also run the durable closed loop at this many connections (0: no)")
+    bench.add_argument("--no-single", action="store_true",
+                       help="skip the run with one charge in flight")
+    bench.add_argument("--baseline", help="result JSON of the pre-redesign code's bench, run "
+                       "in the same hour: CPU per charge is reported as a ratio against it")
     bench.add_argument("--out", help="JSON result file")
     bench.add_argument("--markdown", help="also write the Markdown table here")
     bench.add_argument("--plot", help="PNG of latency percentiles against offered load")

@@ -69,3 +69,16 @@ def test_rounds_below_one_are_refused() -> None:
     proc = subprocess.run([sys.executable, "-m", "gateway.cli", "bench", "all", "--rounds", "0"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--rounds must be at least 1" in proc.stderr
+
+
+def test_cpu_per_charge_is_a_ratio_against_the_baseline_run() -> None:
+    r = _rounds(alt=[1000], full=[2000], off=[2100])
+    r["paywire"]["cpu_us_per_request"] = {"hub": 60.0, "total": 120.0}
+    base = {"paywire": {"throughput_per_s": 900.0,
+                        "cpu_us_per_request": {"hub": 200.0, "total": 300.0}}}
+    assert ratios(r, base)["cpu_vs_baseline"] == 0.4
+    assert "cpu_vs_baseline" not in ratios(r)  # no baseline: no figure, not a made-up one
+    table = markdown(r, Options(rounds=1, baseline=None), "paywire bench all", base)
+    assert "| CPU per durable charge ≤ 40% of the pre-redesign code's (same hour) | 0.4 | yes |" \
+        in table
+    assert "CPU per charge 300.0 µs (hub 200.0)" in table
