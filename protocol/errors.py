@@ -161,6 +161,7 @@ class PaywireError(Exception):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         own = cls.__dict__.get("codes", ())
+        cls.codes = own  # a class's own claims: a subclass declaring none claims none
         for code in own:
             if code in _REGISTRY:
                 raise TypeError(f"{code.name} is claimed by {_REGISTRY[code].__name__} "

@@ -8,6 +8,7 @@ its request id, so responses may come back in any order.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import ssl
 from collections import deque
@@ -218,9 +219,13 @@ class Client:
         try:
             return TransactionResult.from_wire(await self.request(op, args, timeout_s))
         except OutcomeUnknown as exc:
-            if exc.order_id is None:  # the hub's OUTCOME_UNKNOWN, or a lost connection
-                exc.order_id = args.get("order_id")
-            raise
+            if exc.order_id is not None:
+                raise
+            # The hub's OUTCOME_UNKNOWN, or a lost connection: say which order it is about.
+            # A copy, because one ConnectionLost may fail every request of a connection.
+            named = copy.copy(exc)
+            named.order_id = args.get("order_id")
+            raise named from None
         except RequestTimeout:
             if not self.resolve_unknown or op == "status":
                 raise OutcomeUnknown(f"{op} of {args['order_id']!r}: no answer in time",
