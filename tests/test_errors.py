@@ -13,8 +13,10 @@ import itertools
 import pickle
 import pkgutil
 import sqlite3
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 
 import gateway
 import protocol
-from gateway.client import Card, RequestError
+from gateway.client import Card, Client, RequestError
 from gateway.storage.groupcommit import GroupCommitWriter
 from protocol import errors
 from protocol.errors import (
@@ -162,9 +164,12 @@ def test_extra_attributes_and_unknown_numbers() -> None:
     assert type(odd) is ServerError and odd.code is ErrorCode.INTERNAL
 
 
-@given(st.one_of(st.dictionaries(st.text(max_size=8), st.one_of(
-    st.integers(), st.text(max_size=8), st.none(), st.binary(max_size=4))),
-    st.integers(), st.text(max_size=8), st.none()))
+_KEYS = st.one_of(st.sampled_from(["code", "name", "message", "field"]), st.text(max_size=8))
+_VALUES = st.one_of(st.integers(), st.sampled_from([int(c) for c in ErrorCode]),
+                    st.text(max_size=8), st.none(), st.binary(max_size=4), st.booleans())
+
+
+@given(st.one_of(st.dictionaries(_KEYS, _VALUES), _VALUES))
 def test_a_received_error_body_never_escapes_as_another_exception(body: object) -> None:
     err = RemoteError.from_body(body)
     assert isinstance(err, RemoteError) and isinstance(err, class_for(err.code))
@@ -250,6 +255,32 @@ async def test_errors_cross_the_writer_process_boundary_intact(tmp_path: Path) -
             _same(sent, info.value)
     finally:
         await writer.close()
+
+
+# --- the client ----------------------------------------------------------------------------
+async def test_the_client_names_the_order_of_an_unknown_outcome() -> None:
+    """``OutcomeUnknown.order_id`` says which order to retry. One ConnectionLost fails every
+    request of a connection (``Correlator.fail_all``): each caller gets its own order id,
+    and the shared instance is left alone. The request layer is replaced here (no socket):
+    what is tested is ``Client._tx``'s handling of what that layer raises."""
+    shared = ConnectionLost("connection lost: reset")
+    hub_said = error_from_code(ErrorCode.OUTCOME_UNKNOWN, "ask again", remote=True)
+
+    class Cut(Client):
+        async def request(self, op: str, args: dict[str, Any],
+                          timeout_s: float | None = None) -> dict[str, Any]:
+            raise shared if args["order_id"] != "hub" else hub_said
+
+    c = Cut("127.0.0.1", 1, merchant_id="M1", server_key="k",
+            ssl_context=ssl.create_default_context())
+    for oid in ("a", "b"):
+        with pytest.raises(ConnectionLost) as lost:
+            await c.status(oid)
+        assert lost.value.order_id == oid and lost.value.message == shared.message
+    assert shared.order_id is None
+    with pytest.raises(OutcomeUnknown) as unknown:
+        await c.status("hub")
+    assert unknown.value.order_id == "hub" and isinstance(unknown.value, RequestError)
 
 
 # --- end to end ----------------------------------------------------------------------------
