@@ -15,7 +15,7 @@ from typing import Any
 
 from protocol import banklink, connection, lifecycle, messages, operations, signing
 from protocol import body as bodycodec
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, class_for
 from protocol.frame import FrameType, encode_frame
 from protocol.schema import ListOf, Map, Opt, Spec
 
@@ -149,11 +149,12 @@ def render() -> dict[str, str]:
     out: dict[str, str] = {}
     out["frame-types"] = "| value | type |\n|---|---|\n" + "\n".join(
         f"| {int(t)} | {t.name} |" for t in FrameType)
-    error_rows = [f"| {int(c)} | `{c.name}` | {'yes' if c.is_fatal else 'no'} | "
+    error_rows = [f"| {int(c)} | `{c.name}` | `{class_for(c).__name__}` | "
+                  f"{'yes' if c.is_fatal else 'no'} | "
                   f"{'yes' if c.is_retryable else 'no'} | {ERROR_MEANINGS[c]} |"
                   for c in ErrorCode]
-    out["errors"] = ("| code | name | fatal | retry same request | meaning |\n"
-                     "|---|---|---|---|---|\n" + "\n".join(error_rows))
+    out["errors"] = ("| code | name | class | fatal | retry same request | meaning |\n"
+                     "|---|---|---|---|---|---|\n" + "\n".join(error_rows))
     for ftype, spec in messages.BODY_SPECS.items():
         if ftype is FrameType.PONG:
             continue

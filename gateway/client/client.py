@@ -8,6 +8,7 @@ its request id, so responses may come back in any order.
 from __future__ import annotations
 
 import asyncio
+import copy
 import random
 import ssl
 from collections import deque
@@ -17,18 +18,17 @@ from types import TracebackType
 from typing import Any
 
 from gateway.net.backoff import full_jitter_s
-from gateway.net.signed import RequestTimeout, build_request
-from protocol.errors import ErrorCode, RemoteError
+from gateway.net.signed import build_request
+from protocol.errors import (
+    ConnectionLost,
+    ErrorCode,
+    OutcomeUnknown,
+    RemoteError,
+    RequestTimeout,
+)
 
 from .connection import ClientConnection
-from .results import (
-    Card,
-    ConnectionLost,
-    Event,
-    OutcomeUnknown,
-    RequestError,
-    TransactionResult,
-)
+from .results import Card, Event, RequestError, TransactionResult
 
 REQUEST_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
@@ -48,6 +48,8 @@ Address = tuple[str, int]
 class Client:
     """A merchant's connection to one of several hubs. Methods return ``TransactionResult``
     or raise ``RequestError`` (with ``.code``), ``OutcomeUnknown`` or ``ConnectionLost``.
+    A ``RequestError`` is also an instance of its code's class (``NotFound``, ``CardError``
+    ..., protocol/errors.py): the correlator builds it with ``error_from_code``.
 
     Reliability (DESIGN §4): when the connection dies the client reconnects, to the next
     address in the list, after a jittered exponential backoff; requests that were in flight
@@ -202,8 +204,7 @@ class Client:
                         conn.shutting_down_rids.add(rid)
                         conn.goaway = conn.goaway or {"last_request_id": rid - 1}
                     if not exc.code.is_retryable or attempts >= self.retry_attempts_max:
-                        raise RequestError(exc.message, code=exc.code,
-                                           field=exc.field) from None
+                        raise  # typed already: the code's class and RequestError
                 except ConnectionLost:
                     if not self.reconnect or attempts >= self.retry_attempts_max:
                         raise
@@ -217,6 +218,14 @@ class Client:
                   timeout_s: float | None) -> TransactionResult:
         try:
             return TransactionResult.from_wire(await self.request(op, args, timeout_s))
+        except OutcomeUnknown as exc:
+            if exc.order_id is not None:
+                raise
+            # The hub's OUTCOME_UNKNOWN, or a lost connection: say which order it is about.
+            # A copy, because one ConnectionLost may fail every request of a connection.
+            named = copy.copy(exc)
+            named.order_id = args.get("order_id")
+            raise named from None
         except RequestTimeout:
             if not self.resolve_unknown or op == "status":
                 raise OutcomeUnknown(f"{op} of {args['order_id']!r}: no answer in time",

@@ -10,11 +10,9 @@ from gateway.net.signed import Correlator
 from gateway.tls import PeerRefused, Use, check_peer
 from protocol import messages
 from protocol.connection import Side
-from protocol.errors import BodyError, ErrorCode, RemoteError
+from protocol.errors import BodyError, ConnectionLost, ErrorCode, RemoteError, error_from_code
 from protocol.frame import PROTOCOL_VERSION, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
-
-from .results import ConnectionLost
 
 EVENTS_QUEUED_MAX = 10_000
 
@@ -43,8 +41,8 @@ class ClientConnection(FramedProtocol):
         assert self.transport is not None
         peer = check_peer(self.transport, "hub", Use.SERVER)
         if isinstance(peer, PeerRefused):
-            err = RemoteError(f"the server is not a hub: {peer.reason}",
-                              code=ErrorCode.FORBIDDEN)
+            err = error_from_code(ErrorCode.FORBIDDEN, f"the server is not a hub: {peer.reason}",
+                                  remote=True)
             self.lost_reason = f"{err.code.name}: {err.message}"
             self.welcome.set_exception(err)
             self.abort_soon()

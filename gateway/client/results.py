@@ -1,34 +1,16 @@
-"""Typed results and errors of the client library."""
+"""Typed results of the client library, and the name merchants catch errors by."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.errors import ErrorCode, PaywireError, RemoteError
+from protocol.errors import RemoteError
 
-
-class RequestError(RemoteError):
-    """The hub refused or failed one request; ``code`` says why (see docs/protocol.md)."""
-
-
-class ConnectionLost(PaywireError):
-    """The connection closed before the answer came. Safe to retry: every operation carries
-    its idempotency key (order id, refund key), so a retry never charges twice."""
-
-    code = ErrorCode.OUTCOME_UNKNOWN
-
-
-class OutcomeUnknown(PaywireError):
-    """No answer in time, and a ``status`` call could not show the operation took effect.
-    Never charge again with a new order id: retry with the same one (idempotent), or ask
-    ``status(order_id)`` later."""
-
-    code = ErrorCode.OUTCOME_UNKNOWN
-
-    def __init__(self, message: str, *, order_id: str) -> None:
-        super().__init__(message)
-        self.order_id = order_id
+# The hub refused or failed one request; ``code`` says why (see docs/protocol.md). Every
+# error the hub reports is an instance of its code's class (``NotFound``, ``CardError``...,
+# protocol/errors.py) *and* of this one, so ``except RequestError`` catches them all.
+RequestError = RemoteError
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,9 @@ from collections import deque
 from typing import Any
 
 from protocol import signing
-from protocol.errors import ErrorCode, PaywireError
+from protocol.errors import AuthenticationError as AuthError
+from protocol.errors import ErrorCode
 from protocol.messages import Request
-
-
-class AuthError(PaywireError):
-    code = ErrorCode.UNAUTHENTICATED
-
 
 # Memory per remembered nonce, an upper bound: its bytes object (49 + length), a list slot in
 # its bucket (8) and its share of the set's table, which is what varies: measured with

@@ -18,10 +18,17 @@ from typing import Any
 from gateway import tls
 from gateway.net.backoff import full_jitter_s
 from gateway.net.framed import FramedProtocol
-from gateway.net.signed import Correlator, RequestTimeout, build_request
+from gateway.net.signed import Correlator, build_request
 from protocol import messages
 from protocol.connection import Side
-from protocol.errors import ErrorCode, PaywireError, RemoteError
+from protocol.errors import (
+    BankUnavailable,
+    ErrorCode,
+    OutcomeUnknown,
+    PaywireError,
+    RemoteError,
+    RequestTimeout,
+)
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
 from protocol.messages import ROLE_HUB
 
@@ -31,18 +38,6 @@ RECONNECT_DELAY_MIN_S = 0.05
 RECONNECT_DELAY_MAX_S = 2.0
 BREAKER_FAILURES_MAX = 5
 BREAKER_OPEN_S = 2.0
-
-
-class BankUnavailable(PaywireError):
-    """No node of the bank could be asked. Nothing happened at the bank."""
-
-    code = ErrorCode.BANK_UNAVAILABLE
-
-
-class OutcomeUnknown(PaywireError):
-    """The call was sent and no answer came: it may or may not have taken effect."""
-
-    code = ErrorCode.OUTCOME_UNKNOWN
 
 
 class LinkLost(ConnectionError):

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import BankRoute
-from protocol.errors import ErrorCode, PaywireError
-
-
-class NoRoute(PaywireError):
-    code = ErrorCode.NO_ROUTE
+from protocol.errors import NoRoute
 
 
 class Router:

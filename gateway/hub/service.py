@@ -26,14 +26,22 @@ from typing import Any
 
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine, Screening
-from gateway.hub.banklink import BankPool, BankUnavailable, OutcomeUnknown
+from gateway.hub.banklink import BankPool
 from gateway.hub.routing import Router
 from gateway.ledger.base import Ledger, Notification
 from gateway.transactions import states
 from gateway.transactions.model import Transaction, card_brand, now_ms, now_us, time_ordered_id
 from protocol import banklink
 from protocol import body as bodycodec
-from protocol.errors import BodyError, ErrorCode, PaywireError
+from protocol.errors import (
+    BankUnavailable,
+    BodyError,
+    ErrorCode,
+    NotFound,
+    OutcomeUnknown,
+    PaywireError,
+)
+from protocol.errors import DuplicateOrder as Conflict
 from protocol.operations import (
     EXPIRY_S_MAX,
     FraudStatus,
@@ -55,14 +63,6 @@ REFUNDS_PER_TRANSACTION_MAX = 100
 Key = tuple[str, str]
 # Called after a committed status change with the transaction and its event sequence number.
 ChangeListener = Callable[[Transaction, int], None]
-
-
-class NotFound(PaywireError):
-    code = ErrorCode.NOT_FOUND
-
-
-class Conflict(PaywireError):
-    code = ErrorCode.DUPLICATE_ORDER
 
 
 # Bank operations whose outcome defines the transaction: after a timeout they are settled by

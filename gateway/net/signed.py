@@ -9,7 +9,7 @@ from typing import Any
 from gateway.transactions.model import now_ms
 from protocol import body as bodycodec
 from protocol import messages, signing
-from protocol.errors import ErrorCode, PaywireError, RemoteError
+from protocol.errors import ErrorCode, PaywireError, RemoteError, RequestTimeout
 from protocol.frame import Flags, Frame
 
 
@@ -33,10 +33,6 @@ def verified_request(key: bytes, frame: Frame) -> messages.Request:
                                   req.op, req.timestamp_ms, req.nonce, req.args_raw):
         raise PaywireError("bad link signature", code=ErrorCode.BAD_SIGNATURE)
     return req
-
-
-class RequestTimeout(PaywireError):
-    code = ErrorCode.TIMEOUT
 
 
 class Correlator:

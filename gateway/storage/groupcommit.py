@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from gateway.processes import child_env, module_command
 from gateway.storage import lockfile
-from protocol.errors import ErrorCode, PaywireError
+from protocol.errors import ErrorCode, PaywireError, StorageClosed
 
 CALL = 0
 RECORD = 1
@@ -72,10 +72,6 @@ class BulkWriter(Protocol):
 
     def rollback(self) -> None:
         """Forget in-memory effects of the last ``apply`` (its transaction was rolled back)."""
-
-
-class StorageClosed(PaywireError):
-    code = ErrorCode.SHUTTING_DOWN
 
 
 # SQLite's page cache for the writer's connection. The default (2 MiB) holds the hot pages

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from protocol.errors import ErrorCode, PaywireError
+from protocol.errors import InvalidTransition
 from protocol.lifecycle import TRANSITIONS
 from protocol.operations import TransactionStatus as S
 
-
-class InvalidTransition(PaywireError):
-    code = ErrorCode.INVALID_TRANSITION
+__all__ = ["InvalidTransition", "check"]
 
 
 def check(current: S, target: S, action: str) -> None:
