@@ -37,6 +37,9 @@ class Screening:
 class Verdict:
     status: FraudStatus = FraudStatus.ACCEPT
     reasons: list[str] = field(default_factory=list)
+    # The card's keyed fingerprint, computed once here for the rules and kept on the record
+    # (an HMAC per charge: not worth computing twice).
+    card_fingerprint: str | None = None
 
     def add(self, action: str, reason: str) -> None:
         status = FraudStatus(action)
@@ -66,10 +69,10 @@ class FraudEngine:
 
     def screen(self, s: Screening, now_s: float) -> Verdict:
         """Judge one charge and count it in the velocity windows (whatever the verdict)."""
-        verdict = Verdict()
+        fp = self.fingerprint(s.card_number) if s.card_number else None
+        verdict = Verdict(card_fingerprint=fp)
         if not self.cfg.enabled:
             return verdict
-        fp = self.fingerprint(s.card_number) if s.card_number else None
         deny_at = self.cfg.deny_above.get(s.currency)
         challenge_at = self.cfg.challenge_above.get(s.currency)
         if deny_at is not None and s.amount > deny_at:

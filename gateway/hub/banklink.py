@@ -13,7 +13,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway import tls
 from gateway.net.backoff import full_jitter_s
@@ -193,6 +193,14 @@ class BankNodeHandle:
             attempt += 1
 
 
+class FirstSend(NamedTuple):
+    """A call's first send (``BankPool.send_first``)."""
+
+    node: BankNodeHandle
+    future: asyncio.Future[Any]
+    deadline_s: float  # loop time by which every attempt of the call ends
+
+
 class BankPool:
     """The nodes of one bank, and the call policy across them."""
 
@@ -216,14 +224,21 @@ class BankPool:
         """Admit one operation for this bank, from before its intent is written until its
         answer is in. Taken synchronously, so a burst cannot slip past the bound; past it,
         QUEUE_FULL, before anything is recorded or sent."""
+        self.take_slot()
+        try:
+            yield
+        finally:
+            self.release_slot()
+
+    def take_slot(self) -> None:
+        """``slot`` for code driven by callbacks: pair with exactly one ``release_slot``."""
         if self.calls_admitted >= self.calls_max:
             raise PaywireError(f"too many calls queued for bank {self.name}",
                                code=ErrorCode.QUEUE_FULL)
         self.calls_admitted += 1
-        try:
-            yield
-        finally:
-            self.calls_admitted -= 1
+
+    def release_slot(self) -> None:
+        self.calls_admitted -= 1
 
     def start(self) -> None:
         for node in self.nodes:
@@ -265,8 +280,50 @@ class BankPool:
         """A loop-time deadline one call budget from now (several calls may share it)."""
         return asyncio.get_running_loop().time() + self.call_budget_s
 
+    def send_first(self, op: str, args: dict[str, Any]) -> FirstSend | None:
+        """The first attempt of ``call`` without a coroutine, for the hub's callback-driven
+        charges: sent to a healthy node now, or ``None`` if no node's link is ready (then
+        ``call`` decides). Its future is judged by ``first_result``; if that returns
+        ``None``, ``call_after_first`` makes the remaining attempts within the same
+        deadline, exactly as ``call`` would have."""
+        node = self._pick(set())
+        if node is None or node.link is None:
+            return None
+        loop = asyncio.get_running_loop()
+        deadline_s = loop.time() + self.call_budget_s
+        return FirstSend(node, node.link.call(op, args, min(self.timeout_s, self.call_budget_s)),
+                         deadline_s)
+
+    @staticmethod
+    def first_result(first: FirstSend) -> dict[str, Any] | None:
+        """The answer of a successful first send (the node's breaker told), else ``None``."""
+        fut = first.future
+        if fut.cancelled() or fut.exception() is not None:
+            return None
+        first.node.breaker.success()
+        result: dict[str, Any] = fut.result()
+        return result
+
+    async def call_after_first(self, first: FirstSend, exc: BaseException, op: str,
+                               args: dict[str, Any]) -> dict[str, Any]:
+        """``call`` after its first send (``send_first``) failed with ``exc``."""
+        loop = asyncio.get_running_loop()
+        maybe_sent = False
+        if isinstance(exc, RemoteError):
+            if exc.code is not ErrorCode.BANK_UNAVAILABLE:
+                raise exc
+            first.node.breaker.failure(loop.time())
+        elif isinstance(exc, (RequestTimeout, LinkLost)):
+            maybe_sent = True
+            first.node.breaker.failure(loop.time())
+        else:
+            raise exc
+        return await self.call(op, args, first.deadline_s, tried={first.node},
+                               maybe_sent=maybe_sent, attempts_used=1)
+
     async def call(self, op: str, args: dict[str, Any],
-                   deadline_s: float | None = None) -> dict[str, Any]:
+                   deadline_s: float | None = None, *, tried: set[BankNodeHandle] | None = None,
+                   maybe_sent: bool = False, attempts_used: int = 0) -> dict[str, Any]:
         """Send to a healthy node; on failure try another, up to ``attempts_max`` sends,
         all of them (and the pauses between) ending by ``deadline_s`` (loop time; default
         one call budget from now): each send waits at most ``timeout_s`` and never past it.
@@ -277,9 +334,8 @@ class BankPool:
         loop = asyncio.get_running_loop()
         if deadline_s is None:
             deadline_s = loop.time() + self.call_budget_s
-        tried: set[BankNodeHandle] = set()
-        maybe_sent = False
-        for attempt in range(self.attempts_max):
+        tried = set() if tried is None else tried
+        for attempt in range(attempts_used, self.attempts_max):
             remaining_s = deadline_s - loop.time()
             if remaining_s <= 0:
                 break

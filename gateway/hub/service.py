@@ -21,12 +21,12 @@ import asyncio
 import hmac
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, NamedTuple
 
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine, Screening
-from gateway.hub.banklink import BankPool
+from gateway.hub.banklink import BankPool, FirstSend
 from gateway.hub.routing import Router
 from gateway.ledger.base import Ledger, Notification
 from gateway.transactions import states
@@ -63,6 +63,18 @@ REFUNDS_PER_TRANSACTION_MAX = 100
 Key = tuple[str, str]
 # Called after a committed status change with the transaction and its event sequence number.
 ChangeListener = Callable[[Transaction, int], None]
+
+
+class ChargePlan(NamedTuple):
+    """A new charge as decided before anything is written (``plan_charge``)."""
+
+    tx: Transaction  # the record, status pending (or deny when ``denied``)
+    op: str  # the bank operation: authorize or open_payment
+    bank_args: dict[str, Any]  # what the intent records (no card details)
+    card_args: dict[str, Any] | None  # card details, for the issuer only
+    req_hash: bytes
+    number: str | None  # the card number, if a card
+    denied: bool  # denied by the fraud screen: recorded and answered, no bank call
 
 
 # Bank operations whose outcome defines the transaction: after a timeout they are settled by
@@ -156,6 +168,28 @@ class TransactionService:
     def lock(self, key: Key) -> _OrderLock:
         return _OrderLock(self._locks, key)
 
+    def try_lock_now(self, key: Key) -> asyncio.Lock | None:
+        """The order's lock taken without waiting, or ``None`` if it is held or awaited:
+        lets a callback-driven operation hold the same lock the tasks take. ``Lock.acquire``
+        completes without suspending when the lock is free and nobody waits; it is driven
+        here by hand for that case only."""
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        elif lock.locked() or getattr(lock, "_waiters", None):
+            return None
+        acquiring = lock.acquire()
+        try:
+            acquiring.send(None)
+        except StopIteration:
+            return lock
+        acquiring.close()  # it would have waited: not the case this is for
+        return None
+
+    def unlock_now(self, key: Key, lock: asyncio.Lock) -> None:
+        """Release a lock taken by ``try_lock_now`` (dropped when nobody waits for it)."""
+        _release(self._locks, key, lock)
+
     # --- admission order ----------------------------------------------------------------------
     def busy(self, key: Key) -> bool:
         """Whether an operation admitted earlier on this order has not finished yet."""
@@ -230,15 +264,34 @@ class TransactionService:
                                  "retry later")
         return tx.charge_result, True
 
-    async def _charge(self, key: Key, args: dict[str, Any], received_us: int
-                      ) -> tuple[dict[str, Any], bool]:
-        req_hash = self.request_hash(args)
-        existing = await self.load(key) if key in self.cache else None
-        if existing is not None:
-            if existing.unresolved:
-                await self._resolve(existing)
-                existing = self.cache[key]
-            return self._replay(existing, req_hash)
+    async def _charge(self, key: Key, args: dict[str, Any], received_us: int,
+                      plan: ChargePlan | None = None) -> tuple[dict[str, Any], bool]:
+        """A charge in a task: the general case (``ChargeFlow`` runs the common one without
+        a task). ``plan``: already made by ``plan_charge`` for this request (its fraud
+        screen has counted the charge in the velocity windows, so it is never made twice)."""
+        if plan is None:
+            req_hash = self.request_hash(args)
+            existing = await self.load(key) if key in self.cache else None
+            if existing is not None:
+                if existing.unresolved:
+                    await self._resolve(existing)
+                    existing = self.cache[key]
+                return self._replay(existing, req_hash)
+            plan = self.plan_charge(key, args, received_us, req_hash)
+        tx = plan.tx
+        if plan.denied:
+            return await self._deny_by_screen(key, tx, plan.number, plan.req_hash)
+        assert tx.bank is not None
+        with self.pools[tx.bank].slot():
+            return await self._charge_at_bank(key, tx, plan.op, plan.bank_args,
+                                              plan.card_args, plan.req_hash)
+
+    def plan_charge(self, key: Key, args: dict[str, Any], received_us: int,
+                    req_hash: bytes) -> ChargePlan:
+        """Everything about a new charge decided before anything is written: the record,
+        the fraud verdict (counted in the velocity windows now), the route and the bank
+        operation. Synchronous, so the pipeline can make it without a task; raises the
+        request's error (e.g. a currency this hub does not accept)."""
         if args["currency"] not in self.currencies:
             raise BodyError(f"args.currency: {args['currency']!r} is not a currency this hub "
                             f"accepts ({', '.join(self.cfg.currencies)})",
@@ -260,10 +313,9 @@ class TransactionService:
             key[0], tx.gross_amount, tx.currency, number, customer.get("email"),
             customer.get("ip"), customer.get("country")), created / 1000)
         tx.fraud_reasons = verdict.reasons
-        if number is not None:
-            tx.card_fingerprint = self.fraud.fingerprint(number)
+        tx.card_fingerprint = verdict.card_fingerprint
         if verdict.status is FraudStatus.DENY:
-            return await self._deny_by_screen(key, tx, number, req_hash)
+            return ChargePlan(tx, "", {}, None, req_hash, number, True)
         bank_args: dict[str, Any]
         if number is not None:
             tx.bank = self.router.for_card(number)
@@ -292,12 +344,10 @@ class TransactionService:
             bank_args = {"op_id": f"{txid}:open", "transaction_id": txid, "kind": kind,
                          "amount": tx.gross_amount, "currency": tx.currency,
                          "expiry_ms": tx.expiry_ms, "merchant_id": tx.merchant_id}
-        assert tx.bank is not None
-        with self.pools[tx.bank].slot():
-            card_args = None if number is None else {
-                "account": number, "exp_month": args["card"]["exp_month"],
-                "exp_year": args["card"]["exp_year"]}
-            return await self._charge_at_bank(key, tx, op, bank_args, card_args, req_hash)
+        card_args = None if number is None else {
+            "account": number, "exp_month": args["card"]["exp_month"],
+            "exp_year": args["card"]["exp_year"]}
+        return ChargePlan(tx, op, bank_args, card_args, req_hash, number, False)
 
     async def _charge_at_bank(self, key: Key, tx: Transaction, op: str,
                               bank_args: dict[str, Any], card_args: dict[str, Any] | None,
@@ -305,20 +355,37 @@ class TransactionService:
         tx.pending_op = {"op": op, "op_id": bank_args["op_id"], "args": bank_args}
         stored = await self.ledger.insert_new(tx)
         if isinstance(stored, Transaction):
-            # The order exists on disk but had left the cache: answer as for a repeat.
-            self.publish(stored)
-            if stored.unresolved:
-                await self._resolve(stored)
-                stored = self.cache[key]
-            return self._replay(stored, req_hash)
+            return await self.charge_exists(key, stored, req_hash)
+        work, bank_args = self.intent_committed(tx, bank_args, card_args)
+        return await self.charge_after_call(tx, work, self._call_bank(work, op, bank_args))
+
+    async def charge_exists(self, key: Key, stored: Transaction, req_hash: bytes
+                            ) -> tuple[dict[str, Any], bool]:
+        """The order exists on disk but had left the cache: answer as for a repeat."""
+        self.publish(stored)
+        if stored.unresolved:
+            await self._resolve(stored)
+            stored = self.cache[key]
+        return self._replay(stored, req_hash)
+
+    def intent_committed(self, tx: Transaction, bank_args: dict[str, Any],
+                         card_args: dict[str, Any] | None
+                         ) -> tuple[Transaction, dict[str, Any]]:
+        """The charge's intent is durable: publish it; return the working copy the bank's
+        answer will change and the bank call's arguments."""
         tx.hops_us["intent_committed"] = now_us()
         self.publish(tx)
         if card_args is not None:
             # Card details go to the issuer only; the intent on disk holds none of them.
             bank_args = {**bank_args, **card_args}
-        work = clone(tx)
+        return clone(tx), bank_args
+
+    async def charge_after_call(self, tx: Transaction, work: Transaction,
+                                bank_call: Awaitable[dict[str, Any]]
+                                ) -> tuple[dict[str, Any], bool]:
+        """Await the charge's bank call, then record and answer its result."""
         try:
-            result = await self._call_bank(work, op, bank_args)
+            result = await bank_call
         except BankUnavailable:
             # Provably nothing reached the bank: forget the intent so the merchant may retry
             # the same order id once the bank is back.
@@ -358,6 +425,18 @@ class TransactionService:
         tx.hops_us["bank_sent"] = now_us()
         try:
             result = await self.pools[tx.bank].call(op, args)
+        except OutcomeUnknown:
+            result = await self._settle_unknown(tx)
+        tx.hops_us["bank_answered"] = now_us()
+        return result
+
+    async def call_bank_after_first(self, tx: Transaction, op: str, args: dict[str, Any],
+                                    first: FirstSend, exc: BaseException) -> dict[str, Any]:
+        """``_call_bank`` for a call whose first send (``BankPool.send_first``) failed with
+        ``exc``: the pool's remaining attempts, then the same settlement."""
+        assert tx.bank is not None
+        try:
+            result = await self.pools[tx.bank].call_after_first(first, exc, op, args)
         except OutcomeUnknown:
             result = await self._settle_unknown(tx)
         tx.hops_us["bank_answered"] = now_us()
@@ -469,8 +548,16 @@ class TransactionService:
     async def _commit(self, tx: Transaction, previous_status: str | None) -> None:
         """Store the working copy; a status change writes its notifications in the same
         commit (transactional outbox). Then publish it."""
+        self.committed(tx, await self.commit_start(tx, previous_status))
+
+    def commit_start(self, tx: Transaction, previous_status: str | None
+                     ) -> asyncio.Future[int | None]:
+        """``_commit``'s write, resolved by the group commit with the event's seq."""
         changed = previous_status != tx.status and not tx.unresolved
-        seq = await self.ledger.save(tx, self._notification(tx) if changed else None)
+        return self.ledger.save(tx, self._notification(tx) if changed else None)
+
+    def committed(self, tx: Transaction, seq: int | None) -> None:
+        """``_commit``'s end, once the write is durable: publish (and notify)."""
         tx.hops_us["committed"] = now_us()
         self.publish(tx, seq)
 
@@ -675,11 +762,15 @@ class _OrderLock:
         await self._lock.acquire()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-        if not self._lock.locked() and self._locks.get(self._key) is self._lock:
-            waiters = getattr(self._lock, "_waiters", None)
-            if not waiters:
-                del self._locks[self._key]
+        _release(self._locks, self._key, self._lock)
+
+
+def _release(locks: dict[Key, asyncio.Lock], key: Key, lock: asyncio.Lock) -> None:
+    lock.release()
+    if not lock.locked() and locks.get(key) is lock:
+        waiters = getattr(lock, "_waiters", None)
+        if not waiters:
+            del locks[key]
 
 
 Handler = Callable[[TransactionService, Transaction, dict[str, Any]],

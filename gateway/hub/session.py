@@ -16,6 +16,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from gateway import tls
+from gateway.hub import charge_flow
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
@@ -187,16 +188,34 @@ class MerchantSession(FramedProtocol):
             if tx is not None and tx.pending_op is None:  # the common case: no task
                 self.send(messages.encode_response(rid, tx.to_result()))
                 return
+        if op is Operation.CHARGE and not service.busy(key) and \
+                charge_flow.try_start(self, service, rid, key, args, received_us):
+            return  # the common charge: no task (gateway/hub/charge_flow.py)
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
         after_earlier = service.admit(key)
+        self.request_started(rid)
+        task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
+        self.track(task)
+        task.add_done_callback(lambda _t: service.finished(key))
+
+    def request_started(self, rid: int) -> None:
+        """A request is in flight until its ``request_finished`` (answered or abandoned)."""
         self.in_flight += 1
         self.open_rids.add(rid)
         if self.in_flight >= self.in_flight_max:
             self._update_reading()
-        task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
+
+    def request_finished(self, rid: int) -> None:
+        self.open_rids.discard(rid)
+        self.in_flight -= 1
+        self._update_reading()
+        if self.goaway_sent and self.in_flight == 0:
+            self.hub.session_drained(self)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Keep a task of this session referenced until it ends."""
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-        task.add_done_callback(lambda _t: service.finished(key))
 
     async def _serve(self, rid: int, op: Operation, args: dict[str, Any],
                      received_us: int, after_earlier: bool = False) -> None:
@@ -217,11 +236,7 @@ class MerchantSession(FramedProtocol):
             log.exception("request %d (%s) failed", rid, op.value)
             self.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
         finally:
-            self.open_rids.discard(rid)
-            self.in_flight -= 1
-            self._update_reading()
-            if self.goaway_sent and self.in_flight == 0:
-                self.hub.session_drained(self)
+            self.request_finished(rid)
 
     def wants_reading(self) -> bool:
         return super().wants_reading() and self.in_flight < self.in_flight_max
