@@ -1,8 +1,14 @@
 """The webhook body: Midtrans' notification fields, with its ``signature_key``.
 
-Built once, inside the commit that records the status change (transactional outbox), and
-stored as bytes: every redelivery sends exactly the same body, so receivers can deduplicate
-on ``event_id`` and the ``X-Paywire-Signature`` HMAC covers what was stored.
+Built once per status change, by the hub (it holds the merchants' server keys; the ledger's
+writer never sees them), and stored as bytes in the same commit as the change
+(transactional outbox): every redelivery sends exactly the same body, so receivers can
+deduplicate on ``event_id`` and the ``X-Paywire-Signature`` HMAC covers what was stored.
+
+The body names its event, and the event's sequence number is assigned by the ledger inside
+the commit (numbered per merchant without gaps). So the hub builds the body in two parts,
+split where the number goes (``notification_body_parts``); the ledger stores
+``head + str(seq) + tail`` and nothing else about it.
 """
 
 from __future__ import annotations
@@ -21,6 +27,22 @@ def event_id(merchant_id: str, seq: int) -> str:
 
 
 def notification_body(result: dict[str, Any], server_key: str, seq: int) -> bytes:
+    """The body of event ``seq``, as the ledger stores it from the parts."""
+    head, tail = notification_body_parts(result, server_key)
+    return head + str(seq).encode() + tail
+
+
+_EVENT_ID_MARK = ',"event_id":""'
+
+
+def notification_body_parts(result: dict[str, Any], server_key: str) -> tuple[bytes, bytes]:
+    """The JSON body with its ``event_id`` cut open before the sequence number.
+
+    Dumped once with an empty ``event_id``, then split there. The mark cannot be found
+    inside a string value: a ``"`` inside a JSON string is always escaped, so an unescaped
+    ``,"event_id":""`` is the key itself (keys are sorted: ``currency`` is always before
+    it). Digits need no escaping, so head + digits + tail is exactly the JSON the whole
+    body would dump to."""
     gross = format_gross_amount(result["gross_amount"], result["currency"])
     body: dict[str, Any] = {
         "transaction_id": result["transaction_id"],
@@ -35,7 +57,7 @@ def notification_body(result: dict[str, Any], server_key: str, seq: int) -> byte
         "fraud_status": result["fraud_status"],
         "transaction_time": result["transaction_time"],
         "settlement_time": result.get("settlement_time"),
-        "event_id": event_id(result["merchant_id"], seq),
+        "event_id": "",
         "signature_key": signature_key(result["order_id"], result["status_code"], gross,
                                        server_key),
     }
@@ -52,4 +74,8 @@ def notification_body(result: dict[str, Any], server_key: str, seq: int) -> byte
                                                     result["currency"])
     if result.get("fraud_reasons"):
         body["fraud_reasons"] = result["fraud_reasons"]
-    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    at = text.index(_EVENT_ID_MARK)
+    prefix = json.dumps(event_id(result["merchant_id"], 0)[:-1])[:-1]  # '"evt_M_'
+    head = text[:at] + ',"event_id":' + prefix
+    return head.encode(), text[at + len(_EVENT_ID_MARK) - 1:].encode()
