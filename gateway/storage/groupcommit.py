@@ -407,3 +407,11 @@ class GroupCommitWriter:
             self._lock.close()
             self._lock = None
 
+
+def read(path: Path | str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """A one-off read on its own connection (tools, audits, tests), never on the loop."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
