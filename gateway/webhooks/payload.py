@@ -13,6 +13,7 @@ split where the number goes (``notification_body_parts``); the ledger stores
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -32,7 +33,7 @@ def notification_body(result: dict[str, Any], server_key: str, seq: int) -> byte
     return head + str(seq).encode() + tail
 
 
-_EVENT_ID_MARK = ',"event_id":""'
+_EVENT_ID_MARK = b',"event_id":""'
 
 
 def notification_body_parts(result: dict[str, Any], server_key: str) -> tuple[bytes, bytes]:
@@ -74,8 +75,13 @@ def notification_body_parts(result: dict[str, Any], server_key: str) -> tuple[by
                                                     result["currency"])
     if result.get("fraud_reasons"):
         body["fraud_reasons"] = result["fraud_reasons"]
-    text = json.dumps(body, separators=(",", ":"), sort_keys=True)
-    at = text.index(_EVENT_ID_MARK)
-    prefix = json.dumps(event_id(result["merchant_id"], 0)[:-1])[:-1]  # '"evt_M_'
-    head = text[:at] + ',"event_id":' + prefix
-    return head.encode(), text[at + len(_EVENT_ID_MARK) - 1:].encode()
+    data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()  # ASCII only
+    at = data.index(_EVENT_ID_MARK)
+    return (data[:at] + _event_id_head(result["merchant_id"]),
+            data[at + len(_EVENT_ID_MARK) - 1:])
+
+
+@functools.lru_cache(maxsize=4096)  # per merchant; bounded for any number of merchants
+def _event_id_head(merchant_id: str) -> bytes:
+    """``,"event_id":"evt_<merchant>_`` as JSON (the merchant id escaped like the rest)."""
+    return b',"event_id":' + json.dumps(event_id(merchant_id, 0)[:-1])[:-1].encode()
