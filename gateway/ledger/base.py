@@ -24,6 +24,11 @@ from typing import NamedTuple, Protocol
 from gateway.transactions.model import Transaction
 
 
+def event_id(merchant_id: str, seq: int) -> str:
+    """The name of a merchant's event ``seq``: the webhook row's key, and in its body."""
+    return f"evt_{merchant_id}_{seq}"
+
+
 class Notification(NamedTuple):
     """What a status change announces; written in the same commit as the change.
 

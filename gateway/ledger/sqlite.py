@@ -17,10 +17,10 @@ from gateway.ledger.base import (
     TransactionSummary,
     Webhook,
     WebhookRow,
+    event_id,
 )
 from gateway.storage.groupcommit import GroupCommitWriter, execute, fetch_all
 from gateway.transactions.model import Transaction, now_ms
-from gateway.webhooks.payload import event_id
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (

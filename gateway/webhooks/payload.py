@@ -17,14 +17,11 @@ import functools
 import json
 from typing import Any
 
+from gateway.ledger.base import event_id
 from protocol.signing import format_gross_amount, signature_key
 
 SIGNATURE_HEADER = "X-Paywire-Signature"
 EVENT_ID_HEADER = "X-Paywire-Event-Id"
-
-
-def event_id(merchant_id: str, seq: int) -> str:
-    return f"evt_{merchant_id}_{seq}"
 
 
 def notification_body(result: dict[str, Any], server_key: str, seq: int) -> bytes:
