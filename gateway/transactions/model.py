@@ -187,8 +187,8 @@ _packb: Callable[..., bytes] = msgpack.packb
 # without a new format: a field the record lacks takes its default (a field without a
 # default must be present), and a stored field this code no longer has is ignored. Bump
 # the version only when a field keeps its name but changes meaning; a reader refuses a
-# version it does not know rather than guess. Downgrades: a row rewritten by older code
-# loses the fields that code does not know.
+# version it does not know rather than guess. Code before format 2 cannot read it at all;
+# a row rewritten by an older format-2 reader loses the fields that reader does not know.
 RECORD_FORMAT = 2
 RECORD_FIELDS_V1 = (
     "transaction_id", "merchant_id", "order_id", "gross_amount", "currency", "payment_type",
