@@ -249,6 +249,7 @@ async def test_everything_survives_close_and_reopen(impl: Implementation,
                                                     tmp_path: Path) -> None:
     first = impl.open(tmp_path)
     await first.start()
+    assert first.died is not None and not first.died.done()
     txs = [_tx("m1", f"o{i}", status="pending" if i % 2 else "capture") for i in range(5)]
     for t in txs:
         await first.insert_new(t, _note(t))
@@ -256,6 +257,7 @@ async def test_everything_survives_close_and_reopen(impl: Implementation,
     last = first.save(txs[0], _note(txs[0]))  # not awaited: close commits what is queued
     await first.close()
     assert last.done() and last.result() == 6
+    assert not first.died.done()  # a clean close is not a death
     second = impl.open(tmp_path)
     await second.start()
     try:
@@ -268,3 +270,19 @@ async def test_everything_survives_close_and_reopen(impl: Implementation,
     finally:
         await second.close()
     assert impl.tools(tmp_path).webhook_count() == 7
+
+
+async def test_a_bad_write_fails_alone_and_leaves_no_gap_in_the_events(ledger: Ledger) -> None:
+    """Two orders cannot share a transaction id: that insert fails by itself; the writes
+    around it, in the same batch, commit, and event numbers stay without gaps."""
+    a, b = _tx("m1", "a"), _tx("m1", "b")
+    clash = _tx("m1", "c")
+    clash.transaction_id = a.transaction_id
+    futs = [ledger.insert_new(a, _note(a, None)), ledger.insert_new(clash, _note(clash, None)),
+            ledger.insert_new(b, _note(b, None))]
+    results = await asyncio.gather(*futs, return_exceptions=True)
+    assert results[0] == 1 and isinstance(results[1], Exception) and results[2] == 2
+    assert await ledger.get("m1", "c") is None
+    assert [s for s, _ in await ledger.events_after("m1", 0, 10)] == [1, 2]
+    b.status = "capture"
+    assert await ledger.save(b, _note(b, None)) == 3

@@ -101,6 +101,12 @@ class Ledger(Protocol):
         """Writes submitted and not yet durable."""
         ...
 
+    @property
+    def died(self) -> asyncio.Future[None] | None:
+        """Once started: a future done if the ledger can no longer commit under the hub (its
+        writer exited), which must then stop. Not done by a clean ``close``."""
+        ...
+
     def insert_new(self, tx: Transaction, note: Notification | None = None
                    ) -> asyncio.Future[Transaction | int | None]:
         """Record a new transaction. Resolves to the stored transaction when
@@ -148,7 +154,11 @@ class Ledger(Protocol):
         """Pending webhooks due at ``now_ms``, oldest first, at most one per transaction:
         the oldest pending one, so a merchant sees ``pending`` before ``settlement``.
         Reads committed state and may lag the newest commit by a poll; raises
-        ``LedgerError`` if the store cannot be read."""
+        ``LedgerError`` if the store cannot be read.
+
+        It does not claim the rows: one hub writes a ledger (its lock), and the dispatcher
+        keeps its own rows in flight in memory. A ledger shared by several hubs (the
+        scale-out issue) needs a claim with a lease here instead."""
         ...
 
     def webhook_delivered(self, webhook_id: int, attempts: int, at_ms: int
