@@ -266,14 +266,14 @@ async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: bytes
 
 
 def cmd_webhooks(ns: argparse.Namespace) -> int:
-    from gateway.webhooks.dispatcher import list_webhooks, redeliver
+    from gateway.ledger import ledger_tools
 
-    ledger = Path(ns.ledger)
+    tools = ledger_tools(Path(ns.ledger))
     if ns.action == "list":
-        for row in list_webhooks(ledger, ns.state, ns.limit):
-            print(json.dumps(row))
+        for row in tools.webhooks(ns.state, ns.limit):
+            print(json.dumps(row._asdict()))
         return 0
-    count = redeliver(ledger, ns.ids, all_dead=ns.all_dead)
+    count = tools.redeliver(ns.ids, all_dead=ns.all_dead)
     print(f"queued {count} webhook(s) for redelivery")
     return 0 if count else 1
 

@@ -319,7 +319,7 @@ class WebhookReceiver:
 
 def money_check(workdir: Path, banks: list[BankPlan], final: dict[str, Any]) -> list[str]:
     """The hub's captured-minus-refunded per bank must equal each bank's settlement balance."""
-    from gateway.storage.groupcommit import read
+    from gateway.bank.store import read_books
 
     lines = []
     expected: Counter[str] = Counter()
@@ -327,14 +327,11 @@ def money_check(workdir: Path, banks: list[BankPlan], final: dict[str, Any]) -> 
         if r.bank is not None:
             expected[r.bank] += r.captured_amount - r.refunded_amount
     for bank in banks:
-        rows = read(workdir / f"{bank.name}.db",
-                    "SELECT balance - opening FROM accounts WHERE id = 'settlement'")
-        got = rows[0][0] if rows else 0
-        total = read(workdir / f"{bank.name}.db",
-                     "SELECT SUM(balance) - SUM(opening), SUM(held) FROM accounts")[0]
-        ok = got == expected[bank.name] and total[0] == 0
+        books = read_books(workdir / f"{bank.name}.db")
+        got = books.settlement
+        ok = got == expected[bank.name] and books.net == 0
         lines.append(f"  {bank.name:<8} ledger {expected[bank.name]:>14,}  bank {got:>14,}  "
-                     f"money created {total[0]:>3}  {'OK' if ok else 'MISMATCH'}")
+                     f"money created {books.net:>3}  {'OK' if ok else 'MISMATCH'}")
     return lines
 
 
@@ -356,7 +353,7 @@ def run_demo(directory: Path | None, count: int, seed: int) -> int:
 
 
 async def _demo(workdir: Path, count: int, seed: int) -> dict[str, Any]:
-    from gateway.storage.groupcommit import read
+    from gateway.ledger import ledger_tools
 
     banks = plan_banks()
     receiver = WebhookReceiver()
@@ -371,7 +368,7 @@ async def _demo(workdir: Path, count: int, seed: int) -> dict[str, Any]:
     try:
         report = await drive(hub.port, workdir / "certs", banks, count, seed)
         # Every committed status change has a webhook row; wait (bounded) until delivered.
-        expected = read(workdir / "ledger.db", "SELECT COUNT(*) FROM webhooks")[0][0]
+        expected = ledger_tools(workdir / "ledger.db").webhook_count()
         deadline = time.monotonic() + 15
         while len(receiver.event_ids) < expected and time.monotonic() < deadline:
             await asyncio.sleep(0.1)

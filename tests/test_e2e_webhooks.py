@@ -17,7 +17,8 @@ from typing import Any
 
 from gateway.client import Card
 from gateway.config import WebhookConfig
-from gateway.webhooks.dispatcher import redeliver, retry_delay_s
+from gateway.ledger import ledger_tools
+from gateway.webhooks.dispatcher import retry_delay_s
 from protocol.signing import verify_webhook_signature
 from tests.deploy import KEYS, RICH, deployment
 from tests.receiver import Receiver
@@ -310,7 +311,8 @@ async def test_plain_http_url_queued_by_an_older_configuration_is_not_sent(
             # so the merchant now has an HTTPS URL; the queued row still names the old one.
             dep.hub_cfg.webhooks = FAST
             dep.hub_cfg.merchants[0].webhook_url = "https://127.0.0.1:9/unused"
-            assert redeliver(dep.workdir / "ledger.db", [1]) == 1  # due now, as an operator would
+            # Due now, as an operator would queue it.
+            assert ledger_tools(dep.workdir / "ledger.db").redeliver([1]) == 1
             dep.start_hub()
             rows = await wait_until(lambda: [r for r in dep.ledger_sql(
                 "SELECT state, last_error FROM webhooks") if r[0] == "dead"],

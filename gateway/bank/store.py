@@ -21,7 +21,7 @@ import functools
 import hashlib
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -412,3 +412,42 @@ _HANDLERS: dict[str, Any] = {
     banklink.OPEN_PAYMENT: _open_payment,
     banklink.CLOSE_PAYMENT: _close_payment,
 }
+
+
+class BooksSummary(NamedTuple):
+    """What the audit and the demo check in a bank's books, read beside a running node."""
+
+    net: int  # sum of balance - opening over all accounts: 0 unless money was made or lost
+    held_min: int
+    held_total: int
+    open_holds: int  # sum of open authorizations
+    duplicated_debits: list[tuple[str, str, int]]  # (transaction_id, kind, count) with count > 1
+    settled: dict[str, int]  # transaction_id -> net amount moved to settlement
+    held_by_tx: dict[str, int]  # transaction_id -> amount of its open hold
+    settlement: int  # the settlement account's balance - opening
+
+
+def read_books(path: Path) -> BooksSummary:
+    """One read-only pass over the books at ``path`` (``paywire audit``, the demo)."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        totals = conn.execute("SELECT COALESCE(SUM(balance - opening), 0), "
+                              "COALESCE(MIN(held), 0), COALESCE(SUM(held), 0) "
+                              "FROM accounts").fetchone()
+        open_holds = conn.execute("SELECT COALESCE(SUM(amount), 0) FROM holds "
+                                  "WHERE state = 'held'").fetchone()[0]
+        debits = conn.execute(
+            "SELECT transaction_id, kind, COUNT(*) FROM effects WHERE delta < 0 AND "
+            "kind IN ('capture', 'payment') AND account != 'settlement' "
+            "GROUP BY transaction_id, kind HAVING COUNT(*) > 1").fetchall()
+        settled = dict(conn.execute("SELECT transaction_id, SUM(delta) FROM effects "
+                                    "WHERE account = 'settlement' "
+                                    "GROUP BY transaction_id").fetchall())
+        held_by_tx = dict(conn.execute("SELECT transaction_id, amount FROM holds "
+                                       "WHERE state = 'held'").fetchall())
+        row = conn.execute("SELECT balance - opening FROM accounts WHERE id = ?",
+                           (SETTLEMENT,)).fetchone()
+    finally:
+        conn.close()
+    return BooksSummary(totals[0], totals[1], totals[2], open_holds, debits, settled,
+                        held_by_tx, row[0] if row else 0)

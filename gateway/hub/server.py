@@ -50,7 +50,7 @@ class Hub:
         self.service = TransactionService(cfg, self.ledger, self.pools, Router(cfg.banks),
                                           self.fraud, self.secrets.idempotency_key)
         self.service.listeners.append(self._on_change)
-        self.webhooks = WebhookDispatcher(cfg.webhooks, cfg.ledger_path, self.ledger,
+        self.webhooks = WebhookDispatcher(cfg.webhooks, self.ledger,
                                           {m.id: m.server_key for m in cfg.merchants})
         self.has_webhook = {m.id for m in cfg.merchants if m.webhook_url}
         self.event_seq: dict[str, int] = {}

@@ -31,6 +31,7 @@ from gateway.hub.routing import Router
 from gateway.ledger.base import Ledger, Notification
 from gateway.transactions import states
 from gateway.transactions.model import Transaction, card_brand, now_ms, now_us, time_ordered_id
+from gateway.webhooks.payload import notification_body_parts
 from protocol import banklink
 from protocol import body as bodycodec
 from protocol.errors import (
@@ -539,11 +540,14 @@ class TransactionService:
         tx.settlement_ms = paid_ms
 
     def _notification(self, tx: Transaction) -> Notification:
+        """Event data and webhook body, built here: the ledger stores bytes, and only the
+        hub holds the merchants' server keys."""
         merchant = self.merchants.get(tx.merchant_id)
         result = tx.to_result(with_hops=False)
-        return Notification(result, bodycodec.pack(result),
-                            merchant.webhook_url if merchant else None,
-                            merchant.server_key if merchant else "")
+        url = merchant.webhook_url if merchant else None
+        head, tail = (notification_body_parts(result, merchant.server_key)
+                      if merchant and url else (b"", b""))
+        return Notification(bodycodec.pack(result), url, head, tail)
 
     async def _commit(self, tx: Transaction, previous_status: str | None) -> None:
         """Store the working copy; a status change writes its notifications in the same

@@ -1,36 +1,111 @@
 """The ledger interface. SQLite is the embedded default; PostgreSQL can sit behind the same.
 
-Every method that changes state returns a future resolved only after the change is durable
-(group commit), because the hub answers a client only after that (DESIGN §4 rule 1).
-Writes are applied in submission order: an answer for a later write implies every earlier
-write is committed too.
+The ledger owns every statement against its store: transactions, the event log, the
+webhook outbox and its delivery state. Nothing outside ``gateway/ledger/`` knows the
+schema (``tests/test_no_sql_outside_stores.py`` checks it), so a second implementation
+needs only this interface and ``tests/test_ledger_contract.py``, which every
+implementation must pass.
+
+Two faces:
+
+* ``Ledger``, opened by the one hub that writes it. Every method that changes state returns
+  a future resolved only after the change is durable (group commit), because the hub
+  answers a client only after that (DESIGN §4 rule 1). Writes are applied in submission
+  order: an answer for a later write implies every earlier write is committed too.
+* ``LedgerTools``, for operators' commands and the audit, which run beside a live hub (or
+  after it): list and re-queue webhooks, read every transaction's money columns.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.transactions.model import Transaction
+
+
+def event_id(merchant_id: str, seq: int) -> str:
+    """The name of a merchant's event ``seq``: the webhook row's key, and in its body."""
+    return f"evt_{merchant_id}_{seq}"
 
 
 class Notification(NamedTuple):
     """What a status change announces; written in the same commit as the change.
 
+    Everything in it is built by the hub: the ledger's writer stores these bytes and knows
+    no merchant key. The event's seq is assigned by the ledger in the commit, and the
+    webhook body names its event, so the body comes in two parts and the stored body is
+    ``body_head + str(seq) + body_tail`` (``gateway/webhooks/payload.py``).
+
     A named tuple, not a dataclass: it is pickled to the ledger's writer process with every
     status change, and a slotted dataclass pickles through ``dataclasses.fields`` (~4x
     slower, measured in the hub's profile)."""
 
-    result: dict[str, Any]  # the transaction as merchants see it
-    data: bytes  # msgpack of ``result``, the event's ``data``
-    webhook_url: str | None
-    server_key: str
+    data: bytes  # msgpack of the transaction as merchants see it: the event's ``data``
+    webhook_url: str | None  # no webhook row without one
+    body_head: bytes
+    body_tail: bytes
+
+
+class Webhook(NamedTuple):
+    """An outbox row due for delivery."""
+
+    id: int
+    merchant_id: str
+    transaction_id: str
+    event_id: str
+    url: str
+    body: bytes
+    attempts: int  # attempts made so far
+
+
+class WebhookRow(NamedTuple):
+    """An outbox row as ``paywire webhooks list`` shows it."""
+
+    id: int
+    merchant_id: str
+    event_id: str
+    state: str  # pending | delivered | dead
+    attempts: int
+    last_error: str | None
+    url: str
+
+
+class TransactionSummary(NamedTuple):
+    """A transaction's money and status columns, for the audit (no record decoding)."""
+
+    merchant_id: str
+    order_id: str
+    transaction_id: str
+    status: str
+    unresolved: bool
+    captured: int
+    refunded: int
+    bank: str | None
+
+
+class LedgerError(Exception):
+    """The ledger's store failed a read (the store's own error is the cause). Callers that
+    poll, like the webhook dispatcher, log it and try again later."""
 
 
 class Ledger(Protocol):
     async def start(self) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Commit everything submitted, then release the store."""
+        ...
+
+    @property
+    def queued(self) -> int:
+        """Writes submitted and not yet durable."""
+        ...
+
+    @property
+    def died(self) -> asyncio.Future[None] | None:
+        """Once started: a future done if the ledger can no longer commit under the hub (its
+        writer exited), which must then stop. Not done by a clean ``close``."""
+        ...
 
     def insert_new(self, tx: Transaction, note: Notification | None = None
                    ) -> asyncio.Future[Transaction | int | None]:
@@ -42,7 +117,8 @@ class Ledger(Protocol):
     def save(self, tx: Transaction, note: Notification | None = None
              ) -> asyncio.Future[int | None]:
         """Store the transaction's current state (snapshotted at the call) and, in the same
-        commit, the event and webhook rows of ``note``; resolves to the event's seq."""
+        commit, the event and webhook rows of ``note``; resolves to the event's seq, which
+        counts 1, 2, 3, ... per merchant without gaps."""
         ...
 
     def delete(self, tx: Transaction) -> asyncio.Future[None]:
@@ -63,14 +139,56 @@ class Ledger(Protocol):
 
     async def created_since(self, since_ms: int) -> list[Transaction]: ...
 
-    async def challenged(self) -> list[Transaction]: ...
+    async def challenged(self) -> list[Transaction]:
+        """Authorized transactions (a fraud challenge waits on them)."""
+        ...
 
     async def last_event_seqs(self) -> dict[str, int]: ...
 
     async def events_after(self, merchant_id: str, seq: int, limit: int
-                           ) -> list[tuple[int, bytes]]: ...
+                           ) -> list[tuple[int, bytes]]:
+        """``(seq, data)`` of the merchant's events after ``seq``, oldest first."""
+        ...
 
-    def submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]: ...
+    async def due_webhooks(self, now_ms: int, limit: int) -> list[Webhook]:
+        """Pending webhooks due at ``now_ms``, oldest first, at most one per transaction:
+        the oldest pending one, so a merchant sees ``pending`` before ``settlement``.
+        Reads committed state and may lag the newest commit by a poll; raises
+        ``LedgerError`` if the store cannot be read.
 
-    @property
-    def queued(self) -> int: ...
+        It does not claim the rows: one hub writes a ledger (its lock), and the dispatcher
+        keeps its own rows in flight in memory. A ledger shared by several hubs (the
+        scale-out issue) needs a claim with a lease here instead."""
+        ...
+
+    def webhook_delivered(self, webhook_id: int, attempts: int, at_ms: int
+                          ) -> asyncio.Future[None]: ...
+
+    def webhook_retry(self, webhook_id: int, attempts: int, next_attempt_ms: int,
+                      error: str | None) -> asyncio.Future[None]:
+        """A failed attempt with retries left: due again at ``next_attempt_ms``."""
+        ...
+
+    def webhook_dead(self, webhook_id: int, attempts: int, error: str | None
+                     ) -> asyncio.Future[None]:
+        """A failed attempt with no retry left: dead-lettered until redelivered."""
+        ...
+
+
+class LedgerTools(Protocol):
+    """Operators' access, safe beside the running hub. Synchronous: command-line tools."""
+
+    def webhooks(self, state: str | None = None, limit: int = 100) -> list[WebhookRow]:
+        """Outbox rows, newest first, optionally only those in ``state``."""
+        ...
+
+    def webhook_count(self) -> int: ...
+
+    def redeliver(self, ids: list[int], all_dead: bool = False) -> int:
+        """Queue webhooks again, due now, attempts reset; the running hub's dispatcher picks
+        them up. Returns how many rows were queued."""
+        ...
+
+    def summaries(self) -> list[TransactionSummary]:
+        """Every transaction's money and status columns (the audit)."""
+        ...

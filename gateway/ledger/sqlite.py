@@ -1,16 +1,26 @@
-"""The embedded ledger: SQLite in WAL mode, ``synchronous=FULL``, group commit."""
+"""The embedded ledger: SQLite in WAL mode, ``synchronous=FULL``, group commit.
+
+Every statement against the ledger file is in this module (``base.py`` says why).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import sqlite3
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from gateway.ledger.base import Notification
+from gateway.ledger.base import (
+    LedgerError,
+    Notification,
+    TransactionSummary,
+    Webhook,
+    WebhookRow,
+    event_id,
+)
 from gateway.storage.groupcommit import GroupCommitWriter, execute, fetch_all
 from gateway.transactions.model import Transaction, now_ms
-from gateway.webhooks.payload import event_id, notification_body
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS transactions (
@@ -152,9 +162,9 @@ class _LedgerBulk:
             results[i] = seq
             events.append((merchant_id, seq, txid, status, created, note.data))
             if note.webhook_url is not None:
-                hooks.append((merchant_id, txid, event_id(merchant_id, seq),
-                              note.webhook_url, notification_body(note.result, note.server_key,
-                                                                  seq), created, created))
+                hooks.append((merchant_id, txid, event_id(merchant_id, seq), note.webhook_url,
+                              note.body_head + str(seq).encode() + note.body_tail, created,
+                              created))
         if inserts:
             _insert_many(conn, f"INSERT INTO transactions ({_COLUMNS})", inserts)
         if saves:
@@ -193,19 +203,68 @@ def existing_sql(keys: int) -> str:
             "ON t.merchant_id = k.column1 AND t.order_id = k.column2")
 
 
+# Webhook bookkeeping: calls run in the writer process, so module-level functions.
+def _webhook_delivered(conn: sqlite3.Connection, wid: int, attempts: int, at_ms: int) -> None:
+    conn.execute("UPDATE webhooks SET state='delivered', attempts=?, delivered_ms=?, "
+                 "last_error=NULL WHERE id=?", (attempts, at_ms, wid))
+
+
+def _webhook_retry(conn: sqlite3.Connection, wid: int, attempts: int, next_ms: int,
+                   error: str | None) -> None:
+    conn.execute("UPDATE webhooks SET attempts=?, next_attempt_ms=?, last_error=? WHERE id=?",
+                 (attempts, next_ms, error, wid))
+
+
+def _webhook_dead(conn: sqlite3.Connection, wid: int, attempts: int, error: str | None
+                  ) -> None:
+    conn.execute("UPDATE webhooks SET state='dead', attempts=?, last_error=? WHERE id=?",
+                 (attempts, error, wid))
+
+
+# Per transaction only the oldest pending row is eligible (order per transaction).
+_DUE = """
+SELECT id, merchant_id, transaction_id, event_id, url, body, attempts FROM webhooks w
+WHERE state = 'pending' AND next_attempt_ms <= ?
+  AND id = (SELECT MIN(id) FROM webhooks v WHERE v.transaction_id = w.transaction_id
+            AND v.state = 'pending')
+ORDER BY id LIMIT ?
+"""
+
+
+def _read_only(path: Path) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
 class SqliteLedger:
     def __init__(self, path: Path | str, *, synchronous: str = "FULL",
                  queue_writes_max: int = 50_000) -> None:
         # One writing process per ledger file: the bulk writer numbers events in memory.
+        self.path = Path(path)
         self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous,
                                         queue_writes_max=queue_writes_max, bulk=_LedgerBulk,
                                         exclusive="ledger")
+        # The webhook outbox is polled on a read-only connection of its own, in one thread
+        # (sqlite3 objects stay on their thread): polls never queue behind the writer's
+        # commits, and a WAL reader never blocks the writer.
+        self._reader: sqlite3.Connection | None = None
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
         await self.writer.start()
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, "ledger-reader")
 
     async def close(self) -> None:
         await self.writer.close()
+        if self._executor is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                             self._close_reader)
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     @property
     def queued(self) -> int:
@@ -269,7 +328,82 @@ class SqliteLedger:
             "ORDER BY seq LIMIT ?", (merchant_id, seq, limit))
         return rows
 
-    def submit(self, fn: Any, *args: Any) -> asyncio.Future[Any]:
-        """Run ``fn(conn, *args)`` in the next group commit (webhook bookkeeping); ``fn``
-        must be a module-level function: it is sent to the writer process."""
-        return self.writer.submit(fn, *args)
+    async def due_webhooks(self, now_ms: int, limit: int) -> list[Webhook]:
+        assert self._executor is not None, "start() first"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._due,
+                                                                now_ms, limit)
+
+    def _due(self, now: int, limit: int) -> list[Webhook]:
+        try:
+            if self._reader is None:
+                self._reader = _read_only(self.path)
+            return [Webhook(*r) for r in self._reader.execute(_DUE, (now, limit))]
+        except sqlite3.Error as exc:
+            raise LedgerError(f"webhook outbox read failed: {exc}") from exc
+
+    def webhook_delivered(self, webhook_id: int, attempts: int, at_ms: int
+                          ) -> asyncio.Future[None]:
+        return self.writer.submit(_webhook_delivered, webhook_id, attempts, at_ms)
+
+    def webhook_retry(self, webhook_id: int, attempts: int, next_attempt_ms: int,
+                      error: str | None) -> asyncio.Future[None]:
+        return self.writer.submit(_webhook_retry, webhook_id, attempts, next_attempt_ms, error)
+
+    def webhook_dead(self, webhook_id: int, attempts: int, error: str | None
+                     ) -> asyncio.Future[None]:
+        return self.writer.submit(_webhook_dead, webhook_id, attempts, error)
+
+
+class SqliteLedgerTools:
+    """``LedgerTools`` on a ledger file: short-lived connections of their own, beside the
+    hub's writer (WAL lets them read while it commits; a write waits for its lock)."""
+
+    WRITE_WAIT_S = 10.0  # how long a redelivery waits for the hub's writer to let go
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+
+    def webhooks(self, state: str | None = None, limit: int = 100) -> list[WebhookRow]:
+        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
+        conn = _read_only(self.path)
+        try:
+            rows = conn.execute(
+                f"SELECT id, merchant_id, event_id, state, attempts, last_error, url "
+                f"FROM webhooks {where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
+        finally:
+            conn.close()
+        return [WebhookRow(*r) for r in rows]
+
+    def webhook_count(self) -> int:
+        conn = _read_only(self.path)
+        try:
+            count: int = conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
+        finally:
+            conn.close()
+        return count
+
+    def redeliver(self, ids: list[int], all_dead: bool = False) -> int:
+        conn = sqlite3.connect(self.path, timeout=self.WRITE_WAIT_S)
+        try:
+            with conn:
+                if all_dead:
+                    cur = conn.execute("UPDATE webhooks SET state='pending', attempts=0, "
+                                       "next_attempt_ms=0 WHERE state='dead'")
+                else:
+                    cur = conn.executemany("UPDATE webhooks SET state='pending', attempts=0, "
+                                           "next_attempt_ms=0 WHERE id=?",
+                                           [(i,) for i in ids])
+                return cur.rowcount
+        finally:
+            conn.close()
+
+    def summaries(self) -> list[TransactionSummary]:
+        conn = _read_only(self.path)
+        try:
+            rows = conn.execute("SELECT merchant_id, order_id, transaction_id, status, "
+                                "unresolved, captured, refunded, bank "
+                                "FROM transactions").fetchall()
+        finally:
+            conn.close()
+        return [TransactionSummary(m, o, t, s, bool(u), c, r, b)
+                for m, o, t, s, u, c, r, b in rows]

