@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from bench.loadgen import closed_loop
-from gateway.client import RequestError
+from gateway.client import RequestError, connect
 from tests.deploy import KEYS, deployment
 
 TLS_RECORD_HEADER_BYTES = 5
@@ -84,8 +84,6 @@ async def test_one_loop_iteration_of_requests_is_one_write(tmp_path: Path) -> No
                     hub_overrides={"heartbeat_interval_s": 600.0}) as dep:
         counter = RecordCounter()
         async with relay(dep.port, counter) as port:
-            from gateway.client import connect
-
             client = await connect("127.0.0.1", port, merchant_id="M1",
                                    server_key=KEYS["M1"], certs_dir=dep.certs,
                                    reconnect=False).connect()
