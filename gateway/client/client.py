@@ -193,6 +193,11 @@ class Client:
             conn = await self._connection()
             assert self._slots is not None
             async with self._slots:
+                if not self._usable(conn):
+                    # It died while we waited for a slot: a closed connection drops what
+                    # is sent on it, and the request would wait out its whole timeout
+                    # unsent, then end as OutcomeUnknown (tests/test_batch_faults.py).
+                    conn = await self._connection()
                 rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
                 try:
                     # Inside the try: a request too large for the negotiated limit raises
