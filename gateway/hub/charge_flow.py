@@ -21,22 +21,34 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from gateway.hub.banklink import BankPool, FirstSend
 from gateway.hub.service import ChargePlan, Key, TransactionService
 from gateway.transactions.model import Transaction, now_us
 from protocol.errors import ErrorCode, PaywireError
 
-if TYPE_CHECKING:
-    from gateway.hub.session import MerchantSession
-
 log = logging.getLogger("paywire.service")
 
 Answer = tuple[dict[str, Any], bool]
 
 
-def try_start(session: MerchantSession, service: TransactionService, rid: int, key: Key,
+class Requester(Protocol):
+    """What a flow needs of the connection its charge came on (a merchant session)."""
+
+    def respond(self, request_id: int, result: dict[str, Any], replayed: bool = False) -> None:
+        ...
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None: ...
+
+    def request_started(self, rid: int) -> None: ...
+
+    def request_finished(self, rid: int) -> None: ...
+
+    def track(self, task: asyncio.Task[None]) -> None: ...
+
+
+def try_start(session: Requester, service: TransactionService, rid: int, key: Key,
               args: dict[str, Any], received_us: int) -> bool:
     """Run a charge admitted by ``session`` without a task if it is the common case (see the
     module docstring); ``False`` leaves it to the task path, with nothing done."""
@@ -67,7 +79,7 @@ class ChargeFlow:
     __slots__ = ("_ended", "_first", "_pool", "_slot", "bank_args", "key", "lock", "plan",
                  "rid", "service", "session", "work")
 
-    def __init__(self, session: MerchantSession, service: TransactionService, rid: int,
+    def __init__(self, session: Requester, service: TransactionService, rid: int,
                  key: Key, lock: asyncio.Lock) -> None:
         self.session = session
         self.service = service
