@@ -10,7 +10,8 @@ from typing import Any
 
 import msgpack
 
-from protocol.operations import STATUS_CODES, TransactionStatus
+from protocol.lifecycle import Event, next_state
+from protocol.operations import STATUS_CODES, FraudStatus, TransactionStatus
 
 STATUS_MESSAGES: dict[TransactionStatus, str] = {
     TransactionStatus.PENDING: "Success, transaction is created and waiting for payment",
@@ -111,8 +112,14 @@ class Transaction:
     def unresolved(self) -> bool:
         return self.pending_op is not None
 
-    def set_status(self, status: TransactionStatus) -> None:
+    def apply_event(self, event: Event) -> None:
+        """The one way a transaction's status or fraud status changes: through the lifecycle
+        table (``protocol.lifecycle``), which raises INVALID_TRANSITION naming the state and
+        the event when the table has no such row (the record is then unchanged)."""
+        status, fraud = next_state(TransactionStatus(self.status), FraudStatus(self.fraud_status),
+                                   event)
         self.status = status.value
+        self.fraud_status = fraud.value
         self.updated_ms = now_ms()
         if status is TransactionStatus.SETTLEMENT:
             self.settlement_ms = self.updated_ms
