@@ -118,6 +118,15 @@ assert all(not TRANSITIONS[s] for s in TERMINAL)
 assert all(s in TERMINAL for s in S if not TRANSITIONS[s])
 
 
+# TABLE keyed by the statuses' wire strings, as records hold them: the hub looks one row up
+# per change without building two enums first (timeit: 0.24 us a lookup, 1.5 us through
+# next_state with the enums).
+BY_VALUE: dict[tuple[str, str, Event], tuple[str, str, bool]] = {
+    (s.value, f.value, e): (ns.value, nf.value, ns is S.SETTLEMENT)
+    for (s, f, e), (ns, nf) in TABLE.items()
+}
+
+
 def allows(status: S, fraud: F, event: Event) -> bool:
     """Whether ``event`` may happen to a transaction in ``(status, fraud)``."""
     return (status, fraud, event) in TABLE

@@ -14,6 +14,7 @@ from gateway.audit import reachable
 from gateway.transactions.model import Transaction
 from protocol.errors import ErrorCode, PaywireError
 from protocol.lifecycle import (
+    BY_VALUE,
     INITIAL,
     STATES,
     TABLE,
@@ -122,6 +123,12 @@ def test_terminal_statuses_have_no_way_out() -> None:
     for s in TERMINAL:
         assert TRANSITIONS[s] == frozenset()
         assert reachable(s.value) == {s.value}
+
+
+def test_the_by_value_index_is_the_table() -> None:
+    assert {(S(s), F(f), e): (S(ns), F(nf)) for (s, f, e), (ns, nf, _) in BY_VALUE.items()} \
+        == TABLE
+    assert all(settled == (ns == "settlement") for ns, _nf, settled in BY_VALUE.values())
 
 
 def test_status_summary_is_derived_from_the_table() -> None:

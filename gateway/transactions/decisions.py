@@ -26,7 +26,7 @@ from typing import Any
 from gateway.transactions.model import Transaction
 from protocol import banklink
 from protocol.errors import ErrorCode
-from protocol.lifecycle import Event, allows
+from protocol.lifecycle import BY_VALUE, Event
 from protocol.operations import FraudStatus, PaymentType
 from protocol.operations import TransactionStatus as S
 
@@ -105,7 +105,8 @@ def _not_allowed(tx: Transaction, action: str, event: Event) -> Refusal:
 
 
 def _allows(tx: Transaction, event: Event) -> bool:
-    return allows(S(tx.status), FraudStatus(tx.fraud_status), event)
+    """``lifecycle.allows`` for a record's wire strings (no enums built: see BY_VALUE)."""
+    return (tx.status, tx.fraud_status, event) in BY_VALUE
 
 
 # --- the charge ------------------------------------------------------------------------------
@@ -314,7 +315,7 @@ def _paid(tx: Transaction, paid_ms: int, error: Refusal | None = None) -> Effect
 def payment_effect(tx: Transaction, paid_ms: int) -> Effect | None:
     """A bank reports that the customer paid: settle a pending payment; anything else (a
     repeat, a payment already closed) changes nothing (None)."""
-    if tx.status != S.PENDING or not allows(S.PENDING, FraudStatus(tx.fraud_status), Event.PAID):
+    if not _allows(tx, Event.PAID):
         return None
     return _paid(tx, paid_ms)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import msgpack
 
-from protocol.lifecycle import Event, next_state
+from protocol.lifecycle import BY_VALUE, Event, next_state
 from protocol.operations import STATUS_CODES, FraudStatus, TransactionStatus
 
 STATUS_MESSAGES: dict[TransactionStatus, str] = {
@@ -116,12 +116,13 @@ class Transaction:
         """The one way a transaction's status or fraud status changes: through the lifecycle
         table (``protocol.lifecycle``), which raises INVALID_TRANSITION naming the state and
         the event when the table has no such row (the record is then unchanged)."""
-        status, fraud = next_state(TransactionStatus(self.status), FraudStatus(self.fraud_status),
-                                   event)
-        self.status = status.value
-        self.fraud_status = fraud.value
+        nxt = BY_VALUE.get((self.status, self.fraud_status, event))
+        if nxt is None:
+            next_state(TransactionStatus(self.status), FraudStatus(self.fraud_status), event)
+            raise AssertionError("BY_VALUE and TABLE disagree")  # next_state raised
+        self.status, self.fraud_status, settled = nxt
         self.updated_ms = now_ms()
-        if status is TransactionStatus.SETTLEMENT:
+        if settled:
             self.settlement_ms = self.updated_ms
 
     def to_result(self, with_hops: bool = True) -> dict[str, Any]:
