@@ -161,13 +161,18 @@ class Runner:
             assert work.charge_result is not None
             return work.charge_result, False
 
-    async def record_denied(self, key: Key, tx: Transaction) -> Answer:
+    async def record_denied(self, tx: Transaction) -> Answer:
         """A charge the fraud screen denied: record it and answer; no bank ever sees it."""
         tx.charge_result = tx.to_result()
         stored = await self.ledger.insert_new(tx, self.notifier.notification(tx))
         if isinstance(stored, Transaction):
+            # The order exists on disk but had left the cache: a repeat, answered from what
+            # is stored (OUTCOME_UNKNOWN while its first bank call is unanswered).
             self.publish(stored)
-            return await self.replay_charge(key, stored, tx.request_hash)
+            answer = decisions.repeat_charge(stored, tx.request_hash)
+            if isinstance(answer, Refusal):
+                raise refused(answer)
+            return answer, True
         tx.hops_us["committed"] = now_us()
         self.publish(tx, stored)
         return tx.charge_result, False

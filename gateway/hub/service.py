@@ -171,7 +171,7 @@ class TransactionService:
         if screened is Event.SCREEN_DENIED:
             tx.decline_reason = "denied by fraud screening"
             tx.apply_event(screened)
-            return await self.runner.record_denied(key, tx)
+            return await self.runner.record_denied(tx)
         card_args: dict[str, Any] | None = None
         if number is not None:
             tx.bank = self.router.for_card(number)
