@@ -170,6 +170,10 @@ def render() -> dict[str, str]:
     out["transitions"] = "| from | may become |\n|---|---|\n" + "\n".join(
         f"| `{s.value}` | {', '.join(f'`{t.value}`' for t in sorted(targets)) or '(final)'} |"
         for s, targets in lifecycle.TRANSITIONS.items())
+    out["transaction-events"] = "| transaction_status | fraud_status | event | becomes |\n" \
+        "|---|---|---|---|\n" + "\n".join(
+            f"| `{s.value}` | `{f.value}` | `{e.value}` | `{ns.value}` / `{nf.value}` |"
+            for (s, f, e), (ns, nf) in lifecycle.TABLE.items())
     out["connection-states"] = "| side | state | frame received | next state |\n" \
         "|---|---|---|---|\n" + "\n".join(
             f"| {side.value} | {state.value} | {ftype.name} | {nxt.value} |"

@@ -11,16 +11,18 @@ from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
 from gateway.hub.auth import Authenticator, TokenBucket
 from gateway.hub.banklink import BankLink, BankPool
+from gateway.hub.notifications import EventFanout, event_frame
 from gateway.hub.routing import Router
+from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
 from gateway.ledger.sqlite import SqliteLedger
 from gateway.net.signed import verified_request
-from gateway.transactions.model import Transaction, now_ms
+from gateway.transactions.model import now_ms
 from gateway.webhooks.dispatcher import WebhookDispatcher
 from protocol import banklink, messages
 from protocol.errors import ErrorCode, PaywireError
-from protocol.frame import Frame, FrameType
+from protocol.frame import Frame
 
 log = logging.getLogger("paywire.hub")
 
@@ -49,21 +51,24 @@ class Hub:
         self.fraud = FraudEngine(cfg.fraud, self.secrets.fingerprint_key)
         self.service = TransactionService(cfg, self.ledger, self.pools, Router(cfg.banks),
                                           self.fraud, self.secrets.idempotency_key)
-        self.service.listeners.append(self._on_change)
         self.webhooks = WebhookDispatcher(cfg.webhooks, self.ledger,
                                           {m.id: m.server_key for m in cfg.merchants})
-        self.has_webhook = {m.id for m in cfg.merchants if m.webhook_url}
-        self.event_seq: dict[str, int] = {}
+        # Committed changes become EVENT frames and webhook wake-ups; sessions read
+        # ``event_seq`` and (un)subscribe through the hub.
+        self.events = EventFanout(self.webhooks,
+                                  {m.id for m in cfg.merchants if m.webhook_url})
+        self.service.listeners.append(self.events)
+        self.event_seq = self.events.event_seq
+        self.subscribe = self.events.subscribe
+        self.unsubscribe = self.events.unsubscribe
+        self.schedulers = Schedulers(self.service, cfg.expiry_check_interval_s,
+                                     cfg.recovery_interval_s)
         self.buckets = {m.id: TokenBucket(m.rate_per_s, m.rate_burst, 0.0)
                         for m in cfg.merchants}
-        self.subscribers: dict[str, set[MerchantSession]] = {}
         self.sessions: set[MerchantSession] = set()
         self.connections_by_merchant: dict[str, int] = {}
         self.port = cfg.listen_port
         self._server: asyncio.Server | None = None
-        self._timers: list[asyncio.TimerHandle] = []
-        self._busy: set[tuple[str, str]] = set()
-        self._background: set[asyncio.Task[Any]] = set()
         self._drained = asyncio.Event()
         self.stopping = False
 
@@ -77,7 +82,7 @@ class Hub:
         for pool in self.pools.values():
             pool.start()
         await asyncio.gather(*(p.wait_ready(3.0) for p in self.pools.values()))
-        self.event_seq = await self.ledger.last_event_seqs()
+        self.event_seq.update(await self.ledger.last_event_seqs())
         await self._rebuild_fraud_memory()
         await self._recover()
         await self.webhooks.start()
@@ -87,9 +92,7 @@ class Hub:
             ssl_handshake_timeout=self.cfg.tls_handshake_timeout_s, reuse_address=True,
             backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
-        self._arm(self.cfg.expiry_check_interval_s, self._expiry_tick)
-        self._arm(self.cfg.recovery_interval_s, self._resolver_tick)
-        self._arm(self.cfg.expiry_check_interval_s, self._challenge_tick)
+        self.schedulers.start()
         log.info("hub %s listening on %s:%d", self.cfg.node_id, self.cfg.listen_host, self.port)
 
     async def _recover(self) -> None:
@@ -110,9 +113,7 @@ class Hub:
             return
         log.warning("recovery: %d transactions with unanswered bank calls", len(unresolved))
         tasks = [t for tx in unresolved
-                 if (t := self._spawn((tx.merchant_id, tx.order_id),
-                                      self.service.resolve_key(
-                                          (tx.merchant_id, tx.order_id)))) is not None]
+                 if (t := self.schedulers.resolve((tx.merchant_id, tx.order_id))) is not None]
         if not tasks:
             return
         # asyncio.wait, not wait_for: reaching the bound must neither cancel the settling
@@ -124,39 +125,6 @@ class Hub:
                     "the background after %g s", len(done) - failed, failed, len(running),
                     self.cfg.recovery_at_start_s)
 
-    def _arm(self, interval_s: float, fn: Any) -> None:
-        loop = asyncio.get_running_loop()
-
-        def tick() -> None:
-            if self.stopping:
-                return
-            fn()
-            self._timers.append(loop.call_later(interval_s, tick))
-
-        self._timers.append(loop.call_later(interval_s, tick))
-
-    def _spawn(self, key: tuple[str, str], coro: Any) -> asyncio.Task[Any] | None:
-        """Run ``coro`` in the background unless work on ``key`` is already running."""
-        if key in self._busy:
-            coro.close()
-            return None
-        self._busy.add(key)
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-
-        def done(t: asyncio.Task[Any]) -> None:
-            self._busy.discard(key)
-            self._background.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                log.info("background work on %s: %r", key, t.exception())
-
-        task.add_done_callback(done)
-        return task
-
-    def _expiry_tick(self) -> None:
-        for key in self.service.due_expiries(now_ms()):
-            self._spawn(key, self.service.expire_due(key))
-
     async def _rebuild_fraud_memory(self) -> None:
         """Velocity windows survive a restart: recount the charges still inside them."""
         if self.fraud.window_s_max <= 0:
@@ -167,47 +135,9 @@ class Hub:
             self.fraud.record(tx.merchant_id, tx.card_fingerprint, customer.get("email"),
                               customer.get("ip"), tx.created_ms / 1000)
 
-    def _challenge_tick(self) -> None:
-        for key in self.service.due_challenges(now_ms()):
-            self._spawn(key, self.service.deny_unreviewed(key))
-
-    # --- notifications -------------------------------------------------------------------------
-    def _on_change(self, tx: Transaction, seq: int) -> None:
-        """A committed status change (its event and webhook rows are already on disk)."""
-        merchant = tx.merchant_id
-        self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
-        if merchant in self.has_webhook:
-            self.webhooks.wake()
-        subscribers = self.subscribers.get(merchant)
-        if subscribers:
-            frame = self.event_frame(merchant, seq, tx.to_result(with_hops=False))
-            for session in list(subscribers):
-                try:
-                    session.push_event(seq, frame)
-                except Exception:
-                    # One subscriber's fault is its own: drop it (it resumes from its last
-                    # seq, losing nothing) and tell the others.
-                    log.exception("pushing event %d to %s failed", seq, session.peer)
-                    session.fail(ErrorCode.INTERNAL, "event could not be sent; resume with "
-                                 "events_since")
-
     @staticmethod
     def event_frame(merchant_id: str, seq: int, data: dict[str, Any]) -> bytes:
-        return messages.encode_message(FrameType.EVENT, {
-            "seq": seq, "type": "transaction.status", "merchant_id": merchant_id,
-            "data": data})
-
-    def subscribe(self, session: MerchantSession) -> None:
-        assert session.merchant_id is not None
-        self.subscribers.setdefault(session.merchant_id, set()).add(session)
-
-    def unsubscribe(self, session: MerchantSession) -> None:
-        if session.merchant_id is not None:
-            self.subscribers.get(session.merchant_id, set()).discard(session)
-
-    def _resolver_tick(self) -> None:
-        for key in list(self.service.unresolved):
-            self._spawn(key, self.service.resolve_key(key))
+        return event_frame(merchant_id, seq, data)
 
     # --- requests from bank nodes (payment notifications) ---------------------------------
     def on_bank_request(self, link: BankLink, frame: Frame) -> None:
@@ -229,9 +159,7 @@ class Hub:
             except PaywireError as exc:
                 link.respond_error(rid, exc)
 
-        task = asyncio.get_running_loop().create_task(settle())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.schedulers.keep(settle())
 
     # --- shutdown ----------------------------------------------------------------------------
     def session_drained(self, session: MerchantSession) -> None:
@@ -241,6 +169,7 @@ class Hub:
     async def stop(self) -> None:
         """GOAWAY, stop accepting, finish in-flight work, flush the ledger, close."""
         self.stopping = True
+        self.schedulers.stopping = True
         if self._server is not None:
             self._server.close()
         for session in list(self.sessions):
@@ -251,13 +180,11 @@ class Hub:
                 await asyncio.wait_for(self._drained.wait(), self.cfg.shutdown_grace_s)
             except TimeoutError:
                 log.warning("shutdown grace expired with requests in flight")
-        for t in self._timers:
-            t.cancel()
+        self.schedulers.stop_timers()
         for session in list(self.sessions):
             session.flush_now()
             session.abort_soon()
-        for task in list(self._background):
-            task.cancel()
+        self.schedulers.cancel_background()
         for pool in self.pools.values():
             await pool.stop()
         await self.webhooks.stop()

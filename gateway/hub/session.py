@@ -16,7 +16,6 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from gateway import tls
-from gateway.hub import charge_flow
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, Heartbeat
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
@@ -28,6 +27,7 @@ from protocol.messages import ROLE_MERCHANT
 from protocol.operations import Operation, parse_operation, validate_args
 
 if TYPE_CHECKING:
+    from gateway.hub.handler import RequestHandler
     from gateway.hub.server import Hub
 
 log = logging.getLogger("paywire.session")
@@ -40,6 +40,7 @@ class MerchantSession(FramedProtocol):
         super().__init__()
         self.hub = hub
         self.cfg = hub.cfg
+        self.requests: RequestHandler = hub.service
         self.merchant_id: str | None = None
         self.cert_name: str | None = None
         self.in_flight = 0
@@ -181,22 +182,22 @@ class MerchantSession(FramedProtocol):
         except PaywireError as exc:
             self.respond_error(rid, exc)
             return
-        service = self.hub.service
+        requests = self.requests
         key = (self.merchant_id, args["order_id"])
-        if op is Operation.STATUS and not service.busy(key):
-            tx = service.cache.get(key)
-            if tx is not None and tx.pending_op is None:  # the common case: no task
-                self.send(messages.encode_response(rid, tx.to_result()))
+        if op is Operation.STATUS:
+            now = requests.status_now(key)
+            if now is not None:  # the common case: no task
+                self.send(messages.encode_response(rid, now))
                 return
-        if op is Operation.CHARGE and not service.busy(key) and \
-                charge_flow.try_start(self, service, rid, key, args, received_us):
+        elif op is Operation.CHARGE and \
+                requests.start_charge(self, rid, key, args, received_us):
             return  # the common charge: no task (gateway/hub/charge_flow.py)
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
-        after_earlier = service.admit(key)
+        after_earlier = requests.admit(key)
         self.request_started(rid)
         task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
         self.track(task)
-        task.add_done_callback(lambda _t: service.finished(key))
+        task.add_done_callback(lambda _t: requests.finished(key))
 
     def request_started(self, rid: int) -> None:
         """A request is in flight until its ``request_finished`` (answered or abandoned)."""
@@ -221,15 +222,11 @@ class MerchantSession(FramedProtocol):
                      received_us: int, after_earlier: bool = False) -> None:
         assert self.merchant_id is not None
         try:
-            result, replayed = await self.hub.service.execute(
+            result, replayed = await self.requests.execute(
                 self.merchant_id, op, args, received_us, after_earlier=after_earlier)
             self.respond(rid, result, replayed)
             if not replayed:
-                # Telemetry only: kept in memory (``status`` shows it) and written with the
-                # transaction's next change; not worth a commit of its own.
-                tx = self.hub.service.cache.get((self.merchant_id, args["order_id"]))
-                if tx is not None:
-                    tx.hops_us.setdefault("answered", now_us())
+                self.requests.answered((self.merchant_id, args["order_id"]), now_us())
         except PaywireError as exc:
             self.respond_error(rid, exc)
         except Exception:

@@ -11,7 +11,8 @@ from typing import Any
 
 import msgpack
 
-from protocol.operations import STATUS_CODES, TransactionStatus
+from protocol.lifecycle import BY_VALUE, Event, next_state
+from protocol.operations import STATUS_CODES, FraudStatus, TransactionStatus
 
 STATUS_MESSAGES: dict[TransactionStatus, str] = {
     TransactionStatus.PENDING: "Success, transaction is created and waiting for payment",
@@ -118,10 +119,17 @@ class Transaction:
     def unresolved(self) -> bool:
         return self.pending_op is not None
 
-    def set_status(self, status: TransactionStatus) -> None:
-        self.status = status.value
+    def apply_event(self, event: Event) -> None:
+        """The one way a transaction's status or fraud status changes: through the lifecycle
+        table (``protocol.lifecycle``), which raises INVALID_TRANSITION naming the state and
+        the event when the table has no such row (the record is then unchanged)."""
+        nxt = BY_VALUE.get((self.status, self.fraud_status, event))
+        if nxt is None:
+            next_state(TransactionStatus(self.status), FraudStatus(self.fraud_status), event)
+            raise AssertionError("BY_VALUE and TABLE disagree")  # next_state raised
+        self.status, self.fraud_status, settled = nxt
         self.updated_ms = now_ms()
-        if status is TransactionStatus.SETTLEMENT:
+        if settled:
             self.settlement_ms = self.updated_ms
 
     def to_result(self, with_hops: bool = True) -> dict[str, Any]:
