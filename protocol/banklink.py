@@ -142,9 +142,9 @@ def decode_batch_result(body: Any, count: int) -> list[dict[str, Any] | RemoteEr
     RESPONSE is malformed); a malformed entry fails its own op only."""
     results = body.get("results") if isinstance(body, dict) else None
     if not isinstance(results, list) or len(results) != count:
-        bad = RemoteError("bank answered a batch with a malformed result",
-                          code=ErrorCode.INTERNAL)
-        return [bad] * count
+        # One error object per call: each is raised in its own caller.
+        return [RemoteError("bank answered a batch with a malformed result",
+                            code=ErrorCode.INTERNAL) for _ in range(count)]
     out: list[dict[str, Any] | RemoteError] = []
     for entry in results:
         if isinstance(entry, dict) and isinstance(entry.get("result"), dict):

@@ -157,8 +157,9 @@ class BankLink(FramedProtocol):
                 return
         try:
             self.send(data)
-        except PaywireError as exc:  # one call alone too large for the peer's limit
-            _settle(self.correlator, calls[0][0], exc)
+        except PaywireError as exc:  # a call alone too large for the peer's limit
+            for c in calls:
+                _settle(self.correlator, c[0], PaywireError(exc.message, code=exc.code))
             return
         self.frames_sent += 1
         if len(calls) > 1:
@@ -176,12 +177,13 @@ class BankLink(FramedProtocol):
         try:
             body = bodycodec.unpack(frame.body)
         except PaywireError as exc:
-            for rid in calls:
-                _settle(self.correlator, rid, exc)
+            for rid in calls:  # one error object per call: each is raised in its own caller
+                _settle(self.correlator, rid, PaywireError(exc.message, code=exc.code,
+                                                           field=exc.field))
             return
         answers: list[dict[str, Any] | RemoteError]
         if frame.flags & Flags.ERROR:
-            answers = [RemoteError.from_body(body)] * len(calls)
+            answers = [RemoteError.from_body(body) for _ in calls]
         else:
             answers = banklink.decode_batch_result(body, len(calls))
         for rid, answer in zip(calls, answers, strict=True):
