@@ -340,6 +340,17 @@ async def test_a_bad_inner_operation_fails_alone(tmp_path: Path) -> None:
             assert dep.bank_sql("bca", "SELECT COUNT(*) FROM effects WHERE op_id IN "
                                 "('bb-1','bb-2')")[0][0] == 4  # two moves each, once
             assert dep.bank_sql("bca", "SELECT COUNT(*) FROM ops WHERE op_id = 'bb-r'") == [(0,)]
+
+            # A failing node (simulated) answers each inner op BANK_UNAVAILABLE in its entry:
+            # nothing happened, so the pool may send it to another node.
+            await dep.admin("bca", "admin.faults", {"failure_rate_pct": 100})
+            failed = await asyncio.gather(
+                link.call(banklink.AUTHORIZE, auth("bb-3"), 10.0),
+                link.call(banklink.AUTHORIZE, auth("bb-4"), 10.0), return_exceptions=True)
+            assert all(isinstance(f, RemoteError) and f.code is ErrorCode.BANK_UNAVAILABLE
+                       for f in failed), failed
+            assert dep.bank_sql("bca", "SELECT COUNT(*) FROM ops WHERE op_id IN "
+                                "('bb-3','bb-4')") == [(0,)]
         finally:
             await pool.stop()
     finally:
