@@ -6,15 +6,23 @@ operation after a timeout or to another node of the same bank without moving mon
 Declines (unknown card, expired card, currency not held, insufficient funds) are answers, not
 errors: they are stored too.
 Errors are reserved for "nothing happened, ask again" (``BANK_UNAVAILABLE``).
+
+``bank.batch`` carries many of these operations in one signed REQUEST (docs/protocol.md
+§10.2): one HMAC, one SQL transaction and one RESPONSE for the lot, which is what makes the
+bank hop cheap per operation. Each inner operation keeps its own ``op_id`` and its own
+answer (a result or a coded error, in the order sent), so a bad one fails alone and the hub
+treats a lost batch exactly as that many lost single operations. The pure parts of it, the
+split of a received batch and the encoding and decoding of its answer, live here.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from protocol.errors import BodyError, ErrorCode
+from protocol.errors import BodyError, ErrorCode, PaywireError, RemoteError
 from protocol.operations import AMOUNT, CARD, CURRENCY, MERCHANT_ID
-from protocol.schema import Bool, Int, Map, Opt, Str
+from protocol.schema import Bool, Int, ListOf, Map, Opt, Str
 
 OP_ID = Str(1, 128)
 TXID = Str(1, 64)
@@ -28,11 +36,22 @@ INQUIRY = "bank.inquiry"
 OPEN_PAYMENT = "bank.open_payment"
 CLOSE_PAYMENT = "bank.close_payment"
 PAYMENT = "bank.payment"  # bank -> hub: a customer paid (or a payment closed)
+BATCH = "bank.batch"  # many of the operations above in one frame (§10.2)
 ADMIN_PAY = "admin.pay"
 ADMIN_BALANCES = "admin.balances"
 ADMIN_FAULTS = "admin.faults"
 ADMIN_PAYMENTS = "admin.payments"
 ADMIN_STATS = "admin.stats"
+
+# The most operations one ``bank.batch`` carries. Bounded below the body codec's 256 items
+# per array, and so that a full batch of the largest answers (an inquiry's stored decline,
+# ~250 bytes) stays well inside the default body limit of 65 536 bytes; the sender also
+# splits a batch whose encoded request would exceed the negotiated limit.
+BATCH_OPS_MAX = 128
+# What a batch may carry: the hub's calls to a bank. Not ``bank.payment`` (the other way),
+# not ``admin.*`` (tools, answered outside the books' transaction), not ``bank.batch``.
+BATCHABLE = frozenset({AUTHORIZE, CAPTURE, VOID, REFUND, REVERSE, INQUIRY, OPEN_PAYMENT,
+                       CLOSE_PAYMENT})
 
 ARGS: dict[str, Map] = {
     AUTHORIZE: Map({"op_id": OP_ID, "transaction_id": TXID, "account": Str(1, 32),
@@ -52,6 +71,8 @@ ARGS: dict[str, Map] = {
     PAYMENT: Map({"notification_id": Int(1, 2**63 - 1), "transaction_id": TXID,
                   "status": Str(choices=("settlement",)), "amount": AMOUNT,
                   "paid_ms": Int(0, 2**63 - 1)}),
+    BATCH: Map({"ops": ListOf(Map({"op": Str(1, 32), "args": Map({}, allow_extra=True)}),
+                              max_items=BATCH_OPS_MAX, min_items=1)}),
     ADMIN_PAY: Map({"transaction_id": Opt(TXID), "number": Opt(Str(1, 32))}),
     ADMIN_BALANCES: Map({}),
     ADMIN_FAULTS: Map({"latency_ms": Opt(Int(0, 600_000)),
@@ -69,3 +90,68 @@ def validate(op: str, args: Any) -> dict[str, Any]:
                         field="op")
     checked: dict[str, Any] = spec.check(args, "args")
     return checked
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOp:
+    """One inner operation of a received batch that passed its own schema."""
+
+    index: int
+    op: str
+    args: dict[str, Any]
+
+
+def split_batch(args: dict[str, Any]) -> tuple[list[BatchOp], dict[int, PaywireError]]:
+    """The inner operations of validated ``bank.batch`` args: the valid ones in order, and
+    for each invalid one its error by position (``UNKNOWN_OPERATION`` for an op that is not
+    ``BATCHABLE``, ``INVALID_FIELD`` naming ``ops[i].args.<field>``). An invalid inner op
+    fails alone: the others are applied."""
+    valid: list[BatchOp] = []
+    errors: dict[int, PaywireError] = {}
+    for i, entry in enumerate(args["ops"]):
+        op = entry["op"]
+        if op not in BATCHABLE:
+            errors[i] = BodyError(f"operation {op!r} cannot be batched",
+                                  code=ErrorCode.UNKNOWN_OPERATION, field=f"ops[{i}].op")
+            continue
+        try:
+            checked = ARGS[op].check(entry["args"], f"ops[{i}].args")
+        except BodyError as exc:
+            errors[i] = exc
+            continue
+        valid.append(BatchOp(i, op, checked))
+    return valid, errors
+
+
+def batch_args(ops: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
+    """The ``args`` of a ``bank.batch`` REQUEST carrying ``ops`` in order."""
+    return {"ops": [{"op": op, "args": args} for op, args in ops]}
+
+
+def batch_result(entries: list[dict[str, Any] | PaywireError]) -> dict[str, Any]:
+    """The RESPONSE result of a batch: one entry per inner op, in the order sent, either
+    ``{"result": map}`` or ``{"error": error body}`` (section 7's body)."""
+    return {"results": [{"error": e.to_body()} if isinstance(e, PaywireError)
+                        else {"result": e} for e in entries]}
+
+
+def decode_batch_result(body: Any, count: int) -> list[dict[str, Any] | RemoteError]:
+    """The per-op answers of a batch RESPONSE sent with ``count`` operations. Never raises:
+    an answer that is not a list of ``count`` entries gives every inner op an ``INTERNAL``
+    error (the bank answered, but what it did is not readable: as for a single op whose
+    RESPONSE is malformed); a malformed entry fails its own op only."""
+    results = body.get("results") if isinstance(body, dict) else None
+    if not isinstance(results, list) or len(results) != count:
+        # One error object per call: each is raised in its own caller.
+        return [RemoteError("bank answered a batch with a malformed result",
+                            code=ErrorCode.INTERNAL) for _ in range(count)]
+    out: list[dict[str, Any] | RemoteError] = []
+    for entry in results:
+        if isinstance(entry, dict) and isinstance(entry.get("result"), dict):
+            out.append(entry["result"])
+        elif isinstance(entry, dict) and "error" in entry:
+            out.append(RemoteError.from_body(entry["error"]))
+        else:
+            out.append(RemoteError("bank answered a batch entry with a malformed result",
+                                   code=ErrorCode.INTERNAL))
+    return out

@@ -9,13 +9,14 @@ what this module renders, so the spec and the implementation cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from typing import Any
 
 from protocol import banklink, connection, lifecycle, messages, operations, signing
 from protocol import body as bodycodec
-from protocol.errors import ErrorCode, class_for
+from protocol.errors import ErrorCode, PaywireError, class_for
 from protocol.frame import FrameType, encode_frame
 from protocol.schema import ListOf, Map, Opt, Spec
 
@@ -47,6 +48,46 @@ EXAMPLE_RESULT: dict[str, Any] = {
     "card_brand": "visa",
     "bank": "bca",
 }
+
+# The batched bank-link example (§10.2): hub ``hub-1`` sends two operations to a bank node
+# in one frame; the second is refused by its schema and fails alone.
+EXAMPLE_LINK_KEY = b"paywire-link-key-EXAMPLE"
+EXAMPLE_LINK_IDENTITY = "hub-1"
+EXAMPLE_BATCH_REQUEST_ID = 7
+EXAMPLE_BATCH_OPS: list[tuple[str, dict[str, Any]]] = [
+    (banklink.AUTHORIZE, {"op_id": "t-1001:auth", "transaction_id": "t-1001",
+                          "account": "4811111111111114", "exp_month": 12, "exp_year": 2030,
+                          "amount": 150000, "currency": "IDR", "capture": True}),
+    (banklink.REFUND, {"op_id": "t-0999:refund:1", "transaction_id": "t-0999", "amount": 0}),
+]
+
+
+def example_batch_answers() -> list[dict[str, Any] | PaywireError]:
+    """What a bank node answers to the example, per operation: the authorization approved
+    (``auth_code`` is the first 6 hex digits of SHA-256 of its op id, upper case), the refund
+    refused by its schema."""
+    _valid, errors = banklink.split_batch(banklink.batch_args(EXAMPLE_BATCH_OPS))
+    return [{"approved": True, "captured": True,
+             "auth_code": hashlib.sha256(b"t-1001:auth").hexdigest()[:6].upper()}, errors[1]]
+
+
+def example_batch_args() -> bytes:
+    return messages.encode_args(banklink.batch_args(EXAMPLE_BATCH_OPS))
+
+
+def example_batch_request() -> bytes:
+    sig = signing.sign_request(EXAMPLE_LINK_KEY, EXAMPLE_LINK_IDENTITY, EXAMPLE_BATCH_REQUEST_ID,
+                               banklink.BATCH, EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE,
+                               example_batch_args())
+    return messages.encode_request(EXAMPLE_BATCH_REQUEST_ID, banklink.BATCH,
+                                   EXAMPLE_LINK_IDENTITY, EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE,
+                                   sig, example_batch_args())
+
+
+def example_batch_response() -> bytes:
+    return messages.encode_response(EXAMPLE_BATCH_REQUEST_ID,
+                                    banklink.batch_result(example_batch_answers()))
+
 
 ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.BAD_FRAME: "framing is invalid in a way no more specific code covers",
@@ -193,6 +234,16 @@ def render() -> dict[str, str]:
             {"code": 201, "name": "INVALID_FIELD",
              "message": "args.gross_amount: must be 1..1000000000000000, got 0",
              "field": "args.gross_amount"}), 0x0001)) + "\n```"
+    signed = signing.signing_input(EXAMPLE_LINK_IDENTITY, EXAMPLE_BATCH_REQUEST_ID,
+                                   banklink.BATCH, EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE,
+                                   example_batch_args())
+    out["batch-args"] = "```\n" + hexdump(example_batch_args()) + "\n```"
+    out["batch-signing-input"] = "```\n" + hexdump(signed) + "\n```"
+    out["batch-signature"] = "`" + signing.sign_request(
+        EXAMPLE_LINK_KEY, EXAMPLE_LINK_IDENTITY, EXAMPLE_BATCH_REQUEST_ID, banklink.BATCH,
+        EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, example_batch_args()).hex() + "`"
+    out["batch-request"] = "```\n" + hexdump(example_batch_request()) + "\n```"
+    out["batch-response"] = "```\n" + hexdump(example_batch_response()) + "\n```"
     return out
 
 

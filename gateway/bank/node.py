@@ -16,7 +16,7 @@ from collections import Counter
 from typing import Any
 
 from gateway import secret_keys, tls
-from gateway.bank.store import BankStore
+from gateway.bank.store import BankStore, Outcome
 from gateway.config import BankNodeConfig
 from gateway.net.framed import FramedProtocol, Heartbeat
 from gateway.net.signed import Correlator, build_request, verified_request
@@ -113,6 +113,9 @@ class BankNode:
         # has the request" or "the bank has applied it" instead of sleeping.
         self.received: Counter[str] = Counter()
         self.applied: Counter[str] = Counter()
+        # REQUEST frames carrying ``bank.*`` operations (a batch counts once), next to the
+        # operations they carried (``received``): how well the hub batches.
+        self.frames_received = 0
         self._server: asyncio.Server | None = None
         self._in_flight_notes: set[int] = set()
         self._notify_timer: asyncio.TimerHandle | None = None
@@ -149,7 +152,7 @@ class BankNode:
     def handle_request(self, session: BankSession, frame: Frame) -> None:
         rid = frame.request_id
         try:
-            req = verified_request(self.key, frame)
+            req = verified_request(self.key, frame)  # one HMAC, for a batch too
             args = banklink.validate(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             session.respond_error(rid, exc)
@@ -157,38 +160,86 @@ class BankNode:
         if req.op.startswith("admin."):
             self._admin(session, rid, req.op, args)
             return
-        self.received[req.op] += 1
+        self.frames_received += 1
+        batch = req.op == banklink.BATCH
+        if batch:
+            ops, errors = banklink.split_batch(args)
+            count = len(args["ops"])
+        else:
+            ops, errors, count = [banklink.BatchOp(0, req.op, args)], {}, 1
+        for o in ops:
+            self.received[o.op] += 1
         if self.blackhole:
             return  # a lab fault: the request vanishes, as into a dead network
-        if self.failure_rate and self.rng.random() < self.failure_rate:
-            session.respond_error(rid, PaywireError("bank node is failing (simulated)",
-                                                    code=ErrorCode.BANK_UNAVAILABLE))
-            return
+        if self.failure_rate:
+            # Drawn per operation, as if each had come alone: a failing inner op fails alone.
+            kept = []
+            for o in ops:
+                if self.rng.random() < self.failure_rate:
+                    errors[o.index] = PaywireError("bank node is failing (simulated)",
+                                                   code=ErrorCode.BANK_UNAVAILABLE)
+                else:
+                    kept.append(o)
+            ops = kept
         if self.latency_ms:
             delay_s = max(0.0, self.latency_ms + self.rng.uniform(
                 -self.cfg.latency_jitter_ms, self.cfg.latency_jitter_ms)) / 1000
-            self._loop().call_later(delay_s, self._apply, session, rid, req.op, args)
+            self._loop().call_later(delay_s, self._apply, session, rid, batch, count, ops,
+                                    errors)
         else:
-            self._apply(session, rid, req.op, args)
+            self._apply(session, rid, batch, count, ops, errors)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
-    def _apply(self, session: BankSession, rid: int, op: str, args: dict[str, Any]) -> None:
-        def answer(fut: asyncio.Future[dict[str, Any]]) -> None:
+    def _apply(self, session: BankSession, rid: int, batch: bool, count: int,
+               ops: list[banklink.BatchOp], errors: dict[int, PaywireError]) -> None:
+        """Apply ``ops`` (one transaction with whatever else the writer commits with them)
+        and answer the frame once: a single op as its own RESPONSE, a batch as one RESPONSE
+        listing the ``count`` answers in order (``errors`` already holds the refused ones)."""
+        if not ops:
+            self._answer(session, rid, batch, count, [], errors)
+            return
+
+        def answer(fut: asyncio.Future[list[Outcome]]) -> None:
             exc = fut.exception()
             if exc is not None:
-                log.error("bank store failed on %s: %r", op, exc)
-                session.respond_error(rid, PaywireError("bank store failed",
-                                                        code=ErrorCode.INTERNAL))
-                return
-            result = fut.result()
-            self.applied[op] += 1
-            session.respond(rid, result)
-            if op == banklink.OPEN_PAYMENT and not result.get("duplicate"):
-                self._schedule_auto_pay(args["transaction_id"])
+                log.error("bank store failed on %d operation(s): %r", len(ops), exc)
+                outcomes: list[Outcome] = [(1, repr(exc))] * len(ops)
+            else:
+                outcomes = fut.result()
+            results: list[tuple[banklink.BatchOp, dict[str, Any]]] = []
+            for o, (failed, value) in zip(ops, outcomes, strict=True):
+                if failed:
+                    if exc is None:
+                        log.error("bank store failed on %s: %s", o.op, value)
+                    errors[o.index] = PaywireError("bank store failed", code=ErrorCode.INTERNAL)
+                    continue
+                self.applied[o.op] += 1
+                results.append((o, value))
+                if o.op == banklink.OPEN_PAYMENT and not value.get("duplicate"):
+                    self._schedule_auto_pay(o.args["transaction_id"])
+            self._answer(session, rid, batch, count, results, errors)
 
-        self.store.apply(op, args).add_done_callback(answer)
+        self.store.apply_batch([(o.op, o.args) for o in ops]).add_done_callback(answer)
+
+    @staticmethod
+    def _answer(session: BankSession, rid: int, batch: bool, count: int,
+                results: list[tuple[banklink.BatchOp, dict[str, Any]]],
+                errors: dict[int, PaywireError]) -> None:
+        if not batch:
+            if errors:
+                session.respond_error(rid, errors[0])
+            else:
+                session.respond(rid, results[0][1])
+            return
+        # Every position is either refused (``errors``) or applied (``results``).
+        entries: list[dict[str, Any] | PaywireError] = [{}] * count
+        for i, err in errors.items():
+            entries[i] = err
+        for o, result in results:
+            entries[o.index] = result
+        session.respond(rid, banklink.batch_result(entries))
 
     def _admin(self, session: BankSession, rid: int, op: str, args: dict[str, Any]) -> None:
         if op == banklink.ADMIN_FAULTS:
@@ -204,7 +255,9 @@ class BankNode:
             return
         if op == banklink.ADMIN_STATS:
             session.respond(rid, {"received": dict(self.received),
-                                  "applied": dict(self.applied)})
+                                  "applied": dict(self.applied),
+                                  "frames_received": self.frames_received,
+                                  "sql_transactions": self.store.writer.commits})
             return
         if op == banklink.ADMIN_BALANCES:
             fut: asyncio.Future[Any] = self.store.balances()

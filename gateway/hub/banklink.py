@@ -4,6 +4,14 @@ A pool sends each call to a healthy node, round robin. A node is healthy when it
 (heartbeats prove it) and its circuit breaker is closed. Because bank nodes deduplicate on
 ``op_id`` and a bank's nodes share their books, any call may be repeated on another node of
 the same bank after a timeout or a lost link without moving money twice.
+
+Calls to one node made in the same loop iteration leave as one signed ``bank.batch`` frame
+(docs/protocol.md §10.2), up to ``BATCH_OPS_MAX`` a frame: one HMAC, one frame and one SQL
+transaction at the bank for all of them. Each call keeps its own request id, future and
+timeout in the link's correlator (the ids of a batch's calls are never sent; the batch has
+its own), so a caller sees exactly what it saw with one frame per call: its result, its
+error, ``RequestTimeout`` at its own deadline, or ``LinkLost`` — and the pool's failover,
+breaker and retry rules apply per call, unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from gateway import tls
 from gateway.net.backoff import full_jitter_s
 from gateway.net.framed import FramedProtocol
 from gateway.net.signed import Correlator, build_request
-from protocol import messages
+from protocol import banklink, messages
+from protocol import body as bodycodec
 from protocol.connection import Side
 from protocol.errors import (
     BankUnavailable,
@@ -29,7 +38,14 @@ from protocol.errors import (
     RemoteError,
     RequestTimeout,
 )
-from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
+from protocol.frame import (
+    BODY_BYTES_MAX_DEFAULT,
+    HEADER_BYTES,
+    PROTOCOL_VERSION,
+    Flags,
+    Frame,
+    FrameType,
+)
 from protocol.messages import ROLE_HUB
 
 log = logging.getLogger("paywire.banklink")
@@ -55,6 +71,13 @@ class BankLink(FramedProtocol):
         self.node = node
         self.correlator = Correlator(self.loop)
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        # Calls made this loop iteration, not yet sent: (request id, op, args).
+        self._unsent: list[tuple[int, str, dict[str, Any]]] = []
+        self._send_scheduled = False
+        # Batch request id -> the request ids of its calls, in the order sent; dropped when
+        # the batch is answered, when its longest call has timed out, or with the link.
+        self._batches: dict[int, list[int]] = {}
+        self.frames_sent = 0
 
     def on_connected(self) -> None:
         # The server must prove it is a bank node before it gets a HELLO, let alone a bank
@@ -80,7 +103,11 @@ class BankLink(FramedProtocol):
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
-            self.correlator.resolve(frame)
+            calls = self._batches.pop(frame.request_id, None)
+            if calls is None:
+                self.correlator.resolve(frame)
+            else:
+                self._batch_answered(frame, calls)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
         elif (frame.type == FrameType.WELCOME and self.accept_welcome(frame) is not None
@@ -88,15 +115,97 @@ class BankLink(FramedProtocol):
             self.ready.set_result(None)
 
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
+        """Queue one call for this iteration's frame; its timeout runs from now."""
         rid, fut = self.correlator.new(timeout_s)
-        self.send(build_request(self.node.key, self.node.hub_id, rid, op, args))
+        self._unsent.append((rid, op, args))
+        if len(self._unsent) >= banklink.BATCH_OPS_MAX:
+            self._send_unsent()
+        elif not self._send_scheduled:
+            self._send_scheduled = True
+            self.loop.call_soon(self._send_unsent)
         return fut
 
+    def _send_unsent(self) -> None:
+        self._send_scheduled = False
+        unsent, self._unsent = self._unsent, []
+        # A call whose caller gave up before it left (cancelled, timed out) is not sent:
+        # nothing of it reached the bank, and nobody waits for its answer.
+        waiting = self.correlator.waiting
+        calls = [c for c in unsent if c[0] in waiting and not waiting[c[0]][0].done()]
+        if calls:
+            self._send_calls(calls)
+
+    def _send_calls(self, calls: list[tuple[int, str, dict[str, Any]]]) -> None:
+        key, hub_id = self.node.key, self.node.hub_id
+        if len(calls) == 1:
+            rid, op, args = calls[0]
+            data = build_request(key, hub_id, rid, op, args)  # as before batching, byte for byte
+        else:
+            rid = self.correlator.next_id
+            self.correlator.next_id += 1
+            data = build_request(key, hub_id, rid, banklink.BATCH,
+                                 banklink.batch_args([(op, args) for _, op, args in calls]))
+            if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
+                half = len(calls) // 2  # rare: unusually large args; each half fits sooner
+                self._send_calls(calls[:half])
+                self._send_calls(calls[half:])
+                return
+        try:
+            self.send(data)
+        except PaywireError as exc:  # a call alone too large for the peer's limit
+            for c in calls:
+                _settle(self.correlator, c[0], PaywireError(exc.message, code=exc.code))
+            return
+        self.frames_sent += 1
+        if len(calls) > 1:
+            self._batches[rid] = [c[0] for c in calls]
+            # Forget the batch once its last call can no longer be waiting (each call's own
+            # timer fails it at its deadline; a late answer then finds nobody, as for one).
+            longest_s = max((h.when() for _, h in (self.correlator.waiting[c[0]]
+                                                   for c in calls) if h is not None),
+                            default=self.loop.time()) - self.loop.time()
+            self.loop.call_later(max(0.0, longest_s), self._batches.pop, rid, None)
+
+    def _batch_answered(self, frame: Frame, calls: list[int]) -> None:
+        """Hand each call of a batch its own answer; an error RESPONSE to the whole frame
+        (bad signature, a store failure before any op ran, …) is every call's answer."""
+        try:
+            body = bodycodec.unpack(frame.body)
+        except PaywireError as exc:
+            for rid in calls:  # one error object per call: each is raised in its own caller
+                _settle(self.correlator, rid, PaywireError(exc.message, code=exc.code,
+                                                           field=exc.field))
+            return
+        answers: list[dict[str, Any] | RemoteError]
+        if frame.flags & Flags.ERROR:
+            answers = [RemoteError.from_body(body) for _ in calls]
+        else:
+            answers = banklink.decode_batch_result(body, len(calls))
+        for rid, answer in zip(calls, answers, strict=True):
+            _settle(self.correlator, rid, answer)
+
     def on_disconnected(self, exc: Exception | None) -> None:
+        self._batches.clear()  # their calls wait in the correlator: failed just below
         self.correlator.fail_all(LinkLost(f"link to {self.node.address} lost"))
         if not self.ready.done():
             self.ready.set_exception(LinkLost("closed during handshake"))
         self.node.link_lost(self)
+
+
+def _settle(correlator: Correlator, rid: int, answer: dict[str, Any] | BaseException) -> None:
+    """Resolve one waiting call of ``correlator`` (nothing if it already timed out)."""
+    entry = correlator.waiting.pop(rid, None)
+    if entry is None:
+        return
+    fut, handle = entry
+    if handle is not None:
+        handle.cancel()
+    if fut.done():
+        return
+    if isinstance(answer, BaseException):
+        fut.set_exception(answer)
+    else:
+        fut.set_result(answer)
 
 
 class CircuitBreaker:
