@@ -360,9 +360,11 @@ async def test_a_bad_inner_operation_fails_alone(tmp_path: Path) -> None:
 async def test_kill_a_bank_node_with_batches_in_flight(tmp_path: Path) -> None:
     dep = await Deployment(tmp_path).astart()  # bca has two nodes sharing its books
     try:
-        # A slow node 0 holds each batch 30 ms before applying it: the kill lands on
-        # batches received and not yet answered.
-        await dep.admin("bca", "admin.faults", {"latency_ms": 30}, node=0)
+        # A slow node 0 holds each batch 250 ms before applying it: the kill lands on
+        # batches received and not yet answered. (Long enough that the load, whose calls
+        # node 0 takes in turn with node 1, cannot end between two polls of its counters:
+        # each poll is a TLS connection of its own, tens of ms on a busy machine.)
+        await dep.admin("bca", "admin.faults", {"latency_ms": 250}, node=0)
         acks_live: list[dict[str, Any]] = []
         load = asyncio.ensure_future(charge_load(dep, 160, 13, "bk", clients=8,
                                                  acks=acks_live))
