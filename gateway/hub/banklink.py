@@ -17,12 +17,11 @@ from typing import Any
 
 from gateway import tls
 from gateway.net.backoff import full_jitter_s
-from gateway.net.framed import FramedProtocol
+from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, RequestTimeout, build_request
-from protocol import messages
-from protocol.connection import Side
+from protocol.connection import ClientConnection, WelcomeReceived
 from protocol.errors import ErrorCode, PaywireError, RemoteError
-from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
+from protocol.frame import BODY_BYTES_MAX_DEFAULT, Frame, FrameType
 from protocol.messages import ROLE_HUB
 
 log = logging.getLogger("paywire.banklink")
@@ -52,13 +51,16 @@ class LinkLost(ConnectionError):
 BankRequestHandler = Callable[["BankLink", Frame], None]
 
 
-class BankLink(FramedProtocol):
-    side = Side.CLIENT
+class BankLink(FrameHandler):
+    """The hub's end of one bank-node link, held by its adapter (``self.net``; give
+    ``lambda: BankLink(node).net`` to ``create_connection``)."""
 
     def __init__(self, node: BankNodeHandle) -> None:
-        super().__init__()
+        self.loop = asyncio.get_running_loop()
         self.node = node
-        self.correlator = Correlator(self.loop)
+        self.conn = ClientConnection(role=ROLE_HUB, identity=node.hub_id)
+        self.net = FramedProtocol(self, self.conn)
+        self.correlator = Correlator(self.loop, self.conn.forget_request)
         self.ready: asyncio.Future[None] = self.loop.create_future()
 
     def on_connected(self) -> None:
@@ -79,17 +81,16 @@ class BankLink(FramedProtocol):
             self.ready.set_exception(LinkLost(f"not a bank node: {peer.reason}"))
             self.abort_soon()
             return
-        self.send(messages.encode_message(FrameType.HELLO, {
-            "versions": [PROTOCOL_VERSION], "role": ROLE_HUB, "identity": self.node.hub_id,
-            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"}))
+        self.net.send_hello({"body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"})
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
             self.correlator.resolve(frame)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
-        elif (frame.type == FrameType.WELCOME and self.accept_welcome(frame) is not None
-              and not self.ready.done()):
+
+    def on_welcome(self, event: WelcomeReceived) -> None:
+        if not self.ready.done():
             self.ready.set_result(None)
 
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
@@ -179,8 +180,9 @@ class BankNodeHandle:
         attempt = 0
         while not self._stopping:
             try:
-                _, link = await asyncio.wait_for(loop.create_connection(
-                    lambda: BankLink(self), self.host, self.port, ssl=self.pool.ssl_ctx,
+                link = BankLink(self)
+                await asyncio.wait_for(loop.create_connection(
+                    link.protocol_factory, self.host, self.port, ssl=self.pool.ssl_ctx,
                     server_hostname=self.host), 5.0)
                 await asyncio.wait_for(link.ready, 5.0)
                 self.link = link
