@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.net import framed
-from gateway.net.framed import FrameHandler, FramedProtocol
+from gateway.net.framed import FramedProtocol, FrameHandler
 from protocol import body as bodycodec
 from protocol import messages
 from protocol.connection import HelloReceived, ServerConnection
