@@ -547,17 +547,24 @@ class ServerConnection(Connection):
         super().start(now_s)
         self._hello_deadline_s = now_s + self.hello_timeout_s
 
+    def _handshaking(self) -> bool:
+        """Before our WELCOME the handshake deadline holds (a HELLO the application has not
+        answered yet included), after it the heartbeat."""
+        return self._next_tick_s is None and self._hello_deadline_s is not None
+
     def next_deadline_s(self) -> float | None:
-        if self.state is State.HANDSHAKE and self._hello_deadline_s is not None:
+        if self.state is not State.CLOSED and self._handshaking():
             return self._hello_deadline_s
         return super().next_deadline_s()
 
     def tick(self, now_s: float) -> ConnectionFailed | None:
-        if self.state is State.HANDSHAKE and self._hello_deadline_s is not None:
+        if self.state is not State.CLOSED and self._handshaking():
+            assert self._hello_deadline_s is not None
             if now_s < self._hello_deadline_s - DEADLINE_EARLY_S:
                 return None
+            what = "no HELLO" if self.hello is None else "HELLO not answered"
             return self._fail(ErrorCode.HANDSHAKE_TIMEOUT,
-                              f"no HELLO within {self.hello_timeout_s} s")
+                              f"{what} within {self.hello_timeout_s} s")
         return super().tick(now_s)
 
     def _control_received(self, frame: Frame) -> Event | None:

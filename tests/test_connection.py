@@ -323,6 +323,14 @@ def test_no_hello_in_time_is_handshake_timeout() -> None:
     assert error_body(sent_frames(conn)[0])["code"] == ErrorCode.HANDSHAKE_TIMEOUT
 
 
+def test_a_hello_left_unanswered_keeps_the_handshake_deadline() -> None:
+    conn = server()
+    (ev,) = events(conn, hello(), 1.0)
+    assert isinstance(ev, HelloReceived) and conn.next_deadline_s() == HELLO_TIMEOUT_S
+    failed = conn.tick(HELLO_TIMEOUT_S)
+    assert failed is not None and failed.code is ErrorCode.HANDSHAKE_TIMEOUT
+
+
 def open_server(now_s: float = 0.0) -> ServerConnection:
     conn = server()
     events(conn, hello(), now_s)
