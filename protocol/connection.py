@@ -251,6 +251,9 @@ class Connection:
         # drops one whose waiter gave up). A RESPONSE matching none is ignored (§7.1).
         self.requests_sent: set[int] = set()
         self.responses_unmatched = 0
+        # Ids of the peer's REQUESTs not answered yet (a server that checks them; empty
+        # otherwise): a RESPONSE we send frees its id.
+        self.requests_open: set[int] = set()
         # Heartbeat: None until the handshake completes (no PINGs before WELCOME, §2.4).
         self.heartbeat_interval_s = heartbeat_interval_s
         self._next_tick_s: float | None = None
@@ -428,14 +431,17 @@ class Connection:
         """Pass one encoded frame we send through the send table and queue it."""
         nxt = self._send[self.state].get(ftype)
         if nxt is None:
-            raise ProtocolViolation(
-                f"sending {_type_name(ftype)} is not allowed on the {self.side.value} side "
-                f"in state {self.state.value}", code=ErrorCode.UNEXPECTED_FRAME)
+            raise self._forbidden(ftype)
         if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
             data = fit_frame(data, self.peer_body_bytes_max)  # §2.3; raises for a REQUEST
         self.state = nxt
         self._out.append(data)
         self.bytes_to_send += len(data)
+
+    def _forbidden(self, ftype: int) -> ProtocolViolation:
+        return ProtocolViolation(
+            f"sending {_type_name(ftype)} is not allowed on the {self.side.value} side "
+            f"in state {self.state.value}", code=ErrorCode.UNEXPECTED_FRAME)
 
     def send_frame(self, data: bytes) -> None:
         """Queue one encoded REQUEST, RESPONSE, EVENT, PING or PONG. A frame too large for
@@ -468,8 +474,16 @@ class Connection:
 
     def send_response_frame(self, request_id: int, data: bytes) -> None:
         """Queue an encoded RESPONSE to the peer's request ``request_id``."""
-        self._queue(data, FrameType.RESPONSE)
-        self._answered(request_id)
+        # ``_queue`` and ``_answered`` written out: this runs once per request (hot path).
+        nxt = self._send[self.state].get(FrameType.RESPONSE)
+        if nxt is None:
+            raise self._forbidden(FrameType.RESPONSE)
+        if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
+            data = fit_frame(data, self.peer_body_bytes_max)
+        self.state = nxt
+        self._out.append(data)
+        self.bytes_to_send += len(data)
+        self.requests_open.discard(request_id)
 
     def send_response(self, request_id: int, result: dict[str, Any],
                       replayed: bool = False) -> None:
@@ -479,9 +493,6 @@ class Connection:
     def send_error_response(self, request_id: int, error: PaywireError) -> None:
         """An error RESPONSE: fails that request only; the connection stays open."""
         self.send_response_frame(request_id, messages.encode_error_response(request_id, error))
-
-    def _answered(self, request_id: int) -> None:
-        """A peer's request got its RESPONSE (the server tracks ids in flight)."""
 
     def send_error(self, code: ErrorCode, message: str, field: str | None = None) -> None:
         """Queue a connection-level ERROR and move to ``CLOSED`` (nothing may follow it,
@@ -535,8 +546,6 @@ class ServerConnection(Connection):
         self._hello_deadline_s: float | None = None
         self.hello: handshake.Hello | None = None
         self._welcome_due = False
-        # Ids of the peer's REQUESTs not answered yet (``check_request_ids``).
-        self.requests_open: set[int] = set()
         # The highest REQUEST id accepted; what GOAWAY announces.
         self.last_request_id = 0
         # Set when we sent GOAWAY: the last id we still process.
@@ -624,9 +633,6 @@ class ServerConnection(Connection):
         if rid > self.last_request_id:
             self.last_request_id = rid
         return frame
-
-    def _answered(self, request_id: int) -> None:
-        self.requests_open.discard(request_id)
 
     def send_goaway(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN,
                     message: str = "shutting down",

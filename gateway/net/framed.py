@@ -345,10 +345,16 @@ class FramedProtocol(asyncio.Protocol):
         self._queued()
 
     def respond(self, request_id: int, result: dict[str, Any], replayed: bool = False) -> None:
-        if not self._sendable():
+        conn = self.conn
+        if self.transport is None or conn.state is State.CLOSED:
             return
-        self.conn.send_response(request_id, result, replayed)
-        self._queued()
+        conn.send_response(request_id, result, replayed)
+        # ``_queued`` written out: once per request (hot path).
+        if conn.bytes_to_send >= WRITE_BUFFER_HIGH_BYTES:
+            self._flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def respond_error(self, request_id: int, exc: PaywireError) -> None:
         """An error RESPONSE: fails that request only; the connection stays open."""
