@@ -175,6 +175,7 @@ DEADLINE_EARLY_S = 0.001
 _RID = struct.Struct(">Q")
 _PONG_BODY = b"\x80"  # §8.1: the empty map, whatever the PING carried
 _PING_BODY = b"\x80"
+_NO_FRAMES: list[Frame] = []
 
 
 # --- events --------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ class Connection:
         self.in_flight_max = 0
         self._recv = _RECEIVE_BY_SIDE[self.side]
         self._send = _SEND_BY_SIDE[self.side]
-        self._frames: list[Frame] = []
+        self._frames: list[Frame] = _NO_FRAMES
         self._pos = 0
         self._failure: FrameError | None = None
         self._out: list[bytes] = []
@@ -314,6 +315,10 @@ class Connection:
                 return None
             frames = self._frames
             if self._pos >= len(frames):
+                # Let go of the read's frames (an idle connection holds no bodies); the
+                # shared empty list is replaced, never extended, by ``receive_data``.
+                self._frames = _NO_FRAMES
+                self._pos = 0
                 if self._failure is not None:
                     return self._fail_with(self._failure)
                 return None
@@ -506,7 +511,7 @@ class Connection:
         self.state = State.CLOSED
         self._out.clear()
         self.bytes_to_send = 0
-        self._frames = []
+        self._frames = _NO_FRAMES
         self._pos = 0
 
     def _fail(self, code: ErrorCode, message: str, field: str | None = None) -> ConnectionFailed:

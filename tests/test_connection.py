@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import body as bodycodec
+from protocol import connection as connection_module
 from protocol import messages
 from protocol.connection import (
     SEND_TRANSITIONS,
@@ -618,6 +619,7 @@ def test_any_frame_sequence_gives_events_or_an_error_never_an_exception(
             elif answer and isinstance(event, Frame) and event.type == FrameType.REQUEST:
                 conn.send_response(event.request_id, {})
     assert conn.tick(1e6) is None or conn.state is State.CLOSED
+    assert connection_module._NO_FRAMES == []  # the shared empty list is never filled
     failures = [e for e in seen if isinstance(e, ConnectionFailed)]
     assert len(failures) <= 1
     if failures:
