@@ -253,8 +253,15 @@ class Connection:
         self.requests_sent: set[int] = set()
         self.responses_unmatched = 0
         # Ids of the peer's REQUESTs not answered yet (a server that checks them; empty
-        # otherwise): a RESPONSE we send frees its id.
+        # otherwise): a RESPONSE we send frees its id. A REQUEST reusing one is
+        # DUPLICATE_REQUEST_ID (§4.6).
+        self.check_request_ids = False
         self.requests_open: set[int] = set()
+        # The highest REQUEST id accepted (what a server's GOAWAY announces), and the cut
+        # our GOAWAY announced: a later REQUEST past it is answered SHUTTING_DOWN (§8).
+        self.last_request_id = 0
+        self.goaway_last_request_id: int | None = None
+        self._refusal = "shutting down; retry on another server"
         # Heartbeat: None until the handshake completes (no PINGs before WELCOME, §2.4).
         self.heartbeat_interval_s = heartbeat_interval_s
         self._next_tick_s: float | None = None
@@ -332,8 +339,26 @@ class Connection:
                                   f"{self.side.value} side's view in state {self.state.value}")
             self.state = nxt
             if ftype == FrameType.REQUEST:
-                event = self._request_received(frame)
-            elif ftype == FrameType.RESPONSE:
+                # Written out here, not in a method: once per request (hot path).
+                rid = frame.request_id
+                check = self.check_request_ids
+                if check and rid in self.requests_open:
+                    # Checked first (§4.6): the duplicate is not executed, and an answer's
+                    # id must never name two requests.
+                    return self._fail(ErrorCode.DUPLICATE_REQUEST_ID,
+                                      f"request_id {rid} is already in flight on this "
+                                      "connection")
+                cut = self.goaway_last_request_id
+                if cut is not None and rid > cut:
+                    self.send_error_response(rid, PaywireError(self._refusal,
+                                                               code=ErrorCode.SHUTTING_DOWN))
+                    continue
+                if check:
+                    self.requests_open.add(rid)
+                if rid > self.last_request_id:
+                    self.last_request_id = rid
+                return frame
+            if ftype == FrameType.RESPONSE:
                 if frame.request_id in self.requests_sent:
                     self.requests_sent.discard(frame.request_id)
                     return frame
@@ -353,9 +378,6 @@ class Connection:
                 event = self._control_received(frame)
             if event is not None:
                 return event
-
-    def _request_received(self, frame: Frame) -> Event | None:
-        return frame
 
     def _control_received(self, frame: Frame) -> Event | None:
         """HELLO, WELCOME or GOAWAY: per side."""
@@ -551,11 +573,6 @@ class ServerConnection(Connection):
         self._hello_deadline_s: float | None = None
         self.hello: handshake.Hello | None = None
         self._welcome_due = False
-        # The highest REQUEST id accepted; what GOAWAY announces.
-        self.last_request_id = 0
-        # Set when we sent GOAWAY: the last id we still process.
-        self.goaway_last_request_id: int | None = None
-        self._refusal = "shutting down; retry on another server"
 
     def start(self, now_s: float) -> None:
         super().start(now_s)
@@ -620,25 +637,6 @@ class ServerConnection(Connection):
         self.peer_body_bytes_max = hello.body_bytes_max
         self._start_heartbeat(interval_s, now_s)
 
-    def _request_received(self, frame: Frame) -> Event | None:
-        rid = frame.request_id
-        check = self.check_request_ids
-        if check and rid in self.requests_open:
-            # Checked first (§4.6): the duplicate is not executed, and an answer's id must
-            # never name two requests.
-            return self._fail(ErrorCode.DUPLICATE_REQUEST_ID,
-                              f"request_id {rid} is already in flight on this connection")
-        goaway_last = self.goaway_last_request_id
-        if goaway_last is not None and rid > goaway_last:
-            self.send_error_response(rid, PaywireError(self._refusal,
-                                                       code=ErrorCode.SHUTTING_DOWN))
-            return None
-        if check:
-            self.requests_open.add(rid)
-        if rid > self.last_request_id:
-            self.last_request_id = rid
-        return frame
-
     def send_goaway(self, code: ErrorCode = ErrorCode.SHUTTING_DOWN,
                     message: str = "shutting down",
                     refusal: str = "shutting down; retry on another server") -> None:
@@ -664,7 +662,8 @@ class ClientConnection(Connection):
         self.identity = identity
         self._hello_sent = False
         self.welcome: dict[str, Any] | None = None
-        self.goaway_last_request_id: int | None = None
+        # The lowest ``last_request_id`` of the server's GOAWAYs (None: none received).
+        self.peer_goaway_last_request_id: int | None = None
 
     def send_hello(self, fields: dict[str, Any] | None = None) -> None:
         """Queue our HELLO (once): the versions we speak, our role and identity, and the
@@ -702,7 +701,8 @@ class ClientConnection(Connection):
                 last = messages.decode_body(FrameType.GOAWAY, frame.body)["last_request_id"]
             except PaywireError:
                 last = 0
-            if self.goaway_last_request_id is None or last < self.goaway_last_request_id:
-                self.goaway_last_request_id = last
+            peer_last = self.peer_goaway_last_request_id
+            if peer_last is None or last < peer_last:
+                self.peer_goaway_last_request_id = last
             return GoawayReceived(last)
         return None

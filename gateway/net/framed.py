@@ -167,7 +167,6 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: Any = None
         self.unexpected_errors = 0  # frames whose handling raised (see _guard)
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -178,6 +177,7 @@ class FramedProtocol(asyncio.Protocol):
         self.conn.start(self.loop.time())
         self.handler.on_connected()
         self._after_input()
+        self._arm_timer()  # the server's handshake deadline
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
@@ -204,7 +204,9 @@ class FramedProtocol(asyncio.Protocol):
                     self._guard(exc, event)
             else:
                 self._event(event)
-        self._after_input()
+        if conn.bytes_to_send and not self._flush_scheduled:  # PONG, SHUTTING_DOWN
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
 
     def _event(self, event: Event) -> None:
         if isinstance(event, ConnectionFailed):
@@ -215,6 +217,7 @@ class FramedProtocol(asyncio.Protocol):
             if isinstance(event, HelloReceived):
                 handler.on_hello(event)
             elif isinstance(event, WelcomeReceived):
+                self._arm_timer()  # the client's heartbeat starts
                 handler.on_welcome(event)
             elif isinstance(event, GoawayReceived):
                 handler.on_goaway(event)
@@ -227,13 +230,15 @@ class FramedProtocol(asyncio.Protocol):
             self._guard(exc, event)
 
     def _after_input(self) -> None:
-        """Frames the connection queued itself (PONG, SHUTTING_DOWN) leave with the rest;
-        a deadline that moved (HELLO, WELCOME) re-arms the one timer."""
+        """Frames the connection queued itself (PONG, SHUTTING_DOWN) leave with the rest.
+
+        The timer is not re-armed here: reading never moves the deadline earlier (the
+        heartbeat's checks run at fixed ticks and read the times the connection kept), so
+        the one timer is re-armed only where the deadline changes: the transport is up,
+        WELCOME is sent or received, a tick ran, the connection closed."""
         if self.conn.bytes_to_send and not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
-        if self.conn.next_deadline_s() != self._timer_at:
-            self._arm_timer()
 
     def _guard(self, exc: Exception, event: Event) -> None:
         self._unexpected(exc, event)
@@ -303,22 +308,20 @@ class FramedProtocol(asyncio.Protocol):
         at = self.conn.next_deadline_s()
         if at is not None:
             self._timer = self.loop.call_at(at, self._on_timer)
-            self._timer_at = at
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._timer_at = None
 
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = None
         failed = self.conn.tick(self.loop.time())
         if failed is not None:
             self._failed(failed)
             return
         self._after_input()
+        self._arm_timer()
 
     # --- sending -------------------------------------------------------------------------
     def _queued(self) -> None:
@@ -394,10 +397,14 @@ class FramedProtocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        data = self.conn.data_to_send()
-        if not data or self.transport is None or self.transport.is_closing():
+        conn = self.conn
+        if not conn.bytes_to_send:
             return
-        self.transport.write(data)
+        data = conn.data_to_send()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(data)
 
     def flush_now(self) -> None:
         self._flush()
