@@ -219,6 +219,10 @@ def render() -> dict[str, str]:
         "|---|---|---|---|\n" + "\n".join(
             f"| {side.value} | {state.value} | {ftype.name} | {nxt.value} |"
             for (side, state, ftype), nxt in connection.TRANSITIONS.items())
+    out["connection-states-sent"] = "| side | state | frame sent | next state |\n" \
+        "|---|---|---|---|\n" + "\n".join(
+            f"| {side.value} | {state.value} | {ftype.name} | {nxt.value} |"
+            for (side, state, ftype), nxt in connection.SEND_TRANSITIONS.items())
     req = example_request()
     sig = signing.sign_request(EXAMPLE_KEY, "M1", EXAMPLE_REQUEST_ID, "charge",
                                EXAMPLE_TIMESTAMP_MS, EXAMPLE_NONCE, example_args())

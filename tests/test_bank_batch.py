@@ -439,7 +439,7 @@ def _frame(rid: int, answer: dict[str, Any] | PaywireError) -> Any:
 async def test_hub_splits_a_batch_that_would_exceed_the_peer_body_limit() -> None:
     link = _unconnected_link()
     void = {"op_id": "v" * 100, "transaction_id": "t"}
-    link.peer_body_bytes_max = 700  # one void fits (~270 bytes), two fit, four do not
+    link.conn.peer_body_bytes_max = 700  # one void fits (~270 bytes), two fit, four do not
     calls = [link.call(banklink.VOID, void, 5.0) for _ in range(4)]
     await asyncio.sleep(0)
     assert link.frames_sent == 2 and [len(c) for c in link._batches.values()] == [2, 2]

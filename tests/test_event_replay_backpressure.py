@@ -108,7 +108,7 @@ async def scenario(tmp_path: Path) -> None:
                 def held() -> int:  # what the hub buffers for this connection now
                     if session.transport is None:
                         return 0
-                    return session._out_bytes + session.transport.get_write_buffer_size()
+                    return session.event_buffered_bytes()
 
                 samples: list[int] = []
 

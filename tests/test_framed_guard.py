@@ -15,10 +15,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateway.net import framed
-from gateway.net.framed import FramedProtocol
+from gateway.net.framed import FramedProtocol, FrameHandler
 from protocol import body as bodycodec
 from protocol import messages
-from protocol.connection import Side
+from protocol.connection import HelloReceived, ServerConnection
 from protocol.decoder import FrameDecoder
 from protocol.errors import ErrorCode
 from protocol.frame import Flags, Frame, FrameType, encode_frame
@@ -26,14 +26,22 @@ from protocol.frame import Flags, Frame, FrameType, encode_frame
 BOOM = 13  # the request id whose handling raises
 
 
-class Fragile(FramedProtocol):
-    side = Side.SERVER
+class Fragile(FrameHandler):
+    """A handler held by the one adapter, as the hub's and bank's are (no TLS here: the
+    peer's identity is fixed)."""
+
+    def __init__(self) -> None:
+        conn = ServerConnection(role="merchant", body_bytes_max=1 << 16, in_flight_max=256,
+                                heartbeat_interval_s=60.0)
+        conn.peer_identity = "T1"
+        self.net = FramedProtocol(self, conn)
+
+    def on_hello(self, event: HelloReceived) -> None:
+        if event.hello.body.get("client") == "boom":
+            raise KeyError("a bug in the HELLO handler")
+        self.net.send_welcome(server="fragile", session_id="s1")
 
     def frame_received(self, frame: Frame) -> None:
-        if frame.type == FrameType.HELLO:
-            if frame.body == b"\xa4boom":
-                raise KeyError("a bug in the HELLO handler")
-            return
         if frame.request_id == BOOM:
             raise TypeError("a bug in the request handler")
         self.respond(frame.request_id, {"ok": frame.request_id})
@@ -41,7 +49,8 @@ class Fragile(FramedProtocol):
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    server = await asyncio.get_running_loop().create_server(Fragile, "127.0.0.1", 0)
+    server = await asyncio.get_running_loop().create_server(
+        lambda: Fragile().net, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
     finally:
@@ -64,8 +73,9 @@ def request(rid: int) -> bytes:
     return encode_frame(FrameType.REQUEST, rid, bodycodec.pack({}))
 
 
-def hello(body: bytes = b"\x80") -> bytes:
-    return encode_frame(FrameType.HELLO, 0, body)
+def hello(client: str = "test") -> bytes:
+    return messages.encode_message(FrameType.HELLO, {
+        "versions": [1], "role": "merchant", "identity": "T1", "client": client})
 
 
 async def test_a_request_whose_handling_raises_fails_alone(
@@ -77,7 +87,9 @@ async def test_a_request_whose_handling_raises_fails_alone(
     # One write: answers to 1 and 2 are gathered in the same flush as the failure's.
     writer.write(hello() + request(1) + request(2) + request(BOOM) + request(3)
                  + b"".join(request(BOOM) for _ in range(rounds)) + request(4))
-    got = await frames(reader, 5 + rounds)
+    got = await frames(reader, 6 + rounds)
+    assert (got[0].type, got[0].request_id) == (FrameType.WELCOME, 0)
+    got = got[1:]
     assert [(f.type, f.request_id) for f in got] == (
         [(FrameType.RESPONSE, r) for r in (1, 2, BOOM, 3)]
         + [(FrameType.RESPONSE, BOOM)] * rounds + [(FrameType.RESPONSE, 4)])
@@ -97,7 +109,7 @@ async def test_a_request_whose_handling_raises_fails_alone(
 
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(hello() + request(BOOM) + request(BOOM) + request(1))
-    assert [f.request_id for f in await frames(reader, 3)] == [BOOM, BOOM, 1]
+    assert [f.request_id for f in await frames(reader, 4)] == [0, BOOM, BOOM, 1]
     records = [r for r in caplog.records if "unexpected error" in r.getMessage()]
     assert len(records) == 2 and records[1].exc_info is None  # a new connection: one line
     writer.close()
@@ -106,7 +118,7 @@ async def test_a_request_whose_handling_raises_fails_alone(
 async def test_another_frame_whose_handling_raises_closes_with_an_error_frame(
         port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(hello(b"\xa4boom"))
+    writer.write(hello("boom"))
     got = await frames(reader, 2)
     assert len(got) == 1 and got[0].type == FrameType.ERROR
     body = messages.decode_body(FrameType.ERROR, got[0].body)

@@ -18,10 +18,10 @@ from typing import Any
 from gateway import secret_keys, tls
 from gateway.bank.store import BankStore, Outcome
 from gateway.config import BankNodeConfig
-from gateway.net.framed import FramedProtocol, Heartbeat
+from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, build_request, verified_request
-from protocol import banklink, handshake, messages
-from protocol.connection import Side
+from protocol import banklink, messages
+from protocol.connection import HelloReceived, ServerConnection
 from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import BODY_BYTES_MAX_DEFAULT, PROTOCOL_VERSION, Frame, FrameType
 from protocol.messages import IN_FLIGHT_MAX_CEILING, ROLE_HUB
@@ -29,15 +29,24 @@ from protocol.messages import IN_FLIGHT_MAX_CEILING, ROLE_HUB
 log = logging.getLogger("paywire.bank")
 
 
-class BankSession(FramedProtocol):
-    side = Side.SERVER
+class BankSession(FrameHandler):
+    """One hub's link to this node, held by its adapter (``self.net``). The HELLO rule,
+    limits and heartbeat live in the connection (``self.net.conn``), shared with the hub."""
 
     def __init__(self, node: BankNode) -> None:
-        super().__init__()
+        self.loop = asyncio.get_running_loop()
         self.node = node
         self.identity: str | None = None
-        self.correlator = Correlator(self.loop)
-        self._hello_timer: asyncio.TimerHandle | None = None
+        # The hub's request ids are its correlator's (never reused): not tracked here, as
+        # before, so a request a lab's black hole swallows holds nothing.
+        self.conn = ServerConnection(
+            role=ROLE_HUB, body_bytes_max=BODY_BYTES_MAX_DEFAULT,
+            in_flight_max=IN_FLIGHT_MAX_CEILING,
+            heartbeat_interval_s=node.cfg.heartbeat_interval_s,
+            hello_timeout_s=node.cfg.hello_timeout_s,
+            versions=frozenset({PROTOCOL_VERSION}), check_request_ids=False)
+        self.net = FramedProtocol(self, self.conn)
+        self.correlator = Correlator(self.loop, self.conn.forget_request)
 
     def on_connected(self) -> None:
         assert self.transport is not None
@@ -47,50 +56,21 @@ class BankSession(FramedProtocol):
                       f"only hub certificates may connect to a bank node: {peer.reason}")
             return
         self.identity = peer.name
-        self._hello_timer = self.loop.call_later(self.node.cfg.hello_timeout_s,
-                                                 self._hello_timeout)
-
-    def _hello_timeout(self) -> None:
-        self.fail(ErrorCode.HANDSHAKE_TIMEOUT,
-                  f"no HELLO within {self.node.cfg.hello_timeout_s} s")
+        self.conn.peer_identity = peer.name
 
     def frame_received(self, frame: Frame) -> None:
-        if frame.type == FrameType.HELLO:
-            self._on_hello(frame)
-        elif frame.type == FrameType.REQUEST:
+        if frame.type == FrameType.REQUEST:
             self.node.handle_request(self, frame)
         elif frame.type == FrameType.RESPONSE:
             self.correlator.resolve(frame)
 
-    def _on_hello(self, frame: Frame) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        try:
-            accepted = handshake.accept_hello(
-                frame.body, role=ROLE_HUB, identity=self.identity,
-                supported_versions=frozenset({PROTOCOL_VERSION}),
-                body_bytes_max=BODY_BYTES_MAX_DEFAULT, in_flight_max=IN_FLIGHT_MAX_CEILING)
-        except PaywireError as exc:
-            self.fail(exc.code, exc.message, exc.field)
-            return
-        version = accepted.version
-        self.decoder.body_bytes_max = accepted.body_bytes_max
-        self.send(messages.encode_message(FrameType.WELCOME, {
-            "version": version, "server": f"paywire-bank/{self.node.cfg.node_id}",
-            "session_id": f"{self.node.cfg.node_id}-{id(self):x}",
-            "body_bytes_max": accepted.body_bytes_max, "in_flight_max": accepted.in_flight_max,
-            "heartbeat_interval_ms": int(self.node.cfg.heartbeat_interval_s * 1000),
-            "resume_token": b"", "event_seq": 0, "server_time_ms": 0,
-        }))
-        self.peer_body_bytes_max = accepted.body_bytes_max  # binds our frames too (§2.3)
-        self.heartbeat = Heartbeat(self, self.node.cfg.heartbeat_interval_s)
-        self.heartbeat.start()
+    def on_hello(self, event: HelloReceived) -> None:
+        self.net.send_welcome(server=f"paywire-bank/{self.node.cfg.node_id}",
+                              session_id=f"{self.node.cfg.node_id}-{id(self):x}")
         self.node.sessions.add(self)
         self.node.push_notifications()
 
     def on_disconnected(self, exc: Exception | None) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
         self.node.sessions.discard(self)
         self.correlator.fail_all(ConnectionError("link closed"))
 
@@ -130,7 +110,7 @@ class BankNode:
         loop = asyncio.get_running_loop()
         ctx = tls.node_server_context(self.cfg.certs_dir, "bank", self.cfg.node_id)
         self._server = await loop.create_server(
-            lambda: BankSession(self), self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
+            lambda: BankSession(self).net, self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
             ssl_handshake_timeout=5.0, reuse_address=True)
         self.port = self._server.sockets[0].getsockname()[1]
         for txid in await self.store.pending_payments():

@@ -106,8 +106,9 @@ class Client:
     async def _open(self, address: Address) -> ClientConnection:
         loop = asyncio.get_running_loop()
         host, port = address
-        _, conn = await asyncio.wait_for(loop.create_connection(
-            lambda: ClientConnection(self.merchant_id, self.hello), host, port,
+        conn = ClientConnection(self.merchant_id, self.hello)
+        await asyncio.wait_for(loop.create_connection(
+            lambda: conn.net, host, port,
             ssl=self.ssl_context, server_hostname=self.server_hostname or host),
             self.connect_timeout_s)
         try:

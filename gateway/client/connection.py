@@ -5,26 +5,30 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from gateway.net.framed import FramedProtocol
+from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator
 from gateway.tls import PeerRefused, Use, check_peer
+from protocol import connection as pconn
 from protocol import messages
-from protocol.connection import Side
 from protocol.errors import BodyError, ConnectionLost, ErrorCode, RemoteError, error_from_code
-from protocol.frame import PROTOCOL_VERSION, Frame, FrameType
+from protocol.frame import Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 
 EVENTS_QUEUED_MAX = 10_000
 
 
-class ClientConnection(FramedProtocol):
-    side = Side.CLIENT
+class ClientConnection(FrameHandler):
+    """One hub connection of the client, held by its adapter (``self.net``; give
+    ``lambda: ClientConnection(...).net`` to ``create_connection``). The handshake, limits,
+    heartbeat and request-id correlation live in ``self.net.conn``."""
 
     def __init__(self, merchant_id: str, hello: dict[str, Any]) -> None:
-        super().__init__()
+        self.loop = asyncio.get_running_loop()
         self.merchant_id = merchant_id
         self.hello = hello
-        self.correlator = Correlator(self.loop)
+        self.conn = pconn.ClientConnection(role=ROLE_MERCHANT, identity=merchant_id)
+        self.net = FramedProtocol(self, self.conn)
+        self.correlator = Correlator(self.loop, self.conn.forget_request)
         self.welcome: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.goaway: dict[str, Any] | None = None
         # Pushed events; ``None`` marks the end of the connection. Unbounded as a queue, but a
@@ -47,22 +51,18 @@ class ClientConnection(FramedProtocol):
             self.welcome.set_exception(err)
             self.abort_soon()
             return
-        self.send(messages.encode_message(FrameType.HELLO, {
-            "versions": [PROTOCOL_VERSION], "role": ROLE_MERCHANT,
-            "identity": self.merchant_id, "client": "paywire-py/0.1", **self.hello}))
+        self.net.send_hello({"client": "paywire-py/0.1", **self.hello})
+
+    def on_welcome(self, event: pconn.WelcomeReceived) -> None:
+        if not self.welcome.done():
+            self.welcome.set_result(event.welcome)
+
+    def on_goaway(self, event: pconn.GoawayReceived) -> None:
+        self.goaway = {"last_request_id": event.last_request_id}
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
             self.correlator.resolve(frame)
-        elif frame.type == FrameType.WELCOME:
-            welcome = self.accept_welcome(frame)
-            if welcome is not None and not self.welcome.done():
-                self.welcome.set_result(welcome)
-        elif frame.type == FrameType.GOAWAY:
-            try:
-                self.goaway = messages.decode_body(FrameType.GOAWAY, frame.body)
-            except BodyError:
-                self.goaway = {"last_request_id": 0}
         elif frame.type == FrameType.EVENT:
             try:
                 event = messages.decode_body(FrameType.EVENT, frame.body)
@@ -74,11 +74,7 @@ class ClientConnection(FramedProtocol):
                 return
             self.events.put_nowait(event)
 
-    def on_peer_error(self, frame: Frame) -> None:
-        try:
-            body = messages.decode_body(FrameType.ERROR, frame.body)
-        except BodyError:
-            body = {"code": int(ErrorCode.INTERNAL), "message": "malformed ERROR frame"}
+    def on_peer_error(self, body: dict[str, Any]) -> None:
         err = RemoteError.from_body(body)
         self.lost_reason = f"{err.code.name}: {err.message}"
         if not self.welcome.done():

@@ -25,11 +25,11 @@ from typing import Any, NamedTuple
 
 from gateway import tls
 from gateway.net.backoff import full_jitter_s
-from gateway.net.framed import FramedProtocol
+from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, build_request
-from protocol import banklink, messages
+from protocol import banklink
 from protocol import body as bodycodec
-from protocol.connection import Side
+from protocol.connection import ClientConnection, WelcomeReceived
 from protocol.errors import (
     BankUnavailable,
     ErrorCode,
@@ -41,7 +41,6 @@ from protocol.errors import (
 from protocol.frame import (
     BODY_BYTES_MAX_DEFAULT,
     HEADER_BYTES,
-    PROTOCOL_VERSION,
     Flags,
     Frame,
     FrameType,
@@ -63,13 +62,16 @@ class LinkLost(ConnectionError):
 BankRequestHandler = Callable[["BankLink", Frame], None]
 
 
-class BankLink(FramedProtocol):
-    side = Side.CLIENT
+class BankLink(FrameHandler):
+    """The hub's end of one bank-node link, held by its adapter (``self.net``; give
+    ``lambda: BankLink(node).net`` to ``create_connection``)."""
 
     def __init__(self, node: BankNodeHandle) -> None:
-        super().__init__()
+        self.loop = asyncio.get_running_loop()
         self.node = node
-        self.correlator = Correlator(self.loop)
+        self.conn = ClientConnection(role=ROLE_HUB, identity=node.hub_id)
+        self.net = FramedProtocol(self, self.conn)
+        self.correlator = Correlator(self.loop, self.conn.forget_request)
         self.ready: asyncio.Future[None] = self.loop.create_future()
         # Calls made this loop iteration, not yet sent: (request id, op, args).
         self._unsent: list[tuple[int, str, dict[str, Any]]] = []
@@ -97,9 +99,7 @@ class BankLink(FramedProtocol):
             self.ready.set_exception(LinkLost(f"not a bank node: {peer.reason}"))
             self.abort_soon()
             return
-        self.send(messages.encode_message(FrameType.HELLO, {
-            "versions": [PROTOCOL_VERSION], "role": ROLE_HUB, "identity": self.node.hub_id,
-            "body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"}))
+        self.net.send_hello({"body_bytes_max": BODY_BYTES_MAX_DEFAULT, "client": "paywire-hub"})
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
@@ -110,8 +110,9 @@ class BankLink(FramedProtocol):
                 self._batch_answered(frame, calls)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
-        elif (frame.type == FrameType.WELCOME and self.accept_welcome(frame) is not None
-              and not self.ready.done()):
+
+    def on_welcome(self, event: WelcomeReceived) -> None:
+        if not self.ready.done():
             self.ready.set_result(None)
 
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
@@ -145,7 +146,7 @@ class BankLink(FramedProtocol):
             self.correlator.next_id += 1
             data = build_request(key, hub_id, rid, banklink.BATCH,
                                  banklink.batch_args([(op, args) for _, op, args in calls]))
-            if len(data) - HEADER_BYTES > self.peer_body_bytes_max:
+            if len(data) - HEADER_BYTES > self.conn.peer_body_bytes_max:
                 half = len(calls) // 2  # rare: unusually large args; each half fits sooner
                 self._send_calls(calls[:half])
                 self._send_calls(calls[half:])
@@ -164,7 +165,13 @@ class BankLink(FramedProtocol):
             longest_s = max((h.when() for _, h in (self.correlator.waiting[c[0]]
                                                    for c in calls) if h is not None),
                             default=self.loop.time()) - self.loop.time()
-            self.loop.call_later(max(0.0, longest_s), self._batches.pop, rid, None)
+            self.loop.call_later(max(0.0, longest_s), self._forget_batch, rid)
+
+    def _forget_batch(self, rid: int) -> None:
+        """No call of batch ``rid`` can still be waiting: a late answer is ignored, by us and
+        by the connection's table of requests sent (which would otherwise keep its id)."""
+        if self._batches.pop(rid, None) is not None:
+            self.conn.forget_request(rid)
 
     def _batch_answered(self, frame: Frame, calls: list[int]) -> None:
         """Hand each call of a batch its own answer; an error RESPONSE to the whole frame
@@ -283,8 +290,9 @@ class BankNodeHandle:
         attempt = 0
         while not self._stopping:
             try:
-                _, link = await asyncio.wait_for(loop.create_connection(
-                    lambda: BankLink(self), self.host, self.port, ssl=self.pool.ssl_ctx,
+                link = BankLink(self)
+                await asyncio.wait_for(loop.create_connection(
+                    link.protocol_factory, self.host, self.port, ssl=self.pool.ssl_ctx,
                     server_hostname=self.host), 5.0)
                 await asyncio.wait_for(link.ready, 5.0)
                 self.link = link

@@ -88,7 +88,7 @@ class Hub:
         await self.webhooks.start()
         ctx = tls.node_server_context(self.cfg.certs_dir, "hub", self.cfg.node_id)
         self._server = await loop.create_server(
-            lambda: MerchantSession(self), self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
+            lambda: MerchantSession(self).net, self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
             ssl_handshake_timeout=self.cfg.tls_handshake_timeout_s, reuse_address=True,
             backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]

@@ -16,11 +16,11 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from gateway import tls
-from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, Heartbeat
+from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, FrameHandler
 from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
-from protocol import handshake, messages
-from protocol.connection import Side
+from protocol import messages
+from protocol.connection import HelloReceived, ServerConnection
 from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
@@ -33,25 +33,28 @@ if TYPE_CHECKING:
 log = logging.getLogger("paywire.session")
 
 
-class MerchantSession(FramedProtocol):
-    side = Side.SERVER
+class MerchantSession(FrameHandler):
+    """A handler held by its adapter (``self.net``): give ``lambda: MerchantSession(hub).net``
+    to ``create_server``. The HELLO rule, limits, heartbeat, duplicate request ids and the
+    GOAWAY cut live in the connection (``self.net.conn``)."""
 
     def __init__(self, hub: Hub) -> None:
-        super().__init__()
+        self.loop = asyncio.get_running_loop()
         self.hub = hub
         self.cfg = hub.cfg
         self.requests: RequestHandler = hub.service
+        self.conn = ServerConnection(
+            role=ROLE_MERCHANT, body_bytes_max=hub.cfg.body_bytes_max,
+            in_flight_max=hub.cfg.in_flight_max,
+            heartbeat_interval_s=hub.cfg.heartbeat_interval_s,
+            hello_timeout_s=hub.cfg.hello_timeout_s, versions=SUPPORTED_VERSIONS)
+        self.net = FramedProtocol(self, self.conn)
         self.merchant_id: str | None = None
         self.cert_name: str | None = None
         self.in_flight = 0
         self.in_flight_max = hub.cfg.in_flight_max
-        self.last_request_id = 0
         self.goaway_sent = False
-        self._hello_timer: asyncio.TimerHandle | None = None
         self.tasks: set[asyncio.Task[None]] = set()
-        # Ids of the requests running as tasks (not answered yet): a REQUEST reusing one is
-        # DUPLICATE_REQUEST_ID, so an answer's id never names two requests (§4).
-        self.open_rids: set[int] = set()
         # Pushed events: the last seq sent; while replaying the past from the ledger, live
         # events are not pushed (the replay reads them from the ledger when it gets there).
         self.events_sent_seq = 0
@@ -75,31 +78,19 @@ class MerchantSession(FramedProtocol):
             self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {peer.name!r}")
             return
         self.cert_name = peer.name
+        self.conn.peer_identity = peer.name
         self.hub.sessions.add(self)
-        self._hello_timer = self.loop.call_later(self.cfg.hello_timeout_s, self._hello_timeout)
-
-    def _hello_timeout(self) -> None:
-        self.fail(ErrorCode.HANDSHAKE_TIMEOUT, f"no HELLO within {self.cfg.hello_timeout_s} s")
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.REQUEST:
             self._on_request(frame)
-        elif frame.type == FrameType.HELLO:
-            self._on_hello(frame)
 
     # --- handshake -----------------------------------------------------------------------
-    def _on_hello(self, frame: Frame) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
-        try:
-            accepted = handshake.accept_hello(
-                frame.body, role=ROLE_MERCHANT, identity=self.cert_name,
-                supported_versions=SUPPORTED_VERSIONS, body_bytes_max=self.cfg.body_bytes_max,
-                in_flight_max=self.cfg.in_flight_max)
-        except PaywireError as exc:
-            self.fail(exc.code, exc.message, exc.field)
-            return
-        hello, version = accepted.body, accepted.version
+    def on_hello(self, event: HelloReceived) -> None:
+        """The HELLO passed the common rule (``protocol.handshake``, in the connection);
+        the hub's own checks follow (§3.1.1 steps 5-7)."""
+        accepted = event.hello
+        hello = accepted.body
         merchant = self.cfg.merchant(hello["identity"])
         if merchant is None:
             self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}",
@@ -123,20 +114,11 @@ class MerchantSession(FramedProtocol):
             return
         self.hub.connections_by_merchant[merchant.id] = count + 1
         self.merchant_id = merchant.id
-        body_max = accepted.body_bytes_max
         self.in_flight_max = accepted.in_flight_max
-        self.decoder.body_bytes_max = body_max
-        self.send(messages.encode_message(FrameType.WELCOME, {
-            "version": version, "server": f"paywire-hub/{self.cfg.node_id}",
-            "session_id": os.urandom(8).hex(), "body_bytes_max": body_max,
-            "in_flight_max": self.in_flight_max,
-            "heartbeat_interval_ms": int(self.cfg.heartbeat_interval_s * 1000),
-            "resume_token": os.urandom(16),
-            "event_seq": self.hub.event_seq.get(merchant.id, 0), "server_time_ms": now_ms(),
-        }))
-        self.peer_body_bytes_max = body_max  # binds our frames too (§2.3)
-        self.heartbeat = Heartbeat(self, self.cfg.heartbeat_interval_s)
-        self.heartbeat.start()
+        self.net.send_welcome(
+            server=f"paywire-hub/{self.cfg.node_id}", session_id=os.urandom(8).hex(),
+            resume_token=os.urandom(16), event_seq=self.hub.event_seq.get(merchant.id, 0),
+            server_time_ms=now_ms())
         if hello.get("subscribe_events"):
             since = hello.get("events_since")
             self.hub.subscribe(self)
@@ -153,15 +135,7 @@ class MerchantSession(FramedProtocol):
     def _on_request(self, frame: Frame) -> None:
         rid = frame.request_id
         received_us = now_us()
-        if rid in self.open_rids:
-            self.fail(ErrorCode.DUPLICATE_REQUEST_ID,
-                      f"request_id {rid} is already in flight on this connection")
-            return
-        if self.goaway_sent and rid > self.last_request_id:
-            self.respond_error(rid, PaywireError("hub is shutting down; retry on another hub",
-                                                  code=ErrorCode.SHUTTING_DOWN))
-            return
-        self.last_request_id = max(self.last_request_id, rid)
+        # A duplicate id and a request past our GOAWAY never get here (the connection).
         assert self.merchant_id is not None
         if not self.hub.buckets[self.merchant_id].take(self.loop.time()):
             self.respond_error(rid, PaywireError("merchant rate limit exceeded",
@@ -202,12 +176,10 @@ class MerchantSession(FramedProtocol):
     def request_started(self, rid: int) -> None:
         """A request is in flight until its ``request_finished`` (answered or abandoned)."""
         self.in_flight += 1
-        self.open_rids.add(rid)
         if self.in_flight >= self.in_flight_max:
             self._update_reading()
 
     def request_finished(self, rid: int) -> None:
-        self.open_rids.discard(rid)
         self.in_flight -= 1
         self._update_reading()
         if self.goaway_sent and self.in_flight == 0:
@@ -236,7 +208,7 @@ class MerchantSession(FramedProtocol):
             self.request_finished(rid)
 
     def wants_reading(self) -> bool:
-        return super().wants_reading() and self.in_flight < self.in_flight_max
+        return self.in_flight < self.in_flight_max
 
     # --- pushed events ------------------------------------------------------------------------
     def event_buffered_bytes(self) -> int:
@@ -244,7 +216,7 @@ class MerchantSession(FramedProtocol):
         plus the (TLS) transport's write buffer."""
         if self.transport is None:
             return 0
-        return self._out_bytes + self.transport.get_write_buffer_size()
+        return self.conn.bytes_to_send + self.transport.get_write_buffer_size()
 
     def _event_queued(self, frame: bytes) -> None:
         self.send(frame)
@@ -265,13 +237,11 @@ class MerchantSession(FramedProtocol):
         self.events_sent_seq = seq
         self._event_queued(frame)
 
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        self._writable.clear()
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        self._writable.set()
+    def on_writing_paused(self, paused: bool) -> None:
+        if paused:
+            self._writable.clear()
+        else:
+            self._writable.set()
 
     async def _room_for(self, frame_bytes: int) -> bool:
         """Wait until ``frame_bytes`` more fit in ``event_buffer_bytes_max``; ``False`` if the
@@ -336,14 +306,10 @@ class MerchantSession(FramedProtocol):
         if self.goaway_sent or self.merchant_id is None:
             return
         self.goaway_sent = True
-        self.state.start_draining()
-        self.send(messages.encode_message(FrameType.GOAWAY, {
-            "last_request_id": self.last_request_id, "code": int(ErrorCode.SHUTTING_DOWN),
-            "message": "hub is shutting down"}))
+        self.net.send_goaway(code=ErrorCode.SHUTTING_DOWN, message="hub is shutting down",
+                             refusal="hub is shutting down; retry on another hub")
 
     def on_disconnected(self, exc: Exception | None) -> None:
-        if self._hello_timer is not None:
-            self._hello_timer.cancel()
         self.hub.sessions.discard(self)
         self.hub.unsubscribe(self)
         if self.merchant_id is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import Any
 
 from gateway.transactions.model import now_ms
@@ -38,8 +39,12 @@ def verified_request(key: bytes, frame: Frame) -> messages.Request:
 class Correlator:
     """Request ids and the futures waiting for their RESPONSE, with per-request timeouts."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 on_forget: Callable[[int], None] | None = None) -> None:
         self.loop = loop
+        # Told the id of a request whose waiter gives up without its RESPONSE (timeout,
+        # forget, lost link): the connection stops expecting it (``forget_request``).
+        self.on_forget = on_forget
         self.next_id = 1
         self.waiting: dict[int, tuple[asyncio.Future[dict[str, Any]],
                                       asyncio.TimerHandle | None]] = {}
@@ -56,11 +61,15 @@ class Correlator:
 
     def _expire(self, rid: int, timeout_s: float) -> None:
         entry = self.waiting.pop(rid, None)
+        if entry is not None and self.on_forget is not None:
+            self.on_forget(rid)
         if entry is not None and not entry[0].done():
             entry[0].set_exception(RequestTimeout(f"no response within {timeout_s} s"))
 
     def forget(self, rid: int) -> None:
         entry = self.waiting.pop(rid, None)
+        if entry is not None and self.on_forget is not None:
+            self.on_forget(rid)
         if entry is not None and entry[1] is not None:
             entry[1].cancel()
 
@@ -89,6 +98,9 @@ class Correlator:
 
     def fail_all(self, exc: BaseException) -> None:
         waiting, self.waiting = self.waiting, {}
+        if self.on_forget is not None:
+            for rid in waiting:
+                self.on_forget(rid)
         for fut, handle in waiting.values():
             if handle is not None:
                 handle.cancel()
