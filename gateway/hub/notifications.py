@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from gateway.config import MerchantConfig
 from gateway.ledger.base import Notification
@@ -20,9 +20,6 @@ from protocol import body as bodycodec
 from protocol import messages
 from protocol.errors import ErrorCode
 from protocol.frame import FrameType
-
-if TYPE_CHECKING:
-    from gateway.hub.session import MerchantSession
 
 log = logging.getLogger("paywire.service")
 
@@ -62,6 +59,17 @@ class Notifier:
                               tx.transaction_id, seq)
 
 
+class Subscriber(Protocol):
+    """A merchant session that asked for pushed events."""
+
+    merchant_id: str | None
+    peer: Any
+
+    def push_event(self, seq: int, frame: bytes) -> None: ...
+
+    def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None: ...
+
+
 class Wakeable(Protocol):
     def wake(self) -> None: ...
 
@@ -81,13 +89,13 @@ class EventFanout:
         self.webhooks = webhooks
         self.has_webhook = has_webhook
         self.event_seq: dict[str, int] = {}
-        self.subscribers: dict[str, set[MerchantSession]] = {}
+        self.subscribers: dict[str, set[Subscriber]] = {}
 
-    def subscribe(self, session: MerchantSession) -> None:
+    def subscribe(self, session: Subscriber) -> None:
         assert session.merchant_id is not None
         self.subscribers.setdefault(session.merchant_id, set()).add(session)
 
-    def unsubscribe(self, session: MerchantSession) -> None:
+    def unsubscribe(self, session: Subscriber) -> None:
         if session.merchant_id is not None:
             self.subscribers.get(session.merchant_id, set()).discard(session)
 

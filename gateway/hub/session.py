@@ -27,8 +27,7 @@ from protocol.messages import ROLE_MERCHANT
 from protocol.operations import Operation, parse_operation, validate_args
 
 if TYPE_CHECKING:
-    from gateway.hub.handler import RequestHandler
-    from gateway.hub.server import Hub
+    from gateway.hub.handler import RequestHandler, SessionHost
 
 log = logging.getLogger("paywire.session")
 
@@ -38,7 +37,7 @@ class MerchantSession(FrameHandler):
     to ``create_server``. The HELLO rule, limits, heartbeat, duplicate request ids and the
     GOAWAY cut live in the connection (``self.net.conn``)."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: SessionHost) -> None:
         self.loop = asyncio.get_running_loop()
         self.hub = hub
         self.cfg = hub.cfg
