@@ -81,6 +81,8 @@ TRANSITIONS: dict[tuple[Side, State, FrameType], State] = {
     (Side.SERVER, _S.DRAINING, _F.PING): _S.DRAINING,
     (Side.SERVER, _S.DRAINING, _F.PONG): _S.DRAINING,
     (Side.SERVER, _S.DRAINING, _F.ERROR): _S.CLOSED,
+    # The client's GOAWAY may cross ours (the first one only: a second is UNEXPECTED_FRAME).
+    (Side.SERVER, _S.DRAINING, _F.GOAWAY): _S.DRAINING,
     (Side.CLIENT, _S.HANDSHAKE, _F.WELCOME): _S.OPEN,
     (Side.CLIENT, _S.HANDSHAKE, _F.ERROR): _S.CLOSED,
     (Side.CLIENT, _S.OPEN, _F.RESPONSE): _S.OPEN,
@@ -98,6 +100,8 @@ TRANSITIONS: dict[tuple[Side, State, FrameType], State] = {
     (Side.CLIENT, _S.DRAINING, _F.ERROR): _S.CLOSED,
 }
 RECEIVE_TRANSITIONS = TRANSITIONS
+_HANDSHAKE_FRAMES = frozenset({int(FrameType.HELLO), int(FrameType.WELCOME)})
+_NO_STOP: frozenset[int] = frozenset()
 
 # (side, state, frame type sent) -> next state. Missing means our own code may not send it:
 # ``ProtocolViolation`` to the caller, nothing queued. Mirrors what the peer's receive table
@@ -246,6 +250,8 @@ class Connection:
         self._frames: list[Frame] = _NO_FRAMES
         self._pos = 0
         self._failure: FrameError | None = None
+        self._decode_more = False  # bytes left behind a HELLO/WELCOME (see ``_decode``)
+        self._peer_goaway = False  # a server: whether the client has sent its GOAWAY
         self._out: list[bytes] = []
         self.bytes_to_send = 0
         # Ids of the REQUESTs we sent and whose RESPONSE has not come (``forget_request``
@@ -283,9 +289,19 @@ class Connection:
         if self.state is State.CLOSED or self._failure is not None:
             return
         self.last_received_s = now_s
+        self._decode(data, now_s)
+
+    def _decode(self, data: bytes, now_s: float) -> None:
         decoder = self.decoder
+        # Before the handshake completes, decoding stops after HELLO or WELCOME: the frames
+        # behind it in the same read are judged by the limits it sets (§2.3), so they are
+        # decoded once it has been acted on (``next_event``).
+        stop = _HANDSHAKE_FRAMES if self.state is State.HANDSHAKE else _NO_STOP
         try:
-            frames = decoder.feed(data)
+            frames = decoder.feed(data, stop)
+            # It stopped early only if its last frame is a HELLO/WELCOME and bytes remain.
+            self._decode_more = (bool(stop) and bool(frames) and frames[-1].type in stop
+                                 and decoder.buffered_bytes > 0)
         except FrameError as exc:
             # The frames before the bad bytes are still answered; the failure follows them.
             frames = [f for f in exc.frames_before if isinstance(f, Frame)]
@@ -326,6 +342,11 @@ class Connection:
                 # shared empty list is replaced, never extended, by ``receive_data``.
                 self._frames = _NO_FRAMES
                 self._pos = 0
+                if self._decode_more and self._failure is None:
+                    # What followed the HELLO/WELCOME in its read, now under its limits.
+                    self._decode_more = False
+                    self._decode(b"", self.last_received_s)
+                    continue
                 if self._failure is not None:
                     return self._fail_with(self._failure)
                 return None
@@ -613,7 +634,13 @@ class ServerConnection(Connection):
             self.hello = accepted
             self._welcome_due = True
             return HelloReceived(accepted)
-        return None  # GOAWAY from a client: informative only, the server acts on nothing
+        # GOAWAY from a client: informative only, the server acts on nothing. Ours may have
+        # crossed it (we are draining already); a second one from the client is refused.
+        if self._peer_goaway:
+            return self._fail(ErrorCode.UNEXPECTED_FRAME,
+                              "GOAWAY is not allowed twice from the client side")
+        self._peer_goaway = True
+        return None
 
     def send_welcome(self, *, server: str, session_id: str, now_s: float,
                      resume_token: bytes = b"", event_seq: int = 0,

@@ -43,8 +43,11 @@ class FrameDecoder:
     def buffered_bytes(self) -> int:
         return len(self._buf)
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Consume ``data``; return every frame completed by it, in stream order.
+    def feed(self, data: bytes, stop_after: frozenset[int] = frozenset()) -> list[Frame]:
+        """Consume ``data``; return every frame completed by it, in stream order, up to and
+        including the first whose type is in ``stop_after`` (the rest stays buffered for
+        the next ``feed``, which may be ``feed(b"")``: e.g. after a WELCOME has raised
+        the body limit the frames behind it are judged by).
 
         Raises ``FrameError`` (with ``frames_before``) on the first invalid header.
         """
@@ -86,6 +89,8 @@ class FrameDecoder:
                 Frame(ftype, request_id, bytes(view[pos + HEADER_BYTES:body_end]), flags, version)
             )
             pos = body_end
+            if stop_after and ftype in stop_after:
+                break
         if view is self._buf:
             del self._buf[:pos]
         elif pos < end_all:

@@ -448,3 +448,26 @@ async def test_hub_splits_a_batch_that_would_exceed_the_peer_body_limit() -> Non
     assert all(c.done() for c in calls)
     for c in calls:
         c.exception()
+
+
+def test_which_failed_sends_count_as_maybe_applied() -> None:
+    """A bank answer that leaves the effect unknown is never the operation's own error: it
+    is retried (same op_id) and, unanswered, settled by inquiry like a timeout."""
+    from gateway.hub.banklink import LinkLost, send_failure
+    from gateway.net.signed import RequestTimeout
+
+    def remote(code: ErrorCode) -> RemoteError:
+        return RemoteError.from_body({"code": int(code), "name": code.name, "message": "m"})
+
+    assert send_failure(remote(ErrorCode.BANK_UNAVAILABLE)) == "unavailable"
+    for code in (ErrorCode.INTERNAL, ErrorCode.RESPONSE_TOO_LARGE, ErrorCode.MALFORMED_BODY):
+        assert send_failure(remote(code)) == "maybe_sent", code
+    # an answer we could not read ourselves
+    assert send_failure(PaywireError("bad", code=ErrorCode.MALFORMED_BODY)) == "maybe_sent"
+    assert send_failure(RequestTimeout("late")) == "maybe_sent"
+    assert send_failure(LinkLost("gone")) == "maybe_sent"
+    # a refusal: nothing happened, and it is the answer
+    assert send_failure(remote(ErrorCode.INVALID_FIELD)) is None
+    assert send_failure(remote(ErrorCode.BAD_SIGNATURE)) is None
+    # our own BANK_UNAVAILABLE (no node) is not a node's refusal to retry elsewhere
+    assert send_failure(PaywireError("none", code=ErrorCode.BANK_UNAVAILABLE)) is None

@@ -626,3 +626,40 @@ def test_any_frame_sequence_gives_events_or_an_error_never_an_exception(
         assert conn.state is State.CLOSED
         assert error_body(FrameDecoder(1 << 22).feed(conn.data_to_send())[-1])["code"] \
             == failures[0].code
+
+
+# --- review findings: limits set by the handshake, crossing GOAWAYs --------------------------
+def test_frames_behind_the_welcome_in_one_read_are_judged_by_its_limit() -> None:
+    """A resuming subscriber's WELCOME and the first replayed EVENT often share a read; the
+    EVENT may exceed the 16 KiB handshake limit but not the negotiated one (§2.3)."""
+    big_event = messages.encode_message(FrameType.EVENT, {
+        "seq": 1, "type": "t", "merchant_id": "M1", "data": {"x": "y" * 20_000}})
+    conn = client()
+    conn.send_hello({"client": "t", "body_bytes_max": 65536})
+    conn.data_to_send()
+    got = events(conn, welcome(body_bytes_max=65536) + big_event + response(0)[:5])
+    assert [type(e).__name__ for e in got] == ["WelcomeReceived", "Frame"]
+    assert got[1].type == FrameType.EVENT and conn.state is State.OPEN
+    # Past the negotiated limit it is still FRAME_TOO_LARGE, however it arrives.
+    conn = client()
+    conn.send_hello({"client": "t", "body_bytes_max": 65536})
+    got = events(conn, welcome(body_bytes_max=17_000) + big_event)
+    assert isinstance(got[-1], ConnectionFailed)
+    assert got[-1].code is ErrorCode.FRAME_TOO_LARGE
+
+
+def test_a_request_behind_the_hello_in_one_read_is_judged_by_the_negotiated_limit() -> None:
+    big = encode_frame(FrameType.REQUEST, 1, bodycodec.pack({"x": "y" * 20_000}))
+    conn = server(body_bytes_max=65536)
+    got = events(conn, hello(body_bytes_max=65536) + big)
+    assert [type(e).__name__ for e in got] == ["HelloReceived", "Frame"]
+
+
+def test_a_client_goaway_crossing_ours_is_accepted_once() -> None:
+    srv = open_server()
+    srv.send_goaway()  # the hub is shutting down ...
+    assert srv.state is State.DRAINING
+    assert events(srv, goaway()) == []  # ... while the client's own GOAWAY was on the wire
+    assert srv.state is State.DRAINING
+    (failed,) = events(srv, goaway())  # a second one from the client is still refused
+    assert isinstance(failed, ConnectionFailed) and failed.code is ErrorCode.UNEXPECTED_FRAME

@@ -120,9 +120,15 @@ def test_authorize_captured_while_held_breaks_the_table() -> None:
     tx = make(fraud=F.CHALLENGE)
     tx.pending_op = d.charge_call(tx).intent()
     effect = d.effect_of_answer(tx, {"approved": True, "captured": True}, NOW)
+    intent = dict(tx.pending_op or {})
+    before = dataclasses.replace(tx, pending_op=intent)
     with pytest.raises(Exception) as info:
         d.apply_effect(tx, effect)
     assert getattr(info.value, "code", None) is ErrorCode.INVALID_TRANSITION
+    # ... and the record is left as it was: the intent stays, so the resolver can settle it
+    # again, and no amount was recorded for a state the table refused.
+    assert tx.pending_op == intent and tx.captured_amount == 0
+    assert dataclasses.asdict(tx) == dataclasses.asdict(before)
 
 
 @pytest.mark.parametrize(("result", "expected", "va", "reason"), [

@@ -201,7 +201,17 @@ class BankNode:
                     self._schedule_auto_pay(o.args["transaction_id"])
             self._answer(session, rid, batch, count, results, errors)
 
-        self.store.apply_batch([(o.op, o.args) for o in ops]).add_done_callback(answer)
+        try:
+            applying = self.store.apply_batch([(o.op, o.args) for o in ops])
+        except PaywireError as exc:
+            # Refused before anything was queued (the store's queue full, its writer gone):
+            # nothing happened, so the hub may try another node or give up cleanly.
+            for o in ops:
+                errors[o.index] = PaywireError(f"bank store unavailable: {exc.message}",
+                                               code=ErrorCode.BANK_UNAVAILABLE)
+            self._answer(session, rid, batch, count, [], errors)
+            return
+        applying.add_done_callback(answer)
 
     @staticmethod
     def _answer(session: BankSession, rid: int, batch: bool, count: int,

@@ -310,6 +310,29 @@ class BankNodeHandle:
             attempt += 1
 
 
+# Error answers after which a call may have taken effect at the bank: the node failed while
+# applying it (INTERNAL), its answer did not fit (RESPONSE_TOO_LARGE: §10.2, the effects
+# stand), or the answer could not be read (MALFORMED_BODY). Like a timeout, the call counts
+# as maybe sent: it is tried on another node (same op_id: at most once) and, if none
+# answers, settled by inquiry; never reported as the operation's own error.
+EFFECT_UNKNOWN_CODES = frozenset({ErrorCode.INTERNAL, ErrorCode.RESPONSE_TOO_LARGE,
+                                  ErrorCode.MALFORMED_BODY})
+
+
+def send_failure(exc: BaseException) -> str | None:
+    """How a failed send counts: ``"unavailable"`` (provably not applied: another node may
+    take it), ``"maybe_sent"`` (it may have been applied), or None (the call's own error,
+    raised to the caller)."""
+    if isinstance(exc, (RequestTimeout, LinkLost)):
+        return "maybe_sent"
+    if isinstance(exc, PaywireError):
+        if exc.code is ErrorCode.BANK_UNAVAILABLE and isinstance(exc, RemoteError):
+            return "unavailable"
+        if exc.code in EFFECT_UNKNOWN_CODES:
+            return "maybe_sent"
+    return None
+
+
 class FirstSend(NamedTuple):
     """A call's first send (``BankPool.send_first``)."""
 
@@ -424,17 +447,11 @@ class BankPool:
     async def call_after_first(self, first: FirstSend, exc: BaseException, op: str,
                                args: dict[str, Any]) -> dict[str, Any]:
         """``call`` after its first send (``send_first``) failed with ``exc``."""
-        loop = asyncio.get_running_loop()
-        maybe_sent = False
-        if isinstance(exc, RemoteError):
-            if exc.code is not ErrorCode.BANK_UNAVAILABLE:
-                raise exc
-            first.node.breaker.failure(loop.time())
-        elif isinstance(exc, (RequestTimeout, LinkLost)):
-            maybe_sent = True
-            first.node.breaker.failure(loop.time())
-        else:
+        kind = send_failure(exc)
+        if kind is None:
             raise exc
+        first.node.breaker.failure(asyncio.get_running_loop().time())
+        maybe_sent = kind == "maybe_sent"
         return await self.call(op, args, first.deadline_s, tried={first.node},
                                maybe_sent=maybe_sent, attempts_used=1)
 
@@ -465,13 +482,11 @@ class BankPool:
             try:
                 result: dict[str, Any] = await node.link.call(op, args,
                                                               min(self.timeout_s, remaining_s))
-            except RemoteError as exc:
-                if exc.code is not ErrorCode.BANK_UNAVAILABLE:
+            except (PaywireError, LinkLost) as exc:
+                kind = send_failure(exc)
+                if kind is None:
                     raise
-                node.breaker.failure(loop.time())
-                continue
-            except (RequestTimeout, LinkLost):
-                maybe_sent = True
+                maybe_sent = maybe_sent or kind == "maybe_sent"
                 node.breaker.failure(loop.time())
                 continue
             node.breaker.success()

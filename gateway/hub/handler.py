@@ -59,11 +59,12 @@ class RequestHandler(Protocol):
     def answered(self, key: Key, at_us: int) -> None:
         """Telemetry: the answer of a non-replayed request on ``key`` was sent at ``at_us``."""
 
-    def start_charge(self, requester: Requester, rid: int, key: Key, args: dict[str, Any],
-                     received_us: int) -> bool:
-        """Run a validated charge without a task when it is the common case (a new order,
-        nothing earlier on it unfinished): it admits, answers and finishes the request
-        itself; False leaves the request to ``admit`` and ``execute``, nothing done."""
+    def start(self, requester: Requester, rid: int, op: Operation, key: Key,
+              args: dict[str, Any], received_us: int) -> bool:
+        """Run a validated request without a task when it is the common case (nothing
+        earlier on its order unfinished; for an operation after the charge, its transaction
+        cached and settled): it admits, answers and finishes the request itself; False
+        leaves the request to ``admit`` and ``execute``, nothing done."""
 
 
 class SessionHost(Protocol):

@@ -32,7 +32,7 @@ from gateway.transactions.model import Transaction, now_ms, now_us
 from protocol.errors import BankUnavailable, NotFound, OutcomeUnknown, PaywireError, error_from_code
 from protocol.errors import DuplicateOrder as Conflict
 
-__all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "refused"]
+__all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "refused", "unrecorded"]
 
 Answer = tuple[dict[str, Any], bool]  # (result map, replayed?)
 
@@ -41,6 +41,18 @@ def refused(refusal: Refusal) -> PaywireError:
     """The exception that carries a decision's refusal to the session's answer: the class
     of its code (``protocol.errors``' registry)."""
     return error_from_code(refusal.code, refusal.message, refusal.field)
+
+
+def unrecorded(exc: PaywireError) -> PaywireError:
+    """What to answer when the bank has been asked (and may have acted) but its answer could
+    not be recorded (the ledger's queue full, the writer gone, an answer the table refuses):
+    OUTCOME_UNKNOWN, never the error itself, whose code (QUEUE_FULL, SHUTTING_DOWN) would
+    tell the merchant that nothing happened. The intent stays on disk and is settled."""
+    if isinstance(exc, OutcomeUnknown):
+        return exc
+    return OutcomeUnknown(f"the bank was asked but its answer could not be recorded "
+                          f"({exc.code.name}: {exc.message}); the operation may have taken "
+                          f"effect: ask with status, or repeat the same request")
 
 
 def clone(tx: Transaction) -> Transaction:
@@ -69,7 +81,7 @@ class Runner:
 
     def try_lock_now(self, key: Key) -> asyncio.Lock | None:
         """The order's lock taken without waiting, or ``None`` if it is held or awaited:
-        lets a callback-driven charge (``charge_flow``) hold the same lock the tasks take.
+        lets a callback-driven operation (``gateway.hub.flows``) hold the same lock the tasks take.
         ``Lock.acquire`` completes without suspending when the lock is free and nobody
         waits; it is driven here by hand for that case only."""
         lock = self._locks.get(key)
@@ -148,7 +160,7 @@ class Runner:
     async def charge(self, key: Key, tx: Transaction, call: BankCall,
                      card_args: dict[str, Any] | None) -> Answer:
         """Record the new transaction with its intent, call the bank, commit the answer.
-        (``gateway.hub.charge_flow`` runs the same steps without a task.)"""
+        (``gateway.hub.flows`` runs the same steps without a task.)"""
         assert tx.bank is not None
         with self.pools[tx.bank].slot():
             stored = await self.insert_intent(tx, call)
@@ -194,8 +206,12 @@ class Runner:
             await self.ledger.delete(tx)
             self.cache.forget(tx)
             raise
-        commit, error = self.charge_answered(work, result)
-        self.committed(work, await commit)
+        try:
+            commit, error = self.charge_answered(work, result)
+            seq = await commit
+        except PaywireError as exc:
+            raise unrecorded(exc) from None
+        self.committed(work, seq)
         return self.charge_answer(work, error)
 
     def charge_answered(self, work: Transaction, result: dict[str, Any]
@@ -232,20 +248,52 @@ class Runner:
 
     # --- later operations -----------------------------------------------------------------------
     async def step(self, tx: Transaction, call: BankCall) -> Answer:
-        """Intent, bank call, result: the shape of every operation after the charge."""
+        """Intent, bank call, result: the shape of every operation after the charge.
+        (``gateway.hub.flows`` runs the same steps without a task.)"""
         assert tx.bank is not None
         with self.pools[tx.bank].slot():
-            work = clone(tx)
-            work.pending_op = call.intent()
-            await self.ledger.save(work)
-            self.publish(clone(work))
-            result = await self._call_bank(work, call.op, call.args)
-            effect = decisions.effect_of_answer(work, result, now_ms())
-            decisions.apply_effect(work, effect)
-            await self.commit(work, tx.status)
-            if effect.error is not None:
-                raise refused(effect.error)
-            return work.to_result(), False
+            work, intent = self.save_intent(tx, call)
+            await intent
+            self.step_intent_committed(work)
+            return await self.step_after_call(tx, work,
+                                              self._call_bank(work, call.op, call.args))
+
+    def save_intent(self, tx: Transaction, call: BankCall
+                    ) -> tuple[Transaction, asyncio.Future[int | None]]:
+        """The working copy with the operation's intent, and its write."""
+        work = clone(tx)
+        work.pending_op = call.intent()
+        return work, self.ledger.save(work)
+
+    def step_intent_committed(self, work: Transaction) -> None:
+        """The intent is durable: publish it (a copy: the working one changes on)."""
+        self.publish(clone(work))
+
+    async def step_after_call(self, tx: Transaction, work: Transaction,
+                              bank_call: Awaitable[dict[str, Any]]) -> Answer:
+        """Await the operation's bank call, then record and answer its result."""
+        result = await bank_call
+        try:
+            commit, error = self.step_answered(tx, work, result)
+            seq = await commit
+        except PaywireError as exc:
+            raise unrecorded(exc) from None
+        self.committed(work, seq)
+        return self.step_answer(work, error)
+
+    def step_answered(self, tx: Transaction, work: Transaction, result: dict[str, Any]
+                      ) -> tuple[asyncio.Future[int | None], Refusal | None]:
+        """Apply the bank's answer to the working copy and start its commit (news if the
+        status changed from ``tx``'s); the refusal to answer with, if any."""
+        effect = decisions.effect_of_answer(work, result, now_ms())
+        decisions.apply_effect(work, effect)
+        return self.commit_start(work, tx.status), effect.error
+
+    @staticmethod
+    def step_answer(work: Transaction, error: Refusal | None) -> Answer:
+        if error is not None:
+            raise refused(error)
+        return work.to_result(), False
 
     async def paid(self, tx: Transaction, paid_ms: int) -> None:
         """A customer's payment reported by the bank (the order's lock is held)."""

@@ -17,9 +17,9 @@ from typing import Any
 
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine, Screening
-from gateway.hub import charge_flow
+from gateway.hub import flows
 from gateway.hub.banklink import BankPool
-from gateway.hub.charge_flow import ChargePlan
+from gateway.hub.flows import ChargePlan
 from gateway.hub.handler import Requester
 from gateway.hub.notifications import ChangeListener, Notifier
 from gateway.hub.routing import Router
@@ -102,11 +102,15 @@ class TransactionService:
         if tx is not None:
             tx.hops_us.setdefault("answered", at_us)
 
-    def start_charge(self, requester: Requester, rid: int, key: Key, args: dict[str, Any],
-                     received_us: int) -> bool:
+    def start(self, requester: Requester, rid: int, op: Operation, key: Key,
+              args: dict[str, Any], received_us: int) -> bool:
         if self.runner.busy(key):
             return False
-        return charge_flow.try_start(requester, self, rid, key, args, received_us)
+        if op is Operation.CHARGE:
+            return flows.try_charge(requester, self, rid, key, args, received_us)
+        if op is Operation.STATUS:
+            return False  # ``status_now`` is its fast path; behind others it waits (a task)
+        return flows.try_step(requester, self, rid, key, lambda tx: _decide(op, tx, args))
 
     async def execute(self, merchant_id: str, op: Operation, args: dict[str, Any],
                       received_us: int, *, after_earlier: bool = False) -> Answer:
@@ -156,7 +160,7 @@ class TransactionService:
 
     async def _charge(self, key: Key, args: dict[str, Any], received_us: int,
                       plan: ChargePlan | None = None) -> Answer:
-        """A charge in a task: the general case (``gateway.hub.charge_flow`` runs the common
+        """A charge in a task: the general case (``gateway.hub.flows`` runs the common
         one without a task). ``plan``: already made by ``plan_charge`` for this request (its
         fraud screen counted the charge in the velocity windows: never made twice)."""
         if plan is None:

@@ -162,9 +162,8 @@ class MerchantSession(FrameHandler):
             if now is not None:  # the common case: no task
                 self.send(messages.encode_response(rid, now))
                 return
-        elif op is Operation.CHARGE and \
-                requests.start_charge(self, rid, key, args, received_us):
-            return  # the common charge: no task (gateway/hub/charge_flow.py)
+        if requests.start(self, rid, op, key, args, received_us):
+            return  # the common case: no task (gateway/hub/flows.py)
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
         after_earlier = requests.admit(key)
         self.request_started(rid)

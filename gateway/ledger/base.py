@@ -10,8 +10,12 @@ Two faces:
 
 * ``Ledger``, opened by the one hub that writes it. Every method that changes state returns
   a future resolved only after the change is durable (group commit), because the hub
-  answers a client only after that (DESIGN §4 rule 1). Writes are applied in submission
-  order: an answer for a later write implies every earlier write is committed too.
+  answers a client only after that (DESIGN §4 rule 1). Commits are in submission order: an
+  answer for a later write implies every earlier write is committed too. Within one group
+  commit the transaction writes (``insert_new``, ``save``) are applied in submission order
+  and before the other writes (``delete``, webhook bookkeeping), which follow in theirs;
+  the hub never has a transaction's save and its delete in one group (the delete is of an
+  intent no bank saw, awaited under the order's lock).
 * ``LedgerTools``, for operators' commands and the audit, which run beside a live hub (or
   after it): list and re-queue webhooks, read every transaction's money columns.
 """

@@ -16,10 +16,13 @@ answered through the loop's own socket, with no thread hop.
 
 Two kinds of work. *Records* (the hot path: the ledger's transaction writes) are data, and
 a ``BulkWriter`` built in the writer process applies all records of a batch with a few
-multi-row statements. *Calls* (rare work: reads, webhook bookkeeping, bank operations) are
-a module-level function and its arguments, run one by one, each in a savepoint; they are
-pickled, so they must be importable functions, not lambdas. Records are applied first, so a
-read queued after a write sees it. If a batch fails, it is rolled back and each item retried
+multi-row statements (the ledger's transaction writes, a bank's operations). *Calls* (rare
+work: reads, deletes, webhook bookkeeping, a bank's payments and outbox) are a module-level
+function and its arguments, run one by one, each in a savepoint; they are pickled, so they
+must be importable functions, not lambdas. A batch's records are applied first, in
+submission order, then its calls in theirs: so a read queued after a write sees it, but a
+call queued before a record of the same batch runs after it (callers that care await the
+call first). If a batch fails, it is rolled back and each item retried
 alone, so one bad write fails by itself.
 
 If the node dies, the writer sees end-of-file, drops what it has not committed (as a

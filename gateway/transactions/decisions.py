@@ -26,7 +26,7 @@ from typing import Any
 from gateway.transactions.model import Transaction
 from protocol import banklink
 from protocol.errors import ErrorCode
-from protocol.lifecycle import BY_VALUE, Event
+from protocol.lifecycle import BY_VALUE, Event, next_state
 from protocol.operations import FraudStatus, PaymentType
 from protocol.operations import TransactionStatus as S
 
@@ -323,10 +323,22 @@ def payment_effect(tx: Transaction, paid_ms: int) -> Effect | None:
     return _paid(tx, paid_ms)
 
 
+def lifecycle_check(tx: Transaction, event: Event) -> None:
+    """Raise INVALID_TRANSITION, naming state and event, unless the table allows ``event``
+    in ``tx``'s state (nothing changes either way)."""
+    if not _allows(tx, event):
+        next_state(S(tx.status), FraudStatus(tx.fraud_status), event)
+
+
 def apply_effect(tx: Transaction, effect: Effect) -> None:
     """Apply ``effect`` to the working copy ``tx``: the intent is answered (cleared), the
     amounts and details change, and the status changes through the lifecycle table. A
-    defining op (the charge's) stores the answer a repeated charge gets."""
+    defining op (the charge's) stores the answer a repeated charge gets.
+
+    An event the table does not allow in ``tx``'s state raises INVALID_TRANSITION before
+    anything of ``tx`` changes (the intent stays, so the answer can be settled again)."""
+    if effect.event is not None:
+        lifecycle_check(tx, effect.event)
     pending = tx.pending_op
     tx.pending_op = None
     if effect.sets_decline_reason:
