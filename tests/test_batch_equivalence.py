@@ -257,21 +257,33 @@ async def bank_books(dep: Deployment) -> dict[str, Any]:
 
 
 async def one_run(workdir: Path, script: dict[str, list[Segment]], in_flight: int
-                  ) -> tuple[Run, dict[str, Any], dict[str, Any]]:
+                  ) -> tuple[Run, dict[str, Any], dict[str, Any], tuple[int, int]]:
     with deployment(workdir, hub_overrides=HUB) as dep:
         run = await run_mix(dep, script, in_flight)
         await assert_settled_and_clean(dep, run.acks, f"{in_flight} in flight: ")
-        return run, ledger_view(dep), await bank_books(dep)
+        frames = ops = 0  # bank-link frames and the operations they carried, all nodes
+        for bank, nodes in dep.banks.items():
+            for i in range(len(nodes)):
+                stats: dict[str, Any] = await dep.stats(bank, i)
+                frames += int(stats["frames_received"])
+                ops += sum(stats["received"].values())
+        return run, ledger_view(dep), await bank_books(dep), (frames, ops)
 
 
 async def test_batching_changes_nothing_observable(tmp_path: Path) -> None:
     script = plan(SEED, ORDERS)
     ops = sum(len(seg) for segs in script.values() for seg in segs)
     assert 300 <= ops <= 700, ops  # the mix's size: bounded, and large enough to interleave
-    serial, serial_ledger, serial_books = await one_run(tmp_path / "one", script, 1)
-    batched, batched_ledger, batched_books = await one_run(tmp_path / "many", script, 64)
+    serial, serial_ledger, serial_books, serial_link = await one_run(tmp_path / "one",
+                                                                      script, 1)
+    batched, batched_ledger, batched_books, batched_link = await one_run(tmp_path / "many",
+                                                                         script, 64)
     assert serial.in_flight_max_seen == 1
     assert batched.in_flight_max_seen == 64  # the run really had 64 requests in flight
+    # ... and batches really formed on the bank link: fewer frames than operations (one
+    # request in flight sends every operation alone).
+    assert serial_link[0] == serial_link[1], serial_link
+    assert batched_link[0] < batched_link[1], batched_link
     # The mix exercised what it is meant to (guards against a plan that drifts to trivia).
     statuses = {f["status"] for f in serial.final.values()}
     assert {"capture", "authorize", "deny", "cancel", "settlement", "expire", "pending",
