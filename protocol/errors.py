@@ -271,7 +271,8 @@ class PermissionDenied(AuthenticationError):
 
 # --- 4xx: limits ---------------------------------------------------------------------------
 class LimitError(PaywireError):
-    """A bound was reached; nothing happened."""
+    """A bound was reached. RESPONSE_TOO_LARGE: the operation took effect, only its answer
+    did not fit (ask with status); the others refused the request before it did anything."""
 
     codes: ClassVar[Codes] = (ErrorCode.RESPONSE_TOO_LARGE,)
 

@@ -53,6 +53,19 @@ async def _load(dep: Deployment, prefix: str, acks: list[dict[str, Any]]
                                              acks=acks, in_flight_max=WINDOW))
 
 
+async def all_answered_and_clean(dep: Deployment, load: asyncio.Future[Any], cut: int,
+                                 at_kill: int) -> None:
+    """After the restart: the kill cut bank calls in flight (``cut`` intents without a
+    result), every charge is answered, the audit is clean and each ack stands."""
+    acks, errors = await asyncio.wait_for(load, 180)
+    assert cut > 0
+    assert 0 < at_kill < CHARGES, at_kill
+    assert not errors, errors[:3]
+    assert len(acks) == CHARGES
+    await assert_settled_and_clean(dep, acks)
+    assert_acks_stand(dep, acks)
+
+
 async def test_kill_the_hub_with_batches_in_flight(tmp_path: Path) -> None:
     dep = await Deployment(tmp_path).astart()
     try:
@@ -69,13 +82,7 @@ async def test_kill_the_hub_with_batches_in_flight(tmp_path: Path) -> None:
         # without a result prove the kill cut bank calls in flight.
         cut = unresolved(dep)
         await dep.arestart_hub()
-        acks, errors = await asyncio.wait_for(load, 180)
-        assert cut > 0
-        assert 0 < at_kill < CHARGES, at_kill
-        assert not errors, errors[:3]
-        assert len(acks) == CHARGES
-        await assert_settled_and_clean(dep, acks)
-        assert_acks_stand(dep, acks)
+        await all_answered_and_clean(dep, load, cut, at_kill)
     finally:
         dep.stop()
 
@@ -105,12 +112,6 @@ async def test_kill_the_only_bank_node_with_batches_in_flight(tmp_path: Path) ->
         # settled until the node is back, so their intents stay unresolved meanwhile.
         cut = unresolved(dep)
         await _restart_bank(dep, "bca", 0)
-        acks, errors = await asyncio.wait_for(load, 180)
-        assert cut > 0
-        assert 0 < at_kill < CHARGES, at_kill
-        assert not errors, errors[:3]
-        assert len(acks) == CHARGES
-        await assert_settled_and_clean(dep, acks)
-        assert_acks_stand(dep, acks)
+        await all_answered_and_clean(dep, load, cut, at_kill)
     finally:
         dep.stop()
