@@ -24,7 +24,7 @@ from tests.waiting import wait_until
 
 CHARGES = 64
 HUB_FILES = ("gateway/hub/session.py", "gateway/hub/service.py", "gateway/hub/runner.py",
-             "gateway/hub/flows.py")
+             "gateway/hub/flows.py", "gateway/hub/pipeline.py")
 
 
 def count_hub_tasks(loop: asyncio.AbstractEventLoop, seen: list[str]) -> None:

@@ -1,5 +1,5 @@
-"""The hub's request handling is split into parts with one job each, and sessions see the
-transaction service only through the narrow ``RequestHandler`` interface."""
+"""The hub's request handling is split into parts with one job each, and the request pipeline
+sees the transaction service only through the narrow ``RequestHandler`` interface."""
 
 from __future__ import annotations
 
@@ -23,15 +23,18 @@ def test_the_interface_is_what_sessions_need() -> None:
 
 
 def test_sessions_use_only_the_interface() -> None:
-    tree = ast.parse((ROOT / "gateway" / "hub" / "session.py").read_text())
-    service_uses = [n for n in ast.walk(tree)
-                    if isinstance(n, ast.Attribute) and n.attr == "service"]
-    # the one place the session takes its handler from the hub
-    assert len(service_uses) == 1
+    """Per-request work is the pipeline's: it reaches the service only through the
+    interface; the session holds no service and hands its REQUEST frames over."""
+    session = ast.parse((ROOT / "gateway" / "hub" / "session.py").read_text())
+    assert not [n for n in ast.walk(session)
+                if isinstance(n, ast.Attribute) and n.attr in ("service", "requests")]
+    assert any(isinstance(n, ast.Attribute) and n.attr == "pipeline"
+               for n in ast.walk(session))
+    tree = ast.parse((ROOT / "gateway" / "hub" / "pipeline.py").read_text())
     used: set[str] = set()
     for n in ast.walk(tree):
         if isinstance(n, ast.Attribute) and (
-                (isinstance(n.value, ast.Attribute) and n.value.attr == "requests")
-                or (isinstance(n.value, ast.Name) and n.value.id == "requests")):
+                (isinstance(n.value, ast.Attribute) and n.value.attr == "handler")
+                or (isinstance(n.value, ast.Name) and n.value.id == "handler")):
             used.add(n.attr)
-    assert used and used <= INTERFACE
+    assert used == INTERFACE, used

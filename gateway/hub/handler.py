@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Protocol
 
-from gateway.config import HubConfig
-from gateway.hub.auth import Authenticator, TokenBucket
-from gateway.ledger.base import Ledger
 from protocol.errors import PaywireError
 from protocol.operations import Operation
 
@@ -65,42 +62,3 @@ class RequestHandler(Protocol):
         earlier on its order unfinished; for an operation after the charge, its transaction
         cached and settled): it admits, answers and finishes the request itself; False
         leaves the request to ``admit`` and ``execute``, nothing done."""
-
-
-class SessionHost(Protocol):
-    """What a merchant session uses of the hub beyond its ``RequestHandler``: the merchants'
-    keys and limits, the connection counts, and the event stream it may subscribe to. (A
-    protocol, so the session module does not import the hub's: no circle.)"""
-
-    @property
-    def cfg(self) -> HubConfig: ...
-
-    @property
-    def service(self) -> RequestHandler: ...
-
-    @property
-    def auth(self) -> Authenticator: ...
-
-    @property
-    def buckets(self) -> dict[str, TokenBucket]: ...
-
-    @property
-    def connections_by_merchant(self) -> dict[str, int]: ...
-
-    @property
-    def event_seq(self) -> dict[str, int]: ...
-
-    @property
-    def ledger(self) -> Ledger: ...
-
-    @property
-    def sessions(self) -> set[Any]: ...
-
-
-    def event_frame(self, merchant_id: str, seq: int, data: dict[str, Any]) -> bytes: ...
-
-    def subscribe(self, session: Any) -> None: ...
-
-    def unsubscribe(self, session: Any) -> None: ...
-
-    def session_drained(self, session: Any) -> None: ...

@@ -12,6 +12,7 @@ from gateway.fraud import FraudEngine
 from gateway.hub.auth import Authenticator, TokenBucket
 from gateway.hub.banklink import BankLink, BankPool
 from gateway.hub.notifications import EventFanout, event_frame
+from gateway.hub.pipeline import RequestPipeline
 from gateway.hub.routing import Router
 from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
@@ -65,6 +66,9 @@ class Hub:
                                      cfg.recovery_interval_s)
         self.buckets = {m.id: TokenBucket(m.rate_per_s, m.rate_burst, 0.0)
                         for m in cfg.merchants}
+        # The per-request work of every merchant connection (decode, authenticate, validate,
+        # admit); sessions hand it their REQUEST frames.
+        self.pipeline = RequestPipeline(self.auth, self.buckets, self.service)
         self.sessions: set[MerchantSession] = set()
         self.connections_by_merchant: dict[str, int] = {}
         self.port = cfg.listen_port

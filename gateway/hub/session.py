@@ -13,21 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gateway import tls
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, FrameHandler
-from gateway.transactions.model import now_ms, now_us
+from gateway.transactions.model import now_ms
 from protocol import body as bodycodec
-from protocol import messages
 from protocol.connection import HelloReceived, ServerConnection
-from protocol.errors import ErrorCode, PaywireError
+from protocol.errors import ErrorCode
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
-from protocol.operations import Operation, parse_operation, validate_args
 
 if TYPE_CHECKING:
-    from gateway.hub.handler import RequestHandler, SessionHost
+    from gateway.hub.pipeline import SessionHost
 
 log = logging.getLogger("paywire.session")
 
@@ -41,7 +39,6 @@ class MerchantSession(FrameHandler):
         self.loop = asyncio.get_running_loop()
         self.hub = hub
         self.cfg = hub.cfg
-        self.requests: RequestHandler = hub.service
         self.conn = ServerConnection(
             role=ROLE_MERCHANT, body_bytes_max=hub.cfg.body_bytes_max,
             in_flight_max=hub.cfg.in_flight_max,
@@ -132,44 +129,9 @@ class MerchantSession(FrameHandler):
 
     # --- requests ------------------------------------------------------------------------
     def _on_request(self, frame: Frame) -> None:
-        rid = frame.request_id
-        received_us = now_us()
-        # A duplicate id and a request past our GOAWAY never get here (the connection).
-        assert self.merchant_id is not None
-        if not self.hub.buckets[self.merchant_id].take(self.loop.time()):
-            self.respond_error(rid, PaywireError("merchant rate limit exceeded",
-                                                  code=ErrorCode.RATE_LIMITED))
-            return
-        if self.in_flight >= self.in_flight_max:
-            self.respond_error(rid, PaywireError(
-                f"more than {self.in_flight_max} requests in flight",
-                code=ErrorCode.TOO_MANY_IN_FLIGHT))
-            return
-        assert self.merchant_id is not None
-        try:
-            req = messages.decode_request(rid, frame.body)
-            self.hub.auth.check(req, self.merchant_id)
-            # Authenticated: only now are the args unpacked (the signature covers their bytes).
-            op = parse_operation(req.op)
-            args = validate_args(op, messages.decode_args(req.args_raw))
-        except PaywireError as exc:
-            self.respond_error(rid, exc)
-            return
-        requests = self.requests
-        key = (self.merchant_id, args["order_id"])
-        if op is Operation.STATUS:
-            now = requests.status_now(key)
-            if now is not None:  # the common case: no task
-                self.send(messages.encode_response(rid, now))
-                return
-        if requests.start(self, rid, op, key, args, received_us):
-            return  # the common case: no task (gateway/hub/flows.py)
-        # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
-        after_earlier = requests.admit(key)
-        self.request_started(rid)
-        task = self.loop.create_task(self._serve(rid, op, args, received_us, after_earlier))
-        self.track(task)
-        task.add_done_callback(lambda _t: requests.finished(key))
+        # A duplicate id and a request past our GOAWAY never get here (the connection); all
+        # the per-request work is the pipeline's.
+        self.hub.pipeline.request(self, frame)
 
     def request_started(self, rid: int) -> None:
         """A request is in flight until its ``request_finished`` (answered or abandoned)."""
@@ -187,23 +149,6 @@ class MerchantSession(FrameHandler):
         """Keep a task of this session referenced until it ends."""
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
-
-    async def _serve(self, rid: int, op: Operation, args: dict[str, Any],
-                     received_us: int, after_earlier: bool = False) -> None:
-        assert self.merchant_id is not None
-        try:
-            result, replayed = await self.requests.execute(
-                self.merchant_id, op, args, received_us, after_earlier=after_earlier)
-            self.respond(rid, result, replayed)
-            if not replayed:
-                self.requests.answered((self.merchant_id, args["order_id"]), now_us())
-        except PaywireError as exc:
-            self.respond_error(rid, exc)
-        except Exception:
-            log.exception("request %d (%s) failed", rid, op.value)
-            self.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
-        finally:
-            self.request_finished(rid)
 
     def wants_reading(self) -> bool:
         return self.in_flight < self.in_flight_max

@@ -1,0 +1,151 @@
+"""The hub's request pipeline: the one module that owns the work done per request.
+
+Every REQUEST frame of a merchant connection passes here, in the order its bytes arrived,
+synchronously inside the read that completed it: the cheap bounds first (the merchant's
+rate, the connection's in-flight bound), then the envelope decoded, the request
+authenticated (HMAC, timestamp, nonce), its arguments decoded and validated — each of these
+exactly once, before anything of the arguments is trusted — and admitted: a ``status``
+answered from the cache, a common operation handed to a flow (``gateway.hub.flows``, no
+task), anything else to one task, admitted in arrival order (docs/protocol.md §4.5).
+
+Batches form at every hop without a batch object here: everything one read delivers is
+handled in one pass of the event loop, so its ledger writes leave in one group-commit
+message, its bank calls for one node in one ``bank.batch`` frame, and its answers in one
+socket write. The frames of a read are taken one at a time rather than as a list, because
+the connection judges each after the previous one was acted on (an answer frees its
+request id; a HELLO's WELCOME sets the limits the next frame is judged by: §3).
+
+The connection (``protocol.connection``) has already refused a duplicate request id and a
+request past our GOAWAY; the session owns the handshake, events and flow control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from gateway.config import HubConfig
+from gateway.hub.auth import Authenticator, TokenBucket
+from gateway.hub.handler import Requester, RequestHandler
+from gateway.ledger.base import Ledger
+from gateway.transactions.model import now_us
+from protocol import messages
+from protocol.errors import ErrorCode, PaywireError
+from protocol.frame import Frame
+from protocol.operations import Operation, parse_operation, validate_args
+
+log = logging.getLogger("paywire.session")
+
+
+class Source(Requester, Protocol):
+    """The merchant connection a request came on, as the pipeline sees it."""
+
+    merchant_id: str | None
+    in_flight: int
+    in_flight_max: int
+
+    def send(self, data: bytes) -> None: ...
+
+
+class RequestPipeline:
+    """Per-request work of every merchant connection of one hub."""
+
+    def __init__(self, auth: Authenticator, buckets: dict[str, TokenBucket],
+                 handler: RequestHandler) -> None:
+        self.auth = auth
+        self.buckets = buckets
+        self.handler = handler
+
+    def request(self, source: Source, frame: Frame) -> None:
+        """Handle one REQUEST frame of ``source`` (a session past its handshake)."""
+        rid = frame.request_id
+        received_us = now_us()
+        merchant_id = source.merchant_id
+        assert merchant_id is not None
+        if not self.buckets[merchant_id].take(asyncio.get_running_loop().time()):
+            source.respond_error(rid, PaywireError("merchant rate limit exceeded",
+                                                   code=ErrorCode.RATE_LIMITED))
+            return
+        if source.in_flight >= source.in_flight_max:
+            source.respond_error(rid, PaywireError(
+                f"more than {source.in_flight_max} requests in flight",
+                code=ErrorCode.TOO_MANY_IN_FLIGHT))
+            return
+        try:
+            req = messages.decode_request(rid, frame.body)
+            self.auth.check(req, merchant_id)
+            # Authenticated: only now are the args unpacked (the signature covers their bytes).
+            op = parse_operation(req.op)
+            args = validate_args(op, messages.decode_args(req.args_raw))
+        except PaywireError as exc:
+            source.respond_error(rid, exc)
+            return
+        handler = self.handler
+        key = (merchant_id, args["order_id"])
+        if op is Operation.STATUS:
+            now = handler.status_now(key)
+            if now is not None:  # the common case: no task
+                source.send(messages.encode_response(rid, now))
+                return
+        if handler.start(source, rid, op, key, args, received_us):
+            return  # the common case: no task (gateway/hub/flows.py)
+        # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
+        after_earlier = handler.admit(key)
+        source.request_started(rid)
+        task = asyncio.get_running_loop().create_task(
+            self._serve(source, rid, op, args, received_us, after_earlier))
+        source.track(task)
+        task.add_done_callback(lambda _t: handler.finished(key))
+
+    async def _serve(self, source: Source, rid: int, op: Operation, args: dict[str, Any],
+                     received_us: int, after_earlier: bool) -> None:
+        """The uncommon request, in its own task: run it, answer it, end it."""
+        merchant_id = source.merchant_id
+        assert merchant_id is not None
+        try:
+            result, replayed = await self.handler.execute(
+                merchant_id, op, args, received_us, after_earlier=after_earlier)
+            source.respond(rid, result, replayed)
+            if not replayed:
+                self.handler.answered((merchant_id, args["order_id"]), now_us())
+        except PaywireError as exc:
+            source.respond_error(rid, exc)
+        except Exception:
+            log.exception("request %d (%s) failed", rid, op.value)
+            source.respond_error(rid, PaywireError("internal error", code=ErrorCode.INTERNAL))
+        finally:
+            source.request_finished(rid)
+
+
+class SessionHost(Protocol):
+    """What a merchant session uses of the hub beyond its ``RequestHandler``: the merchants'
+    keys and limits, the connection counts, and the event stream it may subscribe to. (A
+    protocol, so the session module does not import the hub's: no circle.)"""
+
+    @property
+    def cfg(self) -> HubConfig: ...
+
+    @property
+    def pipeline(self) -> RequestPipeline: ...
+
+    @property
+    def connections_by_merchant(self) -> dict[str, int]: ...
+
+    @property
+    def event_seq(self) -> dict[str, int]: ...
+
+    @property
+    def ledger(self) -> Ledger: ...
+
+    @property
+    def sessions(self) -> set[Any]: ...
+
+
+    def event_frame(self, merchant_id: str, seq: int, data: dict[str, Any]) -> bytes: ...
+
+    def subscribe(self, session: Any) -> None: ...
+
+    def unsubscribe(self, session: Any) -> None: ...
+
+    def session_drained(self, session: Any) -> None: ...
