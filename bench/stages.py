@@ -36,9 +36,9 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("framing: frame decoder, connection table", ("protocol/decoder.py",
                                                    "protocol/connection.py",
                                                    "protocol/frame.py", "protocol/fit.py")),
-    ("decode and validate: bodies, schemas", ("protocol/body.py", "protocol/messages.py",
-                                              "protocol/schema.py",
-                                              "protocol/operations.py")),
+    ("bodies: decode, validate, encode (msgpack, schemas)",
+     ("protocol/body.py", "protocol/messages.py", "protocol/schema.py",
+      "protocol/operations.py")),
     ("authenticate: HMAC, timestamp, nonce", ("protocol/signing.py", "gateway/hub/auth.py")),
     ("plan: fraud screen, routing, record", ("gateway/fraud/", "gateway/hub/routing.py",
                                              "gateway/hub/service.py")),
@@ -52,8 +52,8 @@ STAGES: list[tuple[str, tuple[str, ...]]] = [
     ("orchestration: flows, runner, cache, notifications",
      ("gateway/hub/flows.py", "gateway/hub/runner.py", "gateway/hub/txcache.py",
       "gateway/hub/notifications.py", "gateway/hub/schedulers.py")),
-    ("adapter and session: reads, gathered writes", ("gateway/net/framed.py",
-                                                     "gateway/hub/session.py")),
+    ("adapter, session, pipeline: reads, admission, gathered writes",
+     ("gateway/net/framed.py", "gateway/hub/session.py", "gateway/hub/pipeline.py")),
 ]
 LOOP = "event loop: sockets, TLS, timers (uvloop, C)"
 OTHER = "other Python"
