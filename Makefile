@@ -48,9 +48,12 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 
 # Reproduces BENCHMARKS.md: every baseline in one invocation (about 15 minutes: the memory
 # run warms up for the 5-minute replay window, then measures 5 minutes).
+# BASELINE=FILE: the result file of another checkout's `make bench` (e.g. the code before a
+# change), run in the same hour: CPU per charge is then reported as a ratio against it.
 bench: $(BENCH_STAMP)
 	$(BIN)/paywire bench all --duration-s 10 --memory-s 300 \
-		--plot bench/results/latency.png --markdown bench/results/latest.md
+		--plot bench/results/latency.png --markdown bench/results/latest.md \
+		$(if $(BASELINE),--baseline $(BASELINE),)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
