@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.cpu import _TICKS_PER_S, cpu_ticks
-from gateway import pki
+from gateway import pki, secret_keys
 from gateway.client import client_ssl_context
 from gateway.config import HubConfig, MerchantConfig
 from gateway.processes import NodeProcess
@@ -167,7 +167,10 @@ async def main_async(opts: argparse.Namespace) -> list[CaseResult]:
     try:
         certs = workdir / "certs"
         pki.init(certs, merchants=[MERCHANT], banks=[])
+        secrets = workdir / "paywire-secrets.toml"  # no built-in key: the hub needs its own
+        secret_keys.init(secrets)
         cfg = HubConfig(listen_port=0, certs_dir=certs, ledger_path=workdir / "ledger.db",
+                        secrets_file=secrets,
                         merchants=[MerchantConfig(MERCHANT, KEY, rate_per_s=1e9,
                                                   rate_burst=10**9)])
         hub = NodeProcess("hub", cfg, workdir, "hub").start()
