@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
 from gateway.hub.banklink import BankPool, FirstSend
 from gateway.hub.handler import Requester
-from gateway.hub.runner import Answer, Runner, refused, unrecorded
+from gateway.hub.runner import Answer, Runner, decided_now, repeated, unrecorded
 from gateway.hub.txcache import Key
-from gateway.transactions import decisions
 from gateway.transactions.decisions import BankCall, Decision, Refusal
 from gateway.transactions.model import Transaction, now_us
 from protocol.errors import ErrorCode, PaywireError
@@ -70,11 +69,7 @@ def try_charge(requester: Requester, service: Planner, rid: int, key: Key,
         if cached.unresolved:
             return False
         # A repeat of an order this hub knows: answered now, exactly as the task would.
-        answer = decisions.repeat_charge(cached, service.request_hash(args))
-        if isinstance(answer, Refusal):
-            requester.respond_error(rid, refused(answer))
-        else:
-            requester.respond(rid, answer, True)
+        _answer_now(requester, rid, lambda: repeated(cached, service.request_hash(args)))
         return True
     lock = service.runner.try_lock_now(key)
     if lock is None:
@@ -102,13 +97,20 @@ def try_step(requester: Requester, service: Planner, rid: int, key: Key,
         raise
     if not isinstance(decision, BankCall):
         runner.unlock_now(key, lock)
-        if isinstance(decision, Refusal):
-            requester.respond_error(rid, refused(decision))
-        else:  # decisions.REPLAY: the operation has already had its effect
-            requester.respond(rid, tx.to_result(), True)
+        _answer_now(requester, rid, lambda: decided_now(tx, decision))
         return True
     StepFlow(requester, service, rid, key, lock).start(tx, decision)
     return True
+
+
+def _answer_now(requester: Requester, rid: int, answer: Callable[[], Answer]) -> None:
+    """Send ``answer()`` (a repeat), or the refusal it raises."""
+    try:
+        result, replayed = answer()
+    except PaywireError as exc:
+        requester.respond_error(rid, exc)
+        return
+    requester.respond(rid, result, replayed)
 
 
 class Decider(Protocol):

@@ -32,7 +32,8 @@ from gateway.transactions.model import Transaction, now_ms, now_us
 from protocol.errors import BankUnavailable, NotFound, OutcomeUnknown, PaywireError, error_from_code
 from protocol.errors import DuplicateOrder as Conflict
 
-__all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "refused", "unrecorded"]
+__all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "decided_now", "refused",
+           "repeated", "unrecorded"]
 
 Answer = tuple[dict[str, Any], bool]  # (result map, replayed?)
 
@@ -41,6 +42,24 @@ def refused(refusal: Refusal) -> PaywireError:
     """The exception that carries a decision's refusal to the session's answer: the class
     of its code (``protocol.errors``' registry)."""
     return error_from_code(refusal.code, refusal.message, refusal.field)
+
+
+def repeated(stored: Transaction, request_hash: bytes) -> Answer:
+    """The answer to a charge whose order exists (settled): the first charge's answer,
+    replayed, or the refusal (different content, outcome not known yet), raised."""
+    answer = decisions.repeat_charge(stored, request_hash)
+    if isinstance(answer, Refusal):
+        raise refused(answer)
+    return answer, True
+
+
+def decided_now(tx: Transaction, decision: decisions.Decision) -> Answer:
+    """The answer to an operation decided without the bank: its repeat (the effect is
+    there already) or its refusal, raised. A ``BankCall`` is not for here."""
+    assert not isinstance(decision, BankCall)
+    if isinstance(decision, Refusal):
+        raise refused(decision)
+    return tx.to_result(), True
 
 
 def unrecorded(exc: PaywireError) -> PaywireError:
@@ -152,10 +171,7 @@ class Runner:
         if stored.unresolved:
             await self.resolve(stored)
             stored = self.cache[key]
-        answer = decisions.repeat_charge(stored, request_hash)
-        if isinstance(answer, Refusal):
-            raise refused(answer)
-        return answer, True
+        return repeated(stored, request_hash)
 
     async def charge(self, key: Key, tx: Transaction, call: BankCall,
                      card_args: dict[str, Any] | None) -> Answer:
@@ -238,10 +254,7 @@ class Runner:
             # The order exists on disk but had left the cache: a repeat, answered from what
             # is stored (OUTCOME_UNKNOWN while its first bank call is unanswered).
             self.publish(stored)
-            answer = decisions.repeat_charge(stored, tx.request_hash)
-            if isinstance(answer, Refusal):
-                raise refused(answer)
-            return answer, True
+            return repeated(stored, tx.request_hash)
         tx.hops_us["committed"] = now_us()
         self.publish(tx, stored)
         return tx.charge_result, False

@@ -23,11 +23,11 @@ from gateway.hub.flows import ChargePlan
 from gateway.hub.handler import Requester
 from gateway.hub.notifications import ChangeListener, Notifier
 from gateway.hub.routing import Router
-from gateway.hub.runner import Answer, Conflict, NotFound, Runner, refused
+from gateway.hub.runner import Answer, Conflict, NotFound, Runner, decided_now, refused
 from gateway.hub.txcache import Key, TxCache
 from gateway.ledger.base import Ledger
 from gateway.transactions import decisions
-from gateway.transactions.decisions import REFUNDS_PER_TRANSACTION_MAX, BankCall, Refusal
+from gateway.transactions.decisions import REFUNDS_PER_TRANSACTION_MAX, BankCall
 from gateway.transactions.model import Transaction, card_brand, now_ms, time_ordered_id
 from protocol import body as bodycodec
 from protocol.errors import BodyError, ErrorCode, OutcomeUnknown, PaywireError
@@ -145,9 +145,7 @@ class TransactionService:
     async def _decided(self, tx: Transaction, decision: decisions.Decision) -> Answer:
         if isinstance(decision, BankCall):
             return await self.runner.step(tx, decision)
-        if isinstance(decision, Refusal):
-            raise refused(decision)
-        return tx.to_result(), True
+        return decided_now(tx, decision)
 
     # --- charge ------------------------------------------------------------------------------
     def request_hash(self, args: dict[str, Any]) -> bytes:
