@@ -22,6 +22,7 @@ order's lock and the bank slot, so nothing runs twice and the order's arrival or
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
@@ -117,7 +118,7 @@ class Decider(Protocol):
     def __call__(self, tx: Transaction) -> Decision: ...
 
 
-class _Flow:
+class _Flow(abc.ABC):
     """One operation between its futures. Holds the order's lock (and, once its bank call is
     planned, the bank's slot) from start to answer, and ends exactly once."""
 
@@ -214,15 +215,18 @@ class _Flow:
         self._answer(answer)
 
     # --- what differs between the flows -------------------------------------------------------
+    @abc.abstractmethod
     def _after_call(self, bank_call: Awaitable[dict[str, Any]]) -> Awaitable[Answer]:
-        raise NotImplementedError
+        """The task path's rest of the operation, once its bank call is awaited there."""
 
+    @abc.abstractmethod
     def _answered(self, result: dict[str, Any]
                   ) -> tuple[asyncio.Future[int | None], Refusal | None]:
-        raise NotImplementedError
+        """Apply the bank's answer and start its commit; the refusal to answer with."""
 
+    @abc.abstractmethod
     def _answer_of(self, work: Transaction, error: Refusal | None) -> Answer:
-        raise NotImplementedError
+        """The committed operation's answer (a refusal is raised)."""
 
     # --- endings -----------------------------------------------------------------------------
     def _continue(self, rest: Awaitable[Answer]) -> None:
