@@ -422,17 +422,16 @@ class BankPool:
 
     def send_first(self, op: str, args: dict[str, Any]) -> FirstSend | None:
         """The first attempt of ``call`` without a coroutine, for the hub's callback-driven
-        charges: sent to a healthy node now, or ``None`` if no node's link is ready (then
-        ``call`` decides). Its future is judged by ``first_result``; if that returns
-        ``None``, ``call_after_first`` makes the remaining attempts within the same
-        deadline, exactly as ``call`` would have."""
+        operations (``gateway.hub.flows``): sent to a healthy node now, or ``None`` if no
+        node's link is ready (then ``call`` decides). Its future is judged by
+        ``first_result``; if that returns ``None``, ``call_after_first`` makes the remaining
+        attempts within the same deadline (``deadline``: one call budget), exactly as
+        ``call`` would have."""
         node = self._pick(set())
         if node is None or node.link is None:
             return None
-        loop = asyncio.get_running_loop()
-        deadline_s = loop.time() + self.call_budget_s
         return FirstSend(node, node.link.call(op, args, min(self.timeout_s, self.call_budget_s)),
-                         deadline_s)
+                         self.deadline())
 
     @staticmethod
     def first_result(first: FirstSend) -> dict[str, Any] | None:
