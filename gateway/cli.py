@@ -9,6 +9,7 @@
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
     paywire demo
+    paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
 """
 
 from __future__ import annotations
@@ -356,12 +357,49 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.dir) if ns.dir else None, ns.transactions, ns.seed)
 
 
+def cmd_lab(ns: argparse.Namespace) -> int:
+    """``paywire lab list|start N|check N``: the teaching labs (docs/labs/)."""
+    from gateway.labs import checks
+
+    if ns.lab_cmd == "list":
+        for n in range(1, checks.LAB_COUNT + 1):
+            print(f"{n}  {checks.lab_module(n).TITLE}")
+        return 0
+    try:
+        checks.lab_module(ns.number)
+    except ValueError as exc:
+        print(f"paywire lab: {exc}", file=sys.stderr)
+        return 2
+    root = Path(ns.dir)
+    if ns.lab_cmd == "start":
+        target, copied, kept = checks.start_lab(ns.number, root)
+        for f in copied:
+            print(f"created {target / f}")
+        for f in kept:
+            print(f"kept    {target / f} (already there: not overwritten)")
+        print(f"now read docs/labs/ for lab {ns.number}, edit the files above, and run "
+              f"`paywire lab check {ns.number}`")
+        return 0
+    work = (checks.solution_dir(ns.number) if ns.solution
+            else checks.work_dir(root, ns.number))
+    sandbox = Path(ns.sandbox) if ns.sandbox else None
+    results = checks.run_lab(ns.number, work, sandbox, timeout_s=ns.timeout_s)
+    print(checks.render(ns.number, results))
+    return 0 if results and all(r.passed for r in results) else 1
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
     parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
     parser.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
     parser.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
     parser.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+
+
+def checks_timeout_default() -> float:
+    from gateway.labs.checks import CHECK_TIMEOUT_S_DEFAULT
+
+    return CHECK_TIMEOUT_S_DEFAULT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -498,6 +536,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", help="also write the Markdown table here")
     bench.add_argument("--plot", help="PNG of latency percentiles against offered load")
     bench.set_defaults(fn=cmd_bench)
+
+    lab = sub.add_parser("lab", help="the teaching labs: list, start, check your work")
+    lsub = lab.add_subparsers(dest="lab_cmd", required=True)
+    lsub.add_parser("list", help="the labs, in order").set_defaults(fn=cmd_lab)
+    for name, text in (("start", "copy lab N's skeleton files into your work directory"),
+                       ("check", "run lab N's checks against your work")):
+        lp = lsub.add_parser(name, help=text)
+        lp.add_argument("number", type=int, metavar="N")
+        lp.add_argument("--dir", default=os.environ.get("PAYWIRE_LABWORK", "labwork"),
+                        help="your work directory (env PAYWIRE_LABWORK; default labwork); "
+                             "lab N lives in DIR/labNN")
+        lp.set_defaults(fn=cmd_lab)
+        if name == "check":
+            lp.add_argument("--sandbox", default=os.environ.get("PAYWIRE_SANDBOX", "sandbox"),
+                            help="the running sandbox's directory (env PAYWIRE_SANDBOX; "
+                                 "default sandbox)")
+            lp.add_argument("--solution", action="store_true",
+                            help="check the reference solution instead (for lecturers, CI)")
+            lp.add_argument("--timeout-s", type=float,
+                            default=checks_timeout_default(),
+                            help="give up on the checks after this many seconds")
 
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")

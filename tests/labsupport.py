@@ -1,0 +1,55 @@
+"""A running ``paywire sandbox`` for the lab tests, started and stopped like a student
+would: ``paywire sandbox --dir D`` in its own process group, ready when it has written
+``sandbox.json`` (it writes it only once everything answers), stopped with SIGINT (Ctrl-C)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from gateway.labs.checks import Sandbox
+
+SANDBOX_START_S_MAX = 120.0  # a cold start on a loaded 2-core machine: certs, 5 processes
+SANDBOX_STOP_S_MAX = 60.0
+POLL_S = 0.05
+
+
+def paywire_bin() -> str:
+    """The ``paywire`` script next to the interpreter running the tests (the .venv's)."""
+    return str(Path(sys.executable).parent / "paywire")
+
+
+@contextmanager
+def running_sandbox(directory: Path) -> Iterator[Sandbox]:
+    log = open(directory.parent / f"{directory.name}.out", "w")  # noqa: SIM115
+    proc = subprocess.Popen([paywire_bin(), "sandbox", "--dir", str(directory),
+                             "--port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + SANDBOX_START_S_MAX
+        sandbox = Sandbox.load(directory)
+        while sandbox is None:
+            if proc.poll() is not None:
+                raise AssertionError(f"paywire sandbox exited with {proc.returncode}: "
+                                     f"{Path(log.name).read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"paywire sandbox not ready after "
+                                     f"{SANDBOX_START_S_MAX:g} s")
+            time.sleep(POLL_S)  # polling the readiness file, with a deadline
+            sandbox = Sandbox.load(directory)
+        yield sandbox
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(SANDBOX_STOP_S_MAX)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()

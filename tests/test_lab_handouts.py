@@ -1,0 +1,75 @@
+"""The handouts cannot rot: every command a handout shows in a ```console block is run
+against a sandbox, in order, as a student would, and its output checked against the
+handout's expected output; and the English and Bahasa Indonesia handouts stay in step.
+
+A handout's commands run in one directory per handout, with the sandbox's environment
+(``sandbox.env``) and ``sandbox/`` pointing at the running sandbox, as it would after
+``paywire sandbox`` in the student's clone. Where the student writes code between
+``paywire lab start N`` and ``paywire lab check N``, the test puts the reference solution in
+place of the skeleton just before the check (the student's work, done)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.labs import checks, handouts
+from gateway.labs.checks import Sandbox
+
+EN = handouts.handout_paths("en")
+ID = handouts.handout_paths("id")
+COMMAND_S_MAX = 300.0
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = {"en": ["Goal", "Background", "Steps", "Questions", "Check your work"],
+            "id": ["Tujuan", "Latar belakang", "Langkah", "Pertanyaan",
+                   "Periksa pekerjaan Anda"]}
+LAB_CHECK = re.compile(r"paywire lab check (\d)")
+
+
+def test_eight_labs_in_both_languages() -> None:
+    assert [p.name[:2] for p in EN] == [f"{n:02d}" for n in range(1, checks.LAB_COUNT + 1)]
+    assert [p.name for p in ID] == [p.name for p in EN]
+
+
+@pytest.mark.parametrize("path", EN, ids=lambda p: p.name)
+def test_english_and_indonesian_in_step(path: Path) -> None:
+    en, id_ = path.read_text(), (path.parent / "id" / path.name).read_text()
+    assert len(handouts.headings(en)) == len(handouts.headings(id_))
+    assert len(handouts.headings(en, 3)) == len(handouts.headings(id_, 3))
+    for language, text in (("en", en), ("id", id_)):
+        missing = [s for s in SECTIONS[language] if s not in handouts.headings(text)]
+        assert not missing, f"{language}/{path.name} lacks sections {missing}"
+    assert [(c.text, c.expected) for c in handouts.commands(en)] == \
+        [(c.text, c.expected) for c in handouts.commands(id_)]
+    assert handouts.commands(en), f"{path.name} runs no command"
+
+
+def _run(command: handouts.Command, cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(["bash", "-c", command.text], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=COMMAND_S_MAX)
+    return done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("path", EN, ids=lambda p: p.name)
+def test_handout_commands_give_the_shown_output(path: Path, lab_sandbox: Sandbox,
+                                                tmp_path: Path) -> None:
+    (tmp_path / "sandbox").symlink_to(lab_sandbox.directory)
+    (tmp_path / "docs").symlink_to(REPO / "docs")
+    env = {**os.environ, **lab_sandbox.env,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PAYWIRE_SANDBOX": str(lab_sandbox.directory)}
+    for command in handouts.commands(path.read_text()):
+        wanted = LAB_CHECK.search(command.text)
+        if wanted:
+            number = int(wanted.group(1))
+            work = checks.work_dir(tmp_path / "labwork", number)
+            shutil.copytree(checks.solution_dir(number), work, dirs_exist_ok=True)
+        output = _run(command, tmp_path, env)
+        problem = handouts.mismatch(command.expected, output)
+        assert problem is None, f"{path.name}:{command.line}: $ {command.text}\n{problem}"
