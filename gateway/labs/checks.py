@@ -26,6 +26,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -167,8 +168,12 @@ def run_lab(number: int, work: Path, sandbox_dir: Path | None, *,
             timeout_s: float = CHECK_TIMEOUT_S_DEFAULT) -> list[Result]:
     """Lab ``number``'s checks in a child process bounded by ``timeout_s``."""
     lab_module(number)  # an unknown lab number is refused here, with its message
-    scratch = work / ".check"
-    scratch.mkdir(parents=True, exist_ok=True)
+    if work.resolve().is_relative_to(LABS_DIR):
+        # Checking a reference solution: its scratch files stay out of the source tree.
+        scratch = Path(tempfile.mkdtemp(prefix=f"paywire-lab{number:02d}-"))
+    else:
+        scratch = work / ".check"  # beside the student's files: logs they may want to read
+        scratch.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "gateway.labs.checks", str(number), str(work),
             str(sandbox_dir) if sandbox_dir is not None else "", str(scratch)]
     try:
