@@ -9,6 +9,7 @@
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
     paywire demo
+    paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
 """
 
 from __future__ import annotations
@@ -356,6 +357,12 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.dir) if ns.dir else None, ns.transactions, ns.seed)
 
 
+def cmd_sandbox(ns: argparse.Namespace) -> int:
+    from gateway.sandbox import run_sandbox
+
+    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s)
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
     parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
@@ -504,6 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transactions", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(fn=cmd_demo)
+
+    sandbox = sub.add_parser("sandbox", help="a hub, banks and a webhook receiver that stay "
+                                             "up until Ctrl-C, with test cards and keys")
+    sandbox.add_argument("--dir", default="sandbox",
+                         help="configs, keys, ledger and logs; reused if present")
+    sandbox.add_argument("--port", type=int, default=7400,
+                         help="hub port; bank nodes and the receiver take the next five "
+                              "(0: ephemeral ports)")
+    sandbox.add_argument("--auto-pay-s", type=float,
+                         help="simulated customers pay every virtual account and e-wallet "
+                              "request after about this long (default: only bank-admin pay)")
+    sandbox.set_defaults(fn=cmd_sandbox)
     return p
 
 

@@ -2,10 +2,11 @@
 
 Rules (configured in the hub's ``[fraud]`` table): amount thresholds per currency, velocity
 limits over sliding windows (per card, customer e-mail, client IP, merchant), block lists
-(cards, BINs, e-mails, IPs), cards always held for review, and a mismatch between the card's issuing country and the
-customer's country. Every rule that fires adds a reason; the outcome is the most severe
-action among them. Velocity memory is bounded (``velocity_keys_max`` keys, each holding at
-most ``count_max`` timestamps) and rebuilt from the ledger at start.
+(cards, BINs, e-mails, IPs), cards always held for review, and a mismatch between the card's
+issuing country and the customer's country. Every rule that fires adds a reason; the
+outcome is the most severe action among them. Velocity memory is bounded
+(``velocity_keys_max`` keys, each holding at most ``count_max`` timestamps) and rebuilt
+from the ledger at start.
 """
 
 from __future__ import annotations
