@@ -59,6 +59,7 @@ SERVER_KEY_BYTES = 24
 WEBHOOK_TOLERANCE_S = 300
 WEBHOOK_BODY_BYTES_MAX = 64 * 1024  # a notification is ~1 KB; more is not one
 PROBE_TIMEOUT_S = 30.0  # for the hub and every bank node to answer after they listen
+PROBE_POLL_S = 0.02
 CHILD_POLL_S = 1.0  # how often the sandbox looks for a node that died
 EXPIRY = (12, 2030)
 CVV = "123"
@@ -354,7 +355,7 @@ class Sandbox:
         try:
             try:
                 await asyncio.wait_for(self._probe(), PROBE_TIMEOUT_S)
-            except (TimeoutError, SystemExit, OSError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise SandboxError(f"the nodes did not all answer within {PROBE_TIMEOUT_S:g} s "
                                    f"({exc or type(exc).__name__}); see the logs in "
                                    f"{self.dir}") from None
@@ -380,12 +381,12 @@ class Sandbox:
         return 0 if clean else 1
 
     async def _probe(self) -> None:
-        """Return once the hub answers a signed request and every bank node an admin call
-        over the link protocol: only then do the contract files say the sandbox is up."""
-        from gateway import secret_keys
-        from gateway.cli import bank_admin_call
+        """Return once the hub answers a signed request and every bank node completes the
+        link handshake (TLS, role check, HELLO): only then do the contract files say the
+        sandbox is up. The caller bounds the wait."""
+        from gateway import secret_keys, tls
         from gateway.client import NotFound, connect
-        from protocol import banklink
+        from gateway.hub.banklink import BankPool
 
         assert self.deployment is not None
         certs = self.dir / "certs"
@@ -396,9 +397,18 @@ class Sandbox:
             except NotFound:
                 pass  # the answer expected: it went through TLS, HELLO and authentication
         link_key = secret_keys.load_link_key(self.dir / "paywire-secrets.toml")
-        for proc in self.deployment.banks:
-            await bank_admin_call(f"{proc.name}@127.0.0.1:{proc.port}", certs, "hub", link_key,
-                                  banklink.ADMIN_BALANCES, {})
+        ctx = tls.node_client_context(certs, "hub", "hub")
+        pools = [BankPool(route.name, route.nodes, hub_id="hub", key=link_key, ssl_ctx=ctx,
+                          on_bank_request=lambda link, frame: None, timeout_s=PROBE_TIMEOUT_S,
+                          attempts_max=1) for route in self.deployment.routes]
+        for pool in pools:
+            pool.start()
+        try:
+            while not all(node.healthy for pool in pools for node in pool.nodes):
+                await asyncio.sleep(PROBE_POLL_S)
+        finally:
+            for pool in pools:
+                await pool.stop()
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Serve until asked to stop; say so when a node dies (a lab may kill a bank node
