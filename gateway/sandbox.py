@@ -58,6 +58,7 @@ SERVER_KEY_BYTES = 24
 # The README's receiver: reject a signature timestamp further than this from our clock.
 WEBHOOK_TOLERANCE_S = 300
 WEBHOOK_BODY_BYTES_MAX = 64 * 1024  # a notification is ~1 KB; more is not one
+LOG_FIELD_CHARS_MAX = 80  # an order id is at most 64
 PROBE_TIMEOUT_S = 30.0  # for the hub and every bank node to answer after they listen
 PROBE_POLL_S = 0.02
 CHILD_POLL_S = 1.0  # how often the sandbox looks for a node that died
@@ -278,7 +279,7 @@ class WebhookReceiver:
                   verify_notification(key, raw, header, time.time()))
         try:
             body = json.loads(raw)
-            fields = [str(body.get(k) or "-") for k in ("order_id", "transaction_status",
+            fields = [_printable(body.get(k)) for k in ("order_id", "transaction_status",
                                                         "event_id")]
         except (ValueError, AttributeError):
             fields = ["-", "-", "-"]
@@ -290,6 +291,13 @@ class WebhookReceiver:
         self._log.flush()
         self.echo(f"webhook: {line}")
         return web.Response(status=200 if reason is None else 401)
+
+
+def _printable(value: Any) -> str:
+    """A field of a notification as one token of a log line: a rejected notification is
+    anyone's text, and must not be able to write lines of its own into the log."""
+    text = str(value) if value not in (None, "") else "-"
+    return "".join(c if "!" <= c <= "~" else "?" for c in text[:LOG_FIELD_CHARS_MAX])
 
 
 def _say(text: str = "") -> None:

@@ -277,6 +277,13 @@ async def test_receiver_rejects_a_forged_notification(sandbox: Running) -> None:
                                        "event=evt_forged reason=bad_X-Paywire-Signature"),
                      "the forged notification's line")
     await wait_until(log_contains(log, "reason=bad_signature_key"), "the second one's line")
+    # An unverified body cannot write lines of its own into the log.
+    async with aiohttp.ClientSession() as http, \
+            http.post(url, data=b'{"order_id": "x\\nverified fake capture"}') as resp:
+        assert resp.status == 401
+    await wait_until(log_contains(log, "REJECTED x?verified?fake?capture - merchant=M1"),
+                     "the injected line, flattened")
+    assert "\nverified fake" not in log.read_text()
 
 
 def test_verify_notification_is_the_readme_check() -> None:
@@ -292,6 +299,12 @@ def test_verify_notification_is_the_readme_check() -> None:
     assert verify_notification(key, body + b" ", webhook_signature_header(
         key.encode(), now, body), now) == "bad X-Paywire-Signature"
     assert verify_notification(key, body, "garbage", now) is not None
+    # Whatever a sender makes of the body or the header is a rejection, never an exception.
+    for raw in (b"[1, 2]", b'"text"', b"\xff\xfe", b'{"order_id": 1}', b""):
+        header = webhook_signature_header(key.encode(), now, raw)
+        assert verify_notification(key, raw, header, now) is not None
+    assert verify_notification(key, body, f"t={now},v1=\u00e9", now) is not None
+    assert verify_notification(key, body, "t=x,v1=y", now) is not None
 
 
 def test_challenge_cards_rule() -> None:
