@@ -470,6 +470,7 @@ class Sandbox:
                        "providers": b.providers, "books": str(self.dir / f"{b.name}.db"),
                        "nodes": [node(by_name[n]) for n in b.nodes]} for b in self.banks],
             "receiver": {"host": "127.0.0.1", "port": rx.port, "pid": os.getpid(),
+                         "url": rx.url(MERCHANT_IDS[0]),
                          "urls": {m: rx.url(m) for m in self.keys},
                          "log": str(rx.log_path)},
             "merchants": [{"id": m, "server_key": k, "webhook_url": rx.url(m),

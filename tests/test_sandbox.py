@@ -163,6 +163,8 @@ def test_contract_files(sandbox: Running) -> None:
     assert env["PAYWIRE_HUB"] == f"127.0.0.1:{info['hub']['port']}"
     assert env["PAYWIRE_LEDGER"] == info["hub"]["ledger"] == info["files"]["ledger"]
     assert env["PAYWIRE_WEBHOOK_LOG"] == info["receiver"]["log"]
+    assert info["receiver"]["url"] == info["receiver"]["urls"]["M1"] == \
+        f"http://127.0.0.1:{info['receiver']['port']}/paywire/M1"
     assert {m["id"]: m["server_key"] for m in info["merchants"]}[env["PAYWIRE_MERCHANT"]] \
         == env["PAYWIRE_SERVER_KEY"]
     assert {n["name"] for b in info["banks"] for n in b["nodes"]} == \
