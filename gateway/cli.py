@@ -10,6 +10,7 @@
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
+    paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
 """
 
 from __future__ import annotations
@@ -388,6 +389,12 @@ def cmd_lab(ns: argparse.Namespace) -> int:
     return 0 if results and all(r.passed for r in results) else 1
 
 
+def cmd_sandbox(ns: argparse.Namespace) -> int:
+    from gateway.sandbox import run_sandbox
+
+    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s)
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
     parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
@@ -563,6 +570,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--transactions", type=int, default=300)
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(fn=cmd_demo)
+
+    sandbox = sub.add_parser("sandbox", help="a hub, banks and a webhook receiver that stay "
+                                             "up until Ctrl-C, with test cards and keys")
+    sandbox.add_argument("--dir", default="sandbox",
+                         help="configs, keys, ledger and logs; reused if present")
+    sandbox.add_argument("--port", type=int, default=7400,
+                         help="hub port; bank nodes and the receiver take the next five "
+                              "(0: ephemeral ports)")
+    sandbox.add_argument("--auto-pay-s", type=float,
+                         help="simulated customers pay every virtual account and e-wallet "
+                              "request after about this long (default: only bank-admin pay)")
+    sandbox.set_defaults(fn=cmd_sandbox)
     return p
 
 

@@ -75,6 +75,7 @@ class FraudConfig:
     deny_above: dict[str, int] = field(default_factory=dict)
     velocity: list[VelocityRule] = field(default_factory=list)
     block_cards: list[str] = field(default_factory=list)  # card numbers; kept only as hashes
+    challenge_cards: list[str] = field(default_factory=list)  # likewise, held for review
     block_bins: list[str] = field(default_factory=list)
     block_emails: list[str] = field(default_factory=list)
     block_ips: list[str] = field(default_factory=list)

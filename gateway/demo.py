@@ -16,20 +16,17 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gateway import pki, secret_keys
-from gateway.config import (
-    BankNodeConfig,
-    BankRoute,
-    FraudConfig,
-    HubConfig,
-    MerchantConfig,
-    WebhookConfig,
+from gateway.config import FraudConfig, MerchantConfig, WebhookConfig
+from gateway.deployment import (
+    BankPlan,
+    Deployment,
+    plan_banks,
+    start_deployment,
 )
-from gateway.processes import NodeProcess
+from gateway.deployment import luhn_complete as luhn_complete  # imported from here by tests
 from gateway.storage.groupcommit import make_private_dirs
 
 MERCHANT = "demo-merchant"
@@ -38,42 +35,6 @@ BLOCKED_EMAIL = "fraudster@example.com"
 REVIEW_AMOUNT = 2_500_000  # above the demo's challenge threshold: held for review
 CONNECTIONS = 4
 CONCURRENCY_PER_CONNECTION = 16
-
-
-def luhn_complete(prefix: str, length: int = 16) -> str:
-    """Append the check digit that makes ``prefix`` (padded) a valid card number."""
-    body = prefix.ljust(length - 1, "0")
-    total = 0
-    for i, ch in enumerate(reversed(body)):
-        d = int(ch)
-        if i % 2 == 0:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return body + str((10 - total % 10) % 10)
-
-
-@dataclass
-class BankPlan:
-    name: str
-    nodes: list[str]
-    bins: list[str] = field(default_factory=list)
-    va: bool = False
-    providers: list[str] = field(default_factory=list)
-    rich_cards: list[str] = field(default_factory=list)
-    poor_cards: list[str] = field(default_factory=list)
-
-
-def plan_banks() -> list[BankPlan]:
-    bca = BankPlan("bca", ["bca-1", "bca-2"], bins=["4811"], va=True)
-    bni = BankPlan("bni", ["bni-1"], bins=["5211"], va=True)
-    wallet = BankPlan("wallet", ["wallet-1"], providers=["gopay", "shopeepay"])
-    for bank in (bca, bni):
-        prefix = bank.bins[0]
-        bank.rich_cards = [luhn_complete(f"{prefix}{i:06d}") for i in range(1, 41)]
-        bank.poor_cards = [luhn_complete(f"{prefix}9{i:05d}") for i in range(1, 6)]
-    return [bca, bni, wallet]
 
 
 class Progress:
@@ -102,48 +63,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def start_deployment(workdir: Path, banks: list[BankPlan], *, auto_pay: bool = True,
-                     webhook_url: str | None = None) -> tuple[list[NodeProcess], NodeProcess]:
-    certs = workdir / "certs"
-    node_names = [n for b in banks for n in b.nodes]
-    if not (certs / "ca.crt").exists():
-        pki.init(certs, merchants=[MERCHANT], banks=node_names)
-    # The demo's own random keys (link, fingerprints, idempotency): no built-in key anywhere.
-    secrets_file = workdir / "paywire-secrets.toml"
-    if not secrets_file.exists():
-        secret_keys.init(secrets_file)
-    bank_procs: list[NodeProcess] = []
-    routes: list[BankRoute] = []
-    for bank in banks:
-        accounts = {c: 50_000_000 for c in bank.rich_cards}
-        accounts.update({c: 1_000 for c in bank.poor_cards})
-        addresses: list[str] = []
-        for node in bank.nodes:
-            cfg = BankNodeConfig(
-                node_id=node, bank=bank.name, listen_port=0, certs_dir=certs,
-                store_path=workdir / f"{bank.name}.db", secrets_file=secrets_file,
-                accounts=accounts,
-                auto_pay_after_s=0.6 if auto_pay else None, auto_pay_ratio=0.8,
-                seed=hash(node) & 0xFFFF)
-            proc = NodeProcess("bank", cfg, workdir, node).start()
-            # Nodes of one bank share its books; start them one by one so the first creates
-            # the schema before the second opens it.
-            addresses.append(f"{node}@127.0.0.1:{proc.wait_ready()}")
-            bank_procs.append(proc)
-        routes.append(BankRoute(bank.name, addresses, bins=bank.bins, virtual_account=bank.va,
-                                providers=bank.providers))
+def start_demo_deployment(workdir: Path, banks: list[BankPlan], webhook_url: str
+                          ) -> Deployment:
+    """The demo's deployment: one merchant, customers who pay 80% of their virtual accounts
+    and e-wallet requests after about 0.6 s, and fraud rules the drive exercises."""
     fraud = FraudConfig(challenge_above={"IDR": 2_000_000}, deny_above={"IDR": 100_000_000},
                         block_emails=[BLOCKED_EMAIL])
-    hub_cfg = HubConfig(listen_port=0, certs_dir=certs, ledger_path=workdir / "ledger.db",
-                        secrets_file=secrets_file,
-                        merchants=[MerchantConfig(MERCHANT, SERVER_KEY, webhook_url)],
-                        banks=routes, expiry_check_interval_s=0.2, fraud=fraud,
-                        # The demo's receiver listens on loopback in clear: the lab opt-in.
-                        webhooks=WebhookConfig(poll_interval_s=0.05,
-                                               allow_plain_http_loopback=True))
-    hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
-    hub.wait_ready()
-    return bank_procs, hub
+    return start_deployment(
+        workdir, banks, merchants=[MerchantConfig(MERCHANT, SERVER_KEY, webhook_url)],
+        fraud=fraud,
+        # The demo's receiver listens on loopback in clear: the lab opt-in.
+        webhooks=WebhookConfig(poll_interval_s=0.05, allow_plain_http_loopback=True),
+        auto_pay_after_s=0.6, auto_pay_ratio=0.8, expiry_check_interval_s=0.2)
 
 
 async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed: int
@@ -360,8 +291,9 @@ async def _demo(workdir: Path, count: int, seed: int) -> dict[str, Any]:
     await receiver.start()
     print("  creating a dev CA and certificates, starting 4 bank nodes and a hub ...")
     loop = asyncio.get_running_loop()
-    bank_procs, hub = await loop.run_in_executor(None, lambda: start_deployment(
-        workdir, banks, webhook_url=f"http://127.0.0.1:{receiver.port}/paywire"))
+    deployment = await loop.run_in_executor(None, lambda: start_demo_deployment(
+        workdir, banks, f"http://127.0.0.1:{receiver.port}/paywire"))
+    bank_procs, hub = deployment.banks, deployment.hub
     print(f"  hub on 127.0.0.1:{hub.port}; banks: "
           + ", ".join(f"{p.name}@{p.port}" for p in bank_procs)
           + f"; webhook receiver on 127.0.0.1:{receiver.port}")
@@ -374,9 +306,7 @@ async def _demo(workdir: Path, count: int, seed: int) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         report["webhooks_expected"] = expected
     finally:
-        await loop.run_in_executor(None, hub.terminate)
-        for p in bank_procs:
-            await loop.run_in_executor(None, p.terminate)
+        await loop.run_in_executor(None, deployment.stop)
         await receiver.stop()
     report["banks"] = banks
     report["receiver"] = receiver

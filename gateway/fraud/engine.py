@@ -2,10 +2,11 @@
 
 Rules (configured in the hub's ``[fraud]`` table): amount thresholds per currency, velocity
 limits over sliding windows (per card, customer e-mail, client IP, merchant), block lists
-(cards, BINs, e-mails, IPs), and a mismatch between the card's issuing country and the
-customer's country. Every rule that fires adds a reason; the outcome is the most severe
-action among them. Velocity memory is bounded (``velocity_keys_max`` keys, each holding at
-most ``count_max`` timestamps) and rebuilt from the ledger at start.
+(cards, BINs, e-mails, IPs), cards always held for review, and a mismatch between the card's
+issuing country and the customer's country. Every rule that fires adds a reason; the
+outcome is the most severe action among them. Velocity memory is bounded
+(``velocity_keys_max`` keys, each holding at most ``count_max`` timestamps) and rebuilt
+from the ledger at start.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class FraudEngine:
         self.cfg = cfg
         self.key = key
         self.blocked_cards = {self.fingerprint(c) for c in cfg.block_cards}
+        self.challenged_cards = {self.fingerprint(c) for c in cfg.challenge_cards}
         self.blocked_emails = {e.lower() for e in cfg.block_emails}
         self.blocked_ips = set(cfg.block_ips)
         self._bin_countries = sorted(cfg.bin_countries.items(), key=lambda kv: -len(kv[0]))
@@ -81,6 +83,8 @@ class FraudEngine:
             verdict.add("challenge", f"amount_above:{challenge_at}")
         if fp is not None and fp in self.blocked_cards:
             verdict.add("deny", "blocked_card")
+        if fp is not None and fp in self.challenged_cards:
+            verdict.add("challenge", "challenged_card")
         if s.card_number is not None:
             for prefix in self.cfg.block_bins:
                 if s.card_number.startswith(prefix):

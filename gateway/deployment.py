@@ -1,0 +1,163 @@
+"""A whole deployment on this machine: dev PKI, secrets, bank nodes and a hub as child processes.
+
+Shared by ``paywire demo`` (which drives traffic through it and tears it down) and
+``paywire sandbox`` (which keeps it up for people to experiment against). Both plan the
+same banks (``plan_banks``: two nodes for ``bca``, one for ``bni``, an e-wallet node) and
+start them with ``start_deployment``; what differs (ports, merchants, fraud rules, whether
+simulated customers pay on their own) is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway import pki, secret_keys
+from gateway.config import (
+    BankNodeConfig,
+    BankRoute,
+    FraudConfig,
+    HubConfig,
+    MerchantConfig,
+    WebhookConfig,
+)
+from gateway.processes import NodeProcess
+
+# What the demo's and the sandbox's card accounts open with, in IDR (zero decimals).
+RICH_OPENING = 50_000_000
+POOR_OPENING = 1_000
+
+
+def luhn_complete(prefix: str, length: int = 16) -> str:
+    """Append the check digit that makes ``prefix`` (padded) a valid card number."""
+    body = prefix.ljust(length - 1, "0")
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
+@dataclass
+class BankPlan:
+    """One bank (or e-wallet provider group): its nodes, what routes to it, its accounts."""
+
+    name: str
+    nodes: list[str]
+    bins: list[str] = field(default_factory=list)
+    va: bool = False
+    providers: list[str] = field(default_factory=list)
+    rich_cards: list[str] = field(default_factory=list)
+    poor_cards: list[str] = field(default_factory=list)
+    rich_opening: int = RICH_OPENING
+    poor_opening: int = POOR_OPENING
+
+    def accounts(self) -> dict[str, int]:
+        """Opening balances of the card accounts (the books keep them once created)."""
+        opening = {c: self.rich_opening for c in self.rich_cards}
+        opening.update({c: self.poor_opening for c in self.poor_cards})
+        return opening
+
+
+def plan_banks() -> list[BankPlan]:
+    """``bca`` (two nodes sharing one set of books), ``bni`` and an e-wallet node."""
+    bca = BankPlan("bca", ["bca-1", "bca-2"], bins=["4811"], va=True)
+    bni = BankPlan("bni", ["bni-1"], bins=["5211"], va=True)
+    wallet = BankPlan("wallet", ["wallet-1"], providers=["gopay", "shopeepay"])
+    for bank in (bca, bni):
+        prefix = bank.bins[0]
+        bank.rich_cards = [luhn_complete(f"{prefix}{i:06d}") for i in range(1, 41)]
+        bank.poor_cards = [luhn_complete(f"{prefix}9{i:05d}") for i in range(1, 6)]
+    return [bca, bni, wallet]
+
+
+def ensure_keys(workdir: Path, banks: list[BankPlan], merchants: list[str]) -> tuple[Path, Path]:
+    """The deployment's certificates (``workdir/certs``, CA key in ``workdir/certs-ca``) and
+    secrets file, created where missing and kept where present: a second start reuses the
+    CA and the keys. Returns (certs directory, secrets file)."""
+    certs = workdir / "certs"
+    node_names = [n for b in banks for n in b.nodes]
+    if not (certs / "ca.crt").exists():
+        pki.init(certs, merchants=merchants, banks=node_names)
+    else:
+        # A directory made by an older plan may lack a node or merchant: issue only those.
+        wanted = [("hub", "hub"), *(("bank", n) for n in node_names),
+                  *(("merchant", m) for m in merchants)]
+        for role, name in wanted:
+            if not pki.cert_paths(certs, role, name).cert.exists():
+                pki.issue(certs, role, name)
+    # The deployment's own random keys (link, fingerprints, idempotency): no built-in key.
+    secrets_file = workdir / "paywire-secrets.toml"
+    if not secrets_file.exists():
+        secret_keys.init(secrets_file)
+    return certs, secrets_file
+
+
+@dataclass
+class Deployment:
+    """What ``start_deployment`` started: the bank node processes (plan order) and the hub."""
+
+    banks: list[NodeProcess]
+    hub: NodeProcess
+    routes: list[BankRoute]
+
+    def stop(self) -> dict[str, int | None]:
+        """Stop the hub first (it drains its bank calls), then the bank nodes; each gets
+        SIGTERM, then SIGKILL if it does not exit in time. Returns each one's exit code."""
+        codes = {self.hub.name: self.hub.terminate()}
+        for proc in self.banks:
+            codes[proc.name] = proc.terminate()
+        return codes
+
+
+def start_deployment(workdir: Path, banks: list[BankPlan], *,
+                     merchants: list[MerchantConfig], fraud: FraudConfig,
+                     webhooks: WebhookConfig, hub_port: int = 0,
+                     bank_ports: Mapping[str, int] | None = None,
+                     auto_pay_after_s: float | None = None, auto_pay_ratio: float = 1.0,
+                     expiry_check_interval_s: float = 0.5) -> Deployment:
+    """Start every bank node, then the hub, each as a child process, and wait until each
+    listens. ``hub_port`` and ``bank_ports`` (by node name) 0 or absent: ephemeral ports.
+    ``auto_pay_after_s``: simulated customers pay ``auto_pay_ratio`` of the virtual accounts
+    and e-wallet requests after about that long (None: only ``paywire bank-admin pay``).
+    If any node fails to start, the ones already started are stopped before raising."""
+    certs, secrets_file = ensure_keys(workdir, banks, [m.id for m in merchants])
+    ports = bank_ports or {}
+    started: list[NodeProcess] = []
+    try:
+        routes: list[BankRoute] = []
+        for bank in banks:
+            accounts = bank.accounts()
+            addresses: list[str] = []
+            for node in bank.nodes:
+                cfg = BankNodeConfig(
+                    node_id=node, bank=bank.name, listen_port=ports.get(node, 0),
+                    certs_dir=certs, store_path=workdir / f"{bank.name}.db",
+                    secrets_file=secrets_file, accounts=accounts,
+                    auto_pay_after_s=auto_pay_after_s,
+                    auto_pay_ratio=auto_pay_ratio, seed=hash(node) & 0xFFFF)
+                proc = NodeProcess("bank", cfg, workdir, node).start()
+                started.append(proc)
+                # Nodes of one bank share its books; start them one by one so the first
+                # creates the schema before the second opens it.
+                addresses.append(f"{node}@127.0.0.1:{proc.wait_ready()}")
+            routes.append(BankRoute(bank.name, addresses, bins=bank.bins,
+                                    virtual_account=bank.va, providers=bank.providers))
+        hub_cfg = HubConfig(listen_port=hub_port, certs_dir=certs,
+                            ledger_path=workdir / "ledger.db", secrets_file=secrets_file,
+                            merchants=merchants, banks=routes,
+                            expiry_check_interval_s=expiry_check_interval_s, fraud=fraud,
+                            webhooks=webhooks)
+        hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
+        started.append(hub)
+        hub.wait_ready()
+    except BaseException:
+        for proc in reversed(started):
+            proc.terminate()
+        raise
+    return Deployment(started[:-1], hub, routes)
