@@ -456,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("action", choices=["pay", "balances", "payments", "faults"])
     admin.add_argument("--node", required=True,
                        help="bank node HOST:PORT, or NODE@HOST:PORT to check it is NODE")
-    admin.add_argument("--certs", default="certs")
+    admin.add_argument("--certs", default=os.environ.get("PAYWIRE_CERTS", "certs"),
+                       help="directory with ca.crt and the hub's certificate "
+                            "(env PAYWIRE_CERTS)")
     admin.add_argument("--hub-name", default="hub", help="hub certificate to connect with")
     admin.add_argument("--secrets", default=os.environ.get("PAYWIRE_SECRETS",
                                                           "paywire-secrets.toml"),

@@ -449,6 +449,9 @@ class Sandbox:
             "PAYWIRE_LEDGER": str(self.dir / "ledger.db"),
             "PAYWIRE_WEBHOOK_LOG": str(self.dir / WEBHOOK_LOG),
             "PAYWIRE_SANDBOX": str(self.dir),
+            # Each bank node's address, for `paywire bank-admin --node "$PAYWIRE_NODE_BCA_1"`.
+            **{f"PAYWIRE_NODE_{p.name.upper().replace('-', '_')}": f"127.0.0.1:{p.port}"
+               for p in self.deployment.banks},
         }
 
     def describe(self) -> dict[str, Any]:

@@ -178,6 +178,19 @@ def test_contract_files(sandbox: Running) -> None:
         assert not gone(pid)
     for node in [info["hub"], *(n for b in info["banks"] for n in b["nodes"])]:
         assert Path(node["log"]).exists() and Path(node["config"]).exists()
+    for node in (n for b in info["banks"] for n in b["nodes"]):
+        name = "PAYWIRE_NODE_" + node["name"].upper().replace("-", "_")
+        assert env[name] == f"127.0.0.1:{node['port']}"
+
+
+def test_bank_admin_reaches_a_node_from_the_sandbox_env(sandbox: Running) -> None:
+    """The lab handouts' form: only the sandbox's environment, no --certs or --secrets."""
+    done = subprocess.run([str(Path(sys.executable).parent / "paywire"), "bank-admin",
+                           "balances", "--node", sandbox.env["PAYWIRE_NODE_BCA_1"]],
+                          env={**child_env(), **sandbox.env}, capture_output=True, text=True,
+                          timeout=START_S)
+    assert done.returncode == 0, done.stderr
+    assert "balances" in json.loads(done.stdout)
 
 
 def test_readme_example_runs_as_written(sandbox: Running, tmp_path: Path) -> None:
