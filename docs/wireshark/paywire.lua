@@ -619,11 +619,14 @@ local function frame_length(tvb, pinfo, offset)
   return HEADER_BYTES + length
 end
 
-function paywire.dissector(tvb, pinfo, tree)
+local function dissect_stream(tvb, pinfo, tree)
   first_in_packet = true
   dissect_tcp_pdus(tvb, tree, HEADER_BYTES, frame_length, dissect_frame, true)
   return tvb:len()
 end
+-- (Reading paywire.dissector back gives a Dissector handle, whose call would take away
+-- the heuristics' right to ask TCP for more bytes: they call dissect_stream itself.)
+paywire.dissector = dissect_stream
 
 ---------------------------------------------------------------------------------------------
 -- Heuristic: a valid header followed by a msgpack map
@@ -642,10 +645,20 @@ local function looks_like_paywire(tvb)
   return (first >= 0x80 and first <= 0x8f) or first == 0xde or first == 0xdf
 end
 
-local function heuristic(tvb, pinfo, tree)
-  if not looks_like_paywire(tvb) then return false end
+-- On plain TCP a match claims the whole conversation, so its later segments (which start
+-- mid-frame) come here too.
+local function heuristic_tcp(tvb, pinfo, tree)
+  if not paywire.prefs.heuristic or not looks_like_paywire(tvb) then return false end
   pinfo.conversation = paywire
-  paywire.dissector(tvb, pinfo, tree)
+  dissect_stream(tvb, pinfo, tree)
+  return true
+end
+
+-- Inside TLS the conversation must stay TLS's (claiming it would hand us ciphertext); TLS
+-- remembers the heuristic that matched for the session's later records.
+local function heuristic_tls(tvb, pinfo, tree)
+  if not paywire.prefs.heuristic or not looks_like_paywire(tvb) then return false end
+  dissect_stream(tvb, pinfo, tree)
   return true
 end
 
@@ -658,6 +671,10 @@ paywire.prefs.tls_ports = Pref.range("TLS ports", DEFAULT_TLS_PORTS,
   "needs the TLS key log (SSLKEYLOGFILE) in the TLS protocol preferences.", 65535)
 paywire.prefs.tcp_ports = Pref.range("Plain TCP ports", "",
   "TCP ports carrying Paywire without TLS (the plaintext lab mode, loopback only).", 65535)
+
+paywire.prefs.heuristic = Pref.bool("Find Paywire on any port", true,
+  "Recognise Paywire on other TCP ports and in TLS sessions on other ports by its first " ..
+  "frame (a valid header followed by a msgpack map); the port lists above always apply.")
 
 local tcp_table = DissectorTable.get("tcp.port")
 local tls_table = DissectorTable.get("tls.port")
@@ -684,5 +701,5 @@ function paywire.prefs_changed()
 end
 
 register_ports()
-paywire:register_heuristic("tcp", heuristic)
-paywire:register_heuristic("tls", heuristic)
+paywire:register_heuristic("tcp", heuristic_tcp)
+paywire:register_heuristic("tls", heuristic_tls)
