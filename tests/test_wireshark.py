@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import shlex
 import shutil
 import signal
 import struct
@@ -178,6 +179,10 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     # The same, its first segment starting with a whole frame (what the heuristic needs).
     for a, b in itertools.pairwise(cuts[:1] + cuts[2:]):
         segments.append((19998, port, stream[a:b]))
+    # Header defects a receiver refuses (§2.1, §2.5), flagged by the dissector.
+    reserved = encode_frame(FrameType.PING, 0, b"\x80", flags=0x0004)
+    zero_id = encode_frame(FrameType.REQUEST, 0, b"\x80")
+    segments.append((19997, port, reserved + zero_id))
     pcap = tmp_path / "split.pcap"
     _pcap(pcap, segments)
 
@@ -210,6 +215,11 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     assert one(packed[4], "paywire.flags.error") == "1"
     assert packed[4]["paywire.error_code"] == ["504"]
     assert packed[4]["paywire.error_name"] == ["REFUND_EXCEEDS_CAPTURED"]
+
+    bad = by_port[19997]
+    assert [one(f, "paywire.type_name") for f in bad] == ["PING", "REQUEST"]
+    assert "paywire.bad_header" in bad[0] and "paywire.bad_header" in bad[1], bad
+    assert "paywire.bad_header" not in packed[0]
 
     # On any port by the heuristic: a stream whose first segment starts with a whole frame.
     found = [f for _n, sport, f in dissect(pcap) if sport == 19998]
@@ -358,3 +368,36 @@ async def test_live_tls_capture_is_dissected(tmp_path: Path,
     # Without the port list, the heuristic finds the same frames in the TLS sessions.
     by_heuristic = [f for _, _, f in dissect(pcap, "-o", f"tls.keylog_file:{keylog}")]
     assert by_heuristic == frames
+
+    # The README's commands, as a student types them (the capture and key log have the
+    # names it uses), print what it says.
+    summary, fields = readme_commands()
+    out = run_readme_command(summary, tmp_path)
+    assert f"REQUEST #1001 op=charge order_id={raw_order}" in out, out
+    assert "RESPONSE #1002 [ERROR] REFUND_EXCEEDS_CAPTURED" in out, out
+    assert "RESPONSE #1003 [ERROR] NOT_FOUND" in out, out
+    rows = [line.split("\t") for line in run_readme_command(fields, tmp_path).splitlines()]
+    assert ["RESPONSE", "1002", "", "", "REFUND_EXCEEDS_CAPTURED"] in [r[1:] for r in rows]
+    # The pipelined pair went out in one write: one segment, two frames.
+    assert ["REQUEST,REQUEST", "1002,1003", "refund,status"] in [r[1:4] for r in rows], rows
+
+
+def readme_commands() -> tuple[str, str]:
+    """The README's two tshark commands on a capture file: the summary and the fields."""
+    commands = [line for line in README.read_text().splitlines()
+                if line.startswith("tshark -r paywire.pcapng ")]
+    summary = [c for c in commands if " -T fields " not in c]
+    fields = [c for c in commands if " -T fields " in c]
+    assert len(summary) == 1 and len(fields) == 1, commands
+    return summary[0], fields[0]
+
+
+def run_readme_command(command: str, cwd: Path) -> str:
+    tshark = need_tshark()
+    argv = shlex.split(command)
+    assert argv[0] == "tshark"
+    argv = [tshark, *[a.replace("lua_script:docs/", f"lua_script:{ROOT}/docs/") for a in argv[1:]]]
+    run = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=TSHARK_TIMEOUT_S,
+                         check=False)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.decode("utf-8", "replace")

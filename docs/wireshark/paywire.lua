@@ -224,7 +224,9 @@ hf.type = ProtoField.uint8("paywire.type", "Frame type", base.DEC, FRAME_TYPES)
 hf.type_name = ProtoField.string("paywire.type_name", "Frame type name")
 hf.flags = ProtoField.uint16("paywire.flags", "Flags", base.HEX)
 hf.flag = {}
+local FLAG_VALUE = {}
 for _, bitname in ipairs(FLAG_BITS) do
+  FLAG_VALUE[bitname[2]] = bitname[1]
   local bit, name = bitname[1], bitname[2]
   hf.flag[name] = ProtoField.bool("paywire.flags." .. string.lower(name), name, 16, nil, bit)
 end
@@ -395,8 +397,15 @@ local ERROR_KEYS = { code = hf.error_code, name = hf.error_name, message = hf.er
 
 local function field_for(key, node, in_error)
   if in_error and ERROR_KEYS[key] then
-    local want = (key == "code") and "int" or "str"
-    if node.kind == want then return ERROR_KEYS[key] end
+    if key == "code" then
+      -- Codes are 0..999 (§7); anything else is shown as text, not forced into the field.
+      local v = node.value
+      if node.kind == "int" and type(v) == "number" and v >= 0 and v <= 0xffff then
+        return hf.error_code
+      end
+      return nil
+    end
+    if node.kind == "str" then return ERROR_KEYS[key] end
     return nil
   end
   local f, kind = key_fields[key], key_kinds[key]
@@ -513,6 +522,22 @@ end
 -- One frame
 ---------------------------------------------------------------------------------------------
 
+-- Bit tests by arithmetic: Lua 5.2 has bit32, 5.3+ has operators; this runs in both.
+local FLAGS_BITS = 16
+
+local function has_bit(value, bit)
+  return math.floor(value / bit) % 2 == 1
+end
+
+local function reserved_bits_set(flags, allowed)
+  local bit = 1
+  for _ = 1, FLAGS_BITS do
+    if has_bit(flags, bit) and not has_bit(allowed, bit) then return true end
+    bit = bit * 2
+  end
+  return false
+end
+
 local HEADER_FIELD_OF = { length = hf.length, version = hf.version, type = hf.type,
                           flags = hf.flags, request_id = hf.request_id }
 local LAYOUT = {}
@@ -549,7 +574,7 @@ local function dissect_frame(tvb, pinfo, root)
     tree:add_proto_expert_info(ef_header, "UNSUPPORTED_VERSION: version " .. version)
   elseif FRAME_TYPES[ftype] == nil then
     tree:add_proto_expert_info(ef_header, "UNKNOWN_FRAME_TYPE: type " .. ftype)
-  elseif bit32.band(flags, bit32.bnot(FLAGS_ALLOWED[ftype])) ~= 0 then
+  elseif reserved_bits_set(flags, FLAGS_ALLOWED[ftype]) then
     tree:add_proto_expert_info(ef_header, string.format("RESERVED_FLAGS: 0x%04x on %s", flags, tname))
   elseif length > BODY_BYTES_MAX_CEILING then
     tree:add_proto_expert_info(ef_header, "FRAME_TOO_LARGE: body_length " .. length)
@@ -561,11 +586,11 @@ local function dissect_frame(tvb, pinfo, root)
 
   local flag_names = {}
   for _, bitname in ipairs(FLAG_BITS) do
-    if bit32.band(flags, bitname[1]) ~= 0 then flag_names[#flag_names + 1] = bitname[2] end
+    if has_bit(flags, bitname[1]) then flag_names[#flag_names + 1] = bitname[2] end
   end
-  local is_error = (ftype == 9) or (FRAME_TYPES[ftype] == "GOAWAY") or
-                   (FRAME_TYPES[ftype] == "RESPONSE" and bit32.band(flags, 0x0001) ~= 0)
-  is_error = (FRAME_TYPES[ftype] == "ERROR") or is_error
+  -- Bodies whose code/name/message/field are an error's (§7; GOAWAY carries a code too).
+  local is_error = FRAME_TYPES[ftype] == "ERROR" or FRAME_TYPES[ftype] == "GOAWAY" or
+                   (FRAME_TYPES[ftype] == "RESPONSE" and has_bit(flags, FLAG_VALUE.ERROR))
 
   summary = {}
   local body_len = tvb:len() - HEADER_BYTES
@@ -639,7 +664,7 @@ local function looks_like_paywire(tvb)
   local ftype = header_value(tvb, "type")
   local flags = header_value(tvb, "flags")
   if version ~= PROTOCOL_VERSION or FRAME_TYPES[ftype] == nil then return false end
-  if bit32.band(flags, bit32.bnot(FLAGS_ALLOWED[ftype])) ~= 0 then return false end
+  if reserved_bits_set(flags, FLAGS_ALLOWED[ftype]) then return false end
   if length < 1 or length > BODY_BYTES_MAX_CEILING then return false end
   local first = tvb(HEADER_BYTES, 1):uint()
   return (first >= 0x80 and first <= 0x8f) or first == 0xde or first == 0xdf
