@@ -28,6 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 
 from gateway.client import Card
@@ -155,6 +156,20 @@ def _pcap(path: Path, segments: list[tuple[int, int, bytes]]) -> None:
     path.write_bytes(bytes(out))
 
 
+def _odd_body() -> bytes:
+    """A map (in the 16-bit map form) holding every msgpack family and values of the wrong
+    type for their key; ``seq`` is an int 64 (0xd3), a form Python's msgpack never picks."""
+    entries: list[tuple[Any, bytes]] = [
+        (k, msgpack.packb(v)) for k, v in [
+            ("s", "x"), ("i", -5), ("big", 2**64 - 1), ("small", -2**63), ("f", 1.5),
+            ("n", None), ("subscribe_events", True), ("raw", b"ab"),
+            ("e", msgpack.ExtType(1, b"ab")), ("nest", [1, [2, {"order_id": "o-9"}]]),
+            (5, "int key"), ("gross_amount", "abc"), ("amount", -1)]]
+    entries.append(("seq", b"\xd3" + (7).to_bytes(8, "big")))
+    return b"\xde" + len(entries).to_bytes(2, "big") + b"".join(
+        msgpack.packb(k) + v for k, v in entries)
+
+
 def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -> None:
     need_tshark()
     request = docgen.example_request()
@@ -183,6 +198,18 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     reserved = encode_frame(FrameType.PING, 0, b"\x80", flags=0x0004)
     zero_id = encode_frame(FrameType.REQUEST, 0, b"\x80")
     segments.append((19997, port, reserved + zero_id))
+    # Bodies the protocol refuses but a capture may hold: every msgpack family, wrong types,
+    # nesting deeper than the dissector follows, a truncated map, a body that is no map.
+    deep: Any = "bottom"
+    for _ in range(40):
+        deep = [deep]
+    odd_frames = [
+        encode_frame(FrameType.EVENT, 0, _odd_body()),
+        encode_frame(FrameType.EVENT, 0, msgpack.packb({"deep": deep})),
+        encode_frame(FrameType.EVENT, 0, b"\x85\xa1a\x01"),
+        encode_frame(FrameType.EVENT, 0, b"\x05"),
+    ]
+    segments.append((19996, port, b"".join(odd_frames)))
     pcap = tmp_path / "split.pcap"
     _pcap(pcap, segments)
 
@@ -215,6 +242,19 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     assert one(packed[4], "paywire.flags.error") == "1"
     assert packed[4]["paywire.error_code"] == ["504"]
     assert packed[4]["paywire.error_name"] == ["REFUND_EXCEEDS_CAPTURED"]
+
+    odd = by_port[19996]
+    assert [one(f, "paywire.type_name") for f in odd] == ["EVENT", "EVENT", "EVENT", "EVENT"]
+    values = odd[0]["paywire.value"]
+    for shown in ('"x"', "-5", "18446744073709551615", "-9223372036854775808", "1.5", "nil",
+                  '"int key"', '"abc"', "-1", "<2 bytes> 6162", "ext type 1 <2 bytes> 6162"):
+        assert shown in values, (shown, values)
+    assert odd[0]["paywire.order_id"] == ["o-9"]  # in a map in an array in an array
+    assert odd[0]["paywire.seq"] == ["7"]  # an int 64 (0xd3) in an unsigned field
+    assert odd[0]["paywire.subscribe_events"] == ["1"]
+    assert "paywire.bad_body" not in odd[0]
+    for f in odd[1:]:  # too deep, truncated, not a map
+        assert "paywire.bad_body" in f, f
 
     bad = by_port[19997]
     assert [one(f, "paywire.type_name") for f in bad] == ["PING", "REQUEST"]

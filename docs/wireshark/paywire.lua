@@ -358,13 +358,15 @@ decode = function(tvb, off, depth)
   local fixext = { [0xd4] = 1, [0xd5] = 2, [0xd6] = 4, [0xd7] = 8, [0xd8] = 16 }
   if fixext[b] then
     need(tvb, off, 2 + fixext[b])
-    return { kind = "ext", value = tvb(off + 2, fixext[b]):bytes(), offset = off, len = 2 + fixext[b] }
+    return { kind = "ext", ext_type = tvb(off + 1, 1):int(), value = tvb(off + 2, fixext[b]):bytes(),
+             offset = off, len = 2 + fixext[b] }
   end
   local ext = { [0xc7] = 1, [0xc8] = 2, [0xc9] = 4 }
   if ext[b] then
     local n = uint_at(tvb, p, ext[b])
     need(tvb, off, 2 + ext[b] + n)
-    return { kind = "ext", value = (n > 0) and tvb(off + 2 + ext[b], n):bytes() or ByteArray.new(),
+    return { kind = "ext", ext_type = tvb(off + 1 + ext[b], 1):int(),
+             value = (n > 0) and tvb(off + 2 + ext[b], n):bytes() or ByteArray.new(),
              offset = off, len = 2 + ext[b] + n }
   end
   error(string.format("0x%02x is not a msgpack type", b), 0)
@@ -378,7 +380,8 @@ local function as_text(node)
     if #s > TEXT_SHOWN_CHARS_MAX then s = s:sub(1, TEXT_SHOWN_CHARS_MAX) .. "…" end
     return '"' .. s .. '"'
   elseif k == "bin" or k == "ext" then
-    return string.format("<%d bytes> %s", node.value:len(),
+    local prefix = (k == "ext") and string.format("ext type %d ", node.ext_type) or ""
+    return prefix .. string.format("<%d bytes> %s", node.value:len(),
                          node.value:len() > 0 and node.value:subset(0, math.min(node.value:len(), 16)):tohex() or "")
   elseif k == "nil" then return "nil"
   elseif k == "bool" then return node.value and "true" or "false"
