@@ -227,6 +227,7 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
         assert one(f, "paywire.length") == str(len(request) - 16)
         assert f["paywire.op"] == ["charge"] and f["paywire.order_id"] == ["order-1001"]
         assert f["paywire.number"] == [docgen.EXAMPLE_ARGS["card"]["number"]]
+        assert "paywire.args" in f and "paywire.signature" in f
 
     packed = by_port[19999]
     assert [one(f, "paywire.type_name") for f in packed] == [

@@ -418,6 +418,8 @@ local function field_for(key, node, in_error)
   if kind == "bool" and nk == "bool" then return f end
   if kind == "bin" and nk == "bin" then return f end
   if (kind == "map" or kind == "array") and (nk == "map" or nk == "array") then return f end
+  -- A REQUEST envelope's args: a bin holding the map (unpacked below the item).
+  if key == "args" and nk == "bin" then return f end
   if kind == "uint" and nk == "int" then
     local v = node.value
     if type(v) == "number" then
@@ -469,9 +471,8 @@ add_node = function(tree, tvb, node, key, key_node, in_error, depth)
     if value == nil then
       value = node.value
       if node.kind == "bin" then
+        -- The field holds the bytes themselves, without the bin header.
         item = tree:add(f, tvb(node.data_offset, node.data_len))
-      elseif node.kind == "str" then
-        item = tree:add(f, range, value)
       else
         item = tree:add(f, range, value)
       end
