@@ -202,6 +202,12 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     reserved = encode_frame(FrameType.PING, 0, b"\x80", flags=0x0004)
     zero_id = encode_frame(FrameType.REQUEST, 0, b"\x80")
     segments.append((19997, port, reserved + zero_id))
+    # Connection-level errors: an ERROR frame and a GOAWAY carry codes too (§7, §8).
+    segments.append((19995, port, messages.encode_message(FrameType.GOAWAY, {
+        "last_request_id": 41, "code": int(ErrorCode.SHUTTING_DOWN), "message": "draining"})
+        + messages.encode_message(FrameType.ERROR, {
+            "code": int(ErrorCode.TRUNCATED_FRAME), "name": "TRUNCATED_FRAME",
+            "message": "the stream ended inside a frame"})))
     # Bodies the protocol refuses but a capture may hold: every msgpack family, wrong types,
     # nesting deeper than the dissector follows, a truncated map, a body that is no map.
     deep: Any = "bottom"
@@ -260,6 +266,14 @@ def test_reassembles_frames_split_anywhere_and_packed_together(tmp_path: Path) -
     assert "paywire.bad_body" not in odd[0]
     for f in odd[1:]:  # too deep, truncated, not a map
         assert "paywire.bad_body" in f, f
+
+    goaway, error_frame = by_port[19995]
+    assert one(goaway, "paywire.type_name") == "GOAWAY"
+    assert goaway["paywire.last_request_id"] == ["41"]
+    assert goaway["paywire.error_code"] == [str(int(ErrorCode.SHUTTING_DOWN))]
+    assert one(error_frame, "paywire.type") == str(int(FrameType.ERROR))
+    assert error_frame["paywire.error_code"] == [str(int(ErrorCode.TRUNCATED_FRAME))]
+    assert error_frame["paywire.error_name"] == ["TRUNCATED_FRAME"]
 
     bad = by_port[19997]
     assert [one(f, "paywire.type_name") for f in bad] == ["PING", "REQUEST"]

@@ -553,8 +553,6 @@ local function header_value(tvb, name)
   return tvb(l.offset, l.size):uint()
 end
 
-local first_in_packet = true
-
 local function dissect_frame(tvb, pinfo, root)
   local length = header_value(tvb, "length")
   local version = header_value(tvb, "version")
@@ -629,10 +627,12 @@ local function dissect_frame(tvb, pinfo, root)
   summary = nil
   tree:append_text(": " .. text)
 
+  -- One packet may hold several frames (and several TLS records): the first replaces the
+  -- Info column, the others are appended. pinfo.private lives for one packet's dissection.
   pinfo.cols.protocol = "Paywire"
-  if first_in_packet then
+  if pinfo.private.paywire_frames == nil then
     pinfo.cols.info = text
-    first_in_packet = false
+    pinfo.private.paywire_frames = "1"
   else
     pinfo.cols.info:append(", " .. text)
   end
@@ -649,7 +649,6 @@ local function frame_length(tvb, pinfo, offset)
 end
 
 local function dissect_stream(tvb, pinfo, tree)
-  first_in_packet = true
   dissect_tcp_pdus(tvb, tree, HEADER_BYTES, frame_length, dissect_frame, true)
   return tvb:len()
 end
