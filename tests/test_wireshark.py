@@ -305,14 +305,18 @@ class Capture:
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
         proc = self.proc
 
+        # dumpcap prints "Capturing on ..." before it opens the interface, and "File: ..."
+        # once the interface is open (packets are being kept from then on) and the file made.
         def started_or_gone() -> bool:
-            return "Capturing on" in self.stderr.read_text() or proc.poll() is not None
+            return "\nFile: " in self.stderr.read_text() or proc.poll() is not None
 
         await wait_until(started_or_gone, "dumpcap to start capturing", timeout_s=CAPTURE_WAIT_S)
         if proc.poll() is not None:
-            pytest.skip(f"dumpcap cannot capture on the loopback here: "
-                        f"{self.stderr.read_text().strip()}")
-        await wait_until(self.path.exists, "the capture file", timeout_s=CAPTURE_WAIT_S)
+            said = self.stderr.read_text().strip()
+            if "permission" in said.lower() or "not permitted" in said:
+                pytest.skip(f"capturing on the loopback is not permitted here: {said[:400]}")
+            raise AssertionError(f"dumpcap failed: {said}")
+        assert self.path.exists(), self.stderr.read_text()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
