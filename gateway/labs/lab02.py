@@ -20,8 +20,10 @@ import importlib.util
 import os
 import re
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -122,11 +124,29 @@ def check(ctx: LabContext) -> Iterator[Result]:
                      f"valid_merchant(ca, {stranger!r}) raised {type(exc).__name__}: {exc}")
         return
 
+    # Private keys go to a directory of their own that is removed after the checks (the
+    # scratch directory may be inside the repository, for the reference solution).
+    with tempfile.TemporaryDirectory(prefix="lab02-") as keys:
+        observed = _observe(made, Path(keys), certs, hub, merchant, stranger)
+        yield from observed.results
+    yield _check_answers(ctx, observed.seen)
+
+
+@dataclass
+class _Observed:
+    seen: dict[str, tuple[str, str, str]]
+    results: list[Result]
+
+
+def _observe(made: dict[str, Any], keys: Path, certs: Path, hub: str, merchant: str,
+             stranger: str) -> _Observed:
+    """Each certificate at the hub, in OpenSSL's verifier and at a plain TLS server."""
     observed: dict[str, tuple[str, str, str]] = {}
+    results: list[Result] = []
     server_crt, server_key = tlsprobe.hub_certificate(certs)
     ca_file = certs / pki.CA_FILE
     for case, pair in made.items():
-        crt, key = _write(pair, ctx.scratch / "lab02-certs", case)
+        crt, key = _write(pair, keys, case)
         identity = stranger if case == "unknown_merchant" else merchant
         seen = (tlsprobe.hub_outcome(hub, ca_file, crt, key, identity),
                 tlsprobe.verify_reason(ca_file, crt, key),
@@ -138,11 +158,11 @@ def check(ctx: LabContext) -> Iterator[Result]:
             want[0] == "closed" and _norm(hub_token) == _norm(f"alert{want[2]}"))
         ok = hub_ok and _norm(seen[1]) == want[1] and _norm(seen[2]) == want[2]
         verdict = "welcomed" if case == "valid" else "refused for the expected reason"
-        yield Result(f"the {case} certificate is {verdict}", ok,
-                     f"the hub: {seen[0]}\nopenssl verify: {seen[1]}\n"
-                     f"a plain TLS server's alert: {seen[2]}\n"
-                     f"expected: hub {want[0]}, verify {want[1]}, alert {want[2]}")
-    yield _check_answers(ctx, observed)
+        results.append(Result(f"the {case} certificate is {verdict}", ok,
+                              f"the hub: {seen[0]}\nopenssl verify: {seen[1]}\n"
+                              f"a plain TLS server's alert: {seen[2]}\n"
+                              f"expected: hub {want[0]}, verify {want[1]}, alert {want[2]}"))
+    return _Observed(observed, results)
 
 
 def _inspect(case: str, cert: Any, key: Any, ca: x509.Certificate, merchant: str,
