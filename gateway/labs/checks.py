@@ -95,6 +95,9 @@ class LabContext:
         if spec is None or spec.loader is None:
             raise ImportError(f"cannot import {path}")
         module = importlib.util.module_from_spec(spec)
+        # Registered before it runs, as an import would: a @dataclass in the student's file
+        # looks its module up in sys.modules while the class is being built.
+        sys.modules[spec.name] = module
         spec.loader.exec_module(module)
         return module
 
