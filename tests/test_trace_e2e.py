@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gateway.client import Card
+from gateway.config import FraudConfig
 from gateway.tracing import timeline
 from tests.deploy import KEYS, RICH, Deployment, deployment
 
@@ -22,7 +23,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with deployment(tmp_path_factory.mktemp("trace"), bca_nodes=1) as d:
+    # A blocked IP: the fraud screen denies those charges before any bank call.
+    with deployment(tmp_path_factory.mktemp("trace"), bca_nodes=1,
+                    hub_overrides={"fraud": FraudConfig(block_ips=["6.6.6.6"])}) as d:
         yield d
 
 
@@ -150,3 +153,34 @@ async def test_charges_batched_to_the_bank_each_get_the_node_timings(
         assert set(BANK_NODE_HOPS) <= set(h)
         assert h["bank_sent"] <= h["bank_node_received"] <= h["bank_node_committed"] \
             <= h["bank_node_answered"] <= h["bank_answered"]
+
+
+async def test_the_node_reports_timings_per_answer_and_stores_none(dep: Deployment) -> None:
+    """A plain ``bank.*`` answer carries the node's ``timings_us``; the answer stored under
+    the op id (what an inquiry or a repeat returns) holds none of them (§10.3)."""
+    async with dep.client() as c:
+        tx = await c.charge("trace-stored", 5_000, card=card(3))
+    found = await dep.admin("bca", "bank.inquiry", {"op_id": f"{tx.transaction_id}:authorize"})
+    assert found["found"] and found["result"]["approved"]
+    assert "timings_us" not in found["result"]
+    timings = found["timings_us"]
+    assert set(timings) == {"received", "committed", "answered"}
+    assert timings["received"] <= timings["committed"] <= timings["answered"]
+    stats = await dep.admin("bca", "admin.stats")
+    assert "timings_us" not in stats  # tools' answers carry none
+
+
+async def test_trace_of_a_charge_the_fraud_screen_denied(dep: Deployment) -> None:
+    async with dep.client() as c:
+        tx = await c.charge("trace-denied", 7_000, card=card(4), customer={"ip": "6.6.6.6"})
+    assert (tx.transaction_status, tx.fraud_status) == ("deny", "deny")
+    code, out, err = await paywire(dep, "trace", "trace-denied")
+    assert code == 0, err
+    rows = chart_rows(out)
+    assert [r[0] for r in rows] == ["client_sent", "received", "committed", "answered"]
+    assert all(r[3] is None or r[3] >= 0 for r in rows)
+    lines = out.splitlines()
+    not_recorded = lines.index(next(ln for ln in lines if ln.startswith("not recorded:")))
+    assert " ".join(lines[not_recorded:not_recorded + 2]).startswith(
+        "not recorded: intent_committed, bank_sent, bank_node_received,")
+    assert "  denied by the fraud screen: no intent, no bank call" in lines
