@@ -172,7 +172,7 @@ def _bar(timeline: Timeline, row: Row, previous: Row | None, width: int) -> str:
 
 def render_text(timeline: Timeline, title: str, *, reasons: list[str] | None = None,
                 width: int = BAR_WIDTH_COLUMNS) -> str:
-    """The text chart ``paywire trace`` prints (format in docs/labs and the trace's tests).
+    """The text chart ``paywire trace`` prints (its format is pinned by tests/test_trace_*.py).
 
     One row per hop, in path order: hop key, clock, offset from the first hop (ms), step from
     the previous hop (ms), and a bar scaled to the total span. Then the total, the hops not
