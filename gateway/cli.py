@@ -8,6 +8,7 @@
     paywire bank --config bank.toml
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire trace ORDER_ID [--png FILE] [--ledger PATH]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
     paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
@@ -216,6 +217,15 @@ def cmd_operation(ns: argparse.Namespace) -> int:
         return 1
     print(json.dumps(result, indent=2, default=list))
     return 0
+
+
+def cmd_trace(ns: argparse.Namespace) -> int:
+    from gateway.tracing.command import run
+
+    ledger = Path(ns.ledger) if ns.ledger else None
+    merchant = ns.merchant or os.environ.get("PAYWIRE_MERCHANT", "M1")
+    return run(ns.order_id, png=Path(ns.png) if ns.png else None, ledger=ledger,
+               merchant_id=merchant, client_options=None if ledger else _client_options(ns))
 
 
 def cmd_bank_admin(ns: argparse.Namespace) -> int:
@@ -491,6 +501,14 @@ def build_parser() -> argparse.ArgumentParser:
         if op == "refund":
             o.add_argument("--refund-key", required=True)
             o.add_argument("--reason")
+
+    trace = sub.add_parser("trace", help="a charge's hop timeline: text chart (and PNG)")
+    trace.add_argument("order_id")
+    _add_client_options(trace)
+    trace.add_argument("--png", help="also draw the chart to this PNG file")
+    trace.add_argument("--ledger", help="read the transaction from this hub ledger file "
+                                        "(offline) instead of asking the hub")
+    trace.set_defaults(fn=cmd_trace)
 
     hooks = sub.add_parser("webhooks", help="inspect and redeliver webhook notifications")
     hooks.add_argument("action", choices=["list", "redeliver"])

@@ -83,6 +83,32 @@ ARGS: dict[str, Map] = {
 }
 
 
+# The node's own timings of one answer (docs/protocol.md §10.3), µs since the Unix epoch on
+# the node's clock: when the REQUEST frame arrived, when the books' transaction holding its
+# operations committed, and when the answer was built. Telemetry for ``paywire trace``
+# only: a hub never decides anything from them, and ignores a value that fails this table.
+TIMINGS_US = "timings_us"
+# Keys a node may add later are ignored, not refused (``allow_extra``).
+TIMINGS = Map({"received": Opt(Int(0, 2**63 - 1)), "committed": Opt(Int(0, 2**63 - 1)),
+               "answered": Opt(Int(0, 2**63 - 1))}, allow_extra=True)
+
+
+def answer_timings(answer: Any) -> dict[str, int] | None:
+    """The ``timings_us`` of a bank answer (a plain result map, or a batch's result), or
+    None if it has none or they fail ``TIMINGS``. Never raises: a peer's telemetry is
+    never worth an error."""
+    if type(answer) is not dict:
+        return None
+    raw = answer.get(TIMINGS_US)
+    if raw is None:
+        return None
+    try:
+        checked: dict[str, Any] = TIMINGS.check(raw, TIMINGS_US)
+    except BodyError:
+        return None
+    return {k: checked[k] for k in TIMINGS.fields if k in checked}
+
+
 def validate(op: str, args: Any) -> dict[str, Any]:
     spec = ARGS.get(op)
     if spec is None:
@@ -128,11 +154,16 @@ def batch_args(ops: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     return {"ops": [{"op": op, "args": args} for op, args in ops]}
 
 
-def batch_result(entries: list[dict[str, Any] | PaywireError]) -> dict[str, Any]:
+def batch_result(entries: list[dict[str, Any] | PaywireError],
+                 timings_us: dict[str, int] | None = None) -> dict[str, Any]:
     """The RESPONSE result of a batch: one entry per inner op, in the order sent, either
-    ``{"result": map}`` or ``{"error": error body}`` (section 7's body)."""
-    return {"results": [{"error": e.to_body()} if isinstance(e, PaywireError)
-                        else {"result": e} for e in entries]}
+    ``{"result": map}`` or ``{"error": error body}`` (section 7's body); with the node's
+    ``timings_us`` once for the whole frame (they are the same for every entry)."""
+    out: dict[str, Any] = {"results": [{"error": e.to_body()} if isinstance(e, PaywireError)
+                                       else {"result": e} for e in entries]}
+    if timings_us is not None:
+        out[TIMINGS_US] = timings_us
+    return out
 
 
 def decode_batch_result(body: Any, count: int) -> list[dict[str, Any] | RemoteError]:

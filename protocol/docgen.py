@@ -84,9 +84,18 @@ def example_batch_request() -> bytes:
                                    sig, example_batch_args())
 
 
+# The node's ``timings_us`` in the example's answer (§10.3): the frame arrived 0.35 ms after
+# the example's timestamp, its books' transaction committed 1.06 ms later, and the answer
+# was built 15 µs after that.
+EXAMPLE_BATCH_TIMINGS_US = {"received": EXAMPLE_TIMESTAMP_MS * 1000 + 350,
+                            "committed": EXAMPLE_TIMESTAMP_MS * 1000 + 1410,
+                            "answered": EXAMPLE_TIMESTAMP_MS * 1000 + 1425}
+
+
 def example_batch_response() -> bytes:
-    return messages.encode_response(EXAMPLE_BATCH_REQUEST_ID,
-                                    banklink.batch_result(example_batch_answers()))
+    return messages.encode_response(
+        EXAMPLE_BATCH_REQUEST_ID,
+        banklink.batch_result(example_batch_answers(), dict(EXAMPLE_BATCH_TIMINGS_US)))
 
 
 ERROR_MEANINGS: dict[ErrorCode, str] = {
@@ -204,6 +213,7 @@ def render() -> dict[str, str]:
     for op, spec in operations.ARGS.items():
         out[f"op-{op.value}"] = _table(spec)
     out["transaction"] = _table(operations.TRANSACTION)
+    out["link-timings"] = _table(banklink.TIMINGS)
     out["statuses"] = "| transaction_status | status_code |\n|---|---|\n" + "\n".join(
         f"| `{s.value}` | `{code}` |" for s, code in operations.STATUS_CODES.items())
     for link_op, link_spec in banklink.ARGS.items():

@@ -65,6 +65,9 @@ REQUEST = Map(
         "signature": SIGNATURE,
         # The operation's arguments: the exact bytes of a msgpack map, signed as they are.
         "args": Bin(1, BODY_BYTES_MAX_CEILING),
+        # The sender's wall clock (µs since the epoch) as it built the frame: for the hop
+        # timeline only (``paywire trace``), not signed, never trusted for anything else.
+        "sent_us": Opt(Int(0, 2**63 - 1)),
     }
 )
 
@@ -134,6 +137,7 @@ class Request:
     nonce: bytes
     signature: bytes
     args_raw: bytes
+    sent_us: int | None = None  # display only (docs/protocol.md §4.1)
 
 
 def decode_request(request_id: int, raw: bytes) -> Request:
@@ -153,6 +157,7 @@ def decode_request(request_id: int, raw: bytes) -> Request:
         body["nonce"],
         body["signature"],
         body["args"],
+        body.get("sent_us"),
     )
 
 
@@ -184,17 +189,19 @@ def encode_request(
     nonce: bytes,
     signature: bytes,
     args_raw: bytes,
+    sent_us: int | None = None,
 ) -> bytes:
-    body = bodycodec.pack(
-        {
-            "op": str(op),
-            "merchant_id": merchant_id,
-            "timestamp_ms": timestamp_ms,
-            "nonce": nonce,
-            "signature": signature,
-            "args": args_raw,
-        }
-    )
+    envelope = {
+        "op": str(op),
+        "merchant_id": merchant_id,
+        "timestamp_ms": timestamp_ms,
+        "nonce": nonce,
+        "signature": signature,
+        "args": args_raw,
+    }
+    if sent_us is not None:
+        envelope["sent_us"] = sent_us
+    body = bodycodec.pack(envelope)
     return encode_frame(FrameType.REQUEST, request_id, body)
 
 

@@ -20,6 +20,7 @@ from gateway.bank.store import BankStore, Outcome
 from gateway.config import BankNodeConfig
 from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, build_request, verified_request
+from gateway.transactions.model import now_us
 from protocol import banklink, messages
 from protocol.connection import HelloReceived, ServerConnection
 from protocol.errors import ErrorCode, PaywireError
@@ -131,6 +132,7 @@ class BankNode:
     # --- requests from hubs --------------------------------------------------------------
     def handle_request(self, session: BankSession, frame: Frame) -> None:
         rid = frame.request_id
+        received_us = now_us()  # the answer's ``timings_us`` (§10.3): telemetry only
         try:
             req = verified_request(self.key, frame)  # one HMAC, for a batch too
             args = banklink.validate(req.op, messages.decode_args(req.args_raw))
@@ -165,23 +167,27 @@ class BankNode:
             delay_s = max(0.0, self.latency_ms + self.rng.uniform(
                 -self.cfg.latency_jitter_ms, self.cfg.latency_jitter_ms)) / 1000
             self._loop().call_later(delay_s, self._apply, session, rid, batch, count, ops,
-                                    errors)
+                                    errors, received_us)
         else:
-            self._apply(session, rid, batch, count, ops, errors)
+            self._apply(session, rid, batch, count, ops, errors, received_us)
 
     def _loop(self) -> asyncio.AbstractEventLoop:
         return asyncio.get_running_loop()
 
     def _apply(self, session: BankSession, rid: int, batch: bool, count: int,
-               ops: list[banklink.BatchOp], errors: dict[int, PaywireError]) -> None:
+               ops: list[banklink.BatchOp], errors: dict[int, PaywireError],
+               received_us: int) -> None:
         """Apply ``ops`` (one transaction with whatever else the writer commits with them)
         and answer the frame once: a single op as its own RESPONSE, a batch as one RESPONSE
-        listing the ``count`` answers in order (``errors`` already holds the refused ones)."""
+        listing the ``count`` answers in order (``errors`` already holds the refused ones).
+        ``received_us``: when the frame arrived, for the answer's ``timings_us``."""
+        timings = {"received": received_us}
         if not ops:
-            self._answer(session, rid, batch, count, [], errors)
+            self._answer(session, rid, batch, count, [], errors, timings)
             return
 
         def answer(fut: asyncio.Future[list[Outcome]]) -> None:
+            timings["committed"] = now_us()  # the books' transaction is durable (or failed)
             exc = fut.exception()
             if exc is not None:
                 log.error("bank store failed on %d operation(s): %r", len(ops), exc)
@@ -199,7 +205,7 @@ class BankNode:
                 results.append((o, value))
                 if o.op == banklink.OPEN_PAYMENT and not value.get("duplicate"):
                     self._schedule_auto_pay(o.args["transaction_id"])
-            self._answer(session, rid, batch, count, results, errors)
+            self._answer(session, rid, batch, count, results, errors, timings)
 
         try:
             applying = self.store.apply_batch([(o.op, o.args) for o in ops])
@@ -209,19 +215,21 @@ class BankNode:
             for o in ops:
                 errors[o.index] = PaywireError(f"bank store unavailable: {exc.message}",
                                                code=ErrorCode.BANK_UNAVAILABLE)
-            self._answer(session, rid, batch, count, [], errors)
+            self._answer(session, rid, batch, count, [], errors, timings)
             return
         applying.add_done_callback(answer)
 
     @staticmethod
     def _answer(session: BankSession, rid: int, batch: bool, count: int,
                 results: list[tuple[banklink.BatchOp, dict[str, Any]]],
-                errors: dict[int, PaywireError]) -> None:
+                errors: dict[int, PaywireError], timings: dict[str, int]) -> None:
+        timings["answered"] = now_us()
         if not batch:
             if errors:
                 session.respond_error(rid, errors[0])
             else:
-                session.respond(rid, results[0][1])
+                # A copy: the stored answer (returned again for a repeat) stays as stored.
+                session.respond(rid, {**results[0][1], banklink.TIMINGS_US: timings})
             return
         # Every position is either refused (``errors``) or applied (``results``).
         entries: list[dict[str, Any] | PaywireError] = [{}] * count
@@ -229,7 +237,7 @@ class BankNode:
             entries[i] = err
         for o, result in results:
             entries[o.index] = result
-        session.respond(rid, banklink.batch_result(entries))
+        session.respond(rid, banklink.batch_result(entries, timings))
 
     def _admin(self, session: BankSession, rid: int, op: str, args: dict[str, Any]) -> None:
         if op == banklink.ADMIN_FAULTS:

@@ -203,7 +203,8 @@ class Client:
                 try:
                     # Inside the try: a request too large for the negotiated limit raises
                     # FRAME_TOO_LARGE here, and its waiting entry must go with it.
-                    conn.send(build_request(self.key, self.merchant_id, rid, op, args))
+                    conn.send(build_request(self.key, self.merchant_id, rid, op, args,
+                                            stamp_sent=True))
                     return await fut
                 except RemoteError as exc:
                     if exc.code is ErrorCode.SHUTTING_DOWN:

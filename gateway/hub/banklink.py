@@ -188,6 +188,12 @@ class BankLink(FrameHandler):
             answers = [RemoteError.from_body(body) for _ in calls]
         else:
             answers = banklink.decode_batch_result(body, len(calls))
+            # Once per batch, the same for every call: each call's answer carries it.
+            timings = body.get(banklink.TIMINGS_US) if isinstance(body, dict) else None
+            if timings is not None:
+                for answer in answers:
+                    if isinstance(answer, dict):
+                        answer[banklink.TIMINGS_US] = timings
         for rid, answer in zip(calls, answers, strict=True):
             _settle(self.correlator, rid, answer)
 
@@ -197,6 +203,24 @@ class BankLink(FrameHandler):
         if not self.ready.done():
             self.ready.set_exception(LinkLost("closed during handshake"))
         self.node.link_lost(self)
+
+
+# The hops (``Transaction.hops_us``) a bank answer's ``timings_us`` fill in, by timing key:
+# named for the node, whose clock they are on (docs/protocol.md §5.2).
+BANK_NODE_HOPS = (("received", "bank_node_received"), ("committed", "bank_node_committed"),
+                  ("answered", "bank_node_answered"))
+
+
+def note_answer(hops_us: dict[str, int], result: dict[str, Any], at_us: int) -> None:
+    """Record a bank answer's hops: ``bank_answered`` (the hub's clock, ``at_us``) and the
+    node's own timings of it, if it sent valid ones. The hops are the charge's: a later
+    operation's answer changes none (``setdefault``)."""
+    hops_us.setdefault("bank_answered", at_us)
+    timings = banklink.answer_timings(result)
+    if timings:
+        for key, hop in BANK_NODE_HOPS:
+            if key in timings:
+                hops_us.setdefault(hop, timings[key])
 
 
 def _settle(correlator: Correlator, rid: int, answer: dict[str, Any] | BaseException) -> None:

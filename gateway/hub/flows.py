@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
-from gateway.hub.banklink import BankPool, FirstSend
+from gateway.hub.banklink import BankPool, FirstSend, note_answer
 from gateway.hub.handler import Requester
 from gateway.hub.runner import Answer, Runner, decided_now, repeated, unrecorded
 from gateway.hub.txcache import Key
@@ -56,13 +56,13 @@ class Planner(Protocol):
     def request_hash(self, args: dict[str, Any]) -> bytes: ...
 
     def plan_charge(self, key: Key, args: dict[str, Any], received_us: int,
-                    req_hash: bytes) -> ChargePlan: ...
+                    req_hash: bytes, *, sent_us: int | None = None) -> ChargePlan: ...
 
     def answered(self, key: Key, at_us: int) -> None: ...
 
 
 def try_charge(requester: Requester, service: Planner, rid: int, key: Key,
-               args: dict[str, Any], received_us: int) -> bool:
+               args: dict[str, Any], received_us: int, sent_us: int | None = None) -> bool:
     """Run a charge admitted by ``requester`` without a task if it is the common case (see
     the module docstring); ``False`` leaves it to the task path, with nothing done."""
     cached = service.runner.cache.get(key)
@@ -75,7 +75,7 @@ def try_charge(requester: Requester, service: Planner, rid: int, key: Key,
     lock = service.runner.try_lock_now(key)
     if lock is None:
         return False
-    ChargeFlow(requester, service, rid, key, lock).start(args, received_us)
+    ChargeFlow(requester, service, rid, key, lock).start(args, received_us, sent_us)
     return True
 
 
@@ -157,7 +157,7 @@ class _Flow(abc.ABC):
         """The intent is durable and published: first send, or the task path if no node."""
         tx, work, call, pool = self.tx, self.work, self.call, self._pool
         assert tx is not None and work is not None and call is not None and pool is not None
-        work.hops_us["bank_sent"] = now_us()
+        work.hops_us.setdefault("bank_sent", now_us())  # the charge's: see note_answer
         first = self._first = pool.send_first(call.op, self.bank_args)
         if first is None:
             # No node ready right now: the pool's own loop waits, retries or gives up.
@@ -180,7 +180,7 @@ class _Flow(abc.ABC):
         except BaseException as exc:
             self._fail(exc)
             return
-        work.hops_us["bank_answered"] = now_us()
+        note_answer(work.hops_us, result, now_us())
         try:
             commit, error = self._answered(result)
         except PaywireError as exc:  # the bank was asked: never "nothing happened"
@@ -283,11 +283,12 @@ class ChargeFlow(_Flow):
 
     __slots__ = ("plan",)
 
-    def start(self, args: dict[str, Any], received_us: int) -> None:
+    def start(self, args: dict[str, Any], received_us: int,
+              sent_us: int | None = None) -> None:
         self._begin()
         try:
             plan = self.plan = self.service.plan_charge(
-                self.key, args, received_us, self.service.request_hash(args))
+                self.key, args, received_us, self.service.request_hash(args), sent_us=sent_us)
             if plan.call is None:  # denied by the fraud screen
                 self._continue(self.runner.record_denied(plan.tx))
                 return

@@ -48,8 +48,8 @@ class RequestHandler(Protocol):
         """The admitted request on ``key`` is done (answered or failed)."""
 
     async def execute(self, merchant_id: str, op: Operation, args: dict[str, Any],
-                      received_us: int, *, after_earlier: bool = False
-                      ) -> tuple[dict[str, Any], bool]:
+                      received_us: int, *, after_earlier: bool = False,
+                      sent_us: int | None = None) -> tuple[dict[str, Any], bool]:
         """Run one validated operation: (result map, replayed?), or raise a ``PaywireError``
         whose code is the answer."""
 
@@ -57,7 +57,8 @@ class RequestHandler(Protocol):
         """Telemetry: the answer of a non-replayed request on ``key`` was sent at ``at_us``."""
 
     def start(self, requester: Requester, rid: int, op: Operation, key: Key,
-              args: dict[str, Any], received_us: int) -> bool:
+              args: dict[str, Any], received_us: int, *, sent_us: int | None = None
+              ) -> bool:
         """Run a validated request without a task when it is the common case (nothing
         earlier on its order unfinished; for an operation after the charge, its transaction
         cached and settled): it admits, answers and finishes the request itself; False

@@ -88,24 +88,25 @@ class RequestPipeline:
             if now is not None:  # the common case: no task
                 source.send(messages.encode_response(rid, now))
                 return
-        if handler.start(source, rid, op, key, args, received_us):
+        if handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):
             return  # the common case: no task (gateway/hub/flows.py)
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
         after_earlier = handler.admit(key)
         source.request_started(rid)
         task = asyncio.get_running_loop().create_task(
-            self._serve(source, rid, op, args, received_us, after_earlier))
+            self._serve(source, rid, op, args, received_us, after_earlier, req.sent_us))
         source.track(task)
         task.add_done_callback(lambda _t: handler.finished(key))
 
     async def _serve(self, source: Source, rid: int, op: Operation, args: dict[str, Any],
-                     received_us: int, after_earlier: bool) -> None:
+                     received_us: int, after_earlier: bool, sent_us: int | None) -> None:
         """The uncommon request, in its own task: run it, answer it, end it."""
         merchant_id = source.merchant_id
         assert merchant_id is not None
         try:
             result, replayed = await self.handler.execute(
-                merchant_id, op, args, received_us, after_earlier=after_earlier)
+                merchant_id, op, args, received_us, after_earlier=after_earlier,
+                sent_us=sent_us)
             source.respond(rid, result, replayed)
             if not replayed:
                 self.handler.answered((merchant_id, args["order_id"]), now_us())

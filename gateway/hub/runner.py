@@ -22,7 +22,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-from gateway.hub.banklink import BankPool, FirstSend
+from gateway.hub.banklink import BankPool, FirstSend, note_answer
 from gateway.hub.notifications import Notifier
 from gateway.hub.txcache import Key, TxCache
 from gateway.ledger.base import Ledger
@@ -161,7 +161,7 @@ class Runner:
 
     def committed(self, tx: Transaction, seq: int | None) -> None:
         """``commit``'s end, once the write is durable: publish (and notify)."""
-        tx.hops_us["committed"] = now_us()
+        tx.hops_us.setdefault("committed", now_us())  # the charge's hops: later ones keep them
         self.publish(tx, seq)
 
     # --- the charge ---------------------------------------------------------------------------
@@ -322,12 +322,12 @@ class Runner:
         """Send one bank op whose intent is already durable. Unknown outcomes are settled here
         when the bank can be reached; otherwise ``OutcomeUnknown`` leaves the intent on disk."""
         assert tx.bank is not None
-        tx.hops_us["bank_sent"] = now_us()
+        tx.hops_us.setdefault("bank_sent", now_us())
         try:
             result = await self.pools[tx.bank].call(op, args)
         except OutcomeUnknown:
             result = await self._settle_unknown(tx)
-        tx.hops_us["bank_answered"] = now_us()
+        note_answer(tx.hops_us, result, now_us())
         return result
 
     async def call_bank_after_first(self, tx: Transaction, op: str, args: dict[str, Any],
@@ -339,7 +339,7 @@ class Runner:
             result = await self.pools[tx.bank].call_after_first(first, exc, op, args)
         except OutcomeUnknown:
             result = await self._settle_unknown(tx)
-        tx.hops_us["bank_answered"] = now_us()
+        note_answer(tx.hops_us, result, now_us())
         return result
 
     async def _settle_unknown(self, tx: Transaction) -> dict[str, Any]:

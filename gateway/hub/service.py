@@ -103,17 +103,19 @@ class TransactionService:
             tx.hops_us.setdefault("answered", at_us)
 
     def start(self, requester: Requester, rid: int, op: Operation, key: Key,
-              args: dict[str, Any], received_us: int) -> bool:
+              args: dict[str, Any], received_us: int, *, sent_us: int | None = None
+              ) -> bool:
         if self.runner.busy(key):
             return False
         if op is Operation.CHARGE:
-            return flows.try_charge(requester, self, rid, key, args, received_us)
+            return flows.try_charge(requester, self, rid, key, args, received_us, sent_us)
         if op is Operation.STATUS:
             return False  # ``status_now`` is its fast path; behind others it waits (a task)
         return flows.try_step(requester, self, rid, key, lambda tx: _decide(op, tx, args))
 
     async def execute(self, merchant_id: str, op: Operation, args: dict[str, Any],
-                      received_us: int, *, after_earlier: bool = False) -> Answer:
+                      received_us: int, *, after_earlier: bool = False,
+                      sent_us: int | None = None) -> Answer:
         """Run one validated operation; return (result map, replayed?). ``after_earlier``:
         a ``status`` admitted behind unfinished operations on its order waits for them."""
         key = (merchant_id, args["order_id"])
@@ -124,7 +126,7 @@ class TransactionService:
             return await self._status(key, args)
         async with self.runner.lock(key):
             if op is Operation.CHARGE:
-                return await self._charge(key, args, received_us)
+                return await self._charge(key, args, received_us, sent_us=sent_us)
             tx = await self.txs.load(key)
             if tx is None:
                 raise NotFound(f"no transaction for order {args['order_id']!r}")
@@ -157,7 +159,8 @@ class TransactionService:
         return hmac_sha256(self.hash_key, bodycodec.canonical(material))[:16]
 
     async def _charge(self, key: Key, args: dict[str, Any], received_us: int,
-                      plan: ChargePlan | None = None) -> Answer:
+                      plan: ChargePlan | None = None, *, sent_us: int | None = None
+                      ) -> Answer:
         """A charge in a task: the general case (``gateway.hub.flows`` runs the common
         one without a task). ``plan``: already made by ``plan_charge`` for this request (its
         fraud screen counted the charge in the velocity windows: never made twice)."""
@@ -166,13 +169,13 @@ class TransactionService:
             existing = self.txs.get(key)
             if existing is not None:
                 return await self.runner.replay_charge(key, existing, req_hash)
-            plan = self.plan_charge(key, args, received_us, req_hash)
+            plan = self.plan_charge(key, args, received_us, req_hash, sent_us=sent_us)
         if plan.call is None:
             return await self.runner.record_denied(plan.tx)
         return await self.runner.charge(key, plan.tx, plan.call, plan.card_args)
 
     def plan_charge(self, key: Key, args: dict[str, Any], received_us: int,
-                    req_hash: bytes) -> ChargePlan:
+                    req_hash: bytes, *, sent_us: int | None = None) -> ChargePlan:
         """Everything about a new charge decided before anything is written: the record, the
         fraud verdict (counted in the velocity windows now), the route and the bank call.
         Synchronous, so a charge can be planned without a task; raises the request's error
@@ -191,6 +194,8 @@ class TransactionService:
             capture_requested=args["capture"], customer=args.get("customer"),
         )
         tx.hops_us["received"] = received_us
+        if sent_us is not None:  # the client's clock, for display only (``paywire trace``)
+            tx.hops_us["client_sent"] = sent_us
         customer = args.get("customer") or {}
         number = args["card"]["number"] if ptype == PaymentType.CREDIT_CARD else None
         verdict = self.fraud.screen(Screening(

@@ -196,3 +196,9 @@ class LedgerTools(Protocol):
     def summaries(self) -> list[TransactionSummary]:
         """Every transaction's money and status columns (the audit)."""
         ...
+
+    def transaction(self, merchant_id: str, order_id: str) -> Transaction | None:
+        """One stored transaction, as the hub last committed it (``paywire trace --ledger``);
+        raises ``LedgerError`` if the file cannot be read as a ledger, ``RecordFormatError``
+        for a record this code cannot read."""
+        ...

@@ -407,3 +407,15 @@ class SqliteLedgerTools:
             conn.close()
         return [TransactionSummary(m, o, t, s, bool(u), c, r, b)
                 for m, o, t, s, u, c, r, b in rows]
+
+    def transaction(self, merchant_id: str, order_id: str) -> Transaction | None:
+        try:
+            conn = _read_only(self.path)
+            try:
+                row = conn.execute("SELECT record FROM transactions WHERE merchant_id=? AND "
+                                   "order_id=?", (merchant_id, order_id)).fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:  # no such file, not a ledger: the operator's mistake
+            raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
+        return None if row is None else Transaction.from_record(row[0])

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from gateway.transactions.model import now_ms
+from gateway.transactions.model import now_ms, now_us
 from protocol import body as bodycodec
 from protocol import messages, signing
 from protocol.errors import ErrorCode, PaywireError, RemoteError, RequestTimeout
@@ -15,14 +15,16 @@ from protocol.frame import Flags, Frame
 
 
 def build_request(key: bytes, identity: str, request_id: int, op: str,
-                  args: dict[str, Any]) -> bytes:
+                  args: dict[str, Any], *, stamp_sent: bool = False) -> bytes:
     """A REQUEST frame signed now, with a fresh 16-byte nonce; ``args`` are packed once and
-    those exact bytes are both signed and sent."""
+    those exact bytes are both signed and sent. ``stamp_sent``: carry ``sent_us`` (the
+    merchant client does, for the hop timeline; the bank link has no use for it)."""
     ts = now_ms()
     nonce = os.urandom(16)
     args_raw = messages.encode_args(args)
     sig = signing.sign_request(key, identity, request_id, op, ts, nonce, args_raw)
-    return messages.encode_request(request_id, op, identity, ts, nonce, sig, args_raw)
+    return messages.encode_request(request_id, op, identity, ts, nonce, sig, args_raw,
+                                   now_us() if stamp_sent else None)
 
 
 def verified_request(key: bytes, frame: Frame) -> messages.Request:
