@@ -179,6 +179,7 @@ local BODY_KEYS = {
   {"refunds", "array", "paywire.refunds"},
   {"resume_token", "bin", "paywire.resume_token"},
   {"role", "str", "paywire.role"},
+  {"sent_us", "uint", "paywire.sent_us"},
   {"seq", "uint", "paywire.seq"},
   {"server", "str", "paywire.server"},
   {"server_time_ms", "uint", "paywire.server_time_ms"},
