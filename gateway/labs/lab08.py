@@ -288,3 +288,79 @@ def check(ctx: LabContext) -> Iterator[Result]:
     yield from check_percentile(mod)
     assert ctx.sandbox is not None  # NEEDS_SANDBOX: the frame checked
     yield from asyncio.run(online(mod, ctx.sandbox))
+
+
+# --- python -m gateway.labs.lab08: the same stall, open loop against closed loop -------------
+
+SENT_SLACK_S = 0.001
+STALL_WINDOW_S = 0.5  # how long the proxy stalls, from when request STALL_FIRST is sent
+
+
+async def compare(mod: ModuleType, sandbox: Sandbox) -> None:
+    """The student's ``open_loop`` and the skeleton's ``closed_loop``, each through its own
+    chaos proxy that holds the hub's answers back ``STALL_S`` for ``STALL_WINDOW_S`` from the
+    moment request ``STALL_FIRST`` is sent, summarised with the student's ``percentile``."""
+    loop = asyncio.get_running_loop()
+    print(f"each run goes through a chaos proxy that holds the hub's answers back "
+          f"{STALL_S * 1000:.0f} ms for {STALL_WINDOW_S:g} s, from when request {STALL_FIRST} "
+          f"is sent", flush=True)
+    for label in ("open", "closed"):
+        proxy = await ChaosProxy(*hub_address(sandbox)).start()
+        window: list[float] = []  # start and end of the stall, time.monotonic()
+
+        def heal(proxy: ChaosProxy = proxy, window: list[float] = window) -> None:
+            proxy.heal()
+            window.append(loop.time())
+
+        def fault(i: int, proxy: ChaosProxy = proxy, window: list[float] = window) -> None:
+            if i == STALL_FIRST:
+                proxy.set("down", latency_ms=STALL_S * 1000)
+                window.append(loop.time())
+                # Scheduled from the stall's start: a stall of known length, not a sync point.
+                loop.call_later(STALL_WINDOW_S, heal)
+
+        try:
+            async with charger(sandbox, ("127.0.0.1", proxy.port), fault) as send:
+                samples = await (mod.open_loop(send, STALL_RATE_PER_S, STALL_COUNT)
+                                 if label == "open" else mod.closed_loop(send, STALL_COUNT))
+        finally:
+            proxy.heal()
+            await proxy.stop()
+        latencies = [s.latency_s * 1000 for s in samples if s.ok]
+        # Request STALL_FIRST records its sent_s just before its send starts the stall.
+        sent_during = sum(1 for s in samples if len(window) == 2
+                          and window[0] - SENT_SLACK_S <= s.sent_s < window[1])
+        p = {q: mod.percentile(latencies, q) for q in (50, 99, 99.9)}
+        what = (f"open loop, {STALL_RATE_PER_S:g}/s" if label == "open"
+                else "closed loop, one at a time")
+        print(f"{what:>27}: {len(latencies)} answered, {sent_during:>2} sent during the stall; "
+              f"p50 {p[50]:.1f} ms  p99 {p[99]:.1f} ms  p99.9 {p[99.9]:.1f} ms  "
+              f"max {max(latencies):.1f} ms", flush=True)
+
+
+def main() -> int:
+    import argparse
+    import os
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway.labs.lab08",
+        description="the same stall measured by your open loop and by a closed loop")
+    parser.add_argument("--dir", default=os.environ.get("PAYWIRE_LABWORK", "labwork"))
+    parser.add_argument("--sandbox", default=os.environ.get("PAYWIRE_SANDBOX", "sandbox"))
+    ns = parser.parse_args()
+    sandbox = Sandbox.load(Path(ns.sandbox))
+    if sandbox is None:
+        print(f"no running sandbox in {ns.sandbox}: start `paywire sandbox` first")
+        return 1
+    try:
+        mod = LabContext(8, Path(ns.dir) / "lab08").load_module("loadgen.py")
+        asyncio.run(compare(mod, sandbox))
+    except Exception as exc:  # the student's code: say what, not a traceback
+        print(f"your load generator failed: {type(exc).__name__}: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -156,10 +156,10 @@ async def sandbox_sender(env: dict[str, str] | None = None, *,
         yield send
 
 
-async def run(rates: list[float], count: int, closed: bool) -> None:
+async def run(rates: list[float], count: int, closed: bool, hub: str | None = None) -> None:
     print(f"{'offered/s':>10} {'achieved/s':>10} {'ok':>5} {'failed':>6} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'p99.9 ms':>9} {'max ms':>8}")
-    async with sandbox_sender() as send:
+    async with sandbox_sender(hub=hub) as send:
         for rate in rates:
             samples = await (closed_loop(send, count) if closed
                              else open_loop(send, rate, count))
@@ -177,11 +177,13 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="requests per run")
     parser.add_argument("--closed", action="store_true",
                         help="closed loop: one at a time, each after the previous answer")
+    parser.add_argument("--hub", help="HOST:PORT to send to instead of $PAYWIRE_HUB (a chaos "
+                        "proxy in front of the hub, say)")
     ns = parser.parse_args()
     rates = [float(r) for r in ns.rates.split(",")] if ns.rates else [ns.rate]
     if ns.count < 1 or any(r <= 0 for r in rates):
         parser.error("--count and the rates must be positive")
-    asyncio.run(run(rates, ns.count, ns.closed))
+    asyncio.run(run(rates, ns.count, ns.closed, ns.hub))
 
 
 if __name__ == "__main__":
