@@ -73,3 +73,12 @@ def test_handout_commands_give_the_shown_output(path: Path, lab_sandbox: Sandbox
         output = _run(command, tmp_path, env)
         problem = handouts.mismatch(command.expected, output)
         assert problem is None, f"{path.name}:{command.line}: $ {command.text}\n{problem}"
+
+
+@pytest.mark.parametrize("language", ["en", "id"])
+def test_index_links_every_handout(language: str) -> None:
+    """docs/labs/README.md (and its translation) links each handout, in order, by its
+    real file name."""
+    base = handouts.LABS_DOCS if language == "en" else handouts.LABS_DOCS / language
+    links = re.findall(r"\]\(([0-9][0-9]-[^)]+\.md)\)", (base / "README.md").read_text())
+    assert links == [p.name for p in handouts.handout_paths(language)]
