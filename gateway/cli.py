@@ -8,6 +8,7 @@
     paywire bank --config bank.toml
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire dump [HEX ...] [--file RAW] [--body] [--json]
     paywire demo
 """
 
@@ -356,6 +357,38 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return run_demo(Path(ns.dir) if ns.dir else None, ns.transactions, ns.seed)
 
 
+# ``paywire dump`` reads at most this much (a capture of a busy link is larger than anyone
+# reads annotated; the dump also stops after protocol.dump.FRAMES_MAX frames).
+DUMP_INPUT_BYTES_MAX = 64 * 1024 * 1024
+
+
+def cmd_dump(ns: argparse.Namespace) -> int:
+    """Exit 0: every frame complete and valid; 1: something a receiver would refuse (listed
+    after its frame with ``!``); 2: the input is not hex / cannot be read."""
+    from protocol import dump
+
+    try:
+        if ns.hex:
+            data = dump.parse_hex(" ".join(ns.hex))
+        elif ns.file is not None:
+            with open(ns.file, "rb") as f:
+                data = f.read(DUMP_INPUT_BYTES_MAX)
+        else:
+            data = sys.stdin.buffer.read(DUMP_INPUT_BYTES_MAX)
+            as_hex = ns.stdin == "hex" or (ns.stdin == "auto" and dump.looks_like_hex(data))
+            if as_hex:
+                data = dump.parse_hex(data.decode("ascii", "replace"))
+    except (ValueError, OSError) as exc:
+        print(f"paywire dump: {exc}", file=sys.stderr)
+        return 2
+    frames = [dump.dump_body(data)] if ns.body else dump.dump(data)
+    if ns.json:
+        print(json.dumps([f.as_json() for f in frames], indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(dump.render(frames))
+    return 1 if any(f.problems or not f.complete for f in frames) else 0
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
     parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
@@ -498,6 +531,20 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--markdown", help="also write the Markdown table here")
     bench.add_argument("--plot", help="PNG of latency percentiles against offered load")
     bench.set_defaults(fn=cmd_bench)
+
+    dmp = sub.add_parser("dump", help="decode frames field by field, with offsets (secrets "
+                                      "masked)")
+    dmp.add_argument("hex", nargs="*", help="the bytes as hex (spaces, 0x and hexdump offset "
+                                            "columns allowed); else --file, else stdin")
+    dmp.add_argument("--file", help="a file of raw stream bytes (one direction of a "
+                                    "connection, e.g. a capture's follow-stream export)")
+    dmp.add_argument("--stdin", choices=["auto", "hex", "raw"], default="auto",
+                     help="how stdin is read; auto: hex if it holds only hex digits, "
+                          "whitespace, 0x, ':' and ',', else raw bytes")
+    dmp.add_argument("--body", action="store_true",
+                     help="the bytes are one bare msgpack body (no frame header)")
+    dmp.add_argument("--json", action="store_true", help="one JSON object per frame")
+    dmp.set_defaults(fn=cmd_dump)
 
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")
