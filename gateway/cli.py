@@ -118,6 +118,9 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         _apply_listen(cfg, ns.listen)
         if ns.ledger:
             cfg.ledger_path = Path(ns.ledger)
+        if ns.plaintext_listen:
+            configmod.check_plaintext_listen(ns.plaintext_listen)
+            cfg.plaintext_listen = ns.plaintext_listen
         return int(_run(_serve(Hub(cfg), ns.ready_file)))
     except (configmod.ConfigError, LockHeld) as exc:
         return _refused("hub", exc)
@@ -178,12 +181,16 @@ def _client_options(ns: argparse.Namespace) -> dict[str, Any]:
     if not key:
         raise SystemExit("paywire: give --server-key or set PAYWIRE_SERVER_KEY")
     certs = ns.certs or os.environ.get("PAYWIRE_CERTS", "certs")
+    if ns.plaintext:
+        return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
+                "plaintext": True}
     return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
             "certs_dir": certs}
 
 
 def cmd_operation(ns: argparse.Namespace) -> int:
     from gateway.client import Card, RequestError, connect
+    from gateway.net.plaintext import PlaintextRefused
 
     opts = _client_options(ns)
 
@@ -209,6 +216,9 @@ def cmd_operation(ns: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(main())
+    except PlaintextRefused as exc:
+        print(f"paywire {ns.op}: {exc}", file=sys.stderr)
+        return 2
     except RequestError as exc:
         print(json.dumps({"error": exc.code.name, "code": int(exc.code),
                           "message": exc.message, "field": exc.field}), file=sys.stderr)
@@ -395,6 +405,19 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
     parser.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
     parser.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+    parser.add_argument("--plaintext", action="store_true",
+                        default=os.environ.get("PAYWIRE_PLAINTEXT", "") not in ("", "0"),
+                        help="LAB ONLY: no TLS, to a hub's plaintext_listen on loopback "
+                             "(env PAYWIRE_PLAINTEXT=1)")
+    _add_trace_options(parser)
+
+
+def _add_trace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", action="store_true",
+                        help="log every frame sent and received, secrets masked (env "
+                             "PAYWIRE_TRACE=1)")
+    parser.add_argument("--trace-file", help="append the frame trace to this file instead of "
+                                             "the log (implies --trace; env PAYWIRE_TRACE_FILE)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -438,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
         node.add_argument("--ready-file", help="write {port, pid} here once listening")
         if name == "hub":
             node.add_argument("--ledger", help="ledger path, overrides the config")
+            node.add_argument("--plaintext-listen", metavar="HOST:PORT",
+                              help="LAB ONLY: also accept merchants WITHOUT TLS here; loopback "
+                                   "only (overrides the config's plaintext_listen)")
+        _add_trace_options(node)
         node.set_defaults(fn=fn)
 
     admin = sub.add_parser("bank-admin", help="simulate payments, read balances, set faults")
@@ -557,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     _setup_logging(ns.log_level)
+    if getattr(ns, "trace", False) or getattr(ns, "trace_file", None):
+        from gateway.net import trace
+
+        trace.configure(True, ns.trace_file)
     code: int = ns.fn(ns)
     return code
 
