@@ -136,3 +136,17 @@ def test_a_trace_line_for_a_frame_that_does_not_decode() -> None:
     assert "MALFORMED_BODY" in line
     ping = tracer.line("send", 6, 0, 0, b"")
     assert ping == "send peer=127.0.0.1:9 PING rid=0 len=0 flags=0x0000 body=(empty)"
+
+
+def test_a_hostile_length_ends_the_trace_of_that_direction(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="paywire.trace")
+    tracer = trace.FrameTracer(("127.0.0.1", 9))
+    tracer.received(b"\xff\xff\xff\xff\x01\x03\x00\x00" + bytes(8) + b"junk")
+    tracer.received(bytes(64))  # nothing after it can be framed: not traced
+    tracer.sent(b"\x00\x00\x00\x01\x01\x06\x00\x00" + bytes(8))  # split mid-body...
+    tracer.sent(b"\x80")  # ...and completed: the other direction is unaffected
+    lines = [r.getMessage() for r in caplog.records if r.name == "paywire.trace"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("recv peer=127.0.0.1:9 frame_type=3 rid=0 problem=")
+    assert lines[1] == "send peer=127.0.0.1:9 PING rid=0 len=1 flags=0x0000 body={}"

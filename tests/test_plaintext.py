@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway import config as cfgmod
-from gateway.client import Card, RequestError, connect
-from gateway.net.plaintext import PlaintextRefused
+from gateway.client import Card, PlaintextRefused, RequestError, connect
 from gateway.processes import child_env, module_command
 from protocol import messages
 from protocol.errors import ConnectionLost, ErrorCode
