@@ -115,7 +115,9 @@ class Client:
         self._connecting = asyncio.Lock()
         self._closed = False
         self._rng = random.Random()
-        # Monotonic times of reconnect attempts (bounded), for labs and the retry-storm test.
+        # When each reconnect attempt is due (monotonic; bounded), for labs and the retry-storm
+        # test: the time the client chose (loss + jittered backoff), not when a busy loop got
+        # round to it, so the spread it shows is the jitter's.
         self.reconnect_attempts: deque[float] = deque(maxlen=1000)
         self.history: deque[ClientConnection] = deque(maxlen=16)
 
@@ -184,10 +186,11 @@ class Client:
             attempt = 0
             last: BaseException | None = None
             while True:
-                if not first or attempt > 0:
-                    await asyncio.sleep(self.backoff_s(attempt))
+                delay_s = self.backoff_s(attempt) if not first or attempt > 0 else 0.0
+                self.reconnect_attempts.append(loop.time() + delay_s)
+                if delay_s:
+                    await asyncio.sleep(delay_s)
                 address = self.addresses[self._next_address % len(self.addresses)]
-                self.reconnect_attempts.append(loop.time())
                 if lost is not None and address != lost:
                     log.info("failover: from %s to %s (%s)", _addr(lost), _addr(address), why)
                     lost, why = address, "previous address unreachable"
