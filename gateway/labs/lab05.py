@@ -285,6 +285,8 @@ class _Lab:
                 order.report = await asyncio.wait_for(self.student.charge_reliably(
                     self.open_factory(order, order.faults), order.order_id, order.amount,
                     self.card(), random.Random(order.amount)), ORDER_S_MAX)
+            except NotImplementedError as exc:
+                return [Result(name, False, f"charge_reliably() is not written yet: {exc}")]
             except TimeoutError:
                 order.error = f"did not return within {ORDER_S_MAX:g} s"
             except Exception as exc:
