@@ -181,7 +181,7 @@ async def demo(orders: int, seed: int, hub: str | None, acks_path: Path) -> int:
                 client = await connect("127.0.0.1", proxy.port, merchant_id=merchant,
                                        server_key=key, certs_dir=certs, reconnect=False,
                                        retry_attempts_max=1, resolve_unknown=False,
-                                       timeout_s=2.0, connect_timeout_s=2.0).connect()
+                                       timeout_s=5.0, connect_timeout_s=5.0).connect()
                 if opened == 1 and FAULTS[fault]:
                     spec = dict(FAULTS[fault])
                     proxy.set(str(spec.pop("direction")), **spec)
