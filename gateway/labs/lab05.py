@@ -350,7 +350,8 @@ class _Lab:
         wrong = [(r.order_id, books.settled.get(r.transaction_id), expected[r.order_id].amount)
                  for r in rows
                  if books.settled.get(r.transaction_id) != expected[r.order_id].amount
-                 or r.status != "capture" or r.captured != expected[r.order_id].amount]
+                 or r.status not in ("capture", "settlement")
+                 or r.captured != expected[r.order_id].amount]
         if wrong:
             return Result(name, False, "(order, settled at the bank, amount): "
                                        f"{wrong[:3]}: each order should move its amount once")

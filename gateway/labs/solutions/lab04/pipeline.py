@@ -85,7 +85,11 @@ class Pipeline:
             asyncio.open_connection(host, port, ssl=ssl_context, server_hostname=host),
             CONNECT_TIMEOUT_S)
         self = cls(reader, writer, merchant_id, server_key.encode())
-        await self.handshake(in_flight_wish)
+        try:
+            await self.handshake(in_flight_wish)
+        except BaseException:
+            writer.close()  # a connection that never got its WELCOME is of no use
+            raise
         return self
 
     def send(self, frame: bytes) -> None:
