@@ -109,7 +109,7 @@ def _overtaken_on_examples(student: ModuleType) -> Result:
                           f"order) arrived in positions {arrivals}: expected {wanted}, "
                           f"your overtaken() returned {got!r}. A request is overtaken when "
                           f"some request sent after it was answered before it ({HANDOUT}, "
-                          "'Out of order')")
+                          "step 4)")
     return Result(name, True)
 
 
@@ -285,7 +285,7 @@ class _Lab:
                 f"after it (arrivals {[a.arrival for a in answers]}): the hub answers such "
                 "a status at once (§4.5), so this only happens if your run() waited for "
                 "the charge's answer before sending them. Send while there is room under "
-                f"in_flight_max, then read ({HANDOUT}, 'Pipelining')")
+                f"in_flight_max, then read ({HANDOUT}, step 3)")
         try:
             got = list(self.student.overtaken(answers))
         except Exception as exc:

@@ -124,7 +124,8 @@ def _check_backoff(student: ModuleType) -> Iterator[Result]:
         a, d = bad[0]
         yield Result(name, False, f"attempt {a} waited {d!r} s, outside [0, "
                                   f"min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2**{a})] = [0, "
-                                  f"{min(cap, base * 2 ** a):g}] ({HANDOUT}, 'Backoff')")
+                                  f"{min(cap, base * 2 ** a):g}] ({HANDOUT}, "
+                                  "'Backoff with jitter')")
         return
     top = max(samples)
     bound = min(cap, base * 2 ** top)
@@ -312,7 +313,7 @@ class _Lab:
         results = [Result(name, not problems,
                           "" if not problems else "\n".join(problems[:3]) + "\nRetry with the "
                           "same order id on a new connection; after a timeout ask status "
-                          f"({HANDOUT}, 'Steps')")]
+                          f"({HANDOUT}, step 4)")]
         results.append(self.money(orders))
         return results
 

@@ -78,7 +78,7 @@ def backoff_s(attempt: int, rng: random.Random) -> float:
     # Draw from ``rng`` (rng.uniform), not from the module-level random functions: the
     # check gives you a seeded rng and expects your waits to come from it.
     raise NotImplementedError("backoff_s(): full jitter, uniform in [0, min(cap, base * "
-                              "2**attempt)] (docs/labs/05-retries.md, Step 2)")
+                              "2**attempt)] (docs/labs/05-retries.md, Step 3)")
 
 
 async def _close(client: Client) -> None:
@@ -97,7 +97,7 @@ async def charge_reliably(open_client: OpenClient, order_id: str, amount: int, c
     ``ConnectionLost``, a request without an answer in time ``OutcomeUnknown``; opening may
     raise ``OSError``, ``TimeoutError``, ``ssl.SSLError`` or ``ConnectionLost``.
     """
-    # A plan that works (docs/labs/05-retries.md, Step 3):
+    # A plan that works (docs/labs/05-retries.md, Step 4):
     #   report = ChargeReport(order_id)
     #   for attempt in range(ATTEMPTS_MAX):
     #     after the first attempt, sleep backoff_s(attempt, rng)
@@ -107,13 +107,14 @@ async def charge_reliably(open_client: OpenClient, order_id: str, amount: int, c
     #     send client.charge(order_id, amount, card=card): the SAME order id every time
     #     ConnectionLost: sending the same charge again is safe (REPLAYED if it was done)
     #     OutcomeUnknown: no answer in time; ask status on the next connection
+    #       (ConnectionLost is a kind of OutcomeUnknown: catch it first)
     #     RequestError that is not retryable (exc.code.is_retryable): stop
     #     always close the client (_close), whatever happened
     #   record every step in report.steps; report.transaction = the final transaction
     # Never invent a new order id: that is a new charge, and the customer pays twice.
     raise NotImplementedError("charge_reliably(): retry on a new connection with the same "
                               "order id, bounded by ATTEMPTS_MAX, with backoff_s between "
-                              "attempts (docs/labs/05-retries.md, Step 3)")
+                              "attempts (docs/labs/05-retries.md, Step 4)")
 
 
 # --- a demonstration: your function through a chaos proxy ------------------------------------
