@@ -297,6 +297,10 @@ async def create_schema(conn: asyncpg.Connection) -> None:
         await conn.execute(APPLY_FUNCTION)
 
 
+# What a connection attempt raises when the server is unreachable or refuses us.
+_UNREACHABLE = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
 def _lost(exc: BaseException, conn: asyncpg.Connection) -> bool:
     """Whether ``exc`` means the connection (not one write) failed."""
     if isinstance(exc, asyncpg.PostgresError):
@@ -332,8 +336,15 @@ class PostgresLedger:
         self.commits = 0
 
     async def start(self) -> None:
+        """Connect, take the ledger's lock (``LockHeld`` if another hub has it), create
+        the schema; ``LedgerError`` (one line, for the operator) if the server cannot be
+        reached or refuses."""
         loop = asyncio.get_running_loop()
-        conn = await _connect(self.url, self.connect_timeout_s)
+        try:
+            conn = await _connect(self.url, self.connect_timeout_s)
+        except _UNREACHABLE as exc:
+            raise LedgerError(f"cannot open the ledger {_safe_url(self.url)}: "
+                              f"{exc!r}") from exc
         try:
             if self.exclusive:
                 await self._lock(conn)
@@ -342,6 +353,10 @@ class PostgresLedger:
                 self.url, min_size=1, max_size=READ_CONNECTIONS_MAX,
                 timeout=self.connect_timeout_s,
                 server_settings={"application_name": APPLICATION_NAME})
+        except _UNREACHABLE as exc:
+            await conn.close()
+            raise LedgerError(f"cannot open the ledger {_safe_url(self.url)}: "
+                              f"{exc!r}") from exc
         except BaseException:
             await conn.close()
             raise
