@@ -203,3 +203,57 @@ def test_the_ledger_url_setting(tmp_path: Path) -> None:
     path.write_text('[ledger]\nurl = "mysql://x/y"\n')
     with pytest.raises(cfgmod.ConfigError, match="postgresql://"):
         cfgmod.load(cfgmod.HubConfig, path)
+
+
+async def test_webhook_claims_give_each_row_to_one_hub_in_order_per_transaction(
+        pg_dsn: str) -> None:
+    """The outbox is claimable by several hubs (not wired to the dispatcher yet): a claimed
+    row is no other hub's until its lease ends or an attempt's outcome is recorded; a
+    transaction's next row waits for the one before it; a row locked by a claim in progress
+    is skipped, not waited for."""
+    a = PostgresLedger(pg_dsn, exclusive=False)
+    b = PostgresLedger(pg_dsn, exclusive=False)
+    await a.start()
+    await b.start()
+    try:
+        txs = [_tx("M1", f"o{i}") for i in range(3)]
+        for t in txs:
+            await a.insert_new(t, _note(t))
+        for t in txs:
+            t.status = "capture"
+            await a.save(t, _note(t))
+        now = now_ms()
+        first = await a.claim_webhooks("hub-a", now, 60_000, 10)
+        assert [w.event_id for w in first] == ["evt_M1_1", "evt_M1_2", "evt_M1_3"]
+        assert await b.claim_webhooks("hub-b", now, 60_000, 10) == []  # all leased to a
+        await a.webhook_delivered(first[0].id, 1, now)
+        # o0's second notification is now the oldest pending of its transaction.
+        assert [w.event_id for w in await b.claim_webhooks("hub-b", now, 120_000, 10)] \
+            == ["evt_M1_4"]
+        await a.webhook_retry(first[1].id, 1, now, "HTTP 503")  # outcome known: lease ends
+        assert [w.id for w in await b.claim_webhooks("hub-b", now, 120_000, 10)] \
+            == [first[1].id]
+        # Hub a died holding o2's row: when its lease has run out, b takes it over.
+        assert await b.claim_webhooks("hub-b", now + 59_000, 60_000, 10) == []
+        assert [w.id for w in await b.claim_webhooks("hub-b", now + 60_000, 60_000, 10)] \
+            == [first[2].id]
+        # A claim in progress elsewhere (its row locked) is skipped, not waited for.
+        await a.webhook_dead(first[2].id, 1, "gone")
+        assert tools_redeliver(pg_dsn, first[2].id) == 1
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE",
+                                   first[2].id)
+                got = await asyncio.wait_for(b.claim_webhooks("hub-b", now, 1000, 10), 30.0)
+                assert got == []
+        finally:
+            await conn.close()
+        assert [w.id for w in await b.claim_webhooks("hub-b", now, 1000, 10)] == [first[2].id]
+    finally:
+        await a.close()
+        await b.close()
+
+
+def tools_redeliver(dsn: str, wid: int) -> int:
+    return PostgresLedgerTools(dsn).redeliver([wid])

@@ -116,7 +116,11 @@ CREATE TABLE IF NOT EXISTS webhooks (
     next_attempt_ms bigint NOT NULL,
     last_error      text,
     created_ms      bigint NOT NULL,
-    delivered_ms    bigint
+    delivered_ms    bigint,
+    -- A delivery lease (claim_webhooks): the hub delivering the row, and until when no
+    -- other may take it. Any attempt's outcome ends the lease.
+    claimed_by      text,
+    claimed_until_ms bigint NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_attempt_ms) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhooks_tx_pending ON webhooks (transaction_id, id)
@@ -190,15 +194,18 @@ BEGIN
             CONTINUE;
         ELSIF a_kind[j] = 3 THEN
             UPDATE webhooks SET state = 'delivered', attempts = a_attempts[j],
-                delivered_ms = a_at[j], last_error = NULL WHERE id = a_wid[j];
+                delivered_ms = a_at[j], last_error = NULL, claimed_by = NULL,
+                claimed_until_ms = 0 WHERE id = a_wid[j];
             CONTINUE;
         ELSIF a_kind[j] = 4 THEN
             UPDATE webhooks SET attempts = a_attempts[j], next_attempt_ms = a_at[j],
-                last_error = a_error[j] WHERE id = a_wid[j];
+                last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
+                WHERE id = a_wid[j];
             CONTINUE;
         ELSE
             UPDATE webhooks SET state = 'dead', attempts = a_attempts[j],
-                last_error = a_error[j] WHERE id = a_wid[j];
+                last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
+                WHERE id = a_wid[j];
             CONTINUE;
         END IF;
         IF a_data[j] IS NOT NULL THEN
@@ -270,6 +277,23 @@ WHERE state = 'pending' AND next_attempt_ms <= $1
   AND id = (SELECT min(v.id) FROM webhooks v WHERE v.transaction_id = w.transaction_id
             AND v.state = 'pending')
 ORDER BY id LIMIT $2
+"""
+
+
+# Per transaction only its oldest pending row, and only while no other hub's lease holds
+# it: so each notification is delivered by one hub at a time, in order per transaction. Rows
+# another hub is claiming at this instant are skipped, not waited for.
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM webhooks w
+    WHERE state = 'pending' AND next_attempt_ms <= $1 AND claimed_until_ms <= $1
+      AND id = (SELECT min(v.id) FROM webhooks v WHERE v.transaction_id = w.transaction_id
+                AND v.state = 'pending')
+    ORDER BY id LIMIT $4
+    FOR UPDATE SKIP LOCKED)
+UPDATE webhooks h SET claimed_by = $2, claimed_until_ms = $1 + $3
+FROM due WHERE h.id = due.id
+RETURNING h.id, h.merchant_id, h.transaction_id, h.event_id, h.url, h.body, h.attempts
 """
 
 
@@ -585,6 +609,22 @@ class PostgresLedger:
             raise LedgerError(f"webhook outbox read failed: {exc}") from exc
         return [Webhook(*r) for r in rows]
 
+    async def claim_webhooks(self, owner: str, now_ms: int, lease_ms: int, limit: int
+                             ) -> list[Webhook]:
+        """Take a delivery lease of ``lease_ms`` on due webhooks (as ``due_webhooks``
+        chooses them) for ``owner``, oldest first: what several hubs sharing one outbox
+        need instead of ``due_webhooks``. A row whose lease has run out (its hub died) is
+        due again; ``webhook_delivered``/``retry``/``dead`` end the lease.
+
+        Not yet used by the hub's dispatcher (one hub per ledger today; docs/postgres.md)."""
+        assert self._pool is not None, "start() first"
+        try:
+            rows = await self._pool.fetch(_CLAIM, now_ms, owner, lease_ms, limit,
+                                          timeout=self.commit_timeout_s)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise LedgerError(f"webhook outbox claim failed: {exc}") from exc
+        return sorted((Webhook(*r) for r in rows), key=lambda w: w.id)
+
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
     if fut.done():
@@ -662,11 +702,12 @@ class PostgresLedgerTools:
         async def fn(conn: asyncpg.Connection) -> int:
             if all_dead:
                 done = await conn.execute("UPDATE webhooks SET state = 'pending', attempts = 0, "
-                                          "next_attempt_ms = 0 WHERE state = 'dead'")
+                                          "next_attempt_ms = 0, claimed_until_ms = 0 "
+                                          "WHERE state = 'dead'")
             else:
                 done = await conn.execute("UPDATE webhooks SET state = 'pending', attempts = 0, "
-                                          "next_attempt_ms = 0 WHERE id = ANY ($1::bigint[])",
-                                          ids)
+                                          "next_attempt_ms = 0, claimed_until_ms = 0 "
+                                          "WHERE id = ANY ($1::bigint[])", ids)
             return int(done.split()[-1])  # the command tag: "UPDATE n"
 
         return self._with_conn(fn)
