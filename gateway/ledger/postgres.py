@@ -60,6 +60,7 @@ LEDGER_LOCK_KEY = 0x5061_7977  # "Payw"
 SCHEMA_LOCK_KEY = 0x5061_7978  # serialises schema creation of hubs starting together
 BATCH_WRITES_MAX = 4_000  # writes per call of paywire_apply (~4 MB of records at most)
 READ_CONNECTIONS_MAX = 4  # the reader pool: lookups, event replay, the webhook outbox
+READ_TIMEOUT_S = 30.0  # one read's deadline: a request never waits on a stuck server for ever
 APPLICATION_NAME = "paywire-hub"
 
 SCHEMA = """
@@ -561,7 +562,7 @@ class PostgresLedger:
 
     async def _records(self, sql: str, *args: Any) -> list[Transaction]:
         pool = await self._after_writes()
-        rows = await pool.fetch(sql, *args)
+        rows = await pool.fetch(sql, *args, timeout=READ_TIMEOUT_S)
         return [Transaction.from_record(r[0]) for r in rows]
 
     async def get(self, merchant_id: str, order_id: str) -> Transaction | None:
@@ -591,20 +592,21 @@ class PostgresLedger:
     async def last_event_seqs(self) -> dict[str, int]:
         pool = await self._after_writes()
         rows = await pool.fetch("SELECT merchant_id, last_seq FROM event_counters "
-                                "WHERE last_seq > 0")
+                                "WHERE last_seq > 0", timeout=READ_TIMEOUT_S)
         return {r[0]: r[1] for r in rows}
 
     async def events_after(self, merchant_id: str, seq: int, limit: int
                            ) -> list[tuple[int, bytes]]:
         pool = await self._after_writes()
         rows = await pool.fetch("SELECT seq, data FROM events WHERE merchant_id = $1 AND "
-                                "seq > $2 ORDER BY seq LIMIT $3", merchant_id, seq, limit)
+                                "seq > $2 ORDER BY seq LIMIT $3", merchant_id, seq, limit,
+                                timeout=READ_TIMEOUT_S)
         return [(r[0], r[1]) for r in rows]
 
     async def due_webhooks(self, now_ms: int, limit: int) -> list[Webhook]:
         assert self._pool is not None, "start() first"
         try:
-            rows = await self._pool.fetch(_DUE, now_ms, limit, timeout=self.commit_timeout_s)
+            rows = await self._pool.fetch(_DUE, now_ms, limit, timeout=READ_TIMEOUT_S)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise LedgerError(f"webhook outbox read failed: {exc}") from exc
         return [Webhook(*r) for r in rows]
