@@ -1,6 +1,7 @@
 """``paywire audit``: check the ledger against the banks' books, Jepsen-style.
 
-It reads the hub's ledger and each bank's store (read-only) and reports:
+It reads the hub's ledger (a SQLite file or a PostgreSQL URL, through ``LedgerTools``) and
+each bank's store (read-only) and reports:
 
 * **lost**: a transaction a client was told about (``--acks``) missing from the ledger, or
   recorded in a status that cannot follow the acknowledged one;
@@ -62,7 +63,7 @@ def reachable(start: str) -> set[str]:
     return seen
 
 
-def audit(ledger: Path, banks: dict[str, Path], acks: list[dict[str, Any]] | None = None
+def audit(ledger: Path | str, banks: dict[str, Path], acks: list[dict[str, Any]] | None = None
           ) -> Report:
     report = Report()
     rows = ledger_tools(ledger).summaries()

@@ -111,8 +111,20 @@ def _apply_listen(cfg: configmod.HubConfig | configmod.BankNodeConfig,
         cfg.listen_host, cfg.listen_port = host or cfg.listen_host, int(port)
 
 
+def _apply_ledger(cfg: configmod.HubConfig, ledger: str) -> None:
+    """``--ledger`` names a SQLite file or a PostgreSQL URL (``[ledger] url``)."""
+    from gateway.ledger import is_postgres_url
+
+    if is_postgres_url(ledger):
+        cfg.ledger = configmod.LedgerConfig(ledger, cfg.ledger.connect_timeout_s,
+                                            cfg.ledger.commit_timeout_s)
+    else:
+        cfg.ledger_path, cfg.ledger.url = Path(ledger), None
+
+
 def cmd_hub(ns: argparse.Namespace) -> int:
     from gateway.hub.server import Hub
+    from gateway.ledger import LedgerError
     from gateway.storage.lockfile import LockHeld
 
     os.umask(NODE_UMASK)
@@ -120,12 +132,12 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         cfg = configmod.load(configmod.HubConfig, Path(ns.config))
         _apply_listen(cfg, ns.listen)
         if ns.ledger:
-            cfg.ledger_path = Path(ns.ledger)
+            _apply_ledger(cfg, ns.ledger)
         if ns.plaintext_listen:
             configmod.check_plaintext_listen(ns.plaintext_listen)
             cfg.plaintext_listen = ns.plaintext_listen
         return int(_run(_serve(Hub(cfg), ns.ready_file)))
-    except (configmod.ConfigError, LockHeld) as exc:
+    except (configmod.ConfigError, LockHeld, LedgerError) as exc:
         return _refused("hub", exc)
 
 
@@ -291,7 +303,7 @@ async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: bytes
 def cmd_webhooks(ns: argparse.Namespace) -> int:
     from gateway.ledger import ledger_tools
 
-    tools = ledger_tools(Path(ns.ledger))
+    tools = ledger_tools(ns.ledger)  # a file, or a postgresql:// URL
     if ns.action == "list":
         for row in tools.webhooks(ns.state, ns.limit):
             print(json.dumps(row._asdict()))
@@ -333,7 +345,7 @@ def cmd_audit(ns: argparse.Namespace) -> int:
     for item in ns.bank or []:
         name, _, path = item.partition("=")
         banks[name] = Path(path)
-    report = audit(Path(ns.ledger), banks, load_acks(Path(ns.acks)) if ns.acks else None)
+    report = audit(ns.ledger, banks, load_acks(Path(ns.acks)) if ns.acks else None)
     for finding in report.findings:
         print(finding)
     print(json.dumps(report.summary()))
@@ -515,7 +527,8 @@ def build_parser() -> argparse.ArgumentParser:
         node.add_argument("--listen", help="HOST:PORT, overrides the config")
         node.add_argument("--ready-file", help="write {port, pid} here once listening")
         if name == "hub":
-            node.add_argument("--ledger", help="ledger path, overrides the config")
+            node.add_argument("--ledger", help="ledger path or postgresql:// URL, overrides "
+                                               "the config")
             node.add_argument("--plaintext-listen", metavar="HOST:PORT",
                               help="LAB ONLY: also accept merchants WITHOUT TLS here; loopback "
                                    "only (overrides the config's plaintext_listen)")
@@ -572,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     hooks = sub.add_parser("webhooks", help="inspect and redeliver webhook notifications")
     hooks.add_argument("action", choices=["list", "redeliver"])
-    hooks.add_argument("--ledger", required=True, help="the hub's ledger file")
+    hooks.add_argument("--ledger", required=True,
+                       help="the hub's ledger file, or its postgresql:// URL")
     hooks.add_argument("--state", choices=["pending", "delivered", "dead"])
     hooks.add_argument("--limit", type=int, default=100)
     hooks.add_argument("ids", nargs="*", type=int, help="webhook ids to redeliver")
@@ -586,7 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     events.set_defaults(fn=cmd_events)
 
     aud = sub.add_parser("audit", help="check the ledger against the banks' books")
-    aud.add_argument("--ledger", required=True)
+    aud.add_argument("--ledger", required=True,
+                     help="the hub's ledger file, or its postgresql:// URL")
     aud.add_argument("--bank", action="append", help="NAME=PATH of a bank's store")
     aud.add_argument("--acks", help="JSON lines of what clients were told (order_id, "
                                     "merchant_id, transaction_id, transaction_status)")

@@ -110,6 +110,28 @@ class WebhookConfig:
 
 
 @dataclass
+class LedgerConfig:
+    """``[ledger]``: where the hub keeps its ledger when it is not the SQLite file
+    ``ledger_path`` (docs/configuration.md, docs/postgres.md)."""
+
+    # postgresql://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?...]; None: SQLite at ledger_path.
+    # A password may also come from PGPASSWORD or ~/.pgpass instead of this file.
+    url: str | None = None
+    connect_timeout_s: float = 10.0
+    # A commit not answered by then has an unknown outcome: the hub stops (as when its
+    # SQLite writer dies) and recovery settles it at the next start.
+    commit_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ConfigError(f"ledger.url: {self.url!r} must start with postgresql:// (the "
+                              f"SQLite ledger is set by ledger_path)")
+        for name in ("connect_timeout_s", "commit_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"ledger.{name} must be positive")
+
+
+@dataclass
 class HubConfig:
     node_id: str = "hub"
     listen_host: str = "127.0.0.1"
@@ -117,6 +139,7 @@ class HubConfig:
     certs_dir: Path = Path("certs")
     ledger_path: Path = Path("paywire-ledger.db")
     ledger_synchronous: str = "FULL"
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     # The deployment's keys (link, card fingerprints, idempotency hashes): a 0600 file made
     # by `paywire secrets init`; the node refuses to start without it (gateway/secret_keys.py).
     secrets_file: Path = Path("paywire-secrets.toml")

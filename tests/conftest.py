@@ -29,3 +29,23 @@ def lab_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
     with running_sandbox(tmp_path_factory.mktemp("lab") / "sandbox") as sandbox:
         yield sandbox
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """An administrative DSN of a PostgreSQL server (tests/pgsupport.py): started once, on
+    first use, and stopped at the end of the session."""
+    pytest.importorskip("asyncpg", reason="the PostgreSQL tests need pip install '.[test]'")
+    from tests.pgsupport import server
+
+    with server() as dsn:
+        yield dsn
+
+
+@pytest.fixture
+def pg_dsn(pg_server: str) -> Iterator[str]:
+    """A fresh database of its own for one test, dropped after it."""
+    from tests.pgsupport import database
+
+    with database(pg_server) as dsn:
+        yield dsn

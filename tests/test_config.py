@@ -43,14 +43,16 @@ SECTIONS = {
     "BankRoute": ("`[[banks]]` tables", "## Fraud screening"),
     "FraudConfig": ("## Fraud screening", "`[[fraud.velocity]]` tables"),
     "VelocityRule": ("`[[fraud.velocity]]` tables", "## Webhooks"),
-    "WebhookConfig": ("## Webhooks", "## Bank node"),
+    "WebhookConfig": ("## Webhooks", "## Ledger"),
+    "LedgerConfig": ("## Ledger", "## Bank node"),
     "BankNodeConfig": ("## Bank node", ""),
 }
 
 
 @pytest.mark.parametrize("cls", [cfgmod.HubConfig, cfgmod.MerchantConfig, cfgmod.BankRoute,
                                  cfgmod.BankNodeConfig, cfgmod.FraudConfig,
-                                 cfgmod.VelocityRule, cfgmod.WebhookConfig])
+                                 cfgmod.VelocityRule, cfgmod.WebhookConfig,
+                                 cfgmod.LedgerConfig])
 def test_every_field_and_default_is_documented(cls: type) -> None:
     doc = DOC.read_text()
     start, end = SECTIONS[cls.__name__]

@@ -1,7 +1,7 @@
 """The ledger contract: what every ``Ledger`` (and its ``LedgerTools``) must do.
 
-Parametrised over implementations. Today only SQLite; the PostgreSQL ledger of the
-scale-out issue joins ``IMPLEMENTATIONS`` and must pass the same tests unchanged.
+Parametrised over implementations: SQLite (a file in the test's directory) and PostgreSQL
+(a fresh database of its own on the tests' server, ``tests/pgsupport.py``).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,13 +21,28 @@ from gateway.transactions.model import Transaction, now_ms
 @dataclass
 class Implementation:
     name: str
-    open: Callable[[Path], Ledger]  # a ledger at this place, not started
-    tools: Callable[[Path], LedgerTools]
+    place: Callable[[pytest.FixtureRequest, Path], Any]  # where a test's ledger lives
+    open: Callable[[Any], Ledger]  # a ledger at this place, not started
+    tools: Callable[[Any], LedgerTools]
+
+
+def _postgres_ledger(dsn: str) -> Ledger:
+    from gateway.ledger.postgres import PostgresLedger
+
+    return PostgresLedger(dsn)
+
+
+def _postgres_tools(dsn: str) -> LedgerTools:
+    from gateway.ledger.postgres import PostgresLedgerTools
+
+    return PostgresLedgerTools(dsn)
 
 
 IMPLEMENTATIONS = [
-    Implementation("sqlite", lambda d: SqliteLedger(d / "ledger.db"),
-                   lambda d: SqliteLedgerTools(d / "ledger.db")),
+    Implementation("sqlite", lambda request, tmp: tmp / "ledger.db", SqliteLedger,
+                   SqliteLedgerTools),
+    Implementation("postgres", lambda request, tmp: request.getfixturevalue("pg_dsn"),
+                   _postgres_ledger, _postgres_tools),
 ]
 
 
@@ -37,8 +53,13 @@ def impl(request: pytest.FixtureRequest) -> Implementation:
 
 
 @pytest.fixture
-async def ledger(impl: Implementation, tmp_path: Path) -> AsyncIterator[Ledger]:
-    opened = impl.open(tmp_path)
+def place(impl: Implementation, request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    return impl.place(request, tmp_path)
+
+
+@pytest.fixture
+async def ledger(impl: Implementation, place: Any) -> AsyncIterator[Ledger]:
+    opened = impl.open(place)
     await opened.start()
     try:
         yield opened
@@ -47,8 +68,8 @@ async def ledger(impl: Implementation, tmp_path: Path) -> AsyncIterator[Ledger]:
 
 
 @pytest.fixture
-def tools(impl: Implementation, tmp_path: Path) -> LedgerTools:
-    return impl.tools(tmp_path)
+def tools(impl: Implementation, place: Any) -> LedgerTools:
+    return impl.tools(place)
 
 
 def _tx(merchant: str, order: str, amount: int = 1000, status: str = "pending",
@@ -246,8 +267,8 @@ async def test_summaries_give_every_transactions_money_columns(ledger: Ledger,
 
 
 async def test_everything_survives_close_and_reopen(impl: Implementation,
-                                                    tmp_path: Path) -> None:
-    first = impl.open(tmp_path)
+                                                    place: Any) -> None:
+    first = impl.open(place)
     await first.start()
     assert first.died is not None and not first.died.done()
     txs = [_tx("m1", f"o{i}", status="pending" if i % 2 else "capture") for i in range(5)]
@@ -258,7 +279,7 @@ async def test_everything_survives_close_and_reopen(impl: Implementation,
     await first.close()
     assert last.done() and last.result() == 6
     assert not first.died.done()  # a clean close is not a death
-    second = impl.open(tmp_path)
+    second = impl.open(place)
     await second.start()
     try:
         assert sorted(await second.created_since(0), key=lambda t: t.order_id) == txs
@@ -269,7 +290,7 @@ async def test_everything_survives_close_and_reopen(impl: Implementation,
         assert len(await second.due_webhooks(now_ms(), 100)) == 5  # one per transaction
     finally:
         await second.close()
-    assert impl.tools(tmp_path).webhook_count() == 7
+    assert impl.tools(place).webhook_count() == 7
 
 
 async def test_a_bad_write_fails_alone_and_leaves_no_gap_in_the_events(ledger: Ledger) -> None:

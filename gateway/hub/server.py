@@ -17,7 +17,7 @@ from gateway.hub.routing import Router
 from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
-from gateway.ledger.sqlite import SqliteLedger
+from gateway.ledger import open_ledger
 from gateway.net import plaintext
 from gateway.net.signed import verified_request
 from gateway.transactions.model import now_ms
@@ -36,8 +36,11 @@ class Hub:
         # deployment's 0600 secrets file; SecretsError here keeps the hub from starting.
         self.secrets = secret_keys.load_hub(cfg.secrets_file, cfg.link_key)
         self.link_key = self.secrets.link_key
-        self.ledger = SqliteLedger(cfg.ledger_path, synchronous=cfg.ledger_synchronous,
-                                   queue_writes_max=cfg.ledger_queue_writes_max)
+        self.ledger = open_ledger(cfg.ledger_path, cfg.ledger.url,
+                                  synchronous=cfg.ledger_synchronous,
+                                  queue_writes_max=cfg.ledger_queue_writes_max,
+                                  connect_timeout_s=cfg.ledger.connect_timeout_s,
+                                  commit_timeout_s=cfg.ledger.commit_timeout_s)
         self.auth = Authenticator({m.id: m.server_key.encode() for m in cfg.merchants},
                                   cfg.timestamp_window_s,
                                   {m.id: cfg.nonce_entries_max(m) for m in cfg.merchants})
