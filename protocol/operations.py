@@ -100,6 +100,10 @@ METADATA_KEYS_MAX = 20
 METADATA_KEY_CHARS_MAX = 40
 METADATA_VALUE_CHARS_MAX = 500
 METADATA_KEY_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+# All keys and values together, UTF-8 encoded: the per-key limits allow 20 x 540 = 10 800
+# ASCII bytes, but 4-byte characters would make that 40 800; with the largest refund list
+# a result could then outgrow the default body_bytes_max (65 536) and never be readable.
+METADATA_BYTES_MAX = 16_384
 # A per-transaction notification URL (Midtrans' ``X-Override-Notification``); the hub checks
 # it against its webhook rules (https, or http to loopback with the lab opt-in) as well.
 NOTIFICATION_URL_CHARS_MAX = 2048
@@ -112,14 +116,16 @@ class StrMap(Map):
     later (a float that comes back rounded, a nested map a webhook receiver cannot read)."""
 
     def __init__(self, keys_max: int, key_chars_max: int, value_chars_max: int,
-                 key_pattern: str) -> None:
+                 key_pattern: str, bytes_max: int) -> None:
         super().__init__({}, allow_extra=True)
         # Map is a frozen dataclass: set our own attributes the way its __init__ does.
         object.__setattr__(self, "keys_max", keys_max)
+        object.__setattr__(self, "bytes_max", bytes_max)
         object.__setattr__(self, "key", Str(1, key_chars_max, key_pattern))
         object.__setattr__(self, "value", Str(0, value_chars_max))
 
     keys_max: int
+    bytes_max: int
     key: Str
     value: Str
 
@@ -139,15 +145,20 @@ class StrMap(Map):
                                 f"characters matching {self.key.pattern}, got {shown}",
                                 code=ErrorCode.INVALID_FIELD, field=path) from None
             out[key] = self.value.check(item, f"{path}.{key}")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in out.items())
+        if size > self.bytes_max:
+            raise BodyError(f"{path}: keys and values take {size} bytes (UTF-8), more than "
+                            f"{self.bytes_max}", code=ErrorCode.INVALID_FIELD, field=path)
         return out
 
     def describe(self) -> str:
         return (f"map of str to str, 0..{self.keys_max} keys; keys 1..{self.key.max_len} chars, "
-                f"`{self.key.pattern}`; values 0..{self.value.max_len} chars")
+                f"`{self.key.pattern}`; values 0..{self.value.max_len} chars; "
+                f"keys and values 0..{self.bytes_max} bytes (UTF-8) in all")
 
 
 METADATA = StrMap(METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_VALUE_CHARS_MAX,
-                  METADATA_KEY_PATTERN)
+                  METADATA_KEY_PATTERN, METADATA_BYTES_MAX)
 TRANSACTION_ID = Str(1, 64, ID_PATTERN)
 
 ARGS: dict[Operation, Map] = {
