@@ -8,7 +8,7 @@
         return 401  # exc.reason says why (VerificationFailure)
     record(n.event_id, n.order_id, n.transaction_status)
 
-What proves a notification (docs/protocol.md §6.2, README "Webhooks"), checked in this order:
+What proves a notification (README "Webhooks"), checked in this order:
 
 1. the ``X-Paywire-Signature`` header, ``t=<unix s>,v1=<hex HMAC-SHA256(key, "<t>." + body)>``,
    over the exact body bytes: it covers every field, and it is checked first so that no

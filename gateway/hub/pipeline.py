@@ -83,7 +83,7 @@ class RequestPipeline:
             return
         handler = self.handler
         if op is Operation.STATUS and "order_id" not in args:
-            # By transaction id (docs/protocol.md §5.1.2): cached, it is a status of its
+            # By transaction id (docs/protocol.md §5.1.3): cached, it is a status of its
             # order from here on; otherwise the task looks it up in the ledger first.
             order_id = handler.order_of(merchant_id, args["transaction_id"])
             if order_id is None:
