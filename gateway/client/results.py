@@ -80,16 +80,16 @@ class TransactionResult:
         data["refunds"] = tuple(Refund(**r) for r in data.get("refunds", ()))
         data["fraud_reasons"] = tuple(data.get("fraud_reasons", ()))
         data["metadata"] = dict(data.get("metadata") or {})
-        data["transaction_status"] = _member(TransactionStatus, data.get("transaction_status"))
-        data["fraud_status"] = _member(FraudStatus, data.get("fraud_status"))
-        data["payment_type"] = _member(PaymentType, data.get("payment_type"))
+        data["transaction_status"] = wire_member(TransactionStatus, data.get("transaction_status"))
+        data["fraud_status"] = wire_member(FraudStatus, data.get("fraud_status"))
+        data["payment_type"] = wire_member(PaymentType, data.get("payment_type"))
         return cls(**data, replayed=replayed)
 
 
 _E = TypeVar("_E", TransactionStatus, FraudStatus, PaymentType)
 
 
-def _member(kind: type[_E], value: Any) -> _E:
+def wire_member(kind: type[_E], value: Any) -> _E:
     """The enum member of a wire value. A value this client does not know (a newer hub's
     status) stays the plain string rather than failing a result whose money has already
     moved: it still compares as that string, it just has no member name."""

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.client.results import _member
+from gateway.client.results import wire_member
 from protocol.operations import FraudStatus, PaymentType, TransactionStatus
 from protocol.signing import signature_key, webhook_signature_header
 
@@ -280,9 +280,9 @@ def _parse_body(raw: bytes, signed_at_s: int) -> WebhookNotification:
     strings.update((name, data.get(name)) for name in _OPTIONAL_STR)
     return WebhookNotification(
         **strings,
-        payment_type=_member(PaymentType, data["payment_type"]),
-        transaction_status=_member(TransactionStatus, data["transaction_status"]),
-        fraud_status=_member(FraudStatus, data["fraud_status"]),
+        payment_type=wire_member(PaymentType, data["payment_type"]),
+        transaction_status=wire_member(TransactionStatus, data["transaction_status"]),
+        fraud_status=wire_member(FraudStatus, data["fraud_status"]),
         signed_at_s=signed_at_s,
         va_numbers=tuple(VaNumber(v.get("bank"), v["va_number"]) for v in va_numbers),
         fraud_reasons=tuple(reasons),
