@@ -106,6 +106,14 @@ def test_a_tampered_header_is_refused() -> None:
         is VerificationFailure.MISSING_HEADER
 
 
+def test_an_event_id_header_must_repeat_the_signed_one() -> None:
+    """The dispatcher's ``X-Paywire-Event-Id`` is unsigned: accepted only when it agrees."""
+    ok = {**signed(BODY), "X-Paywire-Event-Id": "evt_M1_42"}
+    assert construct_event(BODY, ok, KEY, now_s=NOW).event_id == "evt_M1_42"
+    other = {**signed(BODY), "X-Paywire-Event-Id": "evt_M1_41"}
+    assert reason_of(BODY, other) is VerificationFailure.EVENT_ID_MISMATCH
+
+
 def test_a_stale_notification_is_refused() -> None:
     assert reason_of(BODY, signed(BODY, NOW - 301)) is VerificationFailure.STALE
     assert reason_of(BODY, signed(BODY, NOW - 3600)) is VerificationFailure.STALE

@@ -18,7 +18,9 @@ What proves a notification (README "Webhooks"), checked in this order:
 3. the body's ``signature_key`` (Midtrans': SHA-512 of order id, status code, gross amount
    and key). Implied by 1 for a genuine hub, but a second implementation of the hub might
    get it wrong, and a Midtrans-style receiver relies on it: a mismatch is refused too;
-4. optionally, that this exact signed delivery was not presented before (``ReplayGuard``).
+4. the ``X-Paywire-Event-Id`` header, if present, equal to the body's ``event_id`` (the
+   header is not signed; a receiver that deduplicates on it must not be misled);
+5. optionally, that this exact signed delivery was not presented before (``ReplayGuard``).
 
 **What "replayed" means here.** The hub signs each *delivery attempt* with the time of the
 attempt, so a redelivery of the same notification (the receiver answered 5xx, or timed out)
@@ -66,6 +68,7 @@ class VerificationFailure(enum.StrEnum):
     MALFORMED_BODY = "malformed_body"      # signed, but not a notification (a hub bug)
     BAD_SIGNATURE_KEY = "bad_signature_key"  # the body's signature_key does not match
     REPLAYED = "replayed"                  # this exact signed delivery was seen before
+    EVENT_ID_MISMATCH = "event_id_mismatch"  # X-Paywire-Event-Id is not the body's event_id
 
 
 class SignatureVerificationError(ValueError):
@@ -200,6 +203,14 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
             f"signed {timestamp_s - now:.0f} s in the future, more than the tolerance of "
             f"{tolerance_s} s (check this host's clock)")
     notification = _parse_body(raw, timestamp_s)
+    # The event id header is not signed: a receiver deduplicating on it could be made to
+    # drop a genuine notification, so it must repeat the signed body's, or be absent.
+    header_event_id = _header(headers, EVENT_ID_HEADER)
+    if header_event_id is not None and header_event_id != notification.event_id:
+        raise SignatureVerificationError(
+            VerificationFailure.EVENT_ID_MISMATCH,
+            f"{EVENT_ID_HEADER} {header_event_id[:80]!r} is not the signed body's event_id "
+            f"{notification.event_id!r}")
     expected = signature_key(notification.order_id, notification.status_code,
                              notification.gross_amount, key)
     if not hmac.compare_digest(expected, notification.signature_key):
