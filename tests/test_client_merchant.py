@@ -185,8 +185,8 @@ async def test_metadata_and_notification_url_reach_webhooks_and_events(
     rx = await Receiver(keys, tmp_path / "rx-tls").start()
     try:
         with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": rx.url("M1")},
-                        hub_overrides={"webhooks": rx.trusted(FAST)}) as d:
-            async with d.client() as c:
+                        hub_overrides={"webhooks": rx.trusted(FAST)}) as hooked:
+            async with hooked.client() as c:
                 since = int(c.welcome["event_seq"])
                 meta = {"cart": "c-7", "event_id": ""}  # a key named like the body's own
                 plain = await c.charge("wh-plain", 11_000, card=card(6), metadata=meta)
