@@ -156,7 +156,9 @@ def _field_rows(spec: Map, prefix: str = "") -> list[str]:
         if isinstance(item, Opt) and item.default is not None:
             shown = str(item.default).lower() if isinstance(item.default, bool) else item.default
             default = f" (default `{shown}`)"
-        kind = inner.describe() if not isinstance(inner, Map) else \
+        # A map subclass that describes itself (``StrMap``) says more than "free-form".
+        kind = inner.describe() if not isinstance(inner, Map) \
+            or type(inner).describe is not Map.describe else \
             ("map (free-form)" if inner.allow_extra else "map, see below")
         rows.append(f"| `{prefix}{name}` | {'yes' if required else 'no'} | {kind}{default} |")
         if isinstance(inner, Map) and not inner.allow_extra:

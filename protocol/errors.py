@@ -59,6 +59,14 @@ file), ``gateway.bank.store.BooksError`` (the books disagree with the node's con
 and ``gateway.hub.banklink.LinkLost`` (a ``ConnectionError`` the bank pool turns into
 ``BankUnavailable`` or ``OutcomeUnknown`` before anything outside it sees it).
 
+**Stripe's names, for merchants porting an integration** (aliases, not classes: the same
+class under a second name): ``InvalidRequestError`` is ``BodyError``, ``IdempotencyError``
+is ``DuplicateOrder``, ``APIConnectionError`` is ``ConnectionLost``. A *declined card* is no
+exception at all: the charge succeeds as a request and its result says ``deny`` (with
+``decline_reason``); ``CardError`` carries the banks' decline codes on the bank link only.
+A webhook that fails verification is ``gateway.client.webhooks.SignatureVerificationError``,
+outside this tree: it is no code of the protocol, and nothing a peer is answered with.
+
 Errors pickle with their code, field and attributes (remote ones stay remote): results and
 errors cross the storage writer's process boundary as pickles.
 """
@@ -408,6 +416,11 @@ class RemoteError(PaywireError):
 
 
 assert set(_REGISTRY) == set(ErrorCode), set(ErrorCode) - set(_REGISTRY)
+
+# Stripe-python's names for the same families (see the module docstring).
+InvalidRequestError = BodyError
+IdempotencyError = DuplicateOrder
+APIConnectionError = ConnectionLost
 
 
 def class_for(code: ErrorCode) -> type[PaywireError]:

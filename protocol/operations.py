@@ -92,6 +92,75 @@ CUSTOMER = Map(
     }
 )
 
+# The merchant's own key-value pairs on a charge (Stripe's and Midtrans' ``metadata`` /
+# ``custom_field``): stored with the transaction and returned in every result, webhook and
+# event, never interpreted. Bounded because they travel in every one of those, and a result
+# must stay within the default ``body_bytes_max`` (docs/protocol.md §5.1.2).
+METADATA_KEYS_MAX = 20
+METADATA_KEY_CHARS_MAX = 40
+METADATA_VALUE_CHARS_MAX = 500
+METADATA_KEY_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+# All keys and values together, UTF-8 encoded: the per-key limits allow 20 x 540 = 10 800
+# ASCII bytes, but 4-byte characters would make that 40 800; with the largest refund list
+# a result could then outgrow the default body_bytes_max (65 536) and never be readable.
+METADATA_BYTES_MAX = 16_384
+# A per-transaction notification URL (Midtrans' ``X-Override-Notification``); the hub checks
+# it against its webhook rules (https, or http to loopback with the lab opt-in) as well.
+NOTIFICATION_URL_CHARS_MAX = 2048
+
+
+class StrMap(Map):
+    """A map of string keys to string values, bounded in key count and in the length of each
+    key and value (in characters). A map rather than free-form: metadata is stored and sent
+    back verbatim, so anything but a flat map of strings would be a merchant's surprise
+    later (a float that comes back rounded, a nested map a webhook receiver cannot read)."""
+
+    def __init__(self, keys_max: int, key_chars_max: int, value_chars_max: int,
+                 key_pattern: str, bytes_max: int) -> None:
+        super().__init__({}, allow_extra=True)
+        # Map is a frozen dataclass: set our own attributes the way its __init__ does.
+        object.__setattr__(self, "keys_max", keys_max)
+        object.__setattr__(self, "bytes_max", bytes_max)
+        object.__setattr__(self, "key", Str(1, key_chars_max, key_pattern))
+        object.__setattr__(self, "value", Str(0, value_chars_max))
+
+    keys_max: int
+    bytes_max: int
+    key: Str
+    value: Str
+
+    def check(self, value: Any, path: str) -> Any:
+        if type(value) is not dict:
+            raise BodyError(f"{path}: must be a map", code=ErrorCode.INVALID_FIELD, field=path)
+        if len(value) > self.keys_max:
+            raise BodyError(f"{path}: at most {self.keys_max} keys, got {len(value)}",
+                            code=ErrorCode.INVALID_FIELD, field=path)
+        out: dict[str, str] = {}
+        for key, item in value.items():
+            try:
+                self.key.check(key, path)
+            except BodyError:
+                shown = repr(key)[:self.key.max_len + 10]
+                raise BodyError(f"{path}: a key must be a string of 1..{self.key.max_len} "
+                                f"characters matching {self.key.pattern}, got {shown}",
+                                code=ErrorCode.INVALID_FIELD, field=path) from None
+            out[key] = self.value.check(item, f"{path}.{key}")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in out.items())
+        if size > self.bytes_max:
+            raise BodyError(f"{path}: keys and values take {size} bytes (UTF-8), more than "
+                            f"{self.bytes_max}", code=ErrorCode.INVALID_FIELD, field=path)
+        return out
+
+    def describe(self) -> str:
+        return (f"map of str to str, 0..{self.keys_max} keys; keys 1..{self.key.max_len} chars, "
+                f"`{self.key.pattern}`; values 0..{self.value.max_len} chars; "
+                f"keys and values 0..{self.bytes_max} bytes (UTF-8) in all")
+
+
+METADATA = StrMap(METADATA_KEYS_MAX, METADATA_KEY_CHARS_MAX, METADATA_VALUE_CHARS_MAX,
+                  METADATA_KEY_PATTERN, METADATA_BYTES_MAX)
+TRANSACTION_ID = Str(1, 64, ID_PATTERN)
+
 ARGS: dict[Operation, Map] = {
     Operation.CHARGE: Map(
         {
@@ -106,6 +175,8 @@ ARGS: dict[Operation, Map] = {
             "customer": Opt(CUSTOMER),
             "expiry_s": Opt(Int(1, EXPIRY_S_MAX)),
             "description": Opt(Str(0, 255)),
+            "metadata": Opt(METADATA),
+            "notification_url": Opt(Str(1, NOTIFICATION_URL_CHARS_MAX, r"https?://\S+")),
         }
     ),
     Operation.CAPTURE: Map({"order_id": ORDER_ID, "gross_amount": Opt(AMOUNT)}),
@@ -120,7 +191,9 @@ ARGS: dict[Operation, Map] = {
     ),
     Operation.APPROVE: Map({"order_id": ORDER_ID}),
     Operation.DENY: Map({"order_id": ORDER_ID}),
-    Operation.STATUS: Map({"order_id": ORDER_ID}),
+    # Either id names the transaction (Midtrans' /v2/{order_id or transaction_id}/status):
+    # exactly one of them (``_check_status``).
+    Operation.STATUS: Map({"order_id": Opt(ORDER_ID), "transaction_id": Opt(TRANSACTION_ID)}),
     Operation.EXPIRE: Map({"order_id": ORDER_ID}),
 }
 
@@ -140,11 +213,24 @@ def validate_args(op: Operation, args: Any) -> dict[str, Any]:
     checked: dict[str, Any] = ARGS[op].check(args, "args")
     if op is Operation.CHARGE:
         _check_charge(checked)
+    elif op is Operation.STATUS:
+        _check_status(checked)
     return checked
+
+
+def _check_status(args: dict[str, Any]) -> None:
+    """Exactly one id: with both, which one answers would be a guess if they disagreed."""
+    given = [name for name in ("order_id", "transaction_id") if name in args]
+    if len(given) != 1:
+        raise BodyError("args: give exactly one of order_id and transaction_id, got "
+                        f"{' and '.join(given) or 'neither'}", code=ErrorCode.INVALID_FIELD,
+                        field="args.order_id")
 
 
 def _check_charge(args: dict[str, Any]) -> None:
     """Rules that span fields: each payment type needs its own details and no others'."""
+    if "metadata" in args and not args["metadata"]:
+        del args["metadata"]  # an empty map is no metadata (for idempotency too: §5.3)
     payment_type = args["payment_type"]
     needed = {"credit_card": "card", "bank_transfer": "bank", "ewallet": "provider"}
     for ptype, name in needed.items():
@@ -214,6 +300,7 @@ TRANSACTION = Map(
         "fraud_reasons": Opt(ListOf(Str(0, 128), 32)),
         "decline_reason": Opt(Str(0, 255)),
         "hops_us": Opt(Map({}, allow_extra=True)),
+        "metadata": Opt(METADATA),
     }
 )
 

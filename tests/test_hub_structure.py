@@ -11,7 +11,7 @@ from gateway.hub.handler import RequestHandler
 from gateway.hub.service import TransactionService
 
 ROOT = Path(__file__).resolve().parent.parent
-INTERFACE = {"status_now", "admit", "finished", "execute", "answered", "start"}
+INTERFACE = {"status_now", "order_of", "admit", "finished", "execute", "answered", "start"}
 
 
 def test_the_interface_is_what_sessions_need() -> None:

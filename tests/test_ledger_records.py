@@ -154,6 +154,25 @@ def test_a_field_added_later_is_ignored_and_one_removed_takes_its_default() -> N
     assert dataclasses.replace(got, customer=t.customer, masked_card=t.masked_card) == t
 
 
+def test_records_written_before_metadata_read_without_it() -> None:
+    """Issue 15 added ``metadata`` and ``notification_url`` to format 2 without a new
+    version: a record that does not name them (every record written before) reads with
+    ``None``, and one that does keeps them."""
+    t = _tx(metadata={"cart": "c-1", "note": "ünï"},
+            notification_url="https://shop.example/hooks/o-1")
+    assert Transaction.from_record(t.to_record()) == t
+    names = [f.name for f in dataclasses.fields(Transaction)
+             if f.name not in ("metadata", "notification_url")]
+    before = _v2(names, [getattr(t, n) for n in names])
+    old = Transaction.from_record(before)
+    assert old.metadata is None and old.notification_url is None
+    assert "metadata" not in old.to_result()
+    assert dataclasses.replace(old, metadata=t.metadata,
+                               notification_url=t.notification_url) == t
+    assert t.to_result()["metadata"] == t.metadata
+    assert "notification_url" not in t.to_result()  # the merchant's own setting, not shown
+
+
 def test_format_1_is_read_by_name_once_the_dataclass_changes(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """After a field is added to ``Transaction``, format 1 rows go through the name map of
@@ -197,6 +216,8 @@ _opt_text = st.none() | _text
                                              "amount": st.integers(0, 10**9)}), max_size=3),
     fraud_reasons=st.lists(_text, max_size=3),
     pending_op=st.none() | st.dictionaries(_text, st.integers(-2**63, 2**63 - 1), max_size=3),
-    hops_us=st.dictionaries(_text, st.integers(0, 2**40), max_size=3)))
+    hops_us=st.dictionaries(_text, st.integers(0, 2**40), max_size=3),
+    metadata=st.none() | st.dictionaries(_text, _text, max_size=3),
+    notification_url=_opt_text))
 def test_every_transaction_round_trips_through_its_record(t: Transaction) -> None:
     assert Transaction.from_record(t.to_record()) == t

@@ -1,4 +1,5 @@
-"""The webhook receiver printed in the README works against what the hub really sends."""
+"""The webhook receiver printed in the README works against what the hub really sends: it
+uses ``construct_event`` and refuses forged, edited, stale, future and replayed posts."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 
 def readme_receiver_app() -> web.Application:
     text = README.read_text()
-    block = re.search(r"A complete receiver:\n\n```python\n(.*?)```", text, re.S)
+    assert "construct_event" in text
+    block = re.search(r"A complete receiver.*?```python\n(.*?)```", text, re.S)
     assert block is not None
     captured: dict[str, Any] = {}
     namespace: dict[str, Any] = {}
@@ -67,5 +69,13 @@ async def test_readme_receiver_accepts_genuine_and_refuses_forged() -> None:
             assert await post(body, webhook_signature_header(b"wrong", now, body)) == 401
             stale = webhook_signature_header(key.encode(), now - 3600, body)
             assert await post(body, stale) == 401
+            future = webhook_signature_header(key.encode(), now + 3600, body)
+            assert await post(body, future) == 401
+            # The genuine delivery posted again, header and all: a replay.
+            assert await post(body, webhook_signature_header(key.encode(), now, body)) \
+                == 401
+            # The hub's own redelivery is signed anew: accepted (deduplicated by event_id).
+            assert await post(body, webhook_signature_header(key.encode(), now + 1, body)) \
+                == 200
     finally:
         await runner.cleanup()

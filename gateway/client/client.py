@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -285,7 +285,7 @@ class Client:
         try:
             return TransactionResult.from_wire(await self.request(op, args, timeout_s))
         except OutcomeUnknown as exc:
-            if exc.order_id is not None:
+            if exc.order_id is not None or "order_id" not in args:
                 raise
             # The hub's OUTCOME_UNKNOWN, or a lost connection: say which order it is about.
             # A copy, because one ConnectionLost may fail every request of a connection.
@@ -294,8 +294,10 @@ class Client:
             raise named from None
         except RequestTimeout:
             if not self.resolve_unknown or op == "status":
-                raise OutcomeUnknown(f"{op} of {args['order_id']!r}: no answer in time",
-                                     order_id=args["order_id"]) from None
+                # A status by transaction id names no order: the message names the id.
+                named_by = args.get("order_id") or args.get("transaction_id")
+                raise OutcomeUnknown(f"{op} of {named_by!r}: no answer in time",
+                                     order_id=args.get("order_id")) from None
             return await self._resolve(op, args)
 
     async def _resolve(self, op: str, args: dict[str, Any]) -> TransactionResult:
@@ -340,7 +342,7 @@ class Client:
                                          order_id=order_id) from None
 
     async def events(self, since: int | None = None, *, reconnect: bool = True
-                     ) -> AsyncIterator[Event]:
+                     ) -> AsyncGenerator[Event, None]:
         """Yield this merchant's pushed events after ``since`` (all future ones if ``None``),
         in order, each once. Runs on its own connection; when it drops, or a gap in ``seq``
         shows a missed event, it reconnects with ``events_since`` = the last seq yielded and
@@ -390,18 +392,28 @@ class Client:
                      bank: str | None = None, provider: str | None = None,
                      currency: str = "IDR", customer: dict[str, Any] | None = None,
                      expiry_s: int | None = None, description: str | None = None,
-                     timeout_s: float | None = None) -> TransactionResult:
+                     timeout_s: float | None = None,
+                     metadata: Mapping[str, str] | None = None,
+                     notification_url: str | None = None) -> TransactionResult:
         """Charge a card (authorize + capture, or authorize only with ``capture=False``),
         open a virtual account (``payment_type="bank_transfer"``, ``bank=``), or request an
         e-wallet payment (``payment_type="ewallet"``, ``provider=``). Retrying with the same
-        ``order_id`` and content returns the first result (``replayed=True``)."""
+        ``order_id`` and content returns the first result (``replayed=True``).
+
+        ``metadata``: the merchant's own string pairs, returned in every result, webhook and
+        event of the transaction (at most ``METADATA_KEYS_MAX`` keys; limits in
+        docs/protocol.md §5.1.2). ``notification_url``: where this transaction's webhooks go
+        instead of the merchant's configured URL (https; refused like a bad merchant URL).
+        A declined card is a result with ``transaction_status`` ``deny``, not an error."""
         args: dict[str, Any] = {"order_id": order_id, "gross_amount": gross_amount,
                                 "payment_type": payment_type, "currency": currency}
         if card is not None:
             args["card"] = card.to_wire() if isinstance(card, Card) else card
             args["capture"] = capture
         optional = {"bank": bank, "provider": provider, "customer": customer,
-                    "expiry_s": expiry_s, "description": description}
+                    "expiry_s": expiry_s, "description": description,
+                    "metadata": dict(metadata) if metadata else None,
+                    "notification_url": notification_url}
         args.update({k: v for k, v in optional.items() if v is not None})
         return await self._tx("charge", args, timeout_s)
 
@@ -433,8 +445,16 @@ class Client:
     async def deny(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
         return await self._tx("deny", {"order_id": order_id}, timeout_s)
 
-    async def status(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
-        return await self._tx("status", {"order_id": order_id}, timeout_s)
+    async def status(self, order_id: str | None = None, timeout_s: float | None = None, *,
+                     transaction_id: str | None = None) -> TransactionResult:
+        """The transaction of ``order_id``, or of ``transaction_id`` (give exactly one, as
+        Midtrans' status accepts either). Another merchant's transaction id is
+        ``NotFound``, like an id nobody issued."""
+        if (order_id is None) == (transaction_id is None):
+            raise ValueError("give exactly one of order_id and transaction_id")
+        args = ({"order_id": order_id} if order_id is not None
+                else {"transaction_id": transaction_id})
+        return await self._tx("status", args, timeout_s)
 
     async def expire(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
         return await self._tx("expire", {"order_id": order_id}, timeout_s)

@@ -39,6 +39,10 @@ class RequestHandler(Protocol):
         order is unfinished and the committed transaction is at hand and settled), else
         None: then the request is admitted and executed like any other."""
 
+    def order_of(self, merchant_id: str, transaction_id: str) -> str | None:
+        """The order id of the merchant's transaction ``transaction_id`` if it is at hand
+        without a ledger read, else None (``execute`` then looks it up)."""
+
     def admit(self, key: Key) -> bool:
         """Count a request on ``key`` in decode order; True when earlier ones on the same
         order are unfinished (a ``status`` then passes ``after_earlier=True``). Pair with

@@ -40,7 +40,9 @@ class Notifier:
         server keys."""
         merchant = self.merchants.get(tx.merchant_id)
         result = tx.to_result(with_hops=False)
-        url = merchant.webhook_url if merchant else None
+        # A charge's own ``notification_url`` overrides the merchant's for all of its
+        # transaction's notifications (checked against the webhook rules when charged).
+        url = tx.notification_url or (merchant.webhook_url if merchant else None)
         head, tail = (notification_body_parts(result, merchant.server_key)
                       if merchant and url else (b"", b""))
         return Notification(bodycodec.pack(result), url, head, tail)
@@ -103,7 +105,7 @@ class EventFanout:
         """A committed status change (its event and webhook rows are already on disk)."""
         merchant = tx.merchant_id
         self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
-        if merchant in self.has_webhook:
+        if merchant in self.has_webhook or tx.notification_url:
             self.webhooks.wake()
         subscribers = self.subscribers.get(merchant)
         if subscribers:

@@ -82,6 +82,16 @@ class RequestPipeline:
             source.respond_error(rid, exc)
             return
         handler = self.handler
+        if op is Operation.STATUS and "order_id" not in args:
+            # By transaction id (docs/protocol.md §5.1.3): cached, it is a status of its
+            # order from here on; otherwise the task looks it up in the ledger first.
+            order_id = handler.order_of(merchant_id, args["transaction_id"])
+            if order_id is None:
+                source.request_started(rid)
+                source.track(asyncio.get_running_loop().create_task(self._serve(
+                    source, rid, op, args, received_us, False, req.sent_us)))
+                return
+            args = {"order_id": order_id}
         key = (merchant_id, args["order_id"])
         if op is Operation.STATUS:
             now = handler.status_now(key)
@@ -108,7 +118,7 @@ class RequestPipeline:
                 merchant_id, op, args, received_us, after_earlier=after_earlier,
                 sent_us=sent_us)
             source.respond(rid, result, replayed)
-            if not replayed:
+            if not replayed and "order_id" in args:
                 self.handler.answered((merchant_id, args["order_id"]), now_us())
         except PaywireError as exc:
             source.respond_error(rid, exc)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.config import HubConfig
+from gateway.config import HubConfig, webhook_url_problem
 from gateway.fraud import FraudEngine, Screening
 from gateway.hub import flows
 from gateway.hub.banklink import BankPool
@@ -95,6 +95,12 @@ class TransactionService:
             return None
         return tx.to_result()
 
+    def order_of(self, merchant_id: str, transaction_id: str) -> str | None:
+        """The order id of one of ``merchant_id``'s transactions if the cache knows it (a
+        ``status`` by transaction id then runs as one by order id); no ledger read."""
+        key = self.txs.by_txid.get(transaction_id)
+        return key[1] if key is not None and key[0] == merchant_id else None
+
     def answered(self, key: Key, at_us: int) -> None:
         """Telemetry only: kept in memory (``status`` shows it) and written with the
         transaction's next change; not worth a commit of its own."""
@@ -118,6 +124,15 @@ class TransactionService:
                       sent_us: int | None = None) -> Answer:
         """Run one validated operation; return (result map, replayed?). ``after_earlier``:
         a ``status`` admitted behind unfinished operations on its order waits for them."""
+        if op is Operation.STATUS and "order_id" not in args:
+            # By transaction id, not cached (``order_of``): found in the ledger, it is a
+            # status of its order, waiting for what is unfinished on it now. Another
+            # merchant's transaction is NOT_FOUND, exactly like an id nobody issued.
+            found = await self.txs.load_by_id(args["transaction_id"])
+            if found is None or found.merchant_id != merchant_id:
+                raise NotFound(f"no transaction {args['transaction_id']!r}")
+            args = {"order_id": found.order_id}
+            after_earlier = self.runner.busy((merchant_id, found.order_id))
         key = (merchant_id, args["order_id"])
         if op is Operation.STATUS:
             if after_earlier:
@@ -192,6 +207,8 @@ class TransactionService:
             status=S.PENDING.value, fraud_status=FraudStatus.ACCEPT.value,
             request_hash=req_hash, created_ms=created, updated_ms=created,
             capture_requested=args["capture"], customer=args.get("customer"),
+            metadata=args.get("metadata") or None,
+            notification_url=self._notification_url(args),
         )
         tx.hops_us["received"] = received_us
         if sent_us is not None:  # the client's clock, for display only (``paywire trace``)
@@ -230,6 +247,18 @@ class TransactionService:
                            EXPIRY_S_MAX)
             tx.expiry_ms = created + expiry_s * 1000
         return ChargePlan(tx, decisions.charge_call(tx), card_args)
+
+    def _notification_url(self, args: dict[str, Any]) -> str | None:
+        """The charge's own webhook URL, held to the same rules as a merchant's
+        (``webhook_url_problem``): refused before anything is recorded."""
+        url: str | None = args.get("notification_url")
+        if url is None:
+            return None
+        problem = webhook_url_problem(url, self.cfg.webhooks.allow_plain_http_loopback)
+        if problem is not None:
+            raise BodyError(f"args.notification_url: {problem}", code=ErrorCode.INVALID_FIELD,
+                            field="args.notification_url")
+        return url
 
     # --- events from banks and timers ---------------------------------------------------------
     async def on_payment(self, note: dict[str, Any], from_bank: str) -> None:

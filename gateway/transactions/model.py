@@ -94,6 +94,11 @@ class Transaction:
     charge_result: dict[str, Any] | None = None
     customer: dict[str, Any] | None = None
     card_fingerprint: str | None = None
+    # Added after format 2 was introduced (issue 15): absent from older records, which
+    # read with these defaults. The merchant's metadata, returned in every result; and the
+    # per-transaction webhook URL overriding the merchant's (never returned).
+    metadata: dict[str, str] | None = None
+    notification_url: str | None = None
 
     def to_record(self) -> bytes:
         """The ledger's stored form, record format 2 (see ``RECORD_FORMAT``): named fields.
@@ -176,6 +181,8 @@ class Transaction:
             out["decline_reason"] = self.decline_reason
         if with_hops and self.hops_us:
             out["hops_us"] = dict(self.hops_us)
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
         return out
 
 

@@ -72,6 +72,10 @@ def notification_body_parts(result: dict[str, Any], server_key: str) -> tuple[by
                                                     result["currency"])
     if result.get("fraud_reasons"):
         body["fraud_reasons"] = result["fraud_reasons"]
+    if result.get("metadata"):
+        # Sorted after ``event_id``, so the split below finds the real key first even if
+        # the merchant named a metadata key ``event_id`` (tests/test_client_merchant.py).
+        body["metadata"] = result["metadata"]
     data = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()  # ASCII only
     at = data.index(_EVENT_ID_MARK)
     return (data[:at] + _event_id_head(result["merchant_id"]),
