@@ -103,16 +103,17 @@ class Client:
         return (conn is not None and conn.transport is not None
                 and not conn.transport.is_closing() and conn.goaway is None)
 
-    async def _open(self, address: Address) -> ClientConnection:
+    async def _open(self, address: Address, timeout_s: float | None = None) -> ClientConnection:
         loop = asyncio.get_running_loop()
         host, port = address
+        timeout_s = self.connect_timeout_s if timeout_s is None else timeout_s
         conn = ClientConnection(self.merchant_id, self.hello)
         await asyncio.wait_for(loop.create_connection(
             lambda: conn.net, host, port,
             ssl=self.ssl_context, server_hostname=self.server_hostname or host),
-            self.connect_timeout_s)
+            timeout_s)
         try:
-            self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
+            self.welcome = await asyncio.wait_for(conn.welcome, timeout_s)
         except BaseException:
             conn.abort_soon()
             raise
@@ -154,13 +155,26 @@ class Client:
             while True:
                 if not first or attempt > 0:
                     await asyncio.sleep(self.backoff_s(attempt))
+                    if attempt > 0 and loop.time() >= deadline:
+                        # Out of time after the backoff: report the last real failure, not
+                        # the instant timeout of an attempt with no time left.
+                        raise ConnectionLost(f"no hub reachable among {self.addresses}: "
+                                             f"{last!r}")
                 address = self.addresses[self._next_address % len(self.addresses)]
                 self.reconnect_attempts.append(loop.time())
                 try:
-                    self.conn = await self._open(address)
+                    # No attempt outlives the window: a black-holed address would otherwise
+                    # hold the caller a whole connect timeout past it.
+                    self.conn = await self._open(address, max(0.0, min(
+                        self.connect_timeout_s, deadline - loop.time())))
                     return self.conn
                 except (TimeoutError, OSError, ssl.SSLError, ConnectionLost, RemoteError) as exc:
                     last = exc
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        # Permanent: the hub's certificate does not chain to our CA (or names
+                        # another host). Retrying for the whole window cannot change that and
+                        # only hides the cause from the person waiting (issue 15).
+                        raise
                     if isinstance(exc, RemoteError) and (not self.reconnect or (
                             not exc.code.is_retryable
                             and exc.code is not ErrorCode.TOO_MANY_CONNECTIONS)):
