@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
@@ -79,7 +80,14 @@ async def _serve(node: Any, ready_file: str | None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    try:
+        await node.start()
+    except Exception:
+        # Refused at start (a port in use): release what start() opened (ledger writer,
+        # webhook session) so the one line that says why is all the operator sees.
+        with contextlib.suppress(Exception):
+            await node.stop()
+        raise
     # Everything allocated so far (modules, classes, configuration: ~56,000 objects in a
     # hub) lives as long as the process. Frozen, the collector stops walking it on every
     # full collection, which otherwise stalls the loop for tens of milliseconds.
