@@ -58,7 +58,7 @@ def documented_commands() -> list[str]:
                 words = shlex.split(line, comments=True) if "paywire" in line else []
                 while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):
                     words.pop(0)
-                if words and words[0].endswith("/paywire") or words[:1] == ["paywire"]:
+                if (words and words[0].endswith("/paywire")) or words[:1] == ["paywire"]:
                     found.append(shlex.join(["paywire", *words[1:]]))
     return found
 
