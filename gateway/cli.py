@@ -6,12 +6,18 @@
     paywire secrets init FILE
     paywire hub --config hub.toml
     paywire bank --config bank.toml
-    paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
-    paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire bank-admin pay|balances|payments|faults --node HOST:PORT ... [--json]
+    paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...] [--json]
     paywire trace ORDER_ID [--png FILE] [--ledger PATH]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
     paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
+    paywire --version
+
+An error is one line (what is wrong: what to do) and an exit code of its kind: 2 usage,
+3 refused by the hub, 4 declined, 5 unreachable, 6 certificate or credentials refused,
+7 configuration or file, 8 in use, 9 outcome unknown (docs/cli.md; gateway/cliout.py).
+``--debug`` anywhere on the line adds the traceback.
 """
 
 from __future__ import annotations
@@ -531,7 +537,6 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-s", type=float,
                         help="give up reaching the hub after this many seconds (env "
                              f"PAYWIRE_TIMEOUT_S; default {cliout.CONNECT_TIMEOUT_S_DEFAULT:g})")
-    _add_json(parser)
 
 
 def _add_json(parser: argparse.ArgumentParser) -> None:
@@ -626,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
         o = sub.add_parser(op, help=f"one {op} request through the client library")
         o.add_argument("order_id")
         _add_client_options(o)
+        _add_json(o)
         o.set_defaults(fn=cmd_operation, op=op)
         if op in ("charge", "refund", "capture"):
             o.add_argument("--amount", type=int, required=(op == "charge"))

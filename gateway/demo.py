@@ -160,6 +160,7 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
+    progress.finish()  # once, whatever the count (a no-op when the last step ended it)
     elapsed_s = time.perf_counter() - started
 
     # Wait (bounded) for simulated customers to pay and for unpaid requests to expire.
