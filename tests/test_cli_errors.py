@@ -337,3 +337,21 @@ def test_demo_in_a_pipe_has_no_carriage_returns(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert b"\r" not in proc.stderr and b"\r" not in proc.stdout
     assert re.search(rb"^  payments: 20/20 done in ", proc.stderr, re.M), proc.stderr[-2000:]
+
+
+async def test_event_stream_does_not_retry_a_certificate_that_cannot_verify(
+        lab_sandbox: Sandbox, tmp_path: Path) -> None:
+    """``events()`` reconnects for ever on temporary failures; a permanent one ends it."""
+    other = tmp_path / "other-certs"
+    pki.init(other, merchants=["M1"], banks=["b"])
+    hub = lab_sandbox.info["hub"]
+    client = connect(hub["host"], hub["port"], merchant_id="M1",
+                     server_key=lab_sandbox.env["PAYWIRE_SERVER_KEY"], certs_dir=other)
+
+    async def first_event() -> object:
+        async for event in client.events():
+            return event
+        return None
+
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await asyncio.wait_for(first_event(), 120.0)

@@ -322,8 +322,8 @@ class Client:
                     last = seq
                     yield Event(seq, raw["type"], raw["merchant_id"],
                                 TransactionResult.from_wire(raw["data"]))
-            except (TimeoutError, OSError, ConnectionLost, RemoteError):
-                if not reconnect:
+            except (TimeoutError, OSError, ConnectionLost, RemoteError) as exc:
+                if not reconnect or _permanent(exc):
                     raise
             finally:
                 await sub.close()
@@ -386,6 +386,16 @@ class Client:
 
     async def expire(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
         return await self._tx("expire", {"order_id": order_id}, timeout_s)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A failure to connect that trying again cannot fix: a hub certificate our CA does not
+    verify, or a refusal the hub marks as not retryable (unknown merchant, wrong
+    certificate role), except the connection limit, which frees up."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(exc, RemoteError) and not exc.code.is_retryable and (
+        exc.code is not ErrorCode.TOO_MANY_CONNECTIONS)
 
 
 def _effect_visible(op: str, args: dict[str, Any], tx: TransactionResult) -> bool:
