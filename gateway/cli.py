@@ -112,6 +112,17 @@ async def _serve(node: Any, ready_file: str | None) -> int:
 NODE_UMASK = 0o077
 
 
+def _refused(kind: str, exc: Exception) -> int:
+    """A node that cannot start says why in one line (no traceback) and exits with the
+    code of the cause (docs/cli.md): another process holds its ledger (8), or its config,
+    secrets or ledger settings are wrong (7). A port in use reaches ``cliout.run_command``
+    as an ``OSError`` and exits 8 too."""
+    from gateway.storage.lockfile import LockHeld
+
+    print(f"paywire {kind}: {cliout.one_line(str(exc))}", file=sys.stderr)
+    return cliout.EXIT_IN_USE if isinstance(exc, LockHeld) else cliout.EXIT_CONFIG
+
+
 def _apply_listen(cfg: configmod.HubConfig | configmod.BankNodeConfig,
                   listen: str | None) -> None:
     """``--listen [HOST]:PORT`` overrides the config's listener (the host is optional)."""
@@ -125,25 +136,26 @@ def cmd_hub(ns: argparse.Namespace) -> int:
     from gateway.storage.lockfile import LockHeld
 
     os.umask(NODE_UMASK)
-    # A node that cannot start says why in one line (cliout.run_command): a config or
-    # secrets problem exits 7, a ledger or port held by another process 8 (docs/cli.md).
-    cfg = configmod.load(configmod.HubConfig, Path(ns.config))
-    _apply_listen(cfg, ns.listen)
-    if ns.ledger:
-        cfg.ledger_path = Path(ns.ledger)
     try:
+        cfg = configmod.load(configmod.HubConfig, Path(ns.config))
+        _apply_listen(cfg, ns.listen)
+        if ns.ledger:
+            cfg.ledger_path = Path(ns.ledger)
         return int(_run(_serve(Hub(cfg), ns.ready_file)))
-    except LockHeld as exc:  # its message already says what to do
-        raise CliError(cliout.EXIT_IN_USE, cliout.one_line(str(exc))) from exc
+    except (configmod.ConfigError, LockHeld) as exc:
+        return _refused("hub", exc)
 
 
 def cmd_bank(ns: argparse.Namespace) -> int:
     from gateway.bank.node import BankNode
 
     os.umask(NODE_UMASK)
-    cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
-    _apply_listen(cfg, ns.listen)
-    return int(_run(_serve(BankNode(cfg), ns.ready_file)))
+    try:
+        cfg = configmod.load(configmod.BankNodeConfig, Path(ns.config))
+        _apply_listen(cfg, ns.listen)
+        return int(_run(_serve(BankNode(cfg), ns.ready_file)))
+    except configmod.ConfigError as exc:
+        return _refused("bank", exc)
 
 
 def cmd_secrets(ns: argparse.Namespace) -> int:
@@ -231,7 +243,7 @@ async def connect_cli(opts: dict[str, Any], **extra: Any) -> Any:
         if isinstance(exc, ssl.SSLCertVerificationError):
             raise CliError(cliout.EXIT_AUTH,
                            f"the hub at {host}:{port} has a certificate that does not "
-                           f"verify against {opts['certs_dir']}/ca.crt "
+                           f"verify against {opts.get('certs_dir', 'certs')}/ca.crt "
                            f"({exc.verify_message})",
                            "use the ca.crt and certificates of this deployment (--certs, "
                            "PAYWIRE_CERTS)") from exc
