@@ -96,7 +96,7 @@ def classify(exc: BaseException) -> CliError:
     from gateway.config import ConfigError
     from gateway.pki import PkiError
     from gateway.storage.lockfile import LockHeld
-    from protocol.errors import OutcomeUnknown, RemoteError
+    from protocol.errors import ConnectionLost, OutcomeUnknown, RemoteError
 
     if isinstance(exc, CliError):
         return exc
@@ -106,6 +106,11 @@ def classify(exc: BaseException) -> CliError:
         return CliError(EXIT_AUTH, f"certificate not accepted: {one_line(str(exc))}",
                         "use ca.crt and certificates of this deployment (--certs, "
                         "PAYWIRE_CERTS)")
+    if isinstance(exc, ConnectionLost) and exc.message.startswith("no hub reachable"):
+        # The client's own words when it never got a connection (gateway/client/client.py):
+        # nothing was sent, so this is "unreachable", not an unknown outcome.
+        return CliError(EXIT_UNREACHABLE, f"cannot reach the hub: {one_line(exc.message)}",
+                        "is it running? check --hub / PAYWIRE_HUB")
     if isinstance(exc, OutcomeUnknown):
         return CliError(EXIT_UNKNOWN, f"no answer: {one_line(exc.message)}",
                         "ask `paywire status ORDER_ID`, or send the same request again")

@@ -27,6 +27,7 @@ from gateway import cliout, pki
 from gateway.client import connect
 from gateway.labs.checks import Sandbox
 from gateway.processes import child_env
+from protocol.errors import ConnectionLost, ErrorCode, OutcomeUnknown, error_from_code
 from tests.labsupport import paywire_bin
 
 REPO = Path(__file__).resolve().parents[1]
@@ -355,3 +356,29 @@ async def test_event_stream_does_not_retry_a_certificate_that_cannot_verify(
 
     with pytest.raises(ssl.SSLCertVerificationError):
         await asyncio.wait_for(first_event(), 120.0)
+
+
+@pytest.mark.parametrize("code", list(ErrorCode), ids=lambda c: c.name)
+def test_every_error_code_has_a_kind(code: ErrorCode) -> None:
+    """Whatever the hub answers ends as one of three kinds: credentials (permanent), an
+    unknown outcome (ask again), or a refused request; never "internal"."""
+    failure = cliout.classify(error_from_code(code, "why", remote=True))
+    if 300 <= int(code) < 400:
+        assert failure.code == cliout.EXIT_AUTH
+    elif code in (ErrorCode.OUTCOME_UNKNOWN, ErrorCode.TIMEOUT):
+        assert failure.code == cliout.EXIT_UNKNOWN
+    else:
+        assert failure.code == cliout.EXIT_REFUSED
+    assert code.name in failure.line() and failure.todo
+
+
+def test_local_failures_have_a_kind() -> None:
+    assert cliout.classify(ConnectionLost("no hub reachable among [('h', 1)]: x")).code == \
+        cliout.EXIT_UNREACHABLE
+    assert cliout.classify(ConnectionLost("connection lost: reset")).code == \
+        cliout.EXIT_UNKNOWN
+    assert cliout.classify(OutcomeUnknown("no answer in time")).code == cliout.EXIT_UNKNOWN
+    assert cliout.classify(FileNotFoundError(2, "No such file", "x.toml")).code == \
+        cliout.EXIT_CONFIG
+    assert cliout.classify(ssl.SSLCertVerificationError("CERTIFICATE_VERIFY_FAILED")).code \
+        == cliout.EXIT_AUTH
