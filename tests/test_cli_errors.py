@@ -382,3 +382,12 @@ def test_local_failures_have_a_kind() -> None:
         cliout.EXIT_CONFIG
     assert cliout.classify(ssl.SSLCertVerificationError("CERTIFICATE_VERIFY_FAILED")).code \
         == cliout.EXIT_AUTH
+
+
+def test_webhooks_ledger_before_the_action_still_parses() -> None:
+    from gateway.cli import build_parser
+
+    ns = build_parser().parse_args(["webhooks", "--ledger", "l.db", "list", "--state", "dead"])
+    assert (ns.ledger_before, ns.ledger, ns.action, ns.state) == ("l.db", None, "list", "dead")
+    ns = build_parser().parse_args(["webhooks", "redeliver", "--ledger", "l.db", "1", "2", "9"])
+    assert (ns.ledger, ns.ids, ns.all_dead) == ("l.db", [1, 2, 9], False)
