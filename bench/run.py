@@ -35,6 +35,7 @@ from bench.cpu import CpuMeter
 from bench.disk import fsync_latency
 from bench.loadgen import LoadResult, closed_loop, open_loop
 from gateway import pki, secret_keys
+from gateway.cliout import Progress
 from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig, dump_toml
 from gateway.demo import luhn_complete
 from gateway.processes import NodeProcess, child_env, module_command
@@ -71,11 +72,21 @@ class Options:
     baseline: Path | None = None
 
 
-def _progress(label: str) -> Any:
-    def show(done: int, total: int) -> None:
-        sys.stderr.write(f"\r  {label}: {done:,} done")
-        sys.stderr.flush()
-    return show
+class _progress:
+    """A closed-loop run's counter: redrawn in place on a terminal; in a log (``make bench >
+    bench.log``, CI) one line when the run ends instead of an endless line of ``\r``."""
+
+    def __init__(self, label: str) -> None:
+        self.bar = Progress(label)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.update(done)
+
+    def __enter__(self) -> _progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.finish()
 
 
 class Bench:
@@ -201,9 +212,10 @@ class Bench:
                               duration_s=self.opts.warmup_s)
             meter = self.meter(server=proc.pid)
             if rate_per_s is None:
-                result = await closed_loop(op, workers=workers, requests=10**9,
-                                           duration_s=self.opts.duration_s,
-                                           progress=_progress("alternative"))
+                with _progress("alternative") as shown:
+                    result = await closed_loop(op, workers=workers, requests=10**9,
+                                               duration_s=self.opts.duration_s,
+                                               progress=shown)
             else:
                 result = await open_loop(op, rate_per_s=rate_per_s, requests=10**9,
                                          duration_s=self.opts.duration_s)
@@ -247,9 +259,10 @@ class Bench:
             for rate in rates:
                 meter = self.meter(hub=hub.proc.pid)
                 if rate is None:
-                    res = await closed_loop(op, workers=workers, requests=10**9,
-                                            duration_s=self.opts.duration_s,
-                                            progress=_progress(f"paywire {synchronous}"))
+                    with _progress(f"paywire {synchronous}") as shown:
+                        res = await closed_loop(op, workers=workers, requests=10**9,
+                                                duration_s=self.opts.duration_s,
+                                                progress=shown)
                 else:
                     res = await open_loop(op, rate_per_s=rate, requests=10**9,
                                           duration_s=self.opts.duration_s,

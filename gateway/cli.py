@@ -6,31 +6,40 @@
     paywire secrets init FILE
     paywire hub --config hub.toml
     paywire bank --config bank.toml
-    paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
-    paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire bank-admin pay|balances|payments|faults --node HOST:PORT ... [--json]
+    paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...] [--json]
     paywire trace ORDER_ID [--png FILE] [--ledger PATH]
     paywire dump [HEX ...] [--file RAW] [--body] [--json]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
     paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
+    paywire --version
+
+An error is one line (what is wrong: what to do) and an exit code of its kind: 2 usage,
+3 refused by the hub, 4 declined, 5 unreachable, 6 certificate or credentials refused,
+7 configuration or file, 8 in use, 9 outcome unknown (docs/cli.md; gateway/cliout.py).
+``--debug`` anywhere on the line adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
+from gateway import cliout, pki
 from gateway import config as configmod
-from gateway import pki
+from gateway.cliout import CliError
 
 log = logging.getLogger("paywire")
 
@@ -78,7 +87,14 @@ async def _serve(node: Any, ready_file: str | None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await node.start()
+    try:
+        await node.start()
+    except Exception:
+        # Refused at start (a port in use): release what start() opened (ledger writer,
+        # webhook session) so the one line that says why is all the operator sees.
+        with contextlib.suppress(Exception):
+            await node.stop()
+        raise
     # Everything allocated so far (modules, classes, configuration: ~56,000 objects in a
     # hub) lives as long as the process. Frozen, the collector stops walking it on every
     # full collection, which otherwise stalls the loop for tens of milliseconds.
@@ -98,9 +114,14 @@ NODE_UMASK = 0o077
 
 
 def _refused(kind: str, exc: Exception) -> int:
-    """A node that cannot start says why in one line (no traceback) and exits 2."""
-    print(f"paywire {kind}: {exc}", file=sys.stderr)
-    return 2
+    """A node that cannot start says why in one line (no traceback) and exits with the
+    code of the cause (docs/cli.md): another process holds its ledger (8), or its config,
+    secrets or ledger settings are wrong (7). A port in use reaches ``cliout.run_command``
+    as an ``OSError`` and exits 8 too."""
+    from gateway.storage.lockfile import LockHeld
+
+    print(f"paywire {kind}: {cliout.one_line(str(exc))}", file=sys.stderr)
+    return cliout.EXIT_IN_USE if isinstance(exc, LockHeld) else cliout.EXIT_CONFIG
 
 
 def _apply_listen(cfg: configmod.HubConfig | configmod.BankNodeConfig,
@@ -191,32 +212,95 @@ def cmd_certs(ns: argparse.Namespace) -> int:
 def _client_options(ns: argparse.Namespace) -> dict[str, Any]:
     hub = ns.hub or os.environ.get("PAYWIRE_HUB", "127.0.0.1:7400")
     host, _, port = hub.rpartition(":")
+    if not host or not port.isdigit():
+        raise CliError(cliout.EXIT_USAGE, f"hub address {hub!r} is not HOST:PORT",
+                       "give --hub HOST:PORT or set PAYWIRE_HUB")
     merchant = ns.merchant or os.environ.get("PAYWIRE_MERCHANT", "M1")
     key = ns.server_key or os.environ.get("PAYWIRE_SERVER_KEY")
     if not key:
-        raise SystemExit("paywire: give --server-key or set PAYWIRE_SERVER_KEY")
-    certs = ns.certs or os.environ.get("PAYWIRE_CERTS", "certs")
-    if ns.plaintext:
+        raise CliError(cliout.EXIT_USAGE, "no server key",
+                       "give --server-key or set PAYWIRE_SERVER_KEY (`. sandbox/sandbox.env`)")
+    timeout_s = getattr(ns, "timeout_s", None)
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("PAYWIRE_TIMEOUT_S",
+                                         cliout.CONNECT_TIMEOUT_S_DEFAULT))
+    if timeout_s <= 0:
+        raise CliError(cliout.EXIT_USAGE, f"--timeout-s {timeout_s:g} is not positive")
+    if getattr(ns, "plaintext", False):
         return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
-                "plaintext": True}
+                "plaintext": True, "connect_timeout_s": timeout_s,
+                "reconnect_window_s": timeout_s}
+    certs = Path(ns.certs or os.environ.get("PAYWIRE_CERTS", "certs"))
+    for name in ("ca.crt", f"merchant-{merchant}.crt", f"merchant-{merchant}.key"):
+        cliout.existing_file(
+            certs / name, f"{name} for merchant {merchant}",
+            f"give --certs DIR (env PAYWIRE_CERTS) holding it, or issue one: `paywire certs "
+            f"issue {certs} --role merchant --name {merchant}`")
+    # A one-off command bounds how long it tries to reach the hub: the library's default
+    # reconnect window (30 s, for long-lived merchants riding out a hub restart) made
+    # ``paywire status`` with the hub down sit silent for 30 s (issue 15).
     return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
-            "certs_dir": certs}
+            "certs_dir": certs, "connect_timeout_s": timeout_s,
+            "reconnect_window_s": timeout_s}
+
+
+async def connect_cli(opts: dict[str, Any], **extra: Any) -> Any:
+    """A connected client for a one-off command; a hub that cannot be reached within the
+    bound fails with the address tried (exit 5), a certificate or a merchant the hub
+    refuses fails at once (exit 6)."""
+    from gateway.client import connect
+    from protocol.errors import ConnectionLost, RemoteError
+
+    opts = dict(opts)
+    host, port = opts.pop("host"), opts.pop("port")
+    client = connect(host, port, **opts, **extra)
+    try:
+        return await client.connect()
+    except RemoteError:
+        raise  # the hub answered: classified by its code (unknown merchant: exit 6)
+    except (ConnectionLost, TimeoutError, OSError) as exc:
+        await client.close()
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            raise CliError(cliout.EXIT_AUTH,
+                           f"the hub at {host}:{port} has a certificate that does not "
+                           f"verify against {opts.get('certs_dir', 'certs')}/ca.crt "
+                           f"({exc.verify_message})",
+                           "use the ca.crt and certificates of this deployment (--certs, "
+                           "PAYWIRE_CERTS)") from exc
+        if isinstance(exc, ssl.SSLError):
+            raise CliError(cliout.EXIT_AUTH, f"TLS with the hub at {host}:{port} failed: "
+                                             f"{cliout.one_line(str(exc))}",
+                           "use the certificates of this deployment (--certs)") from exc
+        reason = cliout.one_line(getattr(exc, "message", None) or str(exc) or repr(exc))
+        raise CliError(cliout.EXIT_UNREACHABLE,
+                       f"cannot reach the hub at {host}:{port} within "
+                       f"{opts['connect_timeout_s']:g} s ({reason})",
+                       "is it running? check --hub / PAYWIRE_HUB; a hub that closes the "
+                       "handshake may not trust your client certificate") from exc
+
+
+# A charge answered with one of these statuses was recorded but not approved: the command
+# exits EXIT_DECLINED so a script does not take a declined card for a payment.
+DECLINED_STATUSES = frozenset({"deny", "failure"})
 
 
 def cmd_operation(ns: argparse.Namespace) -> int:
-    from gateway.client import Card, RequestError, connect
+    from gateway.client import Card
     from gateway.net.plaintext import PlaintextRefused
 
     opts = _client_options(ns)
+    card = None
+    if ns.op == "charge" and ns.card:
+        month, _, year = ns.expiry.partition("/")
+        if not (month.isdigit() and year.isdigit()):
+            raise CliError(cliout.EXIT_USAGE, f"--expiry {ns.expiry!r} is not MM/YYYY")
+        card = Card(ns.card, int(month), int(year), ns.cvv)
 
     async def main() -> dict[str, Any]:
-        async with connect(opts.pop("host"), opts.pop("port"), **opts) as client:
+        client = await connect_cli(opts)
+        try:
             op = ns.op
             if op == "charge":
-                card = None
-                if ns.card:
-                    month, year = (int(x) for x in ns.expiry.split("/"))
-                    card = Card(ns.card, month, year, ns.cvv)
                 tx = await client.charge(ns.order_id, ns.amount, ns.payment_type, card=card,
                                          capture=not ns.authorize_only, bank=ns.bank,
                                          provider=ns.provider, currency=ns.currency,
@@ -227,25 +311,29 @@ def cmd_operation(ns: argparse.Namespace) -> int:
                 tx = await client.capture(ns.order_id, ns.amount)
             else:
                 tx = await getattr(client, op)(ns.order_id)
-            return {k: v for k, v in dataclasses.asdict(tx).items() if v not in (None, [], (), {})}
+        finally:
+            await client.close()
+        return {k: v for k, v in dataclasses.asdict(tx).items() if v not in (None, [], (), {})}
 
     try:
         result = asyncio.run(main())
     except PlaintextRefused as exc:
-        print(f"paywire {ns.op}: {exc}", file=sys.stderr)
-        return 2
-    except RequestError as exc:
-        print(json.dumps({"error": exc.code.name, "code": int(exc.code),
-                          "message": exc.message, "field": exc.field}), file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, default=list))
+        raise CliError(cliout.EXIT_USAGE, str(exc),
+                       "plaintext lab mode works on loopback addresses only") from exc
+    cliout.print_json(result, compact=ns.json)
+    status = result.get("transaction_status")
+    if ns.op == "charge" and status in DECLINED_STATUSES:
+        reason = result.get("decline_reason") or ", ".join(result.get("fraud_reasons", []))
+        print(f"paywire charge: {ns.order_id} declined ({status}"
+              f"{': ' + str(reason) if reason else ''})", file=sys.stderr)
+        return cliout.EXIT_DECLINED
     return 0
 
 
 def cmd_trace(ns: argparse.Namespace) -> int:
     from gateway.tracing.command import run
 
-    ledger = Path(ns.ledger) if ns.ledger else None
+    ledger = _ledger_file(ns.ledger) if ns.ledger else None
     merchant = ns.merchant or os.environ.get("PAYWIRE_MERCHANT", "M1")
     return run(ns.order_id, png=Path(ns.png) if ns.png else None, ledger=ledger,
                merchant_id=merchant, client_options=None if ledger else _client_options(ns))
@@ -268,68 +356,110 @@ def cmd_bank_admin(ns: argparse.Namespace) -> int:
             args["blackhole"] = ns.blackhole == "on"
     from gateway import secret_keys
 
-    try:
-        link_key = secret_keys.load_link_key(Path(ns.secrets))
-    except secret_keys.SecretsError as exc:
-        print(f"paywire bank-admin: {exc}", file=sys.stderr)
-        return 2
-    result = asyncio.run(bank_admin_call(ns.node, Path(ns.certs), ns.hub_name, link_key,
-                                         op, args))
-    print(json.dumps(result, indent=2))
+    if ns.action == "pay" and not (ns.transaction_id or ns.number):
+        raise CliError(cliout.EXIT_USAGE, "bank-admin pay needs --number or --transaction-id")
+    link_key = secret_keys.load_link_key(Path(ns.secrets))  # SecretsError: exit 7
+    certs = Path(ns.certs)
+    cliout.existing_file(certs / f"hub-{ns.hub_name}.crt", f"hub certificate {ns.hub_name!r}",
+                         "give --certs DIR (env PAYWIRE_CERTS) of this deployment")
+    result = asyncio.run(bank_admin_call(ns.node, certs, ns.hub_name, link_key, op, args,
+                                         timeout_s=ns.timeout_s))
+    _print_admin(ns.action, result, ns.json)
+    if ns.action == "pay" and not result.get("paid"):
+        print(f"paywire bank-admin pay: nothing paid ({result.get('reason', 'no match')})",
+              file=sys.stderr)
+        return cliout.EXIT_FAILED
     return 0
 
 
+def _print_admin(action: str, result: dict[str, Any], as_json: bool) -> None:
+    """Balances and payments as labelled columns; the rest (fault settings, a payment's
+    result) as indented JSON, whose keys label it (the lab handouts show that form)."""
+    if as_json:
+        cliout.print_json(result, compact=True)
+    elif action == "balances":
+        cliout.print_table(["account", "balance", "held"],
+                           [[acct, int(v[0]), int(v[1])]
+                            for acct, v in sorted(result.get("balances", {}).items())])
+    elif action == "payments":
+        payments = result.get("payments", {})
+        cliout.print_table(["transaction_id", "number", "status", "amount"],
+                           [[tid, str(p.get("number")), str(p.get("status")),
+                             int(p.get("amount", 0))] for tid, p in sorted(payments.items())])
+    else:
+        cliout.print_json(result, compact=False)
+
+
 async def bank_admin_call(node: str, certs: Path, hub_name: str, link_key: bytes, op: str,
-                          args: dict[str, Any]) -> dict[str, Any]:
+                          args: dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
     """One admin call to a bank node over the hub link protocol (hub certificate)."""
     from gateway import tls
     from gateway.hub.banklink import BankNodeHandle, BankPool
 
     ctx = tls.node_client_context(certs, "hub", hub_name)
     pool = BankPool("admin", [node], hub_id=hub_name, key=link_key, ssl_ctx=ctx,
-                    on_bank_request=lambda link, frame: None, timeout_s=10.0, attempts_max=1)
+                    on_bank_request=lambda link, frame: None, timeout_s=timeout_s,
+                    attempts_max=1)
     handle: BankNodeHandle = pool.nodes[0]
     handle.start()
     try:
-        if not await pool.wait_ready(10.0):
-            raise SystemExit(f"paywire: cannot reach bank node {node}")
+        if not await pool.wait_ready(timeout_s):
+            raise CliError(cliout.EXIT_UNREACHABLE,
+                           f"cannot reach bank node {node} within {timeout_s:g} s",
+                           "is it running? check --node (the sandbox prints each node's "
+                           "address: PAYWIRE_NODE_BCA_1, ...) and --certs")
         assert handle.link is not None
-        result: dict[str, Any] = await handle.link.call(op, args, 10.0)
+        result: dict[str, Any] = await handle.link.call(op, args, timeout_s)
         return result
     finally:
         await pool.stop()
 
 
 def cmd_webhooks(ns: argparse.Namespace) -> int:
-    from gateway.ledger import ledger_tools
+    from gateway.ledger import is_postgres_url, ledger_tools
 
-    tools = ledger_tools(ns.ledger)  # a file, or a postgresql:// URL
+    ledger = getattr(ns, "ledger", None) or ns.ledger_before
+    if not ledger:
+        raise CliError(cliout.EXIT_USAGE, "no ledger given",
+                       "give --ledger PATH (the hub's ledger_path, e.g. sandbox/ledger.db)")
+    # a file (which must exist: no empty ledger where a typo pointed) or a postgresql:// URL
+    tools = ledger_tools(ledger if is_postgres_url(ledger) else _ledger_file(ledger))
     if ns.action == "list":
         for row in tools.webhooks(ns.state, ns.limit):
-            print(json.dumps(row._asdict()))
+            print(json.dumps(row._asdict()))  # one object per line: already for scripts
         return 0
+    if not ns.ids and not ns.all_dead:
+        raise CliError(cliout.EXIT_USAGE, "nothing to redeliver",
+                       "give webhook ids (from `paywire webhooks list`) or --all-dead")
     count = tools.redeliver(ns.ids, all_dead=ns.all_dead)
     print(f"queued {count} webhook(s) for redelivery")
-    return 0 if count else 1
+    return 0 if count else cliout.EXIT_FAILED
+
+
+def _ledger_file(path: str) -> Path:
+    return cliout.existing_file(Path(path), "ledger file",
+                                "give the hub's ledger_path (hub.toml; the sandbox's is "
+                                "sandbox/ledger.db) with --ledger")
 
 
 def cmd_events(ns: argparse.Namespace) -> int:
-    from gateway.client import connect
-
     opts = _client_options(ns)
 
     async def main() -> None:
-        client = connect(opts.pop("host"), opts.pop("port"), **opts)
+        client = await connect_cli(opts)  # fail here, at once, if the hub is unreachable
         seen = 0
-        async for event in client.events(since=ns.since):
-            tx = event.transaction
-            print(json.dumps({"seq": event.seq, "order_id": tx.order_id,
-                              "transaction_status": tx.transaction_status,
-                              "fraud_status": tx.fraud_status,
-                              "gross_amount": tx.gross_amount}), flush=True)
-            seen += 1
-            if ns.count and seen >= ns.count:
-                return
+        try:
+            async for event in client.events(since=ns.since):
+                tx = event.transaction
+                print(json.dumps({"seq": event.seq, "order_id": tx.order_id,
+                                  "transaction_status": tx.transaction_status,
+                                  "fraud_status": tx.fraud_status,
+                                  "gross_amount": tx.gross_amount}), flush=True)
+                seen += 1
+                if ns.count and seen >= ns.count:
+                    return
+        finally:
+            await client.close()
 
     try:
         asyncio.run(main())
@@ -340,12 +470,22 @@ def cmd_events(ns: argparse.Namespace) -> int:
 
 def cmd_audit(ns: argparse.Namespace) -> int:
     from gateway.audit import audit, load_acks
+    from gateway.ledger import is_postgres_url
 
     banks = {}
     for item in ns.bank or []:
         name, _, path = item.partition("=")
         banks[name] = Path(path)
-    report = audit(ns.ledger, banks, load_acks(Path(ns.acks)) if ns.acks else None)
+    for name, path in banks.items():
+        cliout.existing_file(path, f"store of bank {name!r}", "give --bank NAME=PATH of "
+                             "the bank's books (store_path in its config)")
+    ledger = ns.ledger if is_postgres_url(ns.ledger) else _ledger_file(ns.ledger)
+    report = audit(ledger, banks,
+                   load_acks(Path(ns.acks)) if ns.acks else None)
+    if ns.json:
+        cliout.print_json({"clean": report.clean, "findings": [str(f) for f in report.findings],
+                           "summary": report.summary()}, compact=True)
+        return 0 if report.clean else cliout.EXIT_FAILED
     for finding in report.findings:
         print(finding)
     print(json.dumps(report.summary()))
@@ -471,6 +611,9 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
                         help="LAB ONLY: no TLS, to a hub's plaintext_listen on loopback "
                              "(env PAYWIRE_PLAINTEXT=1)")
     _add_trace_options(parser)
+    parser.add_argument("--timeout-s", type=float,
+                        help="give up reaching the hub after this many seconds (env "
+                             f"PAYWIRE_TIMEOUT_S; default {cliout.CONNECT_TIMEOUT_S_DEFAULT:g})")
 
 
 def _add_trace_options(parser: argparse.ArgumentParser) -> None:
@@ -479,6 +622,21 @@ def _add_trace_options(parser: argparse.ArgumentParser) -> None:
                              "PAYWIRE_TRACE=1)")
     parser.add_argument("--trace-file", help="append the frame trace to this file instead of "
                                              "the log (implies --trace; env PAYWIRE_TRACE_FILE)")
+
+
+def _add_json(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help="for scripts: the result as one JSON object per line, and an "
+                             "error as a JSON object on stderr")
+
+
+def paywire_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("paywire")
+    except PackageNotFoundError:  # run from a source tree that was not installed
+        return "unknown"
 
 
 def checks_timeout_default() -> float:
@@ -491,6 +649,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paywire", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default=os.environ.get("PAYWIRE_LOG_LEVEL", "WARNING"))
+    p.add_argument("--version", action="version", version=f"paywire {paywire_version()}")
+    p.add_argument("--debug", action="store_true",
+                   help="print the traceback of an error (accepted after the command too)")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     certs = sub.add_parser("certs", help="create a dev CA and certificates")
@@ -551,12 +712,16 @@ def build_parser() -> argparse.ArgumentParser:
     admin.add_argument("--latency-ms", type=int)
     admin.add_argument("--failure-rate-pct", type=int)
     admin.add_argument("--blackhole", choices=["on", "off"])
+    admin.add_argument("--timeout-s", type=float, default=10.0,
+                       help="give up on the node after this many seconds")
+    _add_json(admin)
     admin.set_defaults(fn=cmd_bank_admin)
 
     for op in ("charge", "capture", "cancel", "refund", "approve", "deny", "status", "expire"):
         o = sub.add_parser(op, help=f"one {op} request through the client library")
         o.add_argument("order_id")
         _add_client_options(o)
+        _add_json(o)
         o.set_defaults(fn=cmd_operation, op=op)
         if op in ("charge", "refund", "capture"):
             o.add_argument("--amount", type=int, required=(op == "charge"))
@@ -584,14 +749,20 @@ def build_parser() -> argparse.ArgumentParser:
     trace.set_defaults(fn=cmd_trace)
 
     hooks = sub.add_parser("webhooks", help="inspect and redeliver webhook notifications")
-    hooks.add_argument("action", choices=["list", "redeliver"])
-    hooks.add_argument("--ledger", required=True,
-                       help="the hub's ledger file, or its postgresql:// URL")
-    hooks.add_argument("--state", choices=["pending", "delivered", "dead"])
-    hooks.add_argument("--limit", type=int, default=100)
-    hooks.add_argument("ids", nargs="*", type=int, help="webhook ids to redeliver")
-    hooks.add_argument("--all-dead", action="store_true", help="redeliver every dead letter")
-    hooks.set_defaults(fn=cmd_webhooks)
+    # One subcommand each, so ``redeliver --ledger L 1 2 9`` (the README's form) parses: with
+    # the action and the ids as two positionals of one parser, argparse took the action
+    # alone and refused the ids after --ledger as "unrecognized arguments".
+    hooks.add_argument("--ledger", dest="ledger_before", help=argparse.SUPPRESS)
+    hsub = hooks.add_subparsers(dest="action", required=True)
+    hlist = hsub.add_parser("list", help="notifications, newest first (JSON lines)")
+    hlist.add_argument("--state", choices=["pending", "delivered", "dead"])
+    hlist.add_argument("--limit", type=int, default=100)
+    hredo = hsub.add_parser("redeliver", help="send notifications again")
+    hredo.add_argument("ids", nargs="*", type=int, help="webhook ids to redeliver")
+    hredo.add_argument("--all-dead", action="store_true", help="redeliver every dead letter")
+    for hp in (hlist, hredo):
+        hp.add_argument("--ledger", help="the hub's ledger file, or its postgresql:// URL")
+        hp.set_defaults(fn=cmd_webhooks)
 
     events = sub.add_parser("events", help="tail this merchant's pushed events")
     events.add_argument("--since", type=int, help="replay events after this seq first")
@@ -605,6 +776,7 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--bank", action="append", help="NAME=PATH of a bank's store")
     aud.add_argument("--acks", help="JSON lines of what clients were told (order_id, "
                                     "merchant_id, transaction_id, transaction_status)")
+    _add_json(aud)
     aud.set_defaults(fn=cmd_audit)
 
     chaos = sub.add_parser("chaos", help="a fault-injecting TCP proxy between two nodes")
@@ -694,14 +866,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    # ``--debug`` anywhere on the line (operators add it at the end of the command that
+    # failed), not only before the subcommand where argparse would want it.
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    ns = build_parser().parse_args(args)
     _setup_logging(ns.log_level)
     if getattr(ns, "trace", False) or getattr(ns, "trace_file", None):
         from gateway.net import trace
 
         trace.configure(True, ns.trace_file)
-    code: int = ns.fn(ns)
-    return code
+    return cliout.run_command(ns.cmd, lambda: int(ns.fn(ns)), debug=debug or ns.debug,
+                              as_json=bool(getattr(ns, "json", False)))
 
 
 if __name__ == "__main__":

@@ -12,13 +12,13 @@ import asyncio
 import math
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gateway.cliout import Progress as _StageProgress
 from gateway.config import FraudConfig, MerchantConfig, WebhookConfig
 from gateway.deployment import (
     BankPlan,
@@ -37,22 +37,12 @@ CONNECTIONS = 4
 CONCURRENCY_PER_CONNECTION = 16
 
 
-class Progress:
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.perf_counter()
+class Progress(_StageProgress):
+    """The demo's bar: redrawn in place on a terminal, one line at the end otherwise
+    (``make demo > demo.log`` used to hold one endless line of ``\r`` redraws)."""
 
-    def step(self) -> None:
-        self.done += 1
-        if self.done == self.total or self.done % max(1, self.total // 50) == 0:
-            width = 40
-            filled = int(width * self.done / self.total)
-            rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-            sys.stderr.write(f"\r  {self.label} [{'#' * filled}{'.' * (width - filled)}] "
-                             f"{self.done}/{self.total}  {rate:,.0f}/s")
-            if self.done == self.total:
-                sys.stderr.write("\n")
-            sys.stderr.flush()
+    def __init__(self, total: int, label: str) -> None:
+        super().__init__(label, total)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -170,6 +160,7 @@ async def drive(port: int, certs: Path, banks: list[BankPlan], count: int, seed:
 
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(count)))
+    progress.finish()  # once, whatever the count (a no-op when the last step ended it)
     elapsed_s = time.perf_counter() - started
 
     # Wait (bounded) for simulated customers to pay and for unpaid requests to expire.

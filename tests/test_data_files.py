@@ -112,7 +112,7 @@ async def test_second_hub_on_a_ledger_is_refused_and_the_lock_survives_no_kill_9
             await wait_until(lambda: proc.poll() is not None or second.ready_path.exists(),
                              "the second hub to exit or start", timeout_s=EXIT_TIMEOUT_S)
             assert not second.ready_path.exists(), "a second hub serves the same ledger"
-            assert second.proc.wait(EXIT_TIMEOUT_S) == 2
+            assert second.proc.wait(EXIT_TIMEOUT_S) == 8  # EXIT_IN_USE (docs/cli.md)
         finally:
             second.terminate()
         lines = second.log_path.read_text().strip().splitlines()

@@ -186,7 +186,7 @@ def test_contract_files(sandbox: Running) -> None:
 def test_bank_admin_reaches_a_node_from_the_sandbox_env(sandbox: Running) -> None:
     """The lab handouts' form: only the sandbox's environment, no --certs or --secrets."""
     done = subprocess.run([str(Path(sys.executable).parent / "paywire"), "bank-admin",
-                           "balances", "--node", sandbox.env["PAYWIRE_NODE_BCA_1"]],
+                           "balances", "--json", "--node", sandbox.env["PAYWIRE_NODE_BCA_1"]],
                           env={**child_env(), **sandbox.env}, capture_output=True, text=True,
                           timeout=START_S)
     assert done.returncode == 0, done.stderr

@@ -112,7 +112,7 @@ def test_hub_refuses_to_start_without_its_own_keys(tmp_path: Path, case: str) ->
                            merchants=[cfgmod.MerchantConfig("M1", "k")])
     (tmp_path / "hub.toml").write_text(cfgmod.dump_toml(cfg))
     done = cli("hub", "--config", str(tmp_path / "hub.toml"))
-    assert done.returncode == 2
+    assert done.returncode == 7  # EXIT_CONFIG (docs/cli.md)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("paywire hub: ") and phrase in lines[0]
@@ -130,7 +130,7 @@ def test_bank_node_refuses_to_start_without_its_link_key(tmp_path: Path, case: s
                                 link_key=fields.get("link_key"))
     (tmp_path / "bank.toml").write_text(cfgmod.dump_toml(cfg))
     done = cli("bank", "--config", str(tmp_path / "bank.toml"))
-    assert done.returncode == 2
+    assert done.returncode == 7  # EXIT_CONFIG (docs/cli.md)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("paywire bank: ") and phrase in lines[0]
     assert not (tmp_path / "bank.db").exists()

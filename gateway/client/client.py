@@ -126,9 +126,10 @@ class Client:
         return (conn is not None and conn.transport is not None
                 and not conn.transport.is_closing() and conn.goaway is None)
 
-    async def _open(self, address: Address) -> ClientConnection:
+    async def _open(self, address: Address, timeout_s: float | None = None) -> ClientConnection:
         loop = asyncio.get_running_loop()
         host, port = address
+        timeout_s = self.connect_timeout_s if timeout_s is None else timeout_s
         conn = ClientConnection(self.merchant_id, self.hello, plaintext=self.plaintext,
                                 trace_frames=self.trace)
         if self.plaintext:
@@ -140,9 +141,9 @@ class Client:
             connecting = loop.create_connection(
                 lambda: conn.net, host, port,
                 ssl=self.ssl_context, server_hostname=self.server_hostname or host)
-        await asyncio.wait_for(connecting, self.connect_timeout_s)
+        await asyncio.wait_for(connecting, timeout_s)
         try:
-            self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
+            self.welcome = await asyncio.wait_for(conn.welcome, timeout_s)
         except BaseException:
             conn.abort_soon()
             raise
@@ -190,12 +191,20 @@ class Client:
                 self.reconnect_attempts.append(loop.time() + delay_s)
                 if delay_s:
                     await asyncio.sleep(delay_s)
+                    if attempt > 0 and loop.time() >= deadline:
+                        # Out of time after the backoff: report the last real failure, not
+                        # the instant timeout of an attempt with no time left.
+                        raise ConnectionLost(f"no hub reachable among {self.addresses}: "
+                                             f"{last!r}")
                 address = self.addresses[self._next_address % len(self.addresses)]
                 if lost is not None and address != lost:
                     log.info("failover: from %s to %s (%s)", _addr(lost), _addr(address), why)
                     lost, why = address, "previous address unreachable"
                 try:
-                    self.conn = await self._open(address)
+                    # No attempt outlives the window: a black-holed address would otherwise
+                    # hold the caller a whole connect timeout past it.
+                    self.conn = await self._open(address, max(0.0, min(
+                        self.connect_timeout_s, deadline - loop.time())))
                     if conn is not None or attempt > 0:
                         log.info("reconnect: connected to %s after %d failed attempt(s)",
                                  _addr(address), attempt)
@@ -204,6 +213,11 @@ class Client:
                     last = exc
                     log.info("reconnect: attempt %d to %s failed: %s", attempt + 1,
                              _addr(address), _short(exc))
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        # Permanent: the hub's certificate does not chain to our CA (or names
+                        # another host). Retrying for the whole window cannot change that and
+                        # only hides the cause from the person waiting (issue 15).
+                        raise
                     lost = lost if lost is not None else address
                     why = _short(exc)
                     if isinstance(exc, RemoteError) and (not self.reconnect or (
@@ -376,8 +390,8 @@ class Client:
                     last = seq
                     yield Event(seq, raw["type"], raw["merchant_id"],
                                 TransactionResult.from_wire(raw["data"]))
-            except (TimeoutError, OSError, ConnectionLost, RemoteError):
-                if not reconnect:
+            except (TimeoutError, OSError, ConnectionLost, RemoteError) as exc:
+                if not reconnect or _permanent(exc):
                     raise
             finally:
                 await sub.close()
@@ -475,6 +489,16 @@ def _why_unusable(conn: ClientConnection) -> str:
     if conn.goaway is not None:
         return "the hub sent GOAWAY"
     return conn.lost_reason or "closed"
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A failure to connect that trying again cannot fix: a hub certificate our CA does not
+    verify, or a refusal the hub marks as not retryable (unknown merchant, wrong
+    certificate role), except the connection limit, which frees up."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return True
+    return isinstance(exc, RemoteError) and not exc.code.is_retryable and (
+        exc.code is not ErrorCode.TOO_MANY_CONNECTIONS)
 
 
 def _effect_visible(op: str, args: dict[str, Any], tx: TransactionResult) -> bool:
