@@ -138,8 +138,20 @@ def prepare_data_file(path: Path | str) -> None:
             pass
 
 
+# Prepared statements kept per connection (Python's default: 128). The bulk writers run
+# multi-row statements whose text depends on the batch's row count (``VALUES (?,..),(?,..)``
+# once per row), a few kinds of them, so a batch size the cache had forgotten was parsed and
+# planned again: with 128 the ledger's writer re-prepared statements on most commits.
+# Measured in the bench (8 x 16, durable, alternating runs): the hub's writer 49.5 / 49.7 µs
+# per charge with 1,024 against 55.2 / 54.5 with 128; the bank's writer 29.6 / 30.0 against
+# 31.6 / 31.2. Bounded: a statement's program grows with its rows (the largest, of 500
+# rows, some hundreds of KiB); the loads measured use well under a hundred distinct sizes.
+STATEMENTS_CACHED = 1024
+
+
 def open_connection(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           cached_statements=STATEMENTS_CACHED)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
