@@ -509,6 +509,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     if ns.rounds < 1:
         print("paywire bench: --rounds must be at least 1", file=sys.stderr)
         return 2
+    if ns.what == "durable":  # CPU per durable charge only, in pairs against --against
+        from bench import durable
+
+        return durable.main(ns.against, ns.rounds, ns.duration_s, ns.connections, ns.window,
+                            Path(ns.out or "bench/results/durable.json"),
+                            "paywire " + " ".join(sys.argv[1:]))
     if ns.what == "smoke":
         opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
                        out=Path(ns.out or "bench/results/smoke.json"), fsync_samples=20,
@@ -788,7 +794,9 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.set_defaults(fn=cmd_chaos)
 
     bench = sub.add_parser("bench", help="measure Paywire against its ceiling and alternative")
-    bench.add_argument("what", choices=["all", "smoke"])
+    bench.add_argument("what", choices=["all", "smoke", "durable"])
+    bench.add_argument("--against", help="durable: another checkout (with its .venv) to run "
+                       "in pairs with this one; --rounds pairs")
     bench.add_argument("--duration-s", type=float, default=10.0)
     bench.add_argument("--connections", type=int, default=8)
     bench.add_argument("--window", type=int, default=16, help="requests in flight per conn")

@@ -146,8 +146,18 @@ class Map(Spec):
 
     fields: Mapping[str, Spec | Opt]
     allow_extra: bool = False
+    # The same check compiled to straight-line Python at construction (``_compile``): the
+    # normalised value, or ``_FAIL`` on any defect, after which the interpreted check below
+    # runs to name the defect. One function call per map instead of one per field.
+    _fast: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fast", _compile(self))
 
     def check(self, value: Any, path: str) -> Any:
+        fast = self._fast(value)
+        if fast is not _FAIL:
+            return fast
         if type(value) is not dict:
             raise _invalid(path or "body", f"must be a map, got {_type_name(value)}")
         out: dict[str, Any] = {}
@@ -178,6 +188,104 @@ class Map(Spec):
 
     def describe(self) -> str:
         return "map"
+
+
+# --- the compiled checks ---------------------------------------------------------------------
+#
+# Why: the interpreted check of a charge's arguments (a map with a nested card) cost a method
+# call, an f-string path and an isinstance per field on every request: the largest single
+# item of the hub's per-request body work (BENCHMARKS.md, issue 12). The compiled function
+# makes exactly the interpreted check's tests, inline, and builds the same output; it never
+# raises and never names a defect: on the first doubt it returns ``_FAIL`` and the interpreted
+# check runs from the start, so every error and its message come from one place.
+# (``tests/test_schema_compiled.py`` checks both agree on valid and invalid values.)
+_FAIL: Any = object()
+
+
+class _Codegen:
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {"_FAIL": _FAIL, "_MISSING": _MISSING}
+
+    def const(self, value: Any) -> str:
+        name = f"_k{len(self.namespace)}"
+        self.namespace[name] = value
+        return name
+
+    def value_check(self, spec: Spec, var: str, pad: str) -> list[str]:
+        """Statements that leave ``var`` normalised or return ``_FAIL``."""
+        kind = type(spec)
+        fail = ": return _FAIL"
+        if kind is Str:
+            assert isinstance(spec, Str)
+            out = [f"{pad}if type({var}) is not str{fail}",
+                   f"{pad}if not {spec.min_len} <= len({var}) <= {spec.max_len}{fail}"]
+            if spec._regex is not None:
+                out.append(f"{pad}if {self.const(spec._regex.fullmatch)}({var}) is None{fail}")
+            if spec.choices is not None:
+                out.append(f"{pad}if {var} not in {self.const(spec.choices)}{fail}")
+            return out
+        if kind is Int:
+            assert isinstance(spec, Int)
+            return [f"{pad}if type({var}) is not int{fail}",
+                    f"{pad}if not {spec.min} <= {var} <= {spec.max}{fail}"]
+        if kind is Bool:
+            return [f"{pad}if type({var}) is not bool{fail}"]
+        if kind is Bin:
+            assert isinstance(spec, Bin)
+            return [f"{pad}if type({var}) is not bytes{fail}",
+                    f"{pad}if not {spec.min_len} <= len({var}) <= {spec.max_len}{fail}"]
+        if kind is Map or kind is ListOf:
+            assert isinstance(spec, (Map, ListOf))
+            fn = spec._fast if isinstance(spec, Map) else _compile(spec)
+            return [f"{pad}{var} = {self.const(fn)}({var})",
+                    f"{pad}if {var} is _FAIL{fail}"]
+        raise TypeError(f"no compiled check for {kind.__name__}")
+
+    def map_source(self, spec: Map) -> list[str]:
+        lines = ["def _check(v):", "    if type(v) is not dict: return _FAIL",
+                 "    out = {}", "    known = 0"]
+        for name, item in spec.fields.items():
+            key = repr(name)
+            lines.append(f"    x = v.get({key}, _MISSING)")
+            if type(item) is Opt:
+                default = (f"out[{key}] = {self.const(item.default)}"
+                           if item.default is not None else "pass")
+                lines += ["    if x is _MISSING:", f"        {default}",
+                          "    elif x is None:", "        known += 1", f"        {default}",
+                          "    else:", "        known += 1",
+                          *self.value_check(item.spec, "x", " " * 8),
+                          f"        out[{key}] = x"]
+            else:
+                assert isinstance(item, Spec)
+                lines += ["    if x is _MISSING or x is None: return _FAIL", "    known += 1",
+                          *self.value_check(item, "x", " " * 4), f"    out[{key}] = x"]
+        lines.append("    if len(v) > known:")
+        if spec.allow_extra:
+            names = self.const(frozenset(spec.fields))
+            lines += ["        for k in v:", f"            if k not in {names}: out[k] = v[k]"]
+        else:
+            lines.append("        return _FAIL")
+        lines.append("    return out")
+        return lines
+
+    def list_source(self, spec: ListOf) -> list[str]:
+        return ["def _check(v):", "    if type(v) is not list: return _FAIL",
+                f"    if not {spec.min_items} <= len(v) <= {spec.max_items}: return _FAIL",
+                "    out = []", "    for x in v:", *self.value_check(spec.item, "x", " " * 8),
+                "        out.append(x)", "    return out"]
+
+
+def _compile(spec: Map | ListOf) -> Any:
+    """``spec``'s compiled check (see above); a spec it cannot compile gets one that always
+    defers to the interpreted check."""
+    gen = _Codegen()
+    try:
+        lines = gen.map_source(spec) if isinstance(spec, Map) else gen.list_source(spec)
+    except TypeError:
+        return lambda _value: _FAIL
+    exec(compile("\n".join(lines), f"<compiled check {id(spec):x}>", "exec"),
+         gen.namespace)
+    return gen.namespace["_check"]
 
 
 def _type_name(value: Any) -> str:

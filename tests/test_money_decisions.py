@@ -662,3 +662,21 @@ def test_random_operation_sequences_keep_the_money_invariants(
             d.apply_effect(tx, effect)
         unnoticed = False
         check()
+
+
+@pytest.mark.parametrize("result", [{"approved": True, "captured": True},
+                                    {"approved": True, "captured": False},
+                                    {"approved": False, "reason": "insufficient funds"}])
+def test_a_charge_answer_is_the_event_map_with_its_hop_times(result: dict[str, Any]) -> None:
+    """The runner reuses a charge's stored answer (``charge_result``, built by apply_effect)
+    as the event's and webhook's map without ``hops_us``, instead of building the map again
+    (gateway/hub/runner.py, charge_answered): the two must be the same map."""
+    tx = make(masked_card="481100******0001", card_brand="visa")
+    tx.hops_us["received"] = 1
+    call = BankCall(banklink.AUTHORIZE, {"op_id": f"{TXID}:authorize", "transaction_id": TXID,
+                                         "amount": GROSS, "currency": "IDR"})
+    answer(tx, call, {"ok": True, **result})
+    assert tx.charge_result is not None and "hops_us" in tx.charge_result
+    shown = {k: v for k, v in tx.charge_result.items() if k != "hops_us"}
+    assert shown == tx.to_result(with_hops=False)
+    assert list(shown) == list(tx.to_result(with_hops=False))

@@ -253,8 +253,10 @@ class Client:
         order_id = args.get("order_id")
         while True:
             attempts += 1
-            conn = await self._connection()
-            assert self._slots is not None
+            conn = self.conn  # the common case without a coroutine: the connection is up
+            if not self._usable(conn):
+                conn = await self._connection()
+            assert conn is not None and self._slots is not None
             async with self._slots:
                 if not self._usable(conn):
                     # It died while we waited for a slot: a closed connection drops what

@@ -34,12 +34,14 @@ class Notifier:
         self.merchants = merchants
         self.listeners: list[ChangeListener] = []
 
-    def notification(self, tx: Transaction) -> Notification:
+    def notification(self, tx: Transaction, shown: dict[str, Any] | None = None
+                     ) -> Notification:
         """The outbox rows of a status change (event data and webhook body), stored with it:
         built here because the ledger stores bytes and only the hub holds the merchants'
-        server keys."""
+        server keys. ``shown``: ``tx.to_result(with_hops=False)`` when the caller has built
+        it already for this very state (a charge's answer), so it is built once."""
         merchant = self.merchants.get(tx.merchant_id)
-        result = tx.to_result(with_hops=False)
+        result = tx.to_result(with_hops=False) if shown is None else shown
         # A charge's own ``notification_url`` overrides the merchant's for all of its
         # transaction's notifications (checked against the webhook rules when charged).
         url = tx.notification_url or (merchant.webhook_url if merchant else None)

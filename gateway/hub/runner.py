@@ -153,11 +153,12 @@ class Runner:
         commit (transactional outbox). Then publish it."""
         self.committed(tx, await self.commit_start(tx, previous_status))
 
-    def commit_start(self, tx: Transaction, previous_status: str | None
-                     ) -> asyncio.Future[int | None]:
-        """``commit``'s write, resolved by the group commit with the event's seq."""
+    def commit_start(self, tx: Transaction, previous_status: str | None,
+                     shown: dict[str, Any] | None = None) -> asyncio.Future[int | None]:
+        """``commit``'s write, resolved by the group commit with the event's seq. ``shown``:
+        the merchant's view of ``tx`` in this state, if already built (see ``Notifier``)."""
         changed = previous_status != tx.status and not tx.unresolved
-        return self.ledger.save(tx, self.notifier.notification(tx) if changed else None)
+        return self.ledger.save(tx, self.notifier.notification(tx, shown) if changed else None)
 
     def committed(self, tx: Transaction, seq: int | None) -> None:
         """``commit``'s end, once the write is durable: publish (and notify)."""
@@ -236,7 +237,12 @@ class Runner:
         resolved state is news even if "pending"); the refusal to answer with, if any."""
         effect = decisions.effect_of_answer(work, result, now_ms())
         decisions.apply_effect(work, effect)
-        return self.commit_start(work, None), effect.error
+        # The charge's op is a defining one: apply_effect has just built the answer a repeat
+        # gets (charge_result) from this state; the event and webhook show the same map
+        # without the hop times, so it is not built a second time.
+        answer = work.charge_result
+        shown = None if answer is None else {k: v for k, v in answer.items() if k != "hops_us"}
+        return self.commit_start(work, None, shown), effect.error
 
     @staticmethod
     def charge_answer(work: Transaction, error: Refusal | None) -> Answer:

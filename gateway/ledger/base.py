@@ -41,9 +41,8 @@ class Notification(NamedTuple):
     webhook body names its event, so the body comes in two parts and the stored body is
     ``body_head + str(seq) + body_tail`` (``gateway/webhooks/payload.py``).
 
-    A named tuple, not a dataclass: it is pickled to the ledger's writer process with every
-    status change, and a slotted dataclass pickles through ``dataclasses.fields`` (~4x
-    slower, measured in the hub's profile)."""
+    A named tuple, cheap to build per status change; the SQLite ledger sends its fields to
+    the writer process as a plain tuple (``gateway/ledger/sqlite.py``, ``_Write``)."""
 
     data: bytes  # msgpack of the transaction as merchants see it: the event's ``data``
     webhook_url: str | None  # no webhook row without one

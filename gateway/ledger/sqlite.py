@@ -9,7 +9,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from gateway.ledger.base import (
     LedgerError,
@@ -104,14 +104,20 @@ def _insert_many(conn: sqlite3.Connection, head: str, rows: list[tuple[Any, ...]
         conn.execute(sql, [v for row in chunk for v in row])
 
 
-class _Write(NamedTuple):
-    """One transaction write for the bulk writer: a new transaction (``insert``) or a new
-    state of one, with the notification its status change announces. A named tuple: it is
-    pickled to the writer process (see ``Notification``)."""
+# One transaction write for the bulk writer, as sent to the writer process: a plain tuple
+# ``(insert, row, note)`` — a new transaction (``insert``) or a new state of one, its row
+# snapshot taken at submit (merchant, order, txid, status, ..., record), and the
+# notification its status change announces as a plain tuple ``(data, webhook_url,
+# body_head, body_tail)`` or None. Plain tuples of str, int and bytes, not named tuples:
+# pickle writes those in C, where a named tuple (this and ``Notification``) goes through
+# ``__reduce_ex__`` and ``__getnewargs__`` in Python for each, and its class is looked up on
+# load — measured 5.2 against 2.3 µs per charge for the round trip (issue 12's writer).
+_Write = tuple[bool, tuple[Any, ...], tuple[bytes, str | None, bytes, bytes] | None]
 
-    insert: bool
-    row: tuple[Any, ...]  # snapshot taken at submit: (merchant, order, txid, status, ...)
-    note: Notification | None
+
+def _write(insert: bool, tx: Transaction, note: Notification | None) -> _Write:
+    return (insert, _row(tx), None if note is None else
+            (note.data, note.webhook_url, note.body_head, note.body_tail))
 
 
 class _LedgerBulk:
@@ -142,29 +148,28 @@ class _LedgerBulk:
     def apply(self, conn: sqlite3.Connection, writes: list[_Write]) -> list[Any]:
         self._snapshot = dict(self._seq)
         results: list[Any] = [None] * len(writes)
-        existing = self._existing(conn, [w.row[:2] for w in writes if w.insert])
+        existing = self._existing(conn, [w[1][:2] for w in writes if w[0]])
         inserts, saves, events, hooks = [], [], [], []
         created = now_ms()
-        for i, w in enumerate(writes):
-            if w.insert:
-                stored = existing.get(w.row[:2])
+        for i, (insert, row, note) in enumerate(writes):
+            if insert:
+                stored = existing.get(row[:2])
                 if stored is not None:
                     results[i] = Transaction.from_record(stored)
                     continue
-                inserts.append(w.row)
+                inserts.append(row)
             else:
-                saves.append(w.row)
-            note = w.note
+                saves.append(row)
             if note is None:
                 continue
-            merchant_id, txid, status = w.row[0], w.row[2], w.row[3]
+            data, webhook_url, body_head, body_tail = note
+            merchant_id, txid, status = row[0], row[2], row[3]
             seq = self._next_seq(conn, merchant_id)
             results[i] = seq
-            events.append((merchant_id, seq, txid, status, created, note.data))
-            if note.webhook_url is not None:
-                hooks.append((merchant_id, txid, event_id(merchant_id, seq), note.webhook_url,
-                              note.body_head + str(seq).encode() + note.body_tail, created,
-                              created))
+            events.append((merchant_id, seq, txid, status, created, data))
+            if webhook_url is not None:
+                hooks.append((merchant_id, txid, event_id(merchant_id, seq), webhook_url,
+                              body_head + str(seq).encode() + body_tail, created, created))
         if inserts:
             _insert_many(conn, f"INSERT INTO transactions ({_COLUMNS})", inserts)
         if saves:
@@ -277,10 +282,10 @@ class SqliteLedger:
 
     def insert_new(self, tx: Transaction, note: Notification | None = None
                    ) -> asyncio.Future[Transaction | int | None]:
-        return self.writer.submit_record(_Write(True, _row(tx), note))
+        return self.writer.submit_record(_write(True, tx, note))
 
     def save(self, tx: Transaction, note: Notification | None = None) -> asyncio.Future[int | None]:
-        return self.writer.submit_record(_Write(False, _row(tx), note))
+        return self.writer.submit_record(_write(False, tx, note))
 
     def delete(self, tx: Transaction) -> asyncio.Future[None]:
         key = (tx.merchant_id, tx.order_id)

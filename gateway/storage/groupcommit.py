@@ -77,11 +77,21 @@ class BulkWriter(Protocol):
         """Forget in-memory effects of the last ``apply`` (its transaction was rolled back)."""
 
 
-# SQLite's page cache for the writer's connection. The default (2 MiB) holds the hot pages
-# of a young ledger only; past a few hundred thousand transactions, index pages were read
-# back and rewritten on every commit, and a long run's throughput fell off a cliff. It is
+# SQLite's page cache for the writer's connection: SQLite's default size, on purpose. A
+# 64 MiB cache was set when random (v4) transaction ids put every insert on a random index
+# leaf and a long run fell off a cliff; with time-ordered ids that cliff is gone, and the big
+# cache costs CPU on *every commit*, growing with the pages it holds (SQLite 3.40; 13 % of
+# the ledger writer's samples were in one page-cache routine under the bench's load).
+# Measured with the ledger's own bulk writer, 16-write commits, CPU per charge (intent +
+# result + event) as the ledger grows, same minutes (issue 12):
+#   bench-like order ids, synchronous=OFF, to 700k charges: 2 MiB 25-29 µs, flat;
+#     64 MiB 45-53 µs
+#   random order ids, OFF, to 500k: 2 MiB 50-55 µs, flat; 16 MiB 49-61; 64 MiB 65-85
+#   random order ids, FULL, 64-write commits, to 400k: 2 MiB 42-58; 64 MiB 51-65 (wall
+#     time per charge no worse with 2 MiB)
+# and in the bench (8 x 16, durable): the hub's writer 61 µs per charge instead of 70. It is
 # memory of the writer process, not the node's.
-PAGE_CACHE_KIB = 65_536
+PAGE_CACHE_KIB = 2_000
 
 
 # Ledgers and books hold card fingerprints, amounts and customers: owner-only, whatever the
@@ -128,8 +138,20 @@ def prepare_data_file(path: Path | str) -> None:
             pass
 
 
+# Prepared statements kept per connection (Python's default: 128). The bulk writers run
+# multi-row statements whose text depends on the batch's row count (``VALUES (?,..),(?,..)``
+# once per row), a few kinds of them, so a batch size the cache had forgotten was parsed and
+# planned again: with 128 the ledger's writer re-prepared statements on most commits.
+# Measured in the bench (8 x 16, durable, alternating runs): the hub's writer 49.5 / 49.7 µs
+# per charge with 1,024 against 55.2 / 54.5 with 128; the bank's writer 29.6 / 30.0 against
+# 31.6 / 31.2. Bounded: a statement's program grows with its rows (the largest, of 500
+# rows, some hundreds of KiB); the loads measured use well under a hundred distinct sizes.
+STATEMENTS_CACHED = 1024
+
+
 def open_connection(path: Path | str, synchronous: str = "FULL") -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                           cached_statements=STATEMENTS_CACHED)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA busy_timeout=5000")
