@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import cliout
 from gateway import config as cfgmod
 from gateway.client import Card, PlaintextRefused, RequestError, connect
 from gateway.processes import child_env, module_command
@@ -133,7 +134,7 @@ def test_the_hub_cli_refuses_a_non_loopback_plaintext_listener(tmp_path: Path) -
     run = subprocess.run([*module_command("gateway.cli"), "hub", "--config", str(config),
                           "--plaintext-listen", "0.0.0.0:7401"], capture_output=True,
                          cwd=ROOT, env=child_env(), timeout=120, check=False)
-    assert run.returncode == 2
+    assert run.returncode == cliout.EXIT_CONFIG  # a setting that cannot be (docs/cli.md)
     assert b"PLAINTEXT_NOT_LOOPBACK" in run.stderr and b"Traceback" not in run.stderr
 
 
