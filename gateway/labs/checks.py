@@ -19,11 +19,14 @@ terminal.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +41,7 @@ LABS_DIR = Path(__file__).resolve().parent
 LAB_COUNT = 8
 CHECK_TIMEOUT_S_DEFAULT = 300.0
 DETAIL_CHARS_MAX = 2000  # one failure's message, so a runaway repr cannot flood a terminal
+HUB_PROBE_TIMEOUT_S = 5.0  # a connect on loopback: long only on a badly loaded machine
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,28 @@ class Sandbox:
             if sep and name.strip():
                 env[name.strip()] = value.strip().strip("'\"")
         return cls(directory, json.loads(info_path.read_text()), env)
+
+    def dead(self) -> str | None:
+        """Why this sandbox cannot be serving, or ``None``: its process is gone, or its hub
+        does not accept a connection. So a stale sandbox is not blamed on the student's
+        code ("your code raised ConnectionRefusedError")."""
+        pid = self.info.get("pid")
+        if isinstance(pid, int):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return f"its process {pid} is gone"
+            except PermissionError:
+                pass  # alive, someone else's
+        host, _, port = self.env.get("PAYWIRE_HUB", "").rpartition(":")
+        if not port.isdigit():
+            return "its sandbox.env names no hub (PAYWIRE_HUB)"
+        try:
+            with socket.create_connection((host or "127.0.0.1", int(port)),
+                                          timeout=HUB_PROBE_TIMEOUT_S):
+                return None
+        except OSError as exc:
+            return f"its hub at {host}:{port} does not accept connections ({exc})"
 
 
 @dataclass
@@ -162,6 +188,13 @@ def run_in_process(number: int, work: Path, sandbox_dir: Path | None,
         return [Result("a sandbox is running", False,
                        f"no running sandbox in {sandbox_dir}: start `paywire sandbox` in "
                        "another terminal (or pass --sandbox DIR) and run the check again")]
+    if module.NEEDS_SANDBOX and sandbox is not None:
+        dead = sandbox.dead()
+        if dead:
+            return [Result("the sandbox answers", False,
+                           f"{dead}: the sandbox in {sandbox.directory} is not serving (killed? "
+                           "its files stay behind after a kill -9). Stop it if it still runs, "
+                           "start `paywire sandbox` again, and run the check again")]
     ctx = LabContext(number, work, sandbox, scratch)
     return [Result(r.name, r.passed, r.detail[:DETAIL_CHARS_MAX])
             for r in _guarded(lambda: module.check(ctx))]
@@ -179,19 +212,34 @@ def run_lab(number: int, work: Path, sandbox_dir: Path | None, *,
         scratch.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "gateway.labs.checks", str(number), str(work),
             str(sandbox_dir) if sandbox_dir is not None else "", str(scratch)]
+    # Its own process group, so a check that runs out of time is stopped with everything it
+    # started (a lab's own hub and bank nodes keep ports and ledger locks otherwise); no
+    # terminal input, so a forgotten input() or breakpoint() fails instead of hanging
+    # silently while the output is captured.
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1",
+                                  "PYTHONBREAKPOINT": "0"})
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        stdout, stderr = child.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.communicate()
         return [Result("the checks finished in time", False,
                        f"they did not finish within {timeout_s:g} s: look for a loop that "
-                       "never ends or a read that waits for bytes that never come")]
-    for line in reversed(done.stdout.splitlines()):
+                       "never ends, a read that waits for bytes that never come, or an "
+                       "input() / breakpoint() left in your code")]
+    finally:
+        # Whatever the check started and did not stop (it normally stops everything).
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+    for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             return [Result(**r) for r in json.loads(line)["results"]]
     return [Result("the checks ran", False,
-                   f"the check process exited with {done.returncode} without a result:\n"
-                   f"{done.stderr[-DETAIL_CHARS_MAX:]}")]
+                   f"the check process exited with {child.returncode} without a result:\n"
+                   f"{stderr[-DETAIL_CHARS_MAX:]}")]
 
 
 def render(number: int, results: list[Result]) -> str:
