@@ -152,6 +152,7 @@ class Rescanner:
             return
         start = now_ms()
         counted = self.counted
+        new = 0
         for tx in await self.ledger.created_since(self._since_ms - FRAUD_LOOKBACK_MS):
             if tx.transaction_id in counted:
                 continue
@@ -159,6 +160,9 @@ class Rescanner:
             customer = tx.customer or {}
             self.fraud.record(tx.merchant_id, tx.card_fingerprint, customer.get("email"),
                               customer.get("ip"), tx.created_ms / 1000)
+            new += 1
+        if new:
+            log.info("fraud windows: counted %d charges other hubs took", new)
         self._since_ms = start
         horizon = start - window_ms - FRAUD_LOOKBACK_MS
         for txid in [t for t, at in counted.items() if at < horizon]:
