@@ -5,7 +5,8 @@ Rules it keeps (DESIGN §4):
 * Every bank call is preceded by a durable *intent* (``pending_op`` on the record) and
   followed by a durable result, so recovery always knows what may have happened.
 * The client is answered only after the result is committed.
-* Operations on one order run one at a time, in admission order (a lock per order). A
+* Operations on one order run one at a time, in admission order (a lock per order; on a
+  shared ledger also held in the database, across hubs: ``_OrderLock``). A
   session admits each request synchronously as it decodes it (``admit``); a ``status``
   admitted while earlier operations on its order are unfinished queues behind them on the
   same lock, so it reflects all of them (docs/protocol.md §4.5).

@@ -8,7 +8,8 @@ implementation must pass.
 
 Two faces:
 
-* ``Ledger``, opened by the one hub that writes it. Every method that changes state returns
+* ``Ledger``, opened by the one hub that writes it (or, ``shared``, by each of several hubs:
+  ``SharedLedger``). Every method that changes state returns
   a future resolved only after the change is durable (group commit), because the hub
   answers a client only after that (DESIGN §4 rule 1). Commits are in submission order: an
   answer for a later write implies every earlier write is committed too. Within one group
