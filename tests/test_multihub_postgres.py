@@ -273,3 +273,73 @@ async def test_velocity_windows_count_the_other_hubs_charges(
             other_card = await b.charge("vel-3", 1_000, card=card(9))
         assert third.transaction_status == "deny"  # the third within the window, any hub
         assert other_card.transaction_status == "capture"
+
+
+# --- the mechanisms, on two ledger instances (as two hubs hold them) ------------------------
+
+async def _count(dsn: str, sql: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def test_order_locks_are_held_across_ledgers_and_lost_with_a_dead_session(
+        pg_dsn: str) -> None:
+    from gateway.ledger.postgres import PostgresLedger
+
+    a, b = PostgresLedger(pg_dsn, exclusive=False), PostgresLedger(pg_dsn, exclusive=False)
+    await a.start()
+    await b.start()
+    try:
+        assert await a.lock_order("M1", "o1", 1.0)
+        assert not await b.lock_order("M1", "o1", 0.2)  # held by the other "hub"
+        assert await b.lock_order("M1", "o2", 1.0)  # other orders are free
+        assert await b.lock_order("M2", "o1", 1.0)  # and other merchants' same order id
+        waiting = asyncio.ensure_future(b.lock_order("M1", "o1", 30.0))
+        await a.unlock_order("M1", "o1")
+        assert await waiting  # taken as soon as it is released
+        # A "hub" that dies loses its locks with its session: the other takes them over.
+        assert await a.lock_order("M1", "o3", 1.0)
+        assert not await b.lock_order("M1", "o3", 0.2)
+        assert a._lock_conn is not None and a.died is not None
+        pid = a._lock_conn.get_server_pid()
+        await _count(pg_dsn, f"SELECT count(*) FROM pg_terminate_backend({pid})")
+        await asyncio.wait_for(asyncio.shield(a.died), 30.0)  # and the hub stops
+        assert await b.lock_order("M1", "o3", 30.0)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_nonces_are_spent_across_ledgers_and_expired_ones_purged(pg_dsn: str) -> None:
+    from gateway.ledger.postgres import NONCE_REPLAYED, PostgresLedger
+    from gateway.transactions.model import now_ms
+
+    a, b = PostgresLedger(pg_dsn, exclusive=False), PostgresLedger(pg_dsn, exclusive=False)
+    b.nonce_purge_interval_s = 0.05
+    await a.start()
+    await b.start()
+    try:
+        live = now_ms() + 600_000
+        assert await a.spend_nonce("M1", b"n1", live) is None
+        assert await b.spend_nonce("M1", b"n1", live) == NONCE_REPLAYED
+        assert await a.spend_nonce("M1", b"n1", live) == NONCE_REPLAYED
+        assert await b.spend_nonce("M2", b"n1", live) is None  # each merchant its own
+        # An expired nonce is free again (its timestamp is refused by the window anyway).
+        assert await a.spend_nonce("M1", b"old", now_ms() - 1) is None
+        assert await b.spend_nonce("M1", b"old", live) is None
+        # Expired rows are purged: the table holds only live nonces.
+        for i in range(20):
+            await a.spend_nonce("M1", f"gone-{i}".encode(), now_ms() - 1)
+
+        async def purged() -> bool:
+            return await _count(pg_dsn, "SELECT count(*) FROM nonces") == 3
+
+        await wait_until(purged, "expired nonces to be purged", timeout_s=30.0)
+    finally:
+        await a.close()
+        await b.close()

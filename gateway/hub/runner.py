@@ -431,6 +431,10 @@ class _OrderLock:
         try:
             if self._shared is not None:
                 await self._shared.unlock_order(*self._key)
+        except PaywireError:
+            # The lock connection failed: the ledger has died and the hub is stopping; the
+            # order's lock went with the session. The operation's own outcome stands.
+            pass
         finally:
             _release(self._locks, self._key, self._lock)
 

@@ -386,6 +386,7 @@ class PostgresLedger:
         self._lock_conn: asyncpg.Connection | None = None
         self._lock_use = asyncio.Lock()  # one statement at a time on that connection
         self._purger: asyncio.Task[None] | None = None
+        self.nonce_purge_interval_s = NONCE_PURGE_INTERVAL_S
         self._conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []
@@ -497,7 +498,7 @@ class PostgresLedger:
         """Delete expired nonces now and then: the table holds only live ones (a bound:
         requests accepted within the window, plus one purge interval)."""
         while not self._closing and not self._failed:
-            await asyncio.sleep(NONCE_PURGE_INTERVAL_S)
+            await asyncio.sleep(self.nonce_purge_interval_s)
             try:
                 assert self._pool is not None
                 await self._pool.execute("DELETE FROM nonces WHERE expires_ms < $1", now_ms(),
