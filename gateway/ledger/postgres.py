@@ -135,7 +135,7 @@ CREATE INDEX IF NOT EXISTS webhooks_tx_pending ON webhooks (transaction_id, id)
     WHERE state = 'pending';
 -- Request nonces spent within the timestamp window, shared by every hub of the ledger: a
 -- request replayed to another hub is refused. A row is live until expires_ms (its request's
--- timestamp + the window); expired rows are purged (PURGE_INTERVAL_S).
+-- timestamp + the window); expired rows are purged (NONCE_PURGE_INTERVAL_S).
 CREATE TABLE IF NOT EXISTS nonces (
     merchant_id text NOT NULL,
     nonce       bytea NOT NULL,
