@@ -149,7 +149,8 @@ async def test_records_are_the_same_bytes_as_in_sqlite(pg_dsn: str, tmp_path: Pa
 
 
 async def test_one_hub_per_ledger(pg_dsn: str) -> None:
-    """Until the multi-hub behaviours exist, a second hub is refused (as on SQLite)."""
+    """An exclusive ledger (``exclusive=True``; the hub opens it shared, for several hubs:
+    tests/test_multihub_postgres.py) refuses a second writer, as a SQLite file does."""
     first = PostgresLedger(pg_dsn)
     await first.start()
     try:

@@ -7,10 +7,12 @@ merchant has its own nonce space, so a merchant can fill only its own.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from typing import Any
 
+from gateway.ledger.base import SharedLedger
 from protocol import signing
 from protocol.errors import AuthenticationError as AuthError
 from protocol.errors import ErrorCode
@@ -81,12 +83,18 @@ class Authenticator:
         self.window_s = window_s
         self.nonces = {merchant: NonceCache(window_s, nonce_entries_max[merchant])
                        for merchant in keys}
+        # Set on a ledger other hubs share: nonces are spent there too, so a request replayed
+        # to another hub is refused. The local cache still refuses replays to this hub at
+        # once and bounds each merchant's share here.
+        self.shared: SharedLedger | None = None
 
-    def check(self, req: Request, session_merchant: str) -> None:
+    def check(self, req: Request, session_merchant: str) -> asyncio.Future[int | None] | None:
         """Raise AuthError with the precise code, or return when the request is authentic.
 
         An authentic request's nonce is spent here, whatever happens to the request next
-        (invalid args, a business error): the exact frame sent again is REPLAYED.
+        (invalid args, a business error): the exact frame sent again is REPLAYED. With a
+        shared ledger, returns the nonce's write there, which the request must await before
+        acting (``replayed_elsewhere``); else ``None``.
         """
         if req.merchant_id != session_merchant:
             raise AuthError(f"merchant_id {req.merchant_id!r} does not match the connection's "
@@ -103,6 +111,17 @@ class Authenticator:
                                       req.op, req.timestamp_ms, req.nonce, req.args_raw):
             raise AuthError("signature does not verify", code=ErrorCode.BAD_SIGNATURE)
         self.nonces[req.merchant_id].add(req.nonce, ts_s, now_s)
+        if self.shared is None:
+            return None
+        return self.shared.spend_nonce(req.merchant_id, req.nonce,
+                                       int((ts_s + self.window_s) * 1000))
+
+
+def replayed_elsewhere(spent: int | None) -> None:
+    """Raise REPLAYED if a shared ledger's nonce write found the nonce spent (by any hub)."""
+    if spent is not None and spent < 0:
+        raise AuthError("nonce already used within the window (on another hub)",
+                        code=ErrorCode.REPLAYED)
 
 
 class TokenBucket:

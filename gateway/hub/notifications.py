@@ -94,6 +94,11 @@ class EventFanout:
         self.has_webhook = has_webhook
         self.event_seq: dict[str, int] = {}
         self.subscribers: dict[str, set[Subscriber]] = {}
+        # Set when other hubs share the ledger (``gateway.hub.multihub.EventPoller``): every
+        # event, this hub's too, is then pushed from the ledger's log in seq order, and a
+        # commit here only wakes the poller (pushing it here could overtake an earlier seq
+        # another hub committed, which the subscriber would then never get).
+        self.poller: Wakeable | None = None
 
     def subscribe(self, session: Subscriber) -> None:
         assert session.merchant_id is not None
@@ -106,12 +111,22 @@ class EventFanout:
     def __call__(self, tx: Transaction, seq: int) -> None:
         """A committed status change (its event and webhook rows are already on disk)."""
         merchant = tx.merchant_id
-        self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
         if merchant in self.has_webhook or tx.notification_url:
             self.webhooks.wake()
+        if self.poller is not None:
+            self.poller.wake()
+            return
         subscribers = self.subscribers.get(merchant)
         if subscribers:
-            frame = event_frame(merchant, seq, tx.to_result(with_hops=False))
+            self.push(merchant, seq, event_frame(merchant, seq, tx.to_result(with_hops=False)))
+        else:
+            self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
+
+    def push(self, merchant: str, seq: int, frame: bytes) -> None:
+        """Push event ``seq`` to the merchant's subscribers; it is the latest now."""
+        self.event_seq[merchant] = max(seq, self.event_seq.get(merchant, 0))
+        subscribers = self.subscribers.get(merchant)
+        if subscribers:
             for session in list(subscribers):
                 try:
                     session.push_event(seq, frame)

@@ -26,7 +26,7 @@ import logging
 from typing import Any, Protocol
 
 from gateway.config import HubConfig
-from gateway.hub.auth import Authenticator, TokenBucket
+from gateway.hub.auth import Authenticator, TokenBucket, replayed_elsewhere
 from gateway.hub.handler import Requester, RequestHandler
 from gateway.ledger.base import Ledger
 from gateway.transactions.model import now_us
@@ -74,7 +74,7 @@ class RequestPipeline:
             return
         try:
             req = messages.decode_request(rid, frame.body)
-            self.auth.check(req, merchant_id)
+            nonce_spent = self.auth.check(req, merchant_id)
             # Authenticated: only now are the args unpacked (the signature covers their bytes).
             op = parse_operation(req.op)
             args = validate_args(op, messages.decode_args(req.args_raw))
@@ -93,27 +93,35 @@ class RequestPipeline:
                 return
             args = {"order_id": order_id}
         key = (merchant_id, args["order_id"])
-        if op is Operation.STATUS:
+        # (A shared ledger's nonce check, ``nonce_spent``, is awaited in the task below.)
+        if op is Operation.STATUS and nonce_spent is None:
             now = handler.status_now(key)
             if now is not None:  # the common case: no task
                 source.send(messages.encode_response(rid, now))
                 return
-        if handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):
+        if nonce_spent is None and \
+                handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):
             return  # the common case: no task (gateway/hub/flows.py)
         # Admitted now, in decode order: the order's lock is taken in this order (§4.5).
         after_earlier = handler.admit(key)
         source.request_started(rid)
         task = asyncio.get_running_loop().create_task(
-            self._serve(source, rid, op, args, received_us, after_earlier, req.sent_us))
+            self._serve(source, rid, op, args, received_us, after_earlier, req.sent_us,
+                        nonce_spent))
         source.track(task)
         task.add_done_callback(lambda _t: handler.finished(key))
 
     async def _serve(self, source: Source, rid: int, op: Operation, args: dict[str, Any],
-                     received_us: int, after_earlier: bool, sent_us: int | None) -> None:
-        """The uncommon request, in its own task: run it, answer it, end it."""
+                     received_us: int, after_earlier: bool, sent_us: int | None,
+                     nonce_spent: asyncio.Future[int | None] | None = None) -> None:
+        """The uncommon request, in its own task: run it, answer it, end it. With a shared
+        ledger, first its nonce's write there (these resolve in submission order, so the
+        tasks still reach the order's lock in admission order)."""
         merchant_id = source.merchant_id
         assert merchant_id is not None
         try:
+            if nonce_spent is not None:
+                replayed_elsewhere(await nonce_spent)
             result, replayed = await self.handler.execute(
                 merchant_id, op, args, received_us, after_earlier=after_earlier,
                 sent_us=sent_us)

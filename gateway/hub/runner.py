@@ -5,7 +5,8 @@ Rules it keeps (DESIGN §4):
 * Every bank call is preceded by a durable *intent* (``pending_op`` on the record) and
   followed by a durable result, so recovery always knows what may have happened.
 * The client is answered only after the result is committed.
-* Operations on one order run one at a time, in admission order (a lock per order). A
+* Operations on one order run one at a time, in admission order (a lock per order; on a
+  shared ledger also held in the database, across hubs: ``_OrderLock``). A
   session admits each request synchronously as it decodes it (``admit``); a ``status``
   admitted while earlier operations on its order are unfinished queues behind them on the
   same lock, so it reflects all of them (docs/protocol.md §4.5).
@@ -20,16 +21,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any
+from typing import Any, cast
 
 from gateway.hub.banklink import BankPool, FirstSend, note_answer
 from gateway.hub.notifications import Notifier
 from gateway.hub.txcache import Key, TxCache
-from gateway.ledger.base import Ledger
+from gateway.ledger.base import Ledger, SharedLedger
 from gateway.transactions import decisions
 from gateway.transactions.decisions import BankCall, Refusal
 from gateway.transactions.model import Transaction, now_ms, now_us
-from protocol.errors import BankUnavailable, NotFound, OutcomeUnknown, PaywireError, error_from_code
+from protocol.errors import (
+    BankUnavailable,
+    ErrorCode,
+    NotFound,
+    OutcomeUnknown,
+    PaywireError,
+    error_from_code,
+)
 from protocol.errors import DuplicateOrder as Conflict
 
 __all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "decided_now", "refused",
@@ -91,12 +99,15 @@ class Runner:
         self.cache = cache
         self.notifier = notifier
         self._locks: dict[Key, asyncio.Lock] = {}
+        # A ledger other hubs write too: each order's lock is also taken there, across hubs
+        # (``_OrderLock``); ``None`` (SQLite) costs nothing.
+        self.shared = cast(SharedLedger, ledger) if ledger.shared else None
         # Requests admitted per order and not finished yet (see ``admit``).
         self._admitted: dict[Key, int] = {}
 
     # --- admission order ------------------------------------------------------------------
     def lock(self, key: Key) -> _OrderLock:
-        return _OrderLock(self._locks, key)
+        return _OrderLock(self._locks, key, self.shared)
 
     def try_lock_now(self, key: Key) -> asyncio.Lock | None:
         """The order's lock taken without waiting, or ``None`` if it is held or awaited:
@@ -385,14 +396,24 @@ class Runner:
                 await self.resolve(tx)
 
 
+# How long an operation waits for an order another hub is working on (a shared ledger): more
+# than that hub's longest hold, one operation with its bank settlement (two call budgets).
+ORDER_LOCK_WAIT_S = 60.0
+
+
 class _OrderLock:
-    """An asyncio.Lock per order key, created on first use and dropped when idle."""
+    """An asyncio.Lock per order key, created on first use and dropped when idle; on a shared
+    ledger, also the order's lock in the database, so operations on one order run one at a
+    time across every hub (taken after the local one: a hub asks the database once per
+    order at a time, and its own requests keep their admission order)."""
 
-    __slots__ = ("_key", "_lock", "_locks")
+    __slots__ = ("_key", "_lock", "_locks", "_shared")
 
-    def __init__(self, locks: dict[Key, asyncio.Lock], key: Key) -> None:
+    def __init__(self, locks: dict[Key, asyncio.Lock], key: Key,
+                 shared: SharedLedger | None = None) -> None:
         self._locks = locks
         self._key = key
+        self._shared = shared
         lock = locks.get(key)
         if lock is None:
             lock = locks[key] = asyncio.Lock()
@@ -400,9 +421,28 @@ class _OrderLock:
 
     async def __aenter__(self) -> None:
         await self._lock.acquire()
+        if self._shared is None:
+            return
+        try:
+            got = await self._shared.lock_order(*self._key, ORDER_LOCK_WAIT_S)
+        except BaseException:
+            _release(self._locks, self._key, self._lock)
+            raise
+        if not got:
+            _release(self._locks, self._key, self._lock)
+            raise PaywireError(f"order {self._key[1]!r} is busy on another hub for more than "
+                               f"{ORDER_LOCK_WAIT_S:g} s; retry", code=ErrorCode.TIMEOUT)
 
     async def __aexit__(self, *exc: object) -> None:
-        _release(self._locks, self._key, self._lock)
+        try:
+            if self._shared is not None:
+                await self._shared.unlock_order(*self._key)
+        except PaywireError:
+            # The lock connection failed: the ledger has died and the hub is stopping; the
+            # order's lock went with the session. The operation's own outcome stands.
+            pass
+        finally:
+            _release(self._locks, self._key, self._lock)
 
 
 def _release(locks: dict[Key, asyncio.Lock], key: Key, lock: asyncio.Lock) -> None:

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, cast
 
 from gateway import secret_keys, tls
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
 from gateway.hub.auth import Authenticator, TokenBucket
 from gateway.hub.banklink import BankLink, BankPool
+from gateway.hub.multihub import EventPoller, Rescanner
 from gateway.hub.notifications import EventFanout, event_frame
 from gateway.hub.pipeline import RequestPipeline
 from gateway.hub.routing import Router
 from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
-from gateway.ledger import open_ledger
+from gateway.ledger import SharedLedger, open_ledger
 from gateway.net import plaintext
 from gateway.net.signed import verified_request
 from gateway.transactions.model import now_ms
@@ -68,6 +69,17 @@ class Hub:
         self.unsubscribe = self.events.unsubscribe
         self.schedulers = Schedulers(self.service, cfg.expiry_check_interval_s,
                                      cfg.recovery_interval_s)
+        # Other hubs share the ledger (PostgreSQL): nonces spent there, events pushed from
+        # its log, their open work and charges picked up from it (docs/postgres.md).
+        self.event_poller: EventPoller | None = None
+        self.rescanner: Rescanner | None = None
+        if self.ledger.shared:
+            self.auth.shared = cast(SharedLedger, self.ledger)
+            self.event_poller = self.events.poller = EventPoller(self.ledger, self.events)
+            assert self.service.fraud_counted is not None
+            self.rescanner = Rescanner(self.ledger, self.service, self.fraud,
+                                       self.service.fraud_counted, cfg.recovery_interval_s,
+                                       self.schedulers.resolver_tick)
         self.buckets = {m.id: TokenBucket(m.rate_per_s, m.rate_burst, 0.0)
                         for m in cfg.merchants}
         # The per-request work of every merchant connection (decode, authenticate, validate,
@@ -96,6 +108,10 @@ class Hub:
         await self._rebuild_fraud_memory()
         await self._recover()
         await self.webhooks.start()
+        if self.event_poller is not None:
+            self.event_poller.start()
+        if self.rescanner is not None:
+            self.rescanner.start()
         ctx = tls.node_server_context(self.cfg.certs_dir, "hub", self.cfg.node_id)
         self._server = await loop.create_server(
             lambda: MerchantSession(self).net, self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
@@ -156,6 +172,8 @@ class Hub:
             customer = tx.customer or {}
             self.fraud.record(tx.merchant_id, tx.card_fingerprint, customer.get("email"),
                               customer.get("ip"), tx.created_ms / 1000)
+            if self.service.fraud_counted is not None:
+                self.service.fraud_counted[tx.transaction_id] = tx.created_ms
 
     @staticmethod
     def event_frame(merchant_id: str, seq: int, data: dict[str, Any]) -> bytes:
@@ -212,5 +230,8 @@ class Hub:
         for pool in self.pools.values():
             await pool.stop()
         await self.webhooks.stop()
+        for poller in (self.event_poller, self.rescanner):
+            if poller is not None:
+                await poller.stop()
         await self.ledger.close()
         log.info("hub %s stopped", self.cfg.node_id)

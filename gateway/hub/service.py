@@ -62,6 +62,12 @@ class TransactionService:
                            int(cfg.fraud.challenge_timeout_s * 1000))
         self.notifier = Notifier({m.id: m for m in cfg.merchants})
         self.runner = Runner(ledger, pools, self.txs, self.notifier)
+        # Other hubs write the ledger too: every operation takes the task path (order lock
+        # across hubs, then a fresh read), never the cache-only fast paths.
+        self.shared = ledger.shared
+        # Shared: the charges counted in this hub's fraud windows, by transaction id, so
+        # those read back from the ledger (``gateway.hub.multihub.Rescanner``) count once.
+        self.fraud_counted: dict[str, int] | None = {} if self.shared else None
 
     @property
     def listeners(self) -> list[ChangeListener]:
@@ -88,7 +94,7 @@ class TransactionService:
     def status_now(self, key: Key) -> dict[str, Any] | None:
         """The ``status`` answer if it needs no waiting: nothing admitted earlier on the
         order is unfinished, and the committed transaction is cached and settled."""
-        if self.runner.busy(key):
+        if self.shared or self.runner.busy(key):
             return None
         tx = self.txs.get(key)
         if tx is None or tx.pending_op is not None:
@@ -111,7 +117,7 @@ class TransactionService:
     def start(self, requester: Requester, rid: int, op: Operation, key: Key,
               args: dict[str, Any], received_us: int, *, sent_us: int | None = None
               ) -> bool:
-        if self.runner.busy(key):
+        if self.shared or self.runner.busy(key):
             return False
         if op is Operation.CHARGE:
             return flows.try_charge(requester, self, rid, key, args, received_us, sent_us)
@@ -181,7 +187,9 @@ class TransactionService:
         fraud screen counted the charge in the velocity windows: never made twice)."""
         if plan is None:
             req_hash = self.request_hash(args)
-            existing = self.txs.get(key)
+            # Shared ledger: read under the order's lock across hubs, so of two hubs given
+            # the same order, the second finds the first's and answers it as a replay.
+            existing = await self.txs.load(key) if self.shared else self.txs.get(key)
             if existing is not None:
                 return await self.runner.replay_charge(key, existing, req_hash)
             plan = self.plan_charge(key, args, received_us, req_hash, sent_us=sent_us)
@@ -219,6 +227,8 @@ class TransactionService:
             key[0], tx.gross_amount, tx.currency, number, customer.get("email"),
             customer.get("ip"), customer.get("country")), created / 1000)
         tx.fraud_reasons = verdict.reasons
+        if self.fraud_counted is not None:
+            self.fraud_counted[tx.transaction_id] = created
         if number is not None:
             tx.card_fingerprint = verdict.card_fingerprint
             tx.masked_card = mask_card(number)
@@ -279,7 +289,7 @@ class TransactionService:
             return
         key = (tx.merchant_id, tx.order_id)
         async with self.runner.lock(key):
-            tx = self.txs.get(key) or tx
+            tx = (await self.txs.load(key) if self.shared else self.txs.get(key)) or tx
             if tx.unresolved:
                 await self.runner.resolve(tx)
                 tx = self.txs[key]

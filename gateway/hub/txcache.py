@@ -5,6 +5,11 @@ never sees a state that is not on disk. Bounded (``cache_entries_max``, least re
 published first out): the ledger has every transaction, the cache only saves reads. The
 unresolved, expiry and challenge indexes are kept with each ``put`` so the schedulers find
 their work without scanning.
+
+On a ledger other hubs write too (``Ledger.shared``) a cached copy may be stale: ``load``
+then always reads the ledger (read-through), and the cache serves only the schedulers'
+indexes and the state this hub has just committed under the order's lock (which, on a shared
+ledger, is held across hubs: nobody else can have changed it meanwhile).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ Key = tuple[str, str]  # (merchant_id, order_id)
 class TxCache:
     def __init__(self, ledger: Ledger, entries_max: int, challenge_timeout_ms: int) -> None:
         self.ledger = ledger
+        # Another hub may have changed any order. (No ledger: the cache alone, in tests.)
+        self.read_through = ledger is not None and ledger.shared
         self.entries_max = entries_max
         self.challenge_timeout_ms = challenge_timeout_ms
         self.cache: OrderedDict[Key, Transaction] = OrderedDict()
@@ -76,6 +83,8 @@ class TxCache:
 
     async def load(self, key: Key) -> Transaction | None:
         """The committed transaction, read from the ledger (and cached) if not cached."""
+        if self.read_through:
+            return await self._read(key)
         tx = self.cache.get(key)
         if tx is not None:
             return tx
@@ -83,6 +92,18 @@ class TxCache:
         if tx is not None and key not in self.cache:
             self.put(tx)
         return self.cache.get(key, tx)
+
+    async def _read(self, key: Key) -> Transaction | None:
+        """The ledger's copy, which replaces the cached one (or drops it: another hub
+        deleted an intent no bank saw)."""
+        tx = await self.ledger.get(*key)
+        if tx is None:
+            stale = self.cache.get(key)
+            if stale is not None:
+                self.forget(stale)
+            return None
+        self.put(tx)
+        return tx
 
     async def load_by_id(self, transaction_id: str) -> Transaction | None:
         key = self.by_txid.get(transaction_id)

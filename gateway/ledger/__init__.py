@@ -8,6 +8,7 @@ from gateway.ledger.base import (
     LedgerError,
     LedgerTools,
     Notification,
+    SharedLedger,
     TransactionSummary,
     Webhook,
     WebhookRow,
@@ -40,9 +41,10 @@ def open_ledger(path: Path | str, url: str | None = None, *, synchronous: str = 
     _require_asyncpg()
     from gateway.ledger.postgres import PostgresLedger
 
+    # Shared: several hubs may open the same database (docs/postgres.md).
     return PostgresLedger(url, queue_writes_max=queue_writes_max,
                           connect_timeout_s=connect_timeout_s,
-                          commit_timeout_s=commit_timeout_s)
+                          commit_timeout_s=commit_timeout_s, exclusive=False)
 
 
 def ledger_tools(where: Path | str) -> LedgerTools:
@@ -57,5 +59,5 @@ def ledger_tools(where: Path | str) -> LedgerTools:
 
 
 __all__ = ["POSTGRES_SCHEMES", "Ledger", "LedgerError", "LedgerTools", "Notification",
-           "SqliteLedger", "SqliteLedgerTools", "TransactionSummary", "Webhook", "WebhookRow",
-           "is_postgres_url", "ledger_tools", "open_ledger"]
+           "SharedLedger", "SqliteLedger", "SqliteLedgerTools", "TransactionSummary", "Webhook",
+           "WebhookRow", "is_postgres_url", "ledger_tools", "open_ledger"]

@@ -8,7 +8,8 @@ implementation must pass.
 
 Two faces:
 
-* ``Ledger``, opened by the one hub that writes it. Every method that changes state returns
+* ``Ledger``, opened by the one hub that writes it (or, ``shared``, by each of several hubs:
+  ``SharedLedger``). Every method that changes state returns
   a future resolved only after the change is durable (group commit), because the hub
   answers a client only after that (DESIGN §4 rule 1). Commits are in submission order: an
   answer for a later write implies every earlier write is committed too. Within one group
@@ -93,6 +94,14 @@ class LedgerError(Exception):
 
 
 class Ledger(Protocol):
+    @property
+    def shared(self) -> bool:
+        """Whether other hubs write this ledger at the same time (PostgreSQL, opened by the
+        hub). Then the ledger is a ``SharedLedger`` and the hub uses its order locks, nonces
+        and webhook claims, and trusts no cached copy; a ledger only this hub writes (SQLite)
+        pays for none of that."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None:
@@ -159,9 +168,9 @@ class Ledger(Protocol):
         Reads committed state and may lag the newest commit by a poll; raises
         ``LedgerError`` if the store cannot be read.
 
-        It does not claim the rows: one hub writes a ledger (its lock), and the dispatcher
-        keeps its own rows in flight in memory. A ledger shared by several hubs (the
-        scale-out issue) needs a claim with a lease here instead."""
+        It does not claim the rows: one hub writes such a ledger (its lock), and the
+        dispatcher keeps its own rows in flight in memory. A ``SharedLedger`` is read with
+        ``claim_webhooks`` instead."""
         ...
 
     def webhook_delivered(self, webhook_id: int, attempts: int, at_ms: int
@@ -175,6 +184,29 @@ class Ledger(Protocol):
     def webhook_dead(self, webhook_id: int, attempts: int, error: str | None
                      ) -> asyncio.Future[None]:
         """A failed attempt with no retry left: dead-lettered until redelivered."""
+        ...
+
+
+class SharedLedger(Ledger, Protocol):
+    """A ledger several hubs write at once (``shared``): what they coordinate through."""
+
+    async def lock_order(self, merchant_id: str, order_id: str, wait_s: float) -> bool:
+        """Take the order's lock across every hub, waiting up to ``wait_s``; ``False`` if
+        it is still held by another hub then. A hub that dies loses its locks."""
+        ...
+
+    async def unlock_order(self, merchant_id: str, order_id: str) -> None: ...
+
+    def spend_nonce(self, merchant_id: str, nonce: bytes, expires_ms: int
+                    ) -> asyncio.Future[int | None]:
+        """Spend a request's nonce for every hub until ``expires_ms``; resolves to a negative
+        number if it was spent already and has not expired, else ``None``."""
+        ...
+
+    async def claim_webhooks(self, owner: str, now_ms: int, lease_ms: int, limit: int
+                             ) -> list[Webhook]:
+        """``due_webhooks`` with a delivery lease of ``lease_ms`` for ``owner``: no other
+        hub gets these rows until an outcome is recorded or the lease runs out."""
         ...
 
 

@@ -11,8 +11,9 @@ standby, that also waits for the standby). Commits are in submission order: one 
 time on one connection. If a batch fails (a unique-constraint clash on one write), it is
 rolled back whole and each write is sent again alone, so one bad write fails by itself.
 
-The schema is made for several hubs on one database (the scale-out issue), although today
-the hub takes an advisory lock so that only one hub writes a ledger (``LEDGER_LOCK_KEY``):
+The schema is made for several hubs on one database (the scale-out issue); the hub opens it
+``shared`` (``exclusive=False``), and ``exclusive=True`` keeps one hub per ledger with an
+advisory lock (``LEDGER_LOCK_KEY``). For several hubs:
 
 * ``transactions`` has the primary key ``(merchant_id, order_id)``; a new transaction is an
   ``INSERT .. ON CONFLICT DO NOTHING``, so of two hubs inserting the same order one wins and
@@ -58,6 +59,12 @@ SCHEMA_VERSION = 1
 # advisory lock belongs to one database, so the key needs to be unique only among ours.
 LEDGER_LOCK_KEY = 0x5061_7977  # "Payw"
 SCHEMA_LOCK_KEY = 0x5061_7978  # serialises schema creation of hubs starting together
+# Order locks of a shared ledger: pg_advisory_lock(ORDER_LOCK_CLASS, hashtext(order key)), the
+# two-int form, a key space apart from the bigint keys above. Two orders whose keys hash
+# alike only wait for each other, never run wrongly.
+ORDER_LOCK_CLASS = 0x5077  # "Pw"
+ORDER_LOCK_POLL_S_MAX = 0.05  # the longest pause between two tries of a held order lock
+NONCE_PURGE_INTERVAL_S = 10.0  # expired nonces are deleted this often (bounds the table)
 BATCH_WRITES_MAX = 4_000  # writes per call of paywire_apply (~4 MB of records at most)
 READ_CONNECTIONS_MAX = 4  # the reader pool: lookups, event replay, the webhook outbox
 READ_TIMEOUT_S = 30.0  # one read's deadline: a request never waits on a stuck server for ever
@@ -126,10 +133,21 @@ CREATE TABLE IF NOT EXISTS webhooks (
 CREATE INDEX IF NOT EXISTS webhooks_due ON webhooks (next_attempt_ms) WHERE state = 'pending';
 CREATE INDEX IF NOT EXISTS webhooks_tx_pending ON webhooks (transaction_id, id)
     WHERE state = 'pending';
+-- Request nonces spent within the timestamp window, shared by every hub of the ledger: a
+-- request replayed to another hub is refused. A row is live until expires_ms (its request's
+-- timestamp + the window); expired rows are purged (NONCE_PURGE_INTERVAL_S).
+CREATE TABLE IF NOT EXISTS nonces (
+    merchant_id text NOT NULL,
+    nonce       bytea NOT NULL,
+    expires_ms  bigint NOT NULL,
+    PRIMARY KEY (merchant_id, nonce)
+);
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_ms);
 """
 
 # Kinds of write in a batch (the a_kind array).
-INSERT, SAVE, DELETE, DELIVERED, RETRY, DEAD = range(6)
+INSERT, SAVE, DELETE, DELIVERED, RETRY, DEAD, NONCE = range(7)
+NONCE_REPLAYED = -1  # what a NONCE write resolves to when the nonce is live already
 
 # One batch, applied in array order. Per write: a transaction insert (nothing written if the
 # order exists: its stored record is returned instead), an upsert, a delete, or a webhook's
@@ -203,10 +221,24 @@ BEGIN
                 last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
                 WHERE id = a_wid[j];
             CONTINUE;
-        ELSE
+        ELSIF a_kind[j] = 5 THEN
             UPDATE webhooks SET state = 'dead', attempts = a_attempts[j],
                 last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
                 WHERE id = a_wid[j];
+            CONTINUE;
+        ELSE
+            -- A request's nonce (a_record) spent until a_expiry: a row still live means a
+            -- replay (-1); an expired one not purged yet is taken over.
+            INSERT INTO nonces AS n (merchant_id, nonce, expires_ms)
+                VALUES (a_merchant[j], a_record[j], a_expiry[j])
+                ON CONFLICT (merchant_id, nonce) DO UPDATE SET expires_ms = excluded.expires_ms
+                WHERE n.expires_ms < a_now;
+            IF NOT FOUND THEN
+                out_i := j;
+                out_seq := -1;
+                out_existing := NULL;
+                RETURN NEXT;
+            END IF;
             CONTINUE;
         END IF;
         IF a_data[j] IS NOT NULL THEN
@@ -345,9 +377,16 @@ class PostgresLedger:
         self.commit_timeout_s = commit_timeout_s
         # A hub killed a moment ago may still hold the lock until its server session ends.
         self.lock_wait_s = lock_wait_s
-        # False only where several writers are meant (tests of the database-side numbering):
-        # the hub's multi-hub behaviours are not built yet (docs/postgres.md).
+        # True: one hub per ledger (a session advisory lock, as a SQLite file's lock). The
+        # hub opens its PostgreSQL ledger shared (``exclusive=False``): several hubs at once,
+        # with the order locks, nonces and claims below (docs/postgres.md).
         self.exclusive = exclusive
+        # The connection holding this hub's order locks (shared ledgers): session-level
+        # advisory locks, so they go with the session if the hub dies (kill -9 included).
+        self._lock_conn: asyncpg.Connection | None = None
+        self._lock_use = asyncio.Lock()  # one statement at a time on that connection
+        self._purger: asyncio.Task[None] | None = None
+        self.nonce_purge_interval_s = NONCE_PURGE_INTERVAL_S
         self._conn: asyncpg.Connection | None = None
         self._pool: asyncpg.Pool | None = None
         self._queue: list[tuple[_Op, asyncio.Future[Any]]] = []
@@ -374,21 +413,99 @@ class PostgresLedger:
             if self.exclusive:
                 await self._lock(conn)
             await create_schema(conn)
+            if not self.exclusive:
+                self._lock_conn = await _connect(self.url, self.connect_timeout_s)
             self._pool = await asyncpg.create_pool(
                 self.url, min_size=1, max_size=READ_CONNECTIONS_MAX,
                 timeout=self.connect_timeout_s,
                 server_settings={"application_name": APPLICATION_NAME})
         except _UNREACHABLE as exc:
-            await conn.close()
+            await self._close_partial(conn)
             raise LedgerError(f"cannot open the ledger {_safe_url(self.url)}: "
                               f"{exc!r}") from exc
         except BaseException:
-            await conn.close()
+            await self._close_partial(conn)
             raise
         self._conn = conn
         self._died = loop.create_future()
         conn.add_termination_listener(self._terminated)
+        if self._lock_conn is not None:
+            self._lock_conn.add_termination_listener(self._terminated)
+            self._purger = asyncio.create_task(self._purge_nonces(), name="ledger-nonce-purge")
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
+
+    async def _close_partial(self, conn: asyncpg.Connection) -> None:
+        await conn.close()
+        if self._lock_conn is not None:
+            await self._lock_conn.close()
+            self._lock_conn = None
+
+    @property
+    def shared(self) -> bool:
+        """Whether other hubs may write this ledger too: the hub then takes the order locks
+        here (``lock_order``), reads through its cache, spends nonces here and claims
+        webhooks (docs/postgres.md)."""
+        return not self.exclusive
+
+    # --- several hubs: order locks and nonces -------------------------------------------
+    async def _on_lock_conn(self, sql: str, *args: Any) -> Any:
+        conn = self._lock_conn
+        assert conn is not None, "a shared ledger, started"
+        try:
+            async with self._lock_use:
+                return await conn.fetchval(sql, *args, timeout=READ_TIMEOUT_S)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            # Whether the lock is held is unknown now: this hub must not go on (its locks
+            # went with the session if the session is gone).
+            self._die(f"the order-lock connection failed: {exc!r}")
+            raise StorageClosed("the ledger's lock connection failed; this node is "
+                                "stopping") from None
+
+    async def lock_order(self, merchant_id: str, order_id: str, wait_s: float) -> bool:
+        """Take the order's lock across hubs, waiting up to ``wait_s``; ``False`` if another
+        hub still held it then. Held until ``unlock_order``, or until this hub's session with
+        the server ends (it died): the lease a dead hub's orders are taken over by.
+
+        Tries without blocking the connection (which holds every order lock of this hub) and
+        polls while another hub holds it: two hubs work on one order at once only for
+        duplicates and races, rare, and then briefly or for one bank call."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        pause_s = 0.002
+        while True:
+            if await self._on_lock_conn("SELECT pg_try_advisory_lock($1, hashtext($2))",
+                                        ORDER_LOCK_CLASS, f"{merchant_id}\x1f{order_id}"):
+                return True
+            if loop.time() + pause_s > deadline:
+                return False
+            await asyncio.sleep(pause_s)
+            pause_s = min(pause_s * 2, ORDER_LOCK_POLL_S_MAX)
+
+    async def unlock_order(self, merchant_id: str, order_id: str) -> None:
+        await self._on_lock_conn("SELECT pg_advisory_unlock($1, hashtext($2))",
+                                 ORDER_LOCK_CLASS, f"{merchant_id}\x1f{order_id}")
+
+    def spend_nonce(self, merchant_id: str, nonce: bytes, expires_ms: int
+                    ) -> asyncio.Future[int | None]:
+        """Record a request's nonce as spent until ``expires_ms``, in the next group commit;
+        resolves to ``NONCE_REPLAYED`` if any hub of the ledger spent it and it has not
+        expired, else ``None``. Futures resolve in submission order, like every write."""
+        row = (merchant_id, None, None, None, None, expires_ms, None, None, None, None,
+               None, None, nonce)
+        return self._submit(_Op(NONCE, (*row, *_NO_NOTE, *_NO_HOOK)))
+
+    async def _purge_nonces(self) -> None:
+        """Delete expired nonces now and then: the table holds only live ones (a bound:
+        requests accepted within the window, plus one purge interval)."""
+        while not self._closing and not self._failed:
+            await asyncio.sleep(self.nonce_purge_interval_s)
+            try:
+                assert self._pool is not None
+                await self._pool.execute("DELETE FROM nonces WHERE expires_ms < $1", now_ms(),
+                                         timeout=READ_TIMEOUT_S)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                    TimeoutError) as exc:
+                log.warning("purging expired nonces failed (tried again later): %r", exc)
 
     async def _lock(self, conn: asyncpg.Connection) -> None:
         await conn.execute(f"SET lock_timeout = {int(self.lock_wait_s * 1000)}")
@@ -430,8 +547,12 @@ class PostgresLedger:
         self._wake.set()
         if self._task is not None:
             await self._task  # commits what is queued, then returns
+        if self._purger is not None:
+            self._purger.cancel()
         if self._conn is not None:
             await self._conn.close()
+        if self._lock_conn is not None:
+            await self._lock_conn.close()  # releases this hub's order locks
         if self._pool is not None:
             await self._pool.close()
 
@@ -618,7 +739,7 @@ class PostgresLedger:
         need instead of ``due_webhooks``. A row whose lease has run out (its hub died) is
         due again; ``webhook_delivered``/``retry``/``dead`` end the lease.
 
-        Not yet used by the hub's dispatcher (one hub per ledger today; docs/postgres.md)."""
+        The webhook dispatcher uses it when the ledger is ``shared``."""
         assert self._pool is not None, "start() first"
         try:
             rows = await self._pool.fetch(_CLAIM, now_ms, owner, lease_ms, limit,

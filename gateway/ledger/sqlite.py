@@ -241,6 +241,8 @@ def _read_only(path: Path) -> sqlite3.Connection:
 
 
 class SqliteLedger:
+    shared = False  # one hub per file (its lock): no cross-hub coordination to pay for
+
     def __init__(self, path: Path | str, *, synchronous: str = "FULL",
                  queue_writes_max: int = 50_000) -> None:
         # One writing process per ledger file: the bulk writer numbers events in memory.

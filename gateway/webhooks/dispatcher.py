@@ -10,6 +10,11 @@ Per transaction only the oldest pending row is eligible, so a merchant sees ``pe
 before ``settlement``. Each merchant has its own concurrency bound: a slow endpoint fills
 only its own slots and never delays other merchants.
 
+On a ledger other hubs share (``Ledger.shared``), rows are *claimed* instead
+(``SharedLedger.claim_webhooks``: ``FOR UPDATE SKIP LOCKED`` and a lease in the database), so
+each notification is delivered by one hub at a time, in order per transaction; if a hub dies
+its leases run out (``claim_lease_s``) and another hub delivers the rows: at least once.
+
 Answers, in the spirit of Midtrans: 2xx delivered; 5xx, timeouts and connection errors
 retried on the schedule; 4xx and every 3xx retried only ``client_error_attempts_max`` times;
 then the row is dead-lettered. Redirects are never followed: a 307 from an HTTPS endpoint to
@@ -22,14 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
+import socket
 import ssl
 import time
+from typing import cast
 
 import aiohttp
 
 from gateway.config import WebhookConfig, webhook_url_problem
-from gateway.ledger.base import Ledger, LedgerError, Webhook
+from gateway.ledger.base import Ledger, LedgerError, SharedLedger, Webhook
 from gateway.transactions.model import now_ms
 from gateway.webhooks.payload import EVENT_ID_HEADER, SIGNATURE_HEADER
 from protocol.signing import webhook_signature_header
@@ -38,6 +46,10 @@ log = logging.getLogger("paywire.webhooks")
 
 DUE_BATCH_MAX = 500
 LOCATION_LOGGED_CHARS_MAX = 200
+# A claim's lease on a shared ledger: at least this, and several delivery timeouts, since a
+# claimed row may wait for one of its merchant's slots first. Only a dead hub's rows wait
+# for it to run out.
+CLAIM_LEASE_S_MIN = 60.0
 
 
 def retry_delay_s(cfg: WebhookConfig, attempts: int, rng: random.Random) -> float:
@@ -67,6 +79,11 @@ class WebhookDispatcher:
         self._session: aiohttp.ClientSession | None = None
         self.delivered = 0
         self.failed_attempts = 0
+        # (An outbox standing in for a ledger, as lab 7's, need not say: not shared.)
+        shared = getattr(ledger, "shared", False)
+        self._claims = cast(SharedLedger, ledger) if shared else None
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.claim_lease_s = max(CLAIM_LEASE_S_MIN, 4 * cfg.timeout_s)
 
     async def start(self) -> None:
         # No per-host limit: merchants often share a host (one webhook provider), and a
@@ -101,6 +118,9 @@ class WebhookDispatcher:
                 pass
             self._wake.clear()
             self._finished_during_poll.clear()
+            if self._claims is not None:
+                await self._claim(loop)
+                continue
             try:
                 rows = await self.ledger.due_webhooks(now_ms(), DUE_BATCH_MAX)
             except LedgerError as exc:
@@ -120,6 +140,29 @@ class WebhookDispatcher:
                 task = loop.create_task(self._deliver(slots, row))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _claim(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Lease due rows (a shared ledger) and deliver each: at most as many as there are
+        free delivery slots, and a leased row waits for its merchant's slot rather than
+        being skipped (nobody else may send it while the lease holds)."""
+        assert self._claims is not None
+        free = min(self.cfg.concurrency_max - len(self._in_flight), DUE_BATCH_MAX)
+        if free <= 0:
+            return
+        try:
+            rows = await self._claims.claim_webhooks(
+                self.owner, now_ms(), int(self.claim_lease_s * 1000), free)
+        except LedgerError as exc:
+            log.warning("%s", exc)
+            return
+        for row in rows:
+            slots = self._slots.setdefault(
+                row.merchant_id, asyncio.Semaphore(self.cfg.concurrency_per_merchant))
+            self._in_flight.add(row.id)
+            self._busy_tx.add(row.transaction_id)
+            task = loop.create_task(self._deliver(slots, row))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _deliver(self, slots: asyncio.Semaphore, row: Webhook) -> None:
         wid, merchant, txid, event_id, url, body, attempts = row
