@@ -553,6 +553,8 @@ def cmd_lab(ns: argparse.Namespace) -> int:
     root = Path(ns.dir)
     if ns.lab_cmd == "start":
         target, copied, kept = checks.start_lab(ns.number, root)
+        if target.absolute().is_relative_to(Path.cwd()):
+            target = target.absolute().relative_to(Path.cwd())  # short, as the student typed
         for f in copied:
             print(f"created {target / f}")
         for f in kept:

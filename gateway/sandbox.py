@@ -216,7 +216,7 @@ def verify_notification(key: str, raw: bytes, header: str, now_s: float) -> str 
         n = json.loads(raw)
         sig = hashlib.sha512((n["order_id"] + n["status_code"] + n["gross_amount"]
                               + key).encode()).hexdigest()
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         return f"malformed ({type(exc).__name__})"
     if not hmac.compare_digest(sig, str(n.get("signature_key", ""))):
         return "bad signature_key"
@@ -281,7 +281,7 @@ class WebhookReceiver:
             body = json.loads(raw)
             fields = [_printable(body.get(k)) for k in ("order_id", "transaction_status",
                                                         "event_id")]
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # anyone's bytes: log, never 500
             fields = ["-", "-", "-"]
         line = (f"{'verified' if reason is None else 'REJECTED'} {fields[0]} {fields[1]} "
                 f"merchant={merchant} event={fields[2]}")
@@ -449,6 +449,9 @@ class Sandbox:
             "PAYWIRE_LEDGER": str(self.dir / "ledger.db"),
             "PAYWIRE_WEBHOOK_LOG": str(self.dir / WEBHOOK_LOG),
             "PAYWIRE_SANDBOX": str(self.dir),
+            # Where `paywire lab start/check` keep the student's work: beside the sandbox's
+            # directory (the clone's top when started as the labs say), from any directory.
+            "PAYWIRE_LABWORK": str(self.dir.parent / "labwork"),
             # Each bank node's address, for `paywire bank-admin --node "$PAYWIRE_NODE_BCA_1"`.
             **{f"PAYWIRE_NODE_{p.name.upper().replace('-', '_')}": f"127.0.0.1:{p.port}"
                for p in self.deployment.banks},
@@ -562,5 +565,11 @@ def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None) -> 
         result: int = uvloop.run(Sandbox(directory, port, auto_pay_s).run())
         return result
     except (SandboxError, PkiError, SecretsError, OSError, RuntimeError) as exc:
+        if "already in use" in str(exc).lower():
+            # A bank node's log tail would bury the point under its traceback.
+            print(f"paywire sandbox: a port it needs ({port} to {port + PORTS_AFTER_HUB}) is "
+                  "in use (another sandbox or program?): stop that, or give --port P for "
+                  "another range, or --port 0 for free ports", file=sys.stderr)
+            return 2
         print(f"paywire sandbox: {exc}", file=sys.stderr)
         return 2

@@ -63,7 +63,8 @@ def test_handout_commands_give_the_shown_output(path: Path, lab_sandbox: Sandbox
     (tmp_path / "docs").symlink_to(REPO / "docs")
     env = {**os.environ, **lab_sandbox.env,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PAYWIRE_SANDBOX": str(lab_sandbox.directory)}
+           "PAYWIRE_SANDBOX": str(lab_sandbox.directory),
+           "PAYWIRE_LABWORK": str(tmp_path / "labwork")}  # this handout's, not the shared one
     for command in handouts.commands(path.read_text()):
         wanted = LAB_CHECK.search(command.text)
         if wanted:
@@ -82,3 +83,13 @@ def test_index_links_every_handout(language: str) -> None:
     base = handouts.LABS_DOCS if language == "en" else handouts.LABS_DOCS / language
     links = re.findall(r"\]\(([0-9][0-9]-[^)]+\.md)\)", (base / "README.md").read_text())
     assert links == [p.name for p in handouts.handout_paths(language)]
+
+
+def test_expected_output_matches_numbers_whole() -> None:
+    """The handout format's matcher: in order, ``...`` for any text, numbers at the ends of
+    a line matched whole (an expected ``17/17`` is not satisfied by ``117/17``)."""
+    assert handouts.mismatch(("17/17 checks pass",), "lab 1\n17/17 checks pass: ok") is None
+    assert handouts.mismatch(("17/17 checks pass",), "117/17 checks pass") is not None
+    assert handouts.mismatch(("total 12",), "total 123") is not None
+    assert handouts.mismatch(("a ... c", "d"), "a b c\nd") is None
+    assert handouts.mismatch(("d", "a ... c"), "a b c\nd") is not None  # order matters

@@ -163,6 +163,7 @@ def test_contract_files(sandbox: Running) -> None:
     assert env["PAYWIRE_HUB"] == f"127.0.0.1:{info['hub']['port']}"
     assert env["PAYWIRE_LEDGER"] == info["hub"]["ledger"] == info["files"]["ledger"]
     assert env["PAYWIRE_WEBHOOK_LOG"] == info["receiver"]["log"]
+    assert env["PAYWIRE_LABWORK"] == str(sandbox.dir.resolve().parent / "labwork")
     assert info["receiver"]["url"] == info["receiver"]["urls"]["M1"] == \
         f"http://127.0.0.1:{info['receiver']['port']}/paywire/M1"
     assert {m["id"]: m["server_key"] for m in info["merchants"]}[env["PAYWIRE_MERCHANT"]] \

@@ -93,8 +93,12 @@ def headings(markdown: str, level: int = 2) -> list[str]:
 
 
 def _pattern(line: str) -> re.Pattern[str]:
-    parts = [re.escape(p) for p in line.strip().split("...")]
-    return re.compile(".*".join(parts))
+    text = line.strip()
+    parts = [re.escape(p) for p in text.split("...")]
+    # A number at either end is matched whole: "17/17 checks pass" must not match "117/17".
+    head = r"(?<![0-9])" if text[:1].isdigit() else ""
+    tail = r"(?![0-9])" if text[-1:].isdigit() else ""
+    return re.compile(head + ".*".join(parts) + tail)
 
 
 def mismatch(expected: tuple[str, ...], actual: str) -> str | None:
