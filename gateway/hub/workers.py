@@ -166,7 +166,9 @@ class Supervisor:
         return code
 
     def _wait_all_ready(self) -> int | None:
-        deadline = time.monotonic() + READY_TIMEOUT_S + self.cfg.recovery_at_start_s
+        # A worker's start-up includes its recovery, bounded by recovery_at_start_s.
+        bound_s = READY_TIMEOUT_S + self.cfg.recovery_at_start_s
+        deadline = time.monotonic() + bound_s
         while not all(w.ready() for w in self.workers):
             for w in self.workers:
                 assert w.proc is not None
@@ -178,7 +180,7 @@ class Supervisor:
             if self.stop_requested.wait(WATCH_INTERVAL_S):
                 return 0
             if time.monotonic() > deadline:
-                log.error("hub workers: not all ready after %g s", deadline)
+                log.error("hub workers: not all ready after %g s", bound_s)
                 return 1
         return None
 
