@@ -152,9 +152,7 @@ def _run_workers(ns: argparse.Namespace, cfg: configmod.HubConfig) -> int:
     from gateway.hub.workers import Supervisor, WorkersError
 
     passthrough = [*(["--trace"] if ns.trace else []),
-                   *(["--trace-file", ns.trace_file] if ns.trace_file else []),
-                   *(["--plaintext-listen", ns.plaintext_listen] if ns.plaintext_listen
-                     else [])]
+                   *(["--trace-file", ns.trace_file] if ns.trace_file else [])]
     try:
         supervisor = Supervisor(cfg, Path(ns.config), ns.workers, ledger_arg=ns.ledger,
                                 log_level=ns.log_level, passthrough=passthrough)

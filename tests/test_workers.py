@@ -120,6 +120,19 @@ def test_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "l.db").exists()  # nothing was started
 
 
+def test_workers_refuse_the_plaintext_lab_listener(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text(dump_toml(HubConfig(
+        listen_port=0, ledger=LedgerConfig(url="postgresql://paywire@127.0.0.1:1/none"),
+        plaintext_listen="127.0.0.1:0")))
+    run = subprocess.run([*module_command("gateway.cli"), "hub", "--config", str(config),
+                          "--workers", "2"], capture_output=True, text=True, timeout=60,
+                         env=child_env())
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.strip() == ("paywire hub: --workers does not run the lab's plaintext "
+                                  "listener (plaintext_listen): run a single hub for the labs")
+
+
 async def test_a_killed_worker_is_restarted_and_sigterm_stops_all(tmp_path: Path,
                                                                   pg_dsn: str) -> None:
     with pg_deployment(tmp_path, pg_dsn) as dep:

@@ -88,6 +88,10 @@ class Worker:
 def check_ledger(cfg: HubConfig) -> None:
     if cfg.ledger.url is None:
         raise WorkersError(SQLITE_REFUSAL)
+    if cfg.plaintext_listen is not None:
+        # Its listener is not shared (no SO_REUSEPORT): the second worker could not bind it.
+        raise WorkersError("--workers does not run the lab's plaintext listener "
+                           "(plaintext_listen): run a single hub for the labs")
 
 
 class Supervisor:
