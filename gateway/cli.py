@@ -69,15 +69,25 @@ def _run(main: Any) -> Any:
     return uvloop.run(main)
 
 
-async def _serve(node: Any, ready_file: str | None) -> int:
+async def _serve(node: Any, ready_file: str | None, parent_fd: int | None = None) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0), or until its storage writer dies (exit 1:
-    it can no longer make anything durable, so it stops and its clients fail over)."""
+    it can no longer make anything durable, so it stops and its clients fail over).
+    ``parent_fd``: a ``hub --workers`` worker's end of a pipe from its parent; end of file
+    means the parent died (even by SIGKILL), and the worker stops as on SIGTERM rather
+    than serve on unsupervised."""
     from gateway.processes import write_ready
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if parent_fd is not None:
+        def parent_gone() -> None:
+            loop.remove_reader(parent_fd)  # readable for ever at end of file: once is enough
+            log.warning("the hub --workers parent is gone: stopping")
+            stop.set()
+
+        loop.add_reader(parent_fd, parent_gone)
     await node.start()
     # Everything allocated so far (modules, classes, configuration: ~56,000 objects in a
     # hub) lives as long as the process. Frozen, the collector stops walking it on every
@@ -142,7 +152,8 @@ def cmd_hub(ns: argparse.Namespace) -> int:
             cfg.health_listen = ns.health_listen
         if ns.workers is not None:
             return _run_workers(ns, cfg)
-        return int(_run(_serve(Hub(cfg, reuse_port=ns.reuse_port), ns.ready_file)))
+        return int(_run(_serve(Hub(cfg, reuse_port=ns.reuse_port), ns.ready_file,
+                               ns.parent_fd)))
     except (configmod.ConfigError, LockHeld, LedgerError) as exc:
         return _refused("hub", exc)
 
@@ -560,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "PostgreSQL ledger only (docs/deploy.md)")
             # Set by --workers on the processes it starts, not by operators.
             node.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+            node.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
         _add_trace_options(node)
         node.set_defaults(fn=fn)
 

@@ -169,6 +169,29 @@ async def test_a_killed_worker_is_restarted_and_sigterm_stops_all(tmp_path: Path
         assert "hub hub stopped" in workers.log_path.read_text()
 
 
+async def test_workers_stop_when_their_parent_is_killed(tmp_path: Path, pg_dsn: str) -> None:
+    """SIGKILL of the parent (nothing it can catch): its worker sees the end of its
+    lifeline pipe and stops as on SIGTERM, instead of serving on unsupervised."""
+    with pg_deployment(tmp_path, pg_dsn) as dep:
+        assert dep.hub is not None
+        workers = Workers(dep.hub.config_path, 1, tmp_path)
+        worker: int | None = None
+        try:
+            worker = (await _workers_ready(workers, 1))["workers"][0]["pid"]
+            assert worker is not None
+            workers.proc.kill()
+            workers.proc.wait(STOP_TIMEOUT_S)
+            await wait_until(lambda: not _alive(worker),  # type: ignore[arg-type]
+                             "the orphaned worker to stop")
+            log = workers.log_path.read_text()
+            assert "the hub --workers parent is gone: stopping" in log
+            assert "hub hub stopped" in log  # a graceful stop, not a crash
+        finally:
+            workers.stop()
+            if worker is not None and _alive(worker):
+                os.kill(worker, signal.SIGKILL)
+
+
 async def test_two_workers_share_the_port_and_both_serve_charges(tmp_path: Path,
                                                                  pg_dsn: str) -> None:
     """Needs the multi-hub work of issue 14 (two hubs on one PostgreSQL ledger)."""

@@ -62,13 +62,27 @@ class Worker:
     argv: list[str]
     ready_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    # The write end of a pipe whose read end the worker watches: when this process dies,
+    # however, the kernel closes it and the worker sees end of file and stops.
+    lifeline: int | None = None
     health_port: int | None = None
     restarts: deque[float] = field(default_factory=lambda: deque(maxlen=RESTARTS_MAX + 1))
 
     def start(self) -> None:
         self.ready_path.unlink(missing_ok=True)
         env = {**child_env(), "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(self.argv, env=env)  # logs go where the parent's go
+        self.close_lifeline()
+        read_fd, self.lifeline = os.pipe()  # both not inheritable; pass_fds passes one
+        try:
+            self.proc = subprocess.Popen(  # logs go where the parent's go
+                [*self.argv, "--parent-fd", str(read_fd)], env=env, pass_fds=(read_fd,))
+        finally:
+            os.close(read_fd)
+
+    def close_lifeline(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)
+            self.lifeline = None
 
     def ready(self) -> dict[str, Any] | None:
         try:
@@ -238,6 +252,8 @@ class Supervisor:
                 log.error("hub worker pid %d did not stop in time: killed", proc.pid)
                 proc.kill()
                 proc.wait()
+        for w in self.workers:
+            w.close_lifeline()
         return [w.proc.returncode if w.proc is not None else None for w in self.workers]
 
 
