@@ -78,15 +78,25 @@ def _run(main: Any) -> Any:
     return uvloop.run(main)
 
 
-async def _serve(node: Any, ready_file: str | None) -> int:
+async def _serve(node: Any, ready_file: str | None, parent_fd: int | None = None) -> int:
     """Run a node until SIGTERM/SIGINT (exit 0), or until its storage writer dies (exit 1:
-    it can no longer make anything durable, so it stops and its clients fail over)."""
+    it can no longer make anything durable, so it stops and its clients fail over).
+    ``parent_fd``: a ``hub --workers`` worker's end of a pipe from its parent; end of file
+    means the parent died (even by SIGKILL), and the worker stops as on SIGTERM rather
+    than serve on unsupervised."""
     from gateway.processes import write_ready
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if parent_fd is not None:
+        def parent_gone() -> None:
+            loop.remove_reader(parent_fd)  # readable for ever at end of file: once is enough
+            log.warning("the hub --workers parent is gone: stopping")
+            stop.set()
+
+        loop.add_reader(parent_fd, parent_gone)
     try:
         await node.start()
     except Exception:
@@ -99,7 +109,8 @@ async def _serve(node: Any, ready_file: str | None) -> int:
     # hub) lives as long as the process. Frozen, the collector stops walking it on every
     # full collection, which otherwise stalls the loop for tens of milliseconds.
     gc.freeze()
-    write_ready(ready_file, node.port)
+    health = getattr(node, "health_server", None)  # a hub's /readyz listener, if any
+    write_ready(ready_file, node.port, {"health_port": health.port} if health else None)
     died = node.storage_died
     waiters = [asyncio.ensure_future(stop.wait())] + ([died] if died is not None else [])
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -157,9 +168,29 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         if ns.plaintext_listen:
             configmod.check_plaintext_listen(ns.plaintext_listen)
             cfg.plaintext_listen = ns.plaintext_listen
-        return int(_run(_serve(Hub(cfg), ns.ready_file)))
+        if ns.health_listen:
+            configmod.check_health_listen(ns.health_listen)
+            cfg.health_listen = ns.health_listen
+        if ns.workers is not None:
+            return _run_workers(ns, cfg)
+        return int(_run(_serve(Hub(cfg, reuse_port=ns.reuse_port), ns.ready_file,
+                               ns.parent_fd)))
     except (configmod.ConfigError, LockHeld, LedgerError) as exc:
         return _refused("hub", exc)
+
+
+def _run_workers(ns: argparse.Namespace, cfg: configmod.HubConfig) -> int:
+    """``paywire hub --workers N`` (gateway/hub/workers.py): this process only supervises."""
+    from gateway.hub.workers import Supervisor, WorkersError
+
+    passthrough = [*(["--trace"] if ns.trace else []),
+                   *(["--trace-file", ns.trace_file] if ns.trace_file else [])]
+    try:
+        supervisor = Supervisor(cfg, Path(ns.config), ns.workers, ledger_arg=ns.ledger,
+                                log_level=ns.log_level, passthrough=passthrough)
+    except WorkersError as exc:
+        return _refused("hub", exc)
+    return supervisor.run(ns.ready_file)
 
 
 def cmd_bank(ns: argparse.Namespace) -> int:
@@ -701,6 +732,15 @@ def build_parser() -> argparse.ArgumentParser:
             node.add_argument("--plaintext-listen", metavar="HOST:PORT",
                               help="LAB ONLY: also accept merchants WITHOUT TLS here; loopback "
                                    "only (overrides the config's plaintext_listen)")
+            node.add_argument("--health-listen", metavar="HOST:PORT",
+                              help="serve GET /healthz and /readyz (plain HTTP) here for a "
+                                   "load balancer (overrides the config's health_listen)")
+            node.add_argument("--workers", type=int, metavar="N",
+                              help="run N hub processes sharing the port (SO_REUSEPORT); "
+                                   "PostgreSQL ledger only (docs/deploy.md)")
+            # Set by --workers on the processes it starts, not by operators.
+            node.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+            node.add_argument("--parent-fd", type=int, help=argparse.SUPPRESS)
         _add_trace_options(node)
         node.set_defaults(fn=fn)
 

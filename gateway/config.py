@@ -176,10 +176,16 @@ class HubConfig:
     # on loopback only (e.g. "127.0.0.1:7410"); None (default) opens none. Anything but a
     # loopback IP literal is refused at load (PLAINTEXT_NOT_LOOPBACK).
     plaintext_listen: str | None = None
+    # The health/readiness endpoint a load balancer probes (gateway/health.py): plain HTTP,
+    # "HOST:PORT"; None (default) opens none. With ``paywire hub --workers N``, worker i
+    # listens on PORT + i.
+    health_listen: str | None = None
 
     def __post_init__(self) -> None:
         if self.plaintext_listen is not None:
             check_plaintext_listen(self.plaintext_listen)
+        if self.health_listen is not None:
+            check_health_listen(self.health_listen)
         for m in self.merchants:
             if m.nonce_entries_max is not None and m.nonce_entries_max < m.rate_burst:
                 # A burst the rate limit admits would then be refused by the nonce space.
@@ -221,6 +227,16 @@ def check_plaintext_listen(value: str) -> None:
         parse_listen(value)
     except ValueError as exc:  # PlaintextRefused included
         raise ConfigError(f"plaintext_listen: {exc}") from None
+
+
+def check_health_listen(value: str) -> None:
+    """``health_listen`` must be ``HOST:PORT`` (gateway/health.py)."""
+    from gateway.health import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        raise ConfigError(f"health_listen: {exc}") from None
 
 
 _NODE_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}@[^@\s]+:[0-9]{1,5}")

@@ -134,8 +134,9 @@ class NodeProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-def write_ready(path: str | None, port: int) -> None:
+def write_ready(path: str | None, port: int, extra: dict[str, Any] | None = None) -> None:
+    """``extra``: more facts about the node (a hub's ``health_port``)."""
     if path:
         tmp = Path(path + ".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": os.getpid()}))
+        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), **(extra or {})}))
         tmp.replace(path)

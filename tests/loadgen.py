@@ -26,7 +26,9 @@ async def charge_load(dep: Deployment, count: int, seed: int, prefix: str, *,
     rng = random.Random(seed)
     plan = [(f"{prefix}-{i}", rng.randrange(1, 500) * 1_000, rng.random() < 0.8)
             for i in range(count)]
-    opts: dict[str, Any] = {"timeout_s": 5.0, "reconnect_window_s": 60.0,
+    # hub_wait_s: these loads ride out a hub's restart, so a request may wait for a hub
+    # longer than its own timeout (the default since issue 14 is to fail within it).
+    opts: dict[str, Any] = {"timeout_s": 5.0, "reconnect_window_s": 60.0, "hub_wait_s": 60.0,
                             "retry_attempts_max": 30, **options}
     made: list[Client] = []
     for _ in range(clients):

@@ -94,7 +94,7 @@ async def test_a_hub_that_is_down_is_logged_per_attempt(
     caplog.set_level(logging.INFO, logger=LOGGER)
     dep = await Deployment(tmp_path, bca_nodes=1).astart()
     try:
-        async with dep.client() as client:
+        async with dep.client(hub_wait_s=60) as client:
             await client.charge("logs-3", 9_000, card=Card(RICH[7], 12, 2030, "123"))
             dep.hub.terminate()  # type: ignore[union-attr]
             restarted = asyncio.ensure_future(dep.arestart_hub())

@@ -71,7 +71,7 @@ async def test_retry_storm_reconnects_are_spread_by_jitter(tmp_path: Path) -> No
     try:
         for _ in range(200):
             clients.append(await dep.client(backoff_min_s=1.0, backoff_max_s=4.0,
-                                            reconnect_window_s=60).connect())
+                                            reconnect_window_s=60, hub_wait_s=60).connect())
         await dep.admin("bca", "admin.faults", {"latency_ms": 3000})
         card = Card(RICH[0], 12, 2030, "123")
         charges = [asyncio.ensure_future(c.charge(f"storm-{i}", 1_000, card=card))

@@ -79,7 +79,8 @@ class Client:
                  reconnect: bool = True, retry_attempts_max: int = 8,
                  backoff_min_s: float = 0.05, backoff_max_s: float = 2.0,
                  reconnect_window_s: float = 30.0, resolve_unknown: bool = True,
-                 plaintext: bool = False, trace: bool | None = None) -> None:
+                 plaintext: bool = False, trace: bool | None = None,
+                 hub_wait_s: float | None = None) -> None:
         if isinstance(host, str):
             assert port is not None, "give a port with a host name"
             self.addresses: list[Address] = [(host, port)]
@@ -106,6 +107,12 @@ class Client:
         self.backoff_min_s = backoff_min_s
         self.backoff_max_s = backoff_max_s
         self.reconnect_window_s = reconnect_window_s
+        # How long one request waits for a hub while none is connected; None: the request's
+        # own timeout. Reconnecting goes on in the background for up to reconnect_window_s
+        # (one shared attempt loop), so a request never blocks for the whole window.
+        self.hub_wait_s = hub_wait_s
+        self._reconnecting: asyncio.Future[ClientConnection] | None = None
+        self._last_connect_error = ""
         self.resolve_unknown = resolve_unknown
         self.conn: ClientConnection | None = None
         self.welcome: dict[str, Any] = {}
@@ -211,6 +218,7 @@ class Client:
                     return self.conn
                 except (TimeoutError, OSError, ssl.SSLError, ConnectionLost, RemoteError) as exc:
                     last = exc
+                    self._last_connect_error = f"{_addr(address)}: {_short(exc)}"
                     log.info("reconnect: attempt %d to %s failed: %s", attempt + 1,
                              _addr(address), _short(exc))
                     if isinstance(exc, ssl.SSLCertVerificationError):
@@ -229,8 +237,40 @@ class Client:
                 if loop.time() >= deadline:
                     raise ConnectionLost(f"no hub reachable among {self.addresses}: {last!r}")
 
+    async def _connection_by(self, deadline: float, wait_s: float, op: str,
+                             order_id: object, sent: bool) -> ClientConnection:
+        """The connection for a request, waiting for a reconnect no later than ``deadline``
+        (loop time). Past it the request fails with a ``ConnectionLost`` that says so; the
+        reconnect attempts go on (shielded, shared by every request) so that the next
+        request finds the hub as soon as one answers."""
+        conn = self.conn
+        if self._usable(conn):
+            assert conn is not None
+            return conn
+        if self._reconnecting is None or self._reconnecting.done():
+            self._reconnecting = asyncio.ensure_future(self._connection())
+            self._reconnecting.add_done_callback(_consume)
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._reconnecting),
+                                          max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            waited = "it may have reached the hub that was lost" if sent else "it was not sent"
+            log.info("no hub: %s order_id=%s failed after waiting for a reconnect (%s)", op,
+                     order_id, self._last_connect_error or "connecting")
+            raise ConnectionLost(
+                f"{op}: no hub reachable within {wait_s:g} s; {waited}; last attempt: "
+                f"{self._last_connect_error or 'still connecting'}; the client keeps "
+                f"reconnecting (up to {self.reconnect_window_s:g} s) and sending the same "
+                f"request again is safe") from None
+
+    def _hub_wait_s_for(self, timeout_s: float | None) -> float:
+        return self.hub_wait_s if self.hub_wait_s is not None else (timeout_s or self.timeout_s)
+
     async def close(self) -> None:
         self._closed = True
+        if self._reconnecting is not None and not self._reconnecting.done():
+            self._reconnecting.cancel()
         if self.conn is not None:
             self.conn.abort_soon()
             await self.conn.closed
@@ -251,18 +291,25 @@ class Client:
         retry_reason: str | None = None
         previous_rid = 0
         order_id = args.get("order_id")
+        # While no hub answers, the request waits for one only this long, not the whole
+        # reconnect window: a caller is told within its timeout (tests/test_client_failover.py).
+        hub_wait_s = self._hub_wait_s_for(timeout_s)
+        hub_deadline = asyncio.get_running_loop().time() + hub_wait_s
+        lost_in_flight = False  # sent on a connection that died before its answer
         while True:
             attempts += 1
             conn = self.conn  # the common case without a coroutine: the connection is up
             if not self._usable(conn):
-                conn = await self._connection()
+                conn = await self._connection_by(hub_deadline, hub_wait_s, op, order_id,
+                                                 lost_in_flight)
             assert conn is not None and self._slots is not None
             async with self._slots:
                 if not self._usable(conn):
                     # It died while we waited for a slot: a closed connection drops what
                     # is sent on it, and the request would wait out its whole timeout
                     # unsent, then end as OutcomeUnknown (tests/test_batch_faults.py).
-                    conn = await self._connection()
+                    conn = await self._connection_by(hub_deadline, hub_wait_s, op, order_id,
+                                                     lost_in_flight)
                 rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
                 if retry_reason is not None:
                     log.info("resend: %s order_id=%s request_id=%d (was request_id=%d, attempt "
@@ -285,6 +332,7 @@ class Client:
                     if not self.reconnect or attempts >= self.retry_attempts_max:
                         raise
                     retry_reason = f"in flight when the connection was lost ({_short(exc)})"
+                    lost_in_flight = True
                     previous_rid = rid
                     continue  # in flight when the connection died: send it again
                 except RequestTimeout:
@@ -474,6 +522,13 @@ class Client:
 
     async def expire(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
         return await self._tx("expire", {"order_id": order_id}, timeout_s)
+
+
+def _consume(fut: asyncio.Future[ClientConnection]) -> None:
+    """A background reconnect nobody awaits any more: its failure was reported to the
+    requests that waited (or will be, by the next attempt); do not log it as unretrieved."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 def _addr(address: Address | None) -> str:

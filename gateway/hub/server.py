@@ -9,6 +9,7 @@ from typing import Any, cast
 from gateway import secret_keys, tls
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
+from gateway.health import HealthServer, HealthState, Phase
 from gateway.hub.auth import Authenticator, TokenBucket
 from gateway.hub.banklink import BankLink, BankPool
 from gateway.hub.multihub import EventPoller, Rescanner
@@ -31,8 +32,19 @@ log = logging.getLogger("paywire.hub")
 
 
 class Hub:
-    def __init__(self, cfg: HubConfig) -> None:
+    def __init__(self, cfg: HubConfig, *, reuse_port: bool = False) -> None:
         self.cfg = cfg
+        # ``paywire hub --workers N``: N processes bind the same port (SO_REUSEPORT) and the
+        # kernel spreads connections over them (gateway/hub/workers.py).
+        self.reuse_port = reuse_port
+        # What /readyz answers (gateway/health.py): ready only between the end of start-up
+        # (recovery run, listener up) and the start of a shutdown.
+        self.health = HealthState(cfg.node_id, lambda: {"sessions": len(self.sessions)})
+        self.health_server: HealthServer | None = None
+        if cfg.health_listen is not None:
+            from gateway.health import parse_listen
+
+            self.health_server = HealthServer(self.health, *parse_listen(cfg.health_listen))
         # One key per purpose (link signing, card fingerprints, idempotency hashes), from the
         # deployment's 0600 secrets file; SecretsError here keeps the hub from starting.
         self.secrets = secret_keys.load_hub(cfg.secrets_file, cfg.link_key)
@@ -100,12 +112,16 @@ class Hub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.health_server is not None:
+            # First, so a balancer probing a starting hub hears "not ready", not silence.
+            await self.health_server.start()
         await self.ledger.start()
         for pool in self.pools.values():
             pool.start()
         await asyncio.gather(*(p.wait_ready(3.0) for p in self.pools.values()))
         self.event_seq.update(await self.ledger.last_event_seqs())
         await self._rebuild_fraud_memory()
+        self.health.phase = Phase.RECOVERING
         await self._recover()
         await self.webhooks.start()
         if self.event_poller is not None:
@@ -116,11 +132,12 @@ class Hub:
         self._server = await loop.create_server(
             lambda: MerchantSession(self).net, self.cfg.listen_host, self.cfg.listen_port, ssl=ctx,
             ssl_handshake_timeout=self.cfg.tls_handshake_timeout_s, reuse_address=True,
-            backlog=1024)
+            reuse_port=self.reuse_port or None, backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
         if self.cfg.plaintext_listen:
             await self._start_plaintext(self.cfg.plaintext_listen)
         self.schedulers.start()
+        self.health.phase = Phase.READY
         log.info("hub %s listening on %s:%d", self.cfg.node_id, self.cfg.listen_host, self.port)
 
     async def _start_plaintext(self, listen: str) -> None:
@@ -208,6 +225,7 @@ class Hub:
 
     async def stop(self) -> None:
         """GOAWAY, stop accepting, finish in-flight work, flush the ledger, close."""
+        self.health.phase = Phase.DRAINING  # first: the balancer stops sending new clients
         self.stopping = True
         self.schedulers.stopping = True
         if self._server is not None:
@@ -234,4 +252,7 @@ class Hub:
             if poller is not None:
                 await poller.stop()
         await self.ledger.close()
+        self.health.phase = Phase.STOPPED
+        if self.health_server is not None:
+            await self.health_server.stop()
         log.info("hub %s stopped", self.cfg.node_id)
