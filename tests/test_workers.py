@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from gateway import cliout
 from gateway.client import Card, Client
 from gateway.config import HubConfig, LedgerConfig, dump_toml
 from gateway.processes import child_env, module_command
@@ -112,7 +113,7 @@ def test_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
     run = subprocess.run([*module_command("gateway.cli"), "hub", "--config", str(config),
                           "--workers", "2"], capture_output=True, text=True, timeout=60,
                          env=child_env())
-    assert run.returncode == 2, run.stderr
+    assert run.returncode == cliout.EXIT_CONFIG, run.stderr  # a setting that cannot be
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1, run.stderr
     assert lines[0].startswith("paywire hub: --workers needs a PostgreSQL ledger")
@@ -128,7 +129,7 @@ def test_workers_refuse_the_plaintext_lab_listener(tmp_path: Path) -> None:
     run = subprocess.run([*module_command("gateway.cli"), "hub", "--config", str(config),
                           "--workers", "2"], capture_output=True, text=True, timeout=60,
                          env=child_env())
-    assert run.returncode == 2, run.stderr
+    assert run.returncode == cliout.EXIT_CONFIG, run.stderr  # a setting that cannot be
     assert run.stderr.strip() == ("paywire hub: --workers does not run the lab's plaintext "
                                   "listener (plaintext_listen): run a single hub for the labs")
 

@@ -45,7 +45,9 @@ RESTART_DELAY_S = 0.5  # before a restart: a worker dying at once does not spin 
 WATCH_INTERVAL_S = 0.2
 # After SIGTERM a worker has its shutdown_grace_s to drain, plus this to close; then SIGKILL.
 STOP_EXTRA_S = 15.0
-EXIT_REFUSED = 2  # a node's exit code for "cannot start" (config, ledger, lock)
+# A worker's exit codes for "cannot start" (docs/cli.md): a config or ledger it refuses, a
+# port or ledger in use, or (before the CLI's table) 2. Passed on: restarting cannot help.
+START_REFUSED_CODES = frozenset({2, 7, 8})
 
 SQLITE_REFUSAL = ("--workers needs a PostgreSQL ledger ([ledger] url or --ledger "
                   "postgresql://...): a SQLite ledger has one writer per file, so a second "
@@ -158,7 +160,7 @@ class Supervisor:
     # --- running ------------------------------------------------------------------------
     def run(self, ready_file: str | None) -> int:
         """Until SIGTERM/SIGINT (exit 0 when every worker drained cleanly), or until a
-        worker cannot be kept running (exit 1), or cannot start at all (exit 2)."""
+        worker cannot be kept running (exit 1), or cannot start at all (its exit code: 7 or 8)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_requested.set())
         code = 1
@@ -194,7 +196,7 @@ class Supervisor:
                 if code is not None:
                     log.error("hub worker %d (pid %d) exited with %d while starting", w.index,
                               w.proc.pid, code)
-                    return EXIT_REFUSED if code == EXIT_REFUSED else 1
+                    return code if code in START_REFUSED_CODES else 1
             if self.stop_requested.wait(WATCH_INTERVAL_S):
                 return 0
             if time.monotonic() > deadline:
