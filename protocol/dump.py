@@ -29,6 +29,7 @@ Masking (the same in ``paywire dump`` and in traces):
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import re
 import struct
@@ -57,6 +58,8 @@ DUMP_DEPTH_MAX = 16
 BIN_SHOWN_BYTES_MAX = 16
 BIN_PREFIX_BYTES = 8
 SIGNATURE_SHOWN_BYTES = 4
+# A signature sent as text (hex) is shown by this many characters (the same 4 bytes).
+SIGNATURE_SHOWN_CHARS = 8
 # Column widths of body lines in ``render`` (longer names and kinds push the rest right).
 NAME_COLUMN = 20
 KIND_COLUMN = 18
@@ -64,18 +67,94 @@ KIND_COLUMN = 18
 STRING_SHOWN_CHARS_MAX = 200
 
 MASKED = "***"
-SECRET_KEYS = frozenset({"cvv", "server_key", "link_key", "key", "secret", "password"})
-SHORTENED_KEYS = frozenset({"signature"})
-_PAN = re.compile(r"(?<![0-9])[0-9]{12,19}(?![0-9])")
+# Plain ``bin`` values and those under a shortened name: see ``_mask_bytes``.
+_RUN = re.compile(r"(?<![0-9])[0-9]{3,19}(?:[ -][0-9]{3,19})*(?![0-9])")
+_SEPARATORS = re.compile(r"[ -]")
+_CARD_DIGITS = re.compile(r"[0-9]{12,19}")
+PAN_DIGITS_MIN = 12
+PAN_DIGITS_MAX = 19
 # Integer fields holding an error code, annotated with its name.
 _CODE_KEYS = frozenset({"code"})
 _EPOCH_MS_MIN = 10**12  # 2001-09-09: below it a ``*_ms`` value is a duration, not a time
 _EPOCH_MS_MAX = 10**14
 
 
-# Fields that hold a card number (merchant ``card.number``, the bank link's ``account``):
-# masked whatever their digits; elsewhere only a run of digits that passes Luhn is.
-CARD_KEYS = frozenset({"number", "account"})
+class KeyKind(enum.IntEnum):
+    """What a field's name says about its value, weakest first (see ``key_kind``)."""
+
+    PLAIN = 0
+    CARD = 1  # a card number whatever its type
+    SHORTENED = 2  # a MAC: a prefix is shown, to tell two apart
+    SECRET = 3  # nothing is shown, nor anything nested under it
+
+
+# Names are compared by their words, lower case: ``serverKey``, ``Server-Key`` and
+# ``server_key`` are all ``server key`` (``_words``).
+# Card fields: merchant ``card.number``, the bank link's ``account``, a whole ``card`` given
+# as a string, and the usual names of a primary account number.
+CARD_NAMES = frozenset({"number", "account", "card", "pan", "cardnumber", "cardno",
+                        "cardnum", "ccnumber", "accountnumber", "primaryaccountnumber"})
+CARD_WORDS = frozenset({"pan"})
+# Card verification values.
+CVV_WORDS = frozenset({"cvv", "cvv2", "cvc", "cvc2", "cvn", "cvn2", "csc", "cid"})
+# MACs: shown by a prefix only.
+SHORTENED_WORDS = frozenset({"signature", "sig", "mac", "hmac"})
+# Secrets by a whole word...
+SECRET_WORDS = frozenset({"key", "keys", "auth", "authorization", "pin", "pwd", "pass",
+                          "otp", "token", "tokens", "bearer", "cookie", "session"})
+# ... or anywhere in the name run together (``serverkey``, ``apikey``, ``clientsecret``).
+SECRET_PARTS = ("key", "secret", "password", "passwd", "passphrase", "token", "credential")
+# Names that match a secret pattern but are not secrets, kept visible on purpose:
+# ``refund_key`` is the idempotency key of a refund, chosen by the merchant (an id, like
+# ``order_id``); ``idempotency_key`` likewise names an id (the hub's secret of that name is
+# never sent in a frame); ``auth_code`` is the bank's approval code, printed on the
+# customer's receipt (a result, not a credential).
+VISIBLE_NAMES = frozenset({"refundkey", "idempotencykey", "authcode"})
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Key names seen, their kinds (bounded: a hostile stream sends any number of names).
+_KIND_CACHE: dict[str, KeyKind] = {}
+KIND_CACHE_ENTRIES_MAX = 4096
+
+
+def _words(name: str) -> list[str]:
+    """``serverKey`` -> [server, key]; ``api_key`` -> [api, key]; ``CVV2`` -> [cvv2]."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    out: list[str] = []
+    for w in words:  # keep a number glued to the word before it (cvv2, cvc2)
+        if w.isdigit() and out and not out[-1].isdigit():
+            out[-1] += w
+        else:
+            out.append(w)
+    return out
+
+
+def key_kind(key: str | None) -> KeyKind:
+    """The masking a field's name calls for, case-insensitive (module doc)."""
+    if key is None:
+        return KeyKind.PLAIN
+    kind = _KIND_CACHE.get(key)
+    if kind is None:
+        kind = _key_kind(key)
+        if len(_KIND_CACHE) >= KIND_CACHE_ENTRIES_MAX:
+            _KIND_CACHE.clear()
+        _KIND_CACHE[key] = kind
+    return kind
+
+
+def _key_kind(key: str) -> KeyKind:
+    words = _words(key)
+    joined = "".join(words)
+    if joined in VISIBLE_NAMES:
+        return KeyKind.PLAIN
+    if CVV_WORDS & set(words) or joined in CVV_WORDS:
+        return KeyKind.SECRET
+    if SECRET_WORDS & set(words) or any(part in joined for part in SECRET_PARTS):
+        return KeyKind.SECRET
+    if SHORTENED_WORDS & set(words) or joined.endswith(("signature", "hmac")):
+        return KeyKind.SHORTENED
+    if joined in CARD_NAMES or CARD_WORDS & set(words):
+        return KeyKind.CARD
+    return KeyKind.PLAIN
 
 
 def _luhn(digits: str) -> bool:
@@ -88,45 +167,173 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _mask_run(run: str, card_field: bool) -> str:
+    """One run of digit groups (``4811 1111 1111 1114``, ``12 4811...``): every stretch of
+    whole groups holding 12..19 digits that passes Luhn (any, in a card field) is replaced
+    by the card's mask, longest first from the leftmost group."""
+    groups = _SEPARATORS.split(run)
+    seps = _SEPARATORS.findall(run)
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        digits = ""
+        best = -1
+        for j in range(i, len(groups)):
+            digits += groups[j]
+            if len(digits) > PAN_DIGITS_MAX:
+                break
+            if len(digits) >= PAN_DIGITS_MIN and (card_field or _luhn(digits)):
+                best = j
+        if best < 0:
+            out.append(groups[i])
+            if i < len(seps):
+                out.append(seps[i])
+            i += 1
+            continue
+        out.append(mask_card("".join(groups[i:best + 1])))
+        if best < len(seps):
+            out.append(seps[best])
+        i = best + 1
+    return "".join(out)
+
+
 def mask_string(text: str, card_field: bool = False) -> str:
-    """Every run of 12..19 digits that could be a card number masked like one: in a card
-    field (``CARD_KEYS``) any such run, elsewhere (messages) those passing the Luhn check a
-    card number must pass, so a limit like ``1000000000000000`` in an error stays legible."""
-    return _PAN.sub(lambda m: mask_card(m.group(0)) if card_field or _luhn(m.group(0))
-                    else m.group(0), text)
+    """Every card number in ``text`` masked: 12..19 digits, alone or in groups of 3+
+    digits joined by single spaces or dashes (``4811 1111 1111 1114``), that pass the Luhn
+    check a card number must pass (so a limit like ``1000000000000000`` in an error stays
+    legible); in a card field any such digits, Luhn or not."""
+    if card_field:
+        bare = _SEPARATORS.sub("", text)
+        if _CARD_DIGITS.fullmatch(bare):
+            return mask_card(bare)
+    if len(text) < PAN_DIGITS_MIN:
+        return text
+    return _RUN.sub(lambda m: _mask_run(m.group(0), card_field), text)
+
+
+def mask_key(key: str) -> str:
+    """A map key as shown: card numbers in it masked (``bank-admin balances`` is keyed by
+    account, i.e. card, number)."""
+    return mask_string(key)
 
 
 def _hex(data: bytes) -> str:
     return data.hex()
 
 
-def mask_scalar(key: str | None, value: Any) -> tuple[Any, str]:
-    """The value to show for ``key`` and a note saying what was hidden ("" when nothing)."""
-    if key is not None and key in SECRET_KEYS:
+def _digits_of_bytes(data: bytes) -> str | None:
+    """The card number a ``bin`` spells in ASCII (``b"4811 1111 1111 1114"``), if it does."""
+    if len(data) > 2 * PAN_DIGITS_MAX:
+        return None
+    try:
+        bare = _SEPARATORS.sub("", data.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    return bare if _CARD_DIGITS.fullmatch(bare) else None
+
+
+def _mask_bytes(kind: KeyKind, data: bytes) -> tuple[str, str]:
+    if kind is KeyKind.SHORTENED:
+        if len(data) < 2 * SIGNATURE_SHOWN_BYTES:
+            return MASKED, f"{len(data)} bytes, masked"
+        return _hex(data[:SIGNATURE_SHOWN_BYTES]) + "…", f"{len(data)} bytes, shortened"
+    digits = _digits_of_bytes(data)
+    if digits is not None and (kind is KeyKind.CARD or _luhn(digits)):
+        return mask_card(digits), "card number masked"
+    if kind is KeyKind.CARD:
+        # Not ASCII digits: maybe packed (BCD), whose hex *is* the number. Never shown.
+        return MASKED, f"{len(data)} bytes, masked"
+    if len(data) <= BIN_SHOWN_BYTES_MAX:
+        shown, note = _hex(data), ""
+    else:
+        shown = _hex(data[:BIN_PREFIX_BYTES]) + "…"
+        note = f"{len(data)} bytes, shortened"
+    # The hex of BCD-packed digits reads as the digits: masked like any text.
+    hidden = mask_string(shown)
+    if hidden != shown:
+        return hidden, "card number masked" + (f"; {note}" if note else "")
+    return shown, note
+
+
+def mask_value(kind: KeyKind, value: Any) -> tuple[Any, str]:
+    """A scalar as shown in a field of ``kind``, and a note saying what was hidden ("" when
+    nothing). Never raises, whatever ``value`` is."""
+    if kind is KeyKind.SECRET:
         return MASKED, "masked"
+    if value is None or isinstance(value, bool):
+        return value, ""
     if isinstance(value, str):
-        shown = mask_string(value, key is not None and key in CARD_KEYS)
+        if kind is KeyKind.SHORTENED:
+            if len(value) < 2 * SIGNATURE_SHOWN_CHARS:
+                return MASKED, "masked"
+            return value[:SIGNATURE_SHOWN_CHARS] + "…", f"{len(value)} chars, shortened"
+        shown = mask_string(value, kind is KeyKind.CARD)
         return shown, ("card number masked" if shown != value else "")
-    if isinstance(value, bytes | bytearray):
-        data = bytes(value)
-        if key is not None and key in SHORTENED_KEYS:
-            return _hex(data[:SIGNATURE_SHOWN_BYTES]) + "…", f"{len(data)} bytes, shortened"
-        if len(data) <= BIN_SHOWN_BYTES_MAX:
-            return _hex(data), ""
-        return _hex(data[:BIN_PREFIX_BYTES]) + "…", f"{len(data)} bytes, shortened"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _mask_bytes(kind, bytes(value))
+    if isinstance(value, int):
+        if kind is KeyKind.SHORTENED:
+            return MASKED, "masked"
+        if kind is KeyKind.CARD and abs(value) >= 10 ** (PAN_DIGITS_MIN - 1):
+            if abs(value) >= 10 ** PAN_DIGITS_MAX:
+                return MASKED, "masked"
+            return mask_card(str(abs(value))), "card number masked"
+        return value, ""
+    if kind is not KeyKind.PLAIN:
+        return MASKED, "masked"  # a float or anything else where a card or MAC belongs
     return value, ""
 
 
-def masked(obj: Any, key: str | None = None, depth: int = 0) -> Any:
+def mask_scalar(key: str | None, value: Any) -> tuple[Any, str]:
+    """The value to show for ``key`` and a note saying what was hidden ("" when nothing)."""
+    return mask_value(key_kind(key), value)
+
+
+def _child_kind(parent: KeyKind, key: str | None) -> KeyKind:
+    """Everything under a secret is secret; otherwise a field's own name decides."""
+    return KeyKind.SECRET if parent is KeyKind.SECRET else key_kind(key)
+
+
+def _shown_key(key: Any) -> str:
+    if isinstance(key, bytes | bytearray):
+        key = bytes(key).decode("utf-8", "replace")
+    elif not isinstance(key, str):
+        try:
+            key = str(key)
+        except Exception:  # an int too long for str(), an object whose __str__ fails
+            key = f"<{type(key).__name__}>"
+    return mask_key(key)
+
+
+def masked(obj: Any, key: str | None = None, depth: int = 0,
+           kind: KeyKind | None = None) -> Any:
     """A JSON-able copy of a decoded body with every secret masked (see the module doc);
-    ``bytes`` become hex strings. Deeper than ``DUMP_DEPTH_MAX`` is replaced by ``"…"``."""
+    ``bytes`` become hex strings, keys strings (card numbers in them masked; two keys that
+    mask alike get ``~2``, ``~3``... so no entry is lost). Deeper than ``DUMP_DEPTH_MAX`` is
+    replaced by ``"…"``. Never raises, whatever ``obj`` holds."""
+    if kind is None:
+        kind = key_kind(key)
     if depth > DUMP_DEPTH_MAX:
         return "…"
     if isinstance(obj, dict):
-        return {str(k): masked(v, str(k), depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [masked(v, key, depth + 1) for v in obj]
-    return mask_scalar(key, obj)[0]
+        if kind is KeyKind.SECRET:
+            return MASKED
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            name = k if isinstance(k, str) else None
+            shown = _shown_key(k)
+            if shown in out:
+                n = 2
+                while f"{shown}~{n}" in out:
+                    n += 1
+                shown = f"{shown}~{n}"
+            out[shown] = masked(v, name, depth + 1, _child_kind(kind, name))
+        return out
+    if isinstance(obj, list | tuple | set | frozenset):
+        if kind is KeyKind.SECRET:
+            return MASKED
+        return [masked(v, key, depth + 1, kind) for v in obj]
+    return mask_value(kind, obj)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +454,8 @@ class _Reader:
         self.items = items
         self.problems = problems
         self.decode_args = decode_args
+        # Above 0 while reading inside a container under a secret name: all of it is masked.
+        self.hiding = 0
 
     def _take(self, pos: int, size: int, end: int, what: str) -> int:
         if pos + size > end:
@@ -325,19 +534,31 @@ class _Reader:
             self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
             out: list[Any] = []
             p = start
-            for i in range(length):
-                v4, p = self.value(p, end, depth + 1, key, self.base + p, f"[{i}]")
-                out.append(v4)
-            return out, p
+            hide = self.hiding or key_kind(key) is KeyKind.SECRET
+            self.hiding += hide
+            try:
+                for i in range(length):
+                    v4, p = self.value(p, end, depth + 1, key, self.base + p, f"[{i}]")
+                    out.append(v4)
+            finally:
+                self.hiding -= hide
+            return (MASKED if hide else out), p
         # a map
         if 2 * length > end - start:
             raise _Malformed(f"{kind} claims {length} entries, {end - start} bytes left",
                              self.base + pos)
         self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
-        return self.map_entries(start, end, depth + 1, length)
+        hide = self.hiding or key_kind(key) is KeyKind.SECRET
+        self.hiding += hide
+        try:
+            entries, p = self.map_entries(start, end, depth + 1, length)
+        finally:
+            self.hiding -= hide
+        return (MASKED if hide else entries), p
 
     def map_entries(self, pos: int, end: int, depth: int, count: int) -> tuple[Any, int]:
         out: dict[str, Any] = {}
+        seen: set[str] = set()
         for _ in range(count):
             key_offset = self.base + pos
             self._take(pos, 1, end, "a key")
@@ -350,15 +571,22 @@ class _Reader:
                 key = self.data[start:stop].decode("utf-8")
             except UnicodeDecodeError:
                 raise _Malformed("key is not UTF-8", key_offset) from None
-            if key in out:
-                self.problems.append(f"MALFORMED_BODY: key {key!r} twice in one map "
-                                     f"(offset {key_offset:#06x})")
-            out[key], pos = self.value(stop, end, depth, key, key_offset, key)
+            shown = mask_key(key)
+            if shown in out:
+                if key in seen:
+                    self.problems.append(f"MALFORMED_BODY: key {shown!r} twice in one map "
+                                         f"(offset {key_offset:#06x})")
+                n = 2  # two card numbers masked alike: both entries kept
+                while f"{shown}~{n}" in out:
+                    n += 1
+                shown = f"{shown}~{n}"
+            seen.add(key)
+            out[shown], pos = self.value(stop, end, depth, key, key_offset, shown)
         return out, pos
 
     def _scalar(self, offset: int, depth: int, name: str, key: str | None, kind: str,
                 value: Any) -> Any:
-        shown, note = mask_scalar(key, value)
+        shown, note = mask_value(KeyKind.SECRET if self.hiding else key_kind(key), value)
         notes = [n for n in (note, _code_name(value) if key in _CODE_KEYS else "",
                              _time_note(key or "", value)) if n]
         self.items.append(Item(offset, depth, name, kind, shown, "; ".join(notes)))
