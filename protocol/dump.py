@@ -169,8 +169,9 @@ def _luhn(digits: str) -> bool:
 
 def _mask_run(run: str, card_field: bool) -> str:
     """One run of digit groups (``4811 1111 1111 1114``, ``12 4811...``): every stretch of
-    whole groups holding 12..19 digits that passes Luhn (any, in a card field) is replaced
-    by the card's mask, longest first from the leftmost group."""
+    whole groups holding 12..19 digits that passes Luhn and does not start with 0 (no card
+    number does; ``0000 0000 0000`` passes Luhn) is replaced by the card's mask, longest
+    first from the leftmost group. In a card field, any such stretch."""
     groups = _SEPARATORS.split(run)
     seps = _SEPARATORS.findall(run)
     out: list[str] = []
@@ -182,7 +183,8 @@ def _mask_run(run: str, card_field: bool) -> str:
             digits += groups[j]
             if len(digits) > PAN_DIGITS_MAX:
                 break
-            if len(digits) >= PAN_DIGITS_MIN and (card_field or _luhn(digits)):
+            if len(digits) >= PAN_DIGITS_MIN and (card_field or (digits[0] != "0"
+                                                                 and _luhn(digits))):
                 best = j
         if best < 0:
             out.append(groups[i])
@@ -212,9 +214,11 @@ def mask_string(text: str, card_field: bool = False) -> str:
 
 
 def mask_key(key: str) -> str:
-    """A map key as shown: card numbers in it masked (``bank-admin balances`` is keyed by
-    account, i.e. card, number)."""
-    return mask_string(key)
+    """A map key as shown: any 12..19 digits in it masked, Luhn or not, as in a card field.
+    Field names never hold digits; the maps keyed by data are the bank admin's, keyed by
+    account (card) number (``bank-admin balances``), and an account of a bank's config
+    need not pass Luhn."""
+    return mask_string(key, card_field=True)
 
 
 def _hex(data: bytes) -> str:
