@@ -12,18 +12,47 @@ can still be trusted (``body_length`` within the ceiling, all bytes present). It
 raises on any input: a hostile stream is a report, not a traceback (``tests/test_dump.py``
 checks that with hypothesis).
 
-Masking (the same in ``paywire dump`` and in traces):
+Masking (the same in ``paywire dump`` and in traces; ``docs/see-the-bytes.md`` for readers).
+A field's *name* is read by its words, case-insensitive (``serverKey``, ``Server-Key`` and
+``server_key`` are all ``server key``; ``key_kind``):
 
-* a run of 12 to 19 digits in a card field (``number``, the bank link's ``account``), or one
-  that passes the Luhn check anywhere else (a message that quotes a card), is shown as the
-  hub shows a card, first six and last four digits (``481111******1114``,
-  ``protocol.operations.mask_card``);
-* the value of a field named ``cvv`` or a key-like name (``server_key``, ``link_key``,
-  ``key``, ``secret``, ``password``) is ``***``;
-* a ``signature`` (the request HMAC) is shortened to its first 4 bytes, ``811fdf09…``:
-  enough to tell two signatures apart in a lab, never enough to reuse;
+* **card fields** (``number``, ``account``, ``card``, ``pan`` and the usual spellings of a
+  card number, ``CARD_NAMES``): whatever the value's type. A string is stripped of spaces
+  and dashes and, if 12..19 digits remain, shown as the hub shows a card, first six and
+  last four digits (``481111******1114``, ``protocol.operations.mask_card``); otherwise any
+  12..19 digits in it are (an e-wallet reference ``EW00000123456789`` keeps its ``EW``). An
+  integer of 12+ digits, a ``bin`` spelling a card number in ASCII, likewise; any other
+  ``bin`` (packed digits read as the number in hex), a float, an integer past 19 digits:
+  ``***``. A bank link's ``number`` may be a VA number, masked there like a card;
+* **everywhere else**, every string value *and every map key* is scanned for a card
+  number: 12..19 digits, alone or in groups of 3+ digits joined by single spaces or dashes
+  (``4811 1111 1111 1114``, ``4811-1111-1111-1114``), the longest stretch of whole groups
+  from the left that passes the Luhn check and does not start with 0 (no card does). Luhn
+  keeps ``1000000000000000`` in an error message legible; a VA number (``va_number``) is
+  shown unless it happens to pass it (one in ten). Map keys are masked without the Luhn
+  check (field names hold no digits; the bank admin's maps are keyed by account number),
+  and two keys that mask alike are both kept (``481100******0000~2``). The hex of a
+  ``bin`` is scanned too (packed digits). Integers outside card fields are not:
+  amounts and ``*_ms`` times are 13..16 digits;
+* **secrets**, shown as ``***`` whatever their type, and everything nested under them: a
+  name with the word ``key``, ``auth``, ``authorization``, ``token``, ``pin``, ``pass``,
+  ``pwd``, ``otp``..., or ``key``, ``secret``, ``password``, ``passwd``, ``token``,
+  ``credential`` anywhere in it (``api_key``, ``apiKey``, ``serverKey``, ``client_secret``,
+  ``resume_token``); card verification values ``cvv``, ``cvv2``, ``cvc``, ``cvc2``,
+  ``cvn``, ``csc``, ``cid``. Kept visible on purpose (``VISIBLE_NAMES``): ``refund_key``
+  (the merchant's idempotency key of a refund: an id it chose, like ``order_id``),
+  ``idempotency_key`` (an id by that name; the hub's secret of that name never travels) and
+  ``auth_code`` (the bank's approval code, printed on the receipt). ``resume_token`` is
+  masked although §3.3 reserves it (it restores nothing today): by its name it is a
+  credential, and hiding 16 random bytes costs a reader nothing;
+* **MACs**: ``signature``, ``sig``, ``mac``, ``hmac`` (``bad_mac``...) are shortened to their
+  first 4 bytes as hex, or first 8 characters of a string (``811fdf09…``): enough to tell
+  two signatures apart in a lab, never enough to reuse; one shorter than 8 bytes / 16
+  characters, or of another type, is ``***``;
 * a ``bin`` that is not decoded (anything but a REQUEST's ``args``) is shown in full only up
-  to 16 bytes (nonces, resume tokens), else its first 8 bytes and its length.
+  to 16 bytes (nonces), else its first 8 bytes and its length.
+
+Masking never raises, whatever a body holds (``masked`` takes any nested Python value).
 """
 
 from __future__ import annotations
