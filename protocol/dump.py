@@ -196,32 +196,65 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Luhn's value of each digit in an even position from the right, and in an odd one.
+_LUHN_PLAIN = {str(d): d for d in range(10)}
+_LUHN_DOUBLED = {str(d): (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
+
+
+def _luhn_sums(digits: str) -> tuple[list[int], list[int]]:
+    """Prefix sums making the Luhn check of any stretch ``digits[s:e]`` O(1): ``sums[p]``
+    weighs digits at even indexes plain and odd ones doubled (``p = 0``), or the reverse
+    (``p = 1``); a stretch ending at ``e`` has its last digit plain, so uses
+    ``sums[(e - 1) % 2]``. Keeps a long run of digit groups linear to scan."""
+    even = [0]
+    odd = [0]
+    for k, ch in enumerate(digits):
+        plain, doubled = _LUHN_PLAIN[ch], _LUHN_DOUBLED[ch]
+        even.append(even[-1] + (plain if k % 2 == 0 else doubled))
+        odd.append(odd[-1] + (doubled if k % 2 == 0 else plain))
+    return even, odd
+
+
 def _mask_run(run: str, card_field: bool) -> str:
     """One run of digit groups (``4811 1111 1111 1114``, ``12 4811...``): every stretch of
     whole groups holding 12..19 digits that passes Luhn and does not start with 0 (no card
     number does; ``0000 0000 0000`` passes Luhn) is replaced by the card's mask, longest
     first from the leftmost group. In a card field, any such stretch."""
+    if len(run) <= PAN_DIGITS_MAX and run.isdigit():  # one group: the common case
+        if len(run) >= PAN_DIGITS_MIN and (card_field or (run[0] != "0" and _luhn(run))):
+            return mask_card(run)
+        return run
     groups = _SEPARATORS.split(run)
     seps = _SEPARATORS.findall(run)
+    digits = "".join(groups)
+    ends: list[int] = []
+    for g in groups:
+        ends.append((ends[-1] if ends else 0) + len(g))
+    sums = None if card_field else _luhn_sums(digits)
     out: list[str] = []
     i = 0
     while i < len(groups):
-        digits = ""
+        first = ends[i] - len(groups[i])
         best = -1
         for j in range(i, len(groups)):
-            digits += groups[j]
-            if len(digits) > PAN_DIGITS_MAX:
+            size = ends[j] - first
+            if size > PAN_DIGITS_MAX:
                 break
-            if len(digits) >= PAN_DIGITS_MIN and (card_field or (digits[0] != "0"
-                                                                 and _luhn(digits))):
+            if size < PAN_DIGITS_MIN:
+                continue
+            if sums is None:
                 best = j
+            elif digits[first] != "0":
+                table = sums[(ends[j] - 1) % 2]
+                if (table[ends[j]] - table[first]) % 10 == 0:
+                    best = j
         if best < 0:
             out.append(groups[i])
             if i < len(seps):
                 out.append(seps[i])
             i += 1
             continue
-        out.append(mask_card("".join(groups[i:best + 1])))
+        out.append(mask_card(digits[first:ends[best]]))
         if best < len(seps):
             out.append(seps[best])
         i = best + 1
@@ -323,8 +356,12 @@ def mask_scalar(key: str | None, value: Any) -> tuple[Any, str]:
 
 
 def _child_kind(parent: KeyKind, key: str | None) -> KeyKind:
-    """Everything under a secret is secret; otherwise a field's own name decides."""
-    return KeyKind.SECRET if parent is KeyKind.SECRET else key_kind(key)
+    """The kind of a field inside a container of kind ``parent``: everything under a
+    secret is secret, everything under a card field is card (``{"card": {"pan": ...}}``,
+    ``{"number": {"x": ...}}``) unless its own name says more; a MAC's children are what
+    their own names say."""
+    inherited = parent if parent in (KeyKind.CARD, KeyKind.SECRET) else KeyKind.PLAIN
+    return max(inherited, key_kind(key))
 
 
 def _shown_key(key: Any) -> str:
@@ -487,8 +524,9 @@ class _Reader:
         self.items = items
         self.problems = problems
         self.decode_args = decode_args
-        # Above 0 while reading inside a container under a secret name: all of it is masked.
-        self.hiding = 0
+        # The kind of the container being read (``_child_kind``): under a secret name all
+        # of it is masked, under a card field every value is read as a card field's.
+        self.inherited = KeyKind.PLAIN
 
     def _take(self, pos: int, size: int, end: int, what: str) -> int:
         if pos + size > end:
@@ -567,26 +605,28 @@ class _Reader:
             self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
             out: list[Any] = []
             p = start
-            hide = self.hiding or key_kind(key) is KeyKind.SECRET
-            self.hiding += hide
+            saved = self.inherited
+            self.inherited = _child_kind(saved, key)
+            hide = self.inherited is KeyKind.SECRET
             try:
                 for i in range(length):
                     v4, p = self.value(p, end, depth + 1, key, self.base + p, f"[{i}]")
                     out.append(v4)
             finally:
-                self.hiding -= hide
+                self.inherited = saved
             return (MASKED if hide else out), p
         # a map
         if 2 * length > end - start:
             raise _Malformed(f"{kind} claims {length} entries, {end - start} bytes left",
                              self.base + pos)
         self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
-        hide = self.hiding or key_kind(key) is KeyKind.SECRET
-        self.hiding += hide
+        saved = self.inherited
+        self.inherited = _child_kind(saved, key)
+        hide = self.inherited is KeyKind.SECRET
         try:
             entries, p = self.map_entries(start, end, depth + 1, length)
         finally:
-            self.hiding -= hide
+            self.inherited = saved
         return (MASKED if hide else entries), p
 
     def map_entries(self, pos: int, end: int, depth: int, count: int) -> tuple[Any, int]:
@@ -619,7 +659,7 @@ class _Reader:
 
     def _scalar(self, offset: int, depth: int, name: str, key: str | None, kind: str,
                 value: Any) -> Any:
-        shown, note = mask_value(KeyKind.SECRET if self.hiding else key_kind(key), value)
+        shown, note = mask_value(_child_kind(self.inherited, key), value)
         notes = [n for n in (note, _code_name(value) if key in _CODE_KEYS else "",
                              _time_note(key or "", value)) if n]
         self.items.append(Item(offset, depth, name, kind, shown, "; ".join(notes)))

@@ -445,3 +445,18 @@ def test_huge_and_odd_values_never_raise() -> None:
     assert dump.masked({"number": 4.811111111111114e15, "card": float("nan")}) == \
         {"number": "***", "card": "***"}
     assert dump.masked({"mac": b"", "signature": ""}) == {"mac": "***", "signature": "***"}
+
+
+def test_what_is_nested_under_a_card_field_or_a_secret_is_masked_too() -> None:
+    body = {"card": {"pan": "4811 1111 1111 1111", "exp_month": 12, "holder": "Budi",
+                     "extra": {"raw": int(CARD)}},
+            "number": ["4811111111111111", {"x": "4811-1111-1111-1111"}],
+            "server_key": {"id": "k1", "value": [1, 2]}, "signature": [bytes(32), {"n": 1}]}
+    expected = {"card": {"pan": "481111******1111", "exp_month": 12, "holder": "Budi",
+                         "extra": {"raw": "481111******1114"}},
+                "number": ["481111******1111", {"x": "481111******1111"}],
+                "server_key": "***", "signature": ["00000000…", {"n": 1}]}
+    assert dump.masked(body) == expected
+    shown, text = dumped(body)
+    assert shown == expected
+    assert '"k1"' not in text and "4811111111111111" not in text
