@@ -23,7 +23,8 @@ A field's *name* is read by its words, case-insensitive (``serverKey``, ``Server
   12..19 digits in it are (an e-wallet reference ``EW00000123456789`` keeps its ``EW``). An
   integer of 12+ digits, a ``bin`` spelling a card number in ASCII, likewise; any other
   ``bin`` (packed digits read as the number in hex), a float, an integer past 19 digits:
-  ``***``. A bank link's ``number`` may be a VA number, masked there like a card;
+  ``***``. A bank link's ``number`` may be a VA number, masked there like a card. What
+  is nested under a card field is read as a card field too (``_child_kind``);
 * **everywhere else**, every string value *and every map key* is scanned for a card
   number: 12..19 digits, alone or in groups of 3+ digits joined by single spaces or dashes
   (``4811 1111 1111 1114``, ``4811-1111-1111-1114``), the longest stretch of whole groups
