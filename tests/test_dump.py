@@ -460,3 +460,14 @@ def test_what_is_nested_under_a_card_field_or_a_secret_is_masked_too() -> None:
     shown, text = dumped(body)
     assert shown == expected
     assert '"k1"' not in text and "4811111111111111" not in text
+
+
+def test_a_key_sent_twice_is_reported_and_both_values_shown() -> None:
+    # fixmap of 2: "a": 1, "a": 2 (msgpack itself would keep only the last).
+    frame = dump.dump_body(b"\x82\xa1a\x01\xa1a\x02")
+    assert frame.body == {"a": 1, "a~2": 2}
+    assert [p for p in frame.problems if "twice" in p] == [
+        "MALFORMED_BODY: key 'a' twice in one map (offset 0x0004)"]
+    # Two different card numbers masked alike are no problem.
+    twins = msgpack.packb({"4811000001000000": 1, "4811009999000000": 2})
+    assert not dump.dump_body(twins).problems
