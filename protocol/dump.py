@@ -130,8 +130,10 @@ CVV_WORDS = frozenset({"cvv", "cvv2", "cvc", "cvc2", "cvn", "cvn2", "csc", "cid"
 # MACs: shown by a prefix only.
 SHORTENED_WORDS = frozenset({"signature", "sig", "mac", "hmac"})
 # Secrets by a whole word...
+# (Not ``session``: WELCOME's ``session_id`` is a random id to find a connection in the
+# hub's log, no credential.)
 SECRET_WORDS = frozenset({"key", "keys", "auth", "authorization", "pin", "pwd", "pass",
-                          "otp", "token", "tokens", "bearer", "cookie", "session"})
+                          "otp", "token", "tokens", "bearer", "cookie"})
 # ... or anywhere in the name run together (``serverkey``, ``apikey``, ``clientsecret``).
 SECRET_PARTS = ("key", "secret", "password", "passwd", "passphrase", "token", "credential")
 # Names that match a secret pattern but are not secrets, kept visible on purpose:

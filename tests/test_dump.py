@@ -382,11 +382,13 @@ def test_names_kept_visible_on_purpose() -> None:
     a refund), ``idempotency_key``, ``auth_code`` (the bank's approval code); and names that
     only contain a secret-like word's letters (``machine`` is no ``mac``)."""
     body = {"refund_key": "rf-1", "idempotency_key": "i-1", "auth_code": "E316EA",
-            "machine": "m1", "monkey_count": 3, "va_number": "880800000000001"}
+            "machine": "m1", "monkey_count": 3, "va_number": "880800000000001",
+            "session_id": "9f1c2a0b77e3d4c5"}
     shown = dump.masked(body)
     assert {k: shown[k] for k in ("refund_key", "idempotency_key", "auth_code", "machine")} \
         == {"refund_key": "rf-1", "idempotency_key": "i-1", "auth_code": "E316EA",
             "machine": "m1"}
+    assert shown["session_id"] == body["session_id"]  # WELCOME's log id, no credential
     # ``*key*`` is a pattern: an unknown name holding "key" is masked (fail closed).
     assert shown["monkey_count"] == "***"
 
