@@ -12,23 +12,54 @@ can still be trusted (``body_length`` within the ceiling, all bytes present). It
 raises on any input: a hostile stream is a report, not a traceback (``tests/test_dump.py``
 checks that with hypothesis).
 
-Masking (the same in ``paywire dump`` and in traces):
+Masking (the same in ``paywire dump`` and in traces; ``docs/see-the-bytes.md`` for readers).
+A field's *name* is read by its words, case-insensitive (``serverKey``, ``Server-Key`` and
+``server_key`` are all ``server key``; ``key_kind``):
 
-* a run of 12 to 19 digits in a card field (``number``, the bank link's ``account``), or one
-  that passes the Luhn check anywhere else (a message that quotes a card), is shown as the
-  hub shows a card, first six and last four digits (``481111******1114``,
-  ``protocol.operations.mask_card``);
-* the value of a field named ``cvv`` or a key-like name (``server_key``, ``link_key``,
-  ``key``, ``secret``, ``password``) is ``***``;
-* a ``signature`` (the request HMAC) is shortened to its first 4 bytes, ``811fdf09…``:
-  enough to tell two signatures apart in a lab, never enough to reuse;
+* **card fields** (``number``, ``account``, ``card``, ``pan`` and the usual spellings of a
+  card number, ``CARD_NAMES``): whatever the value's type. A string is stripped of spaces
+  and dashes and, if 12..19 digits remain, shown as the hub shows a card, first six and
+  last four digits (``481111******1114``, ``protocol.operations.mask_card``); otherwise any
+  12..19 digits in it are (an e-wallet reference ``EW00000123456789`` keeps its ``EW``). An
+  integer of 12+ digits, a ``bin`` spelling a card number in ASCII, likewise; any other
+  ``bin`` (packed digits read as the number in hex), a float, an integer past 19 digits:
+  ``***``. A bank link's ``number`` may be a VA number, masked there like a card. What
+  is nested under a card field is read as a card field too (``_child_kind``);
+* **everywhere else**, every string value *and every map key* is scanned for a card
+  number: 12..19 digits, alone or in groups of 3+ digits joined by single spaces or dashes
+  (``4811 1111 1111 1114``, ``4811-1111-1111-1114``), the longest stretch of whole groups
+  from the left that passes the Luhn check and does not start with 0 (no card does). Luhn
+  keeps ``1000000000000000`` in an error message legible; a VA number (``va_number``) is
+  shown unless it happens to pass it (one in ten). Map keys are masked without the Luhn
+  check (field names hold no digits; the bank admin's maps are keyed by account number),
+  and two keys that mask alike are both kept (``481100******0000~2``). The hex of a
+  ``bin`` is scanned too (packed digits). Integers outside card fields are not:
+  amounts and ``*_ms`` times are 13..16 digits;
+* **secrets**, shown as ``***`` whatever their type, and everything nested under them: a
+  name with the word ``key``, ``auth``, ``authorization``, ``token``, ``pin``, ``pass``,
+  ``pwd``, ``otp``..., or ``key``, ``secret``, ``password``, ``passwd``, ``token``,
+  ``credential`` anywhere in it (``api_key``, ``apiKey``, ``serverKey``, ``client_secret``,
+  ``resume_token``); card verification values ``cvv``, ``cvv2``, ``cvc``, ``cvc2``,
+  ``cvn``, ``csc``, ``cid``. Kept visible on purpose (``VISIBLE_NAMES``): ``refund_key``
+  (the merchant's idempotency key of a refund: an id it chose, like ``order_id``),
+  ``idempotency_key`` (an id by that name; the hub's secret of that name never travels) and
+  ``auth_code`` (the bank's approval code, printed on the receipt). ``resume_token`` is
+  masked although §3.3 reserves it (it restores nothing today): by its name it is a
+  credential, and hiding 16 random bytes costs a reader nothing;
+* **MACs**: ``signature``, ``sig``, ``mac``, ``hmac`` (``bad_mac``...) are shortened to their
+  first 4 bytes as hex, or first 8 characters of a string (``811fdf09…``): enough to tell
+  two signatures apart in a lab, never enough to reuse; one shorter than 8 bytes / 16
+  characters, or of another type, is ``***``;
 * a ``bin`` that is not decoded (anything but a REQUEST's ``args``) is shown in full only up
-  to 16 bytes (nonces, resume tokens), else its first 8 bytes and its length.
+  to 16 bytes (nonces), else its first 8 bytes and its length.
+
+Masking never raises, whatever a body holds (``masked`` takes any nested Python value).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import re
 import struct
@@ -57,6 +88,8 @@ DUMP_DEPTH_MAX = 16
 BIN_SHOWN_BYTES_MAX = 16
 BIN_PREFIX_BYTES = 8
 SIGNATURE_SHOWN_BYTES = 4
+# A signature sent as text (hex) is shown by this many characters (the same 4 bytes).
+SIGNATURE_SHOWN_CHARS = 8
 # Column widths of body lines in ``render`` (longer names and kinds push the rest right).
 NAME_COLUMN = 20
 KIND_COLUMN = 18
@@ -64,18 +97,96 @@ KIND_COLUMN = 18
 STRING_SHOWN_CHARS_MAX = 200
 
 MASKED = "***"
-SECRET_KEYS = frozenset({"cvv", "server_key", "link_key", "key", "secret", "password"})
-SHORTENED_KEYS = frozenset({"signature"})
-_PAN = re.compile(r"(?<![0-9])[0-9]{12,19}(?![0-9])")
+# Plain ``bin`` values and those under a shortened name: see ``_mask_bytes``.
+_RUN = re.compile(r"(?<![0-9])[0-9]{3,19}(?:[ -][0-9]{3,19})*(?![0-9])")
+_SEPARATORS = re.compile(r"[ -]")
+_CARD_DIGITS = re.compile(r"[0-9]{12,19}")
+PAN_DIGITS_MIN = 12
+PAN_DIGITS_MAX = 19
 # Integer fields holding an error code, annotated with its name.
 _CODE_KEYS = frozenset({"code"})
 _EPOCH_MS_MIN = 10**12  # 2001-09-09: below it a ``*_ms`` value is a duration, not a time
 _EPOCH_MS_MAX = 10**14
 
 
-# Fields that hold a card number (merchant ``card.number``, the bank link's ``account``):
-# masked whatever their digits; elsewhere only a run of digits that passes Luhn is.
-CARD_KEYS = frozenset({"number", "account"})
+class KeyKind(enum.IntEnum):
+    """What a field's name says about its value, weakest first (see ``key_kind``)."""
+
+    PLAIN = 0
+    CARD = 1  # a card number whatever its type
+    SHORTENED = 2  # a MAC: a prefix is shown, to tell two apart
+    SECRET = 3  # nothing is shown, nor anything nested under it
+
+
+# Names are compared by their words, lower case: ``serverKey``, ``Server-Key`` and
+# ``server_key`` are all ``server key`` (``_words``).
+# Card fields: merchant ``card.number``, the bank link's ``account``, a whole ``card`` given
+# as a string, and the usual names of a primary account number.
+CARD_NAMES = frozenset({"number", "account", "card", "pan", "cardnumber", "cardno",
+                        "cardnum", "ccnumber", "accountnumber", "primaryaccountnumber"})
+CARD_WORDS = frozenset({"pan"})
+# Card verification values.
+CVV_WORDS = frozenset({"cvv", "cvv2", "cvc", "cvc2", "cvn", "cvn2", "csc", "cid"})
+# MACs: shown by a prefix only.
+SHORTENED_WORDS = frozenset({"signature", "sig", "mac", "hmac"})
+# Secrets by a whole word...
+# (Not ``session``: WELCOME's ``session_id`` is a random id to find a connection in the
+# hub's log, no credential.)
+SECRET_WORDS = frozenset({"key", "keys", "auth", "authorization", "pin", "pwd", "pass",
+                          "otp", "token", "tokens", "bearer", "cookie"})
+# ... or anywhere in the name run together (``serverkey``, ``apikey``, ``clientsecret``).
+SECRET_PARTS = ("key", "secret", "password", "passwd", "passphrase", "token", "credential")
+# Names that match a secret pattern but are not secrets, kept visible on purpose:
+# ``refund_key`` is the idempotency key of a refund, chosen by the merchant (an id, like
+# ``order_id``); ``idempotency_key`` likewise names an id (the hub's secret of that name is
+# never sent in a frame); ``auth_code`` is the bank's approval code, printed on the
+# customer's receipt (a result, not a credential).
+VISIBLE_NAMES = frozenset({"refundkey", "idempotencykey", "authcode"})
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+# Key names seen, their kinds (bounded: a hostile stream sends any number of names).
+_KIND_CACHE: dict[str, KeyKind] = {}
+KIND_CACHE_ENTRIES_MAX = 4096
+
+
+def _words(name: str) -> list[str]:
+    """``serverKey`` -> [server, key]; ``api_key`` -> [api, key]; ``CVV2`` -> [cvv2]."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    out: list[str] = []
+    for w in words:  # keep a number glued to the word before it (cvv2, cvc2)
+        if w.isdigit() and out and not out[-1].isdigit():
+            out[-1] += w
+        else:
+            out.append(w)
+    return out
+
+
+def key_kind(key: str | None) -> KeyKind:
+    """The masking a field's name calls for, case-insensitive (module doc)."""
+    if key is None:
+        return KeyKind.PLAIN
+    kind = _KIND_CACHE.get(key)
+    if kind is None:
+        kind = _key_kind(key)
+        if len(_KIND_CACHE) >= KIND_CACHE_ENTRIES_MAX:
+            _KIND_CACHE.clear()
+        _KIND_CACHE[key] = kind
+    return kind
+
+
+def _key_kind(key: str) -> KeyKind:
+    words = _words(key)
+    joined = "".join(words)
+    if joined in VISIBLE_NAMES:
+        return KeyKind.PLAIN
+    if CVV_WORDS & set(words) or joined in CVV_WORDS:
+        return KeyKind.SECRET
+    if SECRET_WORDS & set(words) or any(part in joined for part in SECRET_PARTS):
+        return KeyKind.SECRET
+    if SHORTENED_WORDS & set(words) or joined.endswith(("signature", "hmac")):
+        return KeyKind.SHORTENED
+    if joined in CARD_NAMES or CARD_WORDS & set(words):
+        return KeyKind.CARD
+    return KeyKind.PLAIN
 
 
 def _luhn(digits: str) -> bool:
@@ -88,45 +199,214 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
+# Luhn's value of each digit in an even position from the right, and in an odd one.
+_LUHN_PLAIN = {str(d): d for d in range(10)}
+_LUHN_DOUBLED = {str(d): (2 * d - 9 if d > 4 else 2 * d) for d in range(10)}
+
+
+def _luhn_sums(digits: str) -> tuple[list[int], list[int]]:
+    """Prefix sums making the Luhn check of any stretch ``digits[s:e]`` O(1): ``sums[p]``
+    weighs digits at even indexes plain and odd ones doubled (``p = 0``), or the reverse
+    (``p = 1``); a stretch ending at ``e`` has its last digit plain, so uses
+    ``sums[(e - 1) % 2]``. Keeps a long run of digit groups linear to scan."""
+    even = [0]
+    odd = [0]
+    for k, ch in enumerate(digits):
+        plain, doubled = _LUHN_PLAIN[ch], _LUHN_DOUBLED[ch]
+        even.append(even[-1] + (plain if k % 2 == 0 else doubled))
+        odd.append(odd[-1] + (doubled if k % 2 == 0 else plain))
+    return even, odd
+
+
+def _mask_run(run: str, card_field: bool) -> str:
+    """One run of digit groups (``4811 1111 1111 1114``, ``12 4811...``): every stretch of
+    whole groups holding 12..19 digits that passes Luhn and does not start with 0 (no card
+    number does; ``0000 0000 0000`` passes Luhn) is replaced by the card's mask, longest
+    first from the leftmost group. In a card field, any such stretch."""
+    if len(run) <= PAN_DIGITS_MAX and run.isdigit():  # one group: the common case
+        if len(run) >= PAN_DIGITS_MIN and (card_field or (run[0] != "0" and _luhn(run))):
+            return mask_card(run)
+        return run
+    groups = _SEPARATORS.split(run)
+    seps = _SEPARATORS.findall(run)
+    digits = "".join(groups)
+    ends: list[int] = []
+    for g in groups:
+        ends.append((ends[-1] if ends else 0) + len(g))
+    sums = None if card_field else _luhn_sums(digits)
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        first = ends[i] - len(groups[i])
+        best = -1
+        for j in range(i, len(groups)):
+            size = ends[j] - first
+            if size > PAN_DIGITS_MAX:
+                break
+            if size < PAN_DIGITS_MIN:
+                continue
+            if sums is None:
+                best = j
+            elif digits[first] != "0":
+                table = sums[(ends[j] - 1) % 2]
+                if (table[ends[j]] - table[first]) % 10 == 0:
+                    best = j
+        if best < 0:
+            out.append(groups[i])
+            if i < len(seps):
+                out.append(seps[i])
+            i += 1
+            continue
+        out.append(mask_card(digits[first:ends[best]]))
+        if best < len(seps):
+            out.append(seps[best])
+        i = best + 1
+    return "".join(out)
+
+
 def mask_string(text: str, card_field: bool = False) -> str:
-    """Every run of 12..19 digits that could be a card number masked like one: in a card
-    field (``CARD_KEYS``) any such run, elsewhere (messages) those passing the Luhn check a
-    card number must pass, so a limit like ``1000000000000000`` in an error stays legible."""
-    return _PAN.sub(lambda m: mask_card(m.group(0)) if card_field or _luhn(m.group(0))
-                    else m.group(0), text)
+    """Every card number in ``text`` masked: 12..19 digits, alone or in groups of 3+
+    digits joined by single spaces or dashes (``4811 1111 1111 1114``), that pass the Luhn
+    check a card number must pass (so a limit like ``1000000000000000`` in an error stays
+    legible); in a card field any such digits, Luhn or not."""
+    if card_field:
+        bare = _SEPARATORS.sub("", text)
+        if _CARD_DIGITS.fullmatch(bare):
+            return mask_card(bare)
+    if len(text) < PAN_DIGITS_MIN:
+        return text
+    return _RUN.sub(lambda m: _mask_run(m.group(0), card_field), text)
+
+
+def mask_key(key: str) -> str:
+    """A map key as shown: any 12..19 digits in it masked, Luhn or not, as in a card field.
+    Field names never hold digits; the maps keyed by data are the bank admin's, keyed by
+    account (card) number (``bank-admin balances``), and an account of a bank's config
+    need not pass Luhn."""
+    return mask_string(key, card_field=True)
 
 
 def _hex(data: bytes) -> str:
     return data.hex()
 
 
-def mask_scalar(key: str | None, value: Any) -> tuple[Any, str]:
-    """The value to show for ``key`` and a note saying what was hidden ("" when nothing)."""
-    if key is not None and key in SECRET_KEYS:
+def _digits_of_bytes(data: bytes) -> str | None:
+    """The card number a ``bin`` spells in ASCII (``b"4811 1111 1111 1114"``), if it does."""
+    if len(data) > 2 * PAN_DIGITS_MAX:
+        return None
+    try:
+        bare = _SEPARATORS.sub("", data.decode("ascii"))
+    except UnicodeDecodeError:
+        return None
+    return bare if _CARD_DIGITS.fullmatch(bare) else None
+
+
+def _mask_bytes(kind: KeyKind, data: bytes) -> tuple[str, str]:
+    if kind is KeyKind.SHORTENED:
+        if len(data) < 2 * SIGNATURE_SHOWN_BYTES:
+            return MASKED, f"{len(data)} bytes, masked"
+        return _hex(data[:SIGNATURE_SHOWN_BYTES]) + "…", f"{len(data)} bytes, shortened"
+    digits = _digits_of_bytes(data)
+    if digits is not None and (kind is KeyKind.CARD or _luhn(digits)):
+        return mask_card(digits), "card number masked"
+    if kind is KeyKind.CARD:
+        # Not ASCII digits: maybe packed (BCD), whose hex *is* the number. Never shown.
+        return MASKED, f"{len(data)} bytes, masked"
+    if len(data) <= BIN_SHOWN_BYTES_MAX:
+        shown, note = _hex(data), ""
+    else:
+        shown = _hex(data[:BIN_PREFIX_BYTES]) + "…"
+        note = f"{len(data)} bytes, shortened"
+    # The hex of BCD-packed digits reads as the digits: masked like any text.
+    hidden = mask_string(shown)
+    if hidden != shown:
+        return hidden, "card number masked" + (f"; {note}" if note else "")
+    return shown, note
+
+
+def mask_value(kind: KeyKind, value: Any) -> tuple[Any, str]:
+    """A scalar as shown in a field of ``kind``, and a note saying what was hidden ("" when
+    nothing). Never raises, whatever ``value`` is."""
+    if kind is KeyKind.SECRET:
         return MASKED, "masked"
+    if value is None or isinstance(value, bool):
+        return value, ""
     if isinstance(value, str):
-        shown = mask_string(value, key is not None and key in CARD_KEYS)
+        if kind is KeyKind.SHORTENED:
+            if len(value) < 2 * SIGNATURE_SHOWN_CHARS:
+                return MASKED, "masked"
+            return value[:SIGNATURE_SHOWN_CHARS] + "…", f"{len(value)} chars, shortened"
+        shown = mask_string(value, kind is KeyKind.CARD)
         return shown, ("card number masked" if shown != value else "")
-    if isinstance(value, bytes | bytearray):
-        data = bytes(value)
-        if key is not None and key in SHORTENED_KEYS:
-            return _hex(data[:SIGNATURE_SHOWN_BYTES]) + "…", f"{len(data)} bytes, shortened"
-        if len(data) <= BIN_SHOWN_BYTES_MAX:
-            return _hex(data), ""
-        return _hex(data[:BIN_PREFIX_BYTES]) + "…", f"{len(data)} bytes, shortened"
+    if isinstance(value, bytes | bytearray | memoryview):
+        return _mask_bytes(kind, bytes(value))
+    if isinstance(value, int):
+        if kind is KeyKind.SHORTENED:
+            return MASKED, "masked"
+        if kind is KeyKind.CARD and abs(value) >= 10 ** (PAN_DIGITS_MIN - 1):
+            if abs(value) >= 10 ** PAN_DIGITS_MAX:
+                return MASKED, "masked"
+            return mask_card(str(abs(value))), "card number masked"
+        return value, ""
+    if kind is not KeyKind.PLAIN:
+        return MASKED, "masked"  # a float or anything else where a card or MAC belongs
     return value, ""
 
 
-def masked(obj: Any, key: str | None = None, depth: int = 0) -> Any:
+def mask_scalar(key: str | None, value: Any) -> tuple[Any, str]:
+    """The value to show for ``key`` and a note saying what was hidden ("" when nothing)."""
+    return mask_value(key_kind(key), value)
+
+
+def _child_kind(parent: KeyKind, key: str | None) -> KeyKind:
+    """The kind of a field inside a container of kind ``parent``: everything under a
+    secret is secret, everything under a card field is card (``{"card": {"pan": ...}}``,
+    ``{"number": {"x": ...}}``) unless its own name says more; a MAC's children are what
+    their own names say."""
+    inherited = parent if parent in (KeyKind.CARD, KeyKind.SECRET) else KeyKind.PLAIN
+    return max(inherited, key_kind(key))
+
+
+def _shown_key(key: Any) -> str:
+    if isinstance(key, bytes | bytearray):
+        key = bytes(key).decode("utf-8", "replace")
+    elif not isinstance(key, str):
+        try:
+            key = str(key)
+        except Exception:  # an int too long for str(), an object whose __str__ fails
+            key = f"<{type(key).__name__}>"
+    return mask_key(key)
+
+
+def masked(obj: Any, key: str | None = None, depth: int = 0,
+           kind: KeyKind | None = None) -> Any:
     """A JSON-able copy of a decoded body with every secret masked (see the module doc);
-    ``bytes`` become hex strings. Deeper than ``DUMP_DEPTH_MAX`` is replaced by ``"…"``."""
+    ``bytes`` become hex strings, keys strings (card numbers in them masked; two keys that
+    mask alike get ``~2``, ``~3``... so no entry is lost). Deeper than ``DUMP_DEPTH_MAX`` is
+    replaced by ``"…"``. Never raises, whatever ``obj`` holds."""
+    if kind is None:
+        kind = key_kind(key)
     if depth > DUMP_DEPTH_MAX:
         return "…"
     if isinstance(obj, dict):
-        return {str(k): masked(v, str(k), depth + 1) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [masked(v, key, depth + 1) for v in obj]
-    return mask_scalar(key, obj)[0]
+        if kind is KeyKind.SECRET:
+            return MASKED
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            name = k if isinstance(k, str) else None
+            shown = _shown_key(k)
+            if shown in out:
+                n = 2
+                while f"{shown}~{n}" in out:
+                    n += 1
+                shown = f"{shown}~{n}"
+            out[shown] = masked(v, name, depth + 1, _child_kind(kind, name))
+        return out
+    if isinstance(obj, list | tuple | set | frozenset):
+        if kind is KeyKind.SECRET:
+            return MASKED
+        return [masked(v, key, depth + 1, kind) for v in obj]
+    return mask_value(kind, obj)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +527,9 @@ class _Reader:
         self.items = items
         self.problems = problems
         self.decode_args = decode_args
+        # The kind of the container being read (``_child_kind``): under a secret name all
+        # of it is masked, under a card field every value is read as a card field's.
+        self.inherited = KeyKind.PLAIN
 
     def _take(self, pos: int, size: int, end: int, what: str) -> int:
         if pos + size > end:
@@ -325,19 +608,33 @@ class _Reader:
             self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
             out: list[Any] = []
             p = start
-            for i in range(length):
-                v4, p = self.value(p, end, depth + 1, key, self.base + p, f"[{i}]")
-                out.append(v4)
-            return out, p
+            saved = self.inherited
+            self.inherited = _child_kind(saved, key)
+            hide = self.inherited is KeyKind.SECRET
+            try:
+                for i in range(length):
+                    v4, p = self.value(p, end, depth + 1, key, self.base + p, f"[{i}]")
+                    out.append(v4)
+            finally:
+                self.inherited = saved
+            return (MASKED if hide else out), p
         # a map
         if 2 * length > end - start:
             raise _Malformed(f"{kind} claims {length} entries, {end - start} bytes left",
                              self.base + pos)
         self.items.append(Item(entry_offset, depth, name, f"{kind} of {length}", None))
-        return self.map_entries(start, end, depth + 1, length)
+        saved = self.inherited
+        self.inherited = _child_kind(saved, key)
+        hide = self.inherited is KeyKind.SECRET
+        try:
+            entries, p = self.map_entries(start, end, depth + 1, length)
+        finally:
+            self.inherited = saved
+        return (MASKED if hide else entries), p
 
     def map_entries(self, pos: int, end: int, depth: int, count: int) -> tuple[Any, int]:
         out: dict[str, Any] = {}
+        seen: set[str] = set()
         for _ in range(count):
             key_offset = self.base + pos
             self._take(pos, 1, end, "a key")
@@ -350,15 +647,22 @@ class _Reader:
                 key = self.data[start:stop].decode("utf-8")
             except UnicodeDecodeError:
                 raise _Malformed("key is not UTF-8", key_offset) from None
-            if key in out:
-                self.problems.append(f"MALFORMED_BODY: key {key!r} twice in one map "
-                                     f"(offset {key_offset:#06x})")
-            out[key], pos = self.value(stop, end, depth, key, key_offset, key)
+            shown = mask_key(key)
+            if shown in out:
+                if key in seen:
+                    self.problems.append(f"MALFORMED_BODY: key {shown!r} twice in one map "
+                                         f"(offset {key_offset:#06x})")
+                n = 2  # two card numbers masked alike: both entries kept
+                while f"{shown}~{n}" in out:
+                    n += 1
+                shown = f"{shown}~{n}"
+            seen.add(key)
+            out[shown], pos = self.value(stop, end, depth, key, key_offset, shown)
         return out, pos
 
     def _scalar(self, offset: int, depth: int, name: str, key: str | None, kind: str,
                 value: Any) -> Any:
-        shown, note = mask_scalar(key, value)
+        shown, note = mask_value(_child_kind(self.inherited, key), value)
         notes = [n for n in (note, _code_name(value) if key in _CODE_KEYS else "",
                              _time_note(key or "", value)) if n]
         self.items.append(Item(offset, depth, name, kind, shown, "; ".join(notes)))

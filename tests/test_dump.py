@@ -250,3 +250,226 @@ def test_arbitrary_bodies_behind_valid_headers_never_raise(body: bytes, ftype: i
     frames = dump.dump(data + body)
     assert frames[0].complete
     dump.render(frames)
+
+
+# --- masking holes found by the outside review (each case on masked() and on a dump) --------
+SPACED = "4811 1111 1111 1114"
+DASHED = "4811-1111-1111-1114"
+ACCOUNT = "4811000001000000"  # a bank account key need not pass Luhn (this one does not)
+AMEX = "378282246310005"
+
+
+def digit_runs(number: str) -> list[str]:
+    """The ways a card number may show up in text: whole, spaced, dashed, its middle."""
+    return [number, " ".join(number[i:i + 4] for i in range(0, len(number), 4)),
+            "-".join(number[i:i + 4] for i in range(0, len(number), 4)), number[4:12]]
+
+
+def dumped(body: dict[str, Any]) -> tuple[Any, str]:
+    """A body's masked form and text, through the dump's own reader (the tracer's path)."""
+    frame = dump.dump_body(msgpack.packb(body, use_bin_type=True))
+    assert frame.body is not None, frame.problems
+    return frame.body, dump.render([frame]) + repr(frame.as_json())
+
+
+def assert_hidden(shown: Any, *numbers: str) -> None:
+    text = repr(shown)
+    for number in numbers:
+        for run in digit_runs(number):
+            assert run not in text, f"{run!r} in {text}"
+
+
+@pytest.mark.parametrize("written", [SPACED, DASHED, "4811 111111 111114", " 4811111111111114 "])
+def test_a_card_number_with_spaces_or_dashes_is_masked(written: str) -> None:
+    body = {"card": {"number": written}, "message": f"card {written} declined"}
+    shown, text = dumped(body)
+    assert shown == dump.masked(body)
+    assert shown["card"]["number"] == "481111******1114"
+    assert "481111******1114" in shown["message"] and shown["message"].startswith("card ")
+    assert_hidden(dump.masked(body), CARD)
+    assert_hidden(text, CARD)
+
+
+def test_a_quoted_card_next_to_other_digits_is_still_found() -> None:
+    # The whole run "12 4811 ... 1114" fails Luhn; the card inside it does not.
+    text = f"order 12 {SPACED} on 2030-12"
+    shown = dump.masked({"message": text})["message"]
+    assert shown == "order 12 481111******1114 on 2030-12"
+    # Not a card (fails Luhn): a limit in an error message stays legible, spaced or not.
+    for legible in ("must be 1..1000000000000000", "1000 0000 0000 0000"):
+        assert dump.masked({"message": legible}) == {"message": legible}
+
+
+def test_card_numbers_as_map_keys_are_masked() -> None:
+    # What ``bank-admin balances`` answers: a map keyed by account (card) number.
+    body = {"balances": {ACCOUNT: [1000, 0], CARD: [5, 0], "payer": [0, 0]}}
+    assert dump.masked(body) == {"balances": {"481100******0000": [1000, 0],
+                                              "481111******1114": [5, 0], "payer": [0, 0]}}
+    shown, text = dumped(body)
+    assert shown == dump.masked(body)
+    assert_hidden(text, ACCOUNT, CARD)
+    # Two accounts masked alike: both entries are kept.
+    twins = {"4811000001000000": 1, "4811009999000000": 2}
+    assert dump.masked(twins) == {"481100******0000": 1, "481100******0000~2": 2}
+    assert dumped(twins)[0] == dump.masked(twins)
+
+
+def test_an_integer_card_number_is_masked() -> None:
+    body = {"card": {"number": int(CARD), "cvv": 123}, "account": int(AMEX)}
+    expected = {"card": {"number": "481111******1114", "cvv": "***"}, "account": "378282*****0005"}
+    assert dump.masked(body) == expected
+    shown, text = dumped(body)
+    assert shown == expected
+    assert_hidden(text, CARD, AMEX)
+    # A small int in a card field is no card; integers elsewhere are data (timestamps).
+    assert dump.masked({"number": 7, "timestamp_ms": 1764547200000}) == \
+        {"number": 7, "timestamp_ms": 1764547200000}
+
+
+def test_a_card_number_as_bin_is_masked() -> None:
+    body = {"card": {"number": CARD.encode()}, "note": SPACED.encode(), "blob": b"\x00" * 4}
+    expected = {"card": {"number": "481111******1114"}, "note": "481111******1114",
+                "blob": "00000000"}
+    assert dump.masked(body) == expected
+    shown, text = dumped(body)
+    assert shown == expected
+    assert_hidden(text, CARD)
+    assert CARD.encode().hex() not in text
+    # Packed digits (BCD) read as the number in hex: never shown in a card field, and
+    # masked elsewhere when the hex holds a card.
+    bcd = bytes.fromhex(CARD)
+    assert dump.masked({"number": bcd}) == {"number": "***"}
+    assert dump.masked({"data": bcd}) == {"data": "481111******1114"}
+
+
+def test_signatures_and_macs_are_shortened_whatever_their_type() -> None:
+    mac = bytes(range(32))
+    body = {"signature": mac.hex(), "mac": mac, "hmac": mac.hex().upper(), "bad_mac": mac,
+            "sig": "short", "Signature": 12345}
+    expected = {"signature": "00010203…", "mac": "00010203…", "hmac": "00010203…",
+                "bad_mac": "00010203…", "sig": "***", "Signature": "***"}
+    assert dump.masked(body) == expected
+    shown, text = dumped(body)
+    assert shown == expected
+    assert mac.hex()[8:] not in text.lower()
+
+
+@pytest.mark.parametrize("name", [
+    "cvv", "CVV", "Cvv2", "cvc", "CVC2", "cvn", "key", "server_key", "serverKey", "ServerKey",
+    "SERVER_KEY", "link_key", "api_key", "apiKey", "API-KEY", "signature_key", "auth",
+    "Authorization", "secret", "client_secret", "password", "Password", "passwd", "token",
+    "access_token", "resume_token", "pin", "credentials"])
+def test_secret_names_are_masked_whatever_their_case(name: str) -> None:
+    for value in ("hunter2-" + CARD, 4811111111111114, b"\x01\x02", {"inner": "x", "n": CARD},
+                  ["a", CARD]):
+        assert dump.masked({name: value}) == {name: "***"}, (name, value)
+        shown, text = dumped({name: value})
+        assert shown == {name: "***"} and "hunter2" not in text and '"x"' not in text
+        assert_hidden(text, CARD)
+
+
+@pytest.mark.parametrize("name", ["Number", "NUMBER", "account", "card", "pan", "PAN",
+                                  "card_number", "cardNumber", "primary_account_number"])
+def test_card_names_are_matched_whatever_their_case(name: str) -> None:
+    assert dump.masked({name: DASHED}) == {name: "481111******1114"}
+    assert dump.masked({name: int(CARD)}) == {name: "481111******1114"}
+    # Any 12..19 digits in a card field, Luhn or not (a mistyped card is still a card).
+    assert dump.masked({name: "4811 1111 1111 1111"}) == {name: "481111******1111"}
+
+
+def test_names_kept_visible_on_purpose() -> None:
+    """Ids that look like secrets by name: ``refund_key`` (the merchant's idempotency key of
+    a refund), ``idempotency_key``, ``auth_code`` (the bank's approval code); and names that
+    only contain a secret-like word's letters (``machine`` is no ``mac``)."""
+    body = {"refund_key": "rf-1", "idempotency_key": "i-1", "auth_code": "E316EA",
+            "machine": "m1", "monkey_count": 3, "va_number": "880800000000001",
+            "session_id": "9f1c2a0b77e3d4c5"}
+    shown = dump.masked(body)
+    assert {k: shown[k] for k in ("refund_key", "idempotency_key", "auth_code", "machine")} \
+        == {"refund_key": "rf-1", "idempotency_key": "i-1", "auth_code": "E316EA",
+            "machine": "m1"}
+    assert shown["session_id"] == body["session_id"]  # WELCOME's log id, no credential
+    # ``*key*`` is a pattern: an unknown name holding "key" is masked (fail closed).
+    assert shown["monkey_count"] == "***"
+
+
+def test_va_numbers_are_masked_only_where_a_card_could_be() -> None:
+    """A VA number (``8808`` + 12 digits) is a payment reference, not a card: in
+    ``va_number`` it is shown unless it happens to pass Luhn; in the bank link's ``number``
+    (a card field) it is masked like a card."""
+    plain, luhn = "8808000000000001", luhn_va()
+    assert dump.masked({"va_number": plain}) == {"va_number": plain}
+    assert dump.masked({"va_number": luhn}) == {"va_number": mask_card(luhn)}
+    assert dump.masked({"number": plain}) == {"number": mask_card(plain)}
+    # An e-wallet reference keeps its prefix, its digits masked in a card field.
+    assert dump.masked({"number": "EW00000123456789"}) == {"number": "EW000001****6789"}
+
+
+def luhn_va() -> str:
+    from gateway.deployment import luhn_complete
+
+    return luhn_complete("8808000000")
+
+
+nested = st.recursive(
+    st.none() | st.booleans() | st.integers().filter(lambda i: CARD not in str(i))
+    | st.floats() | st.text(max_size=40)
+    | st.binary(max_size=40) | st.sampled_from([CARD, SPACED, DASHED, CARD.encode()])
+    # An integer is a card only in a card field (elsewhere: amounts, timestamps).
+    | st.sampled_from([{"number": int(CARD)}, {"Card": int(CARD)}, {"PAN": [int(CARD)]}]),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=12) | st.integers() | st.binary(max_size=8)
+                      | st.sampled_from(["number", "Number", "cvv", "serverKey", "mac",
+                                         "signature", "card", CARD, SPACED]),
+                      inner, max_size=4),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nested, st.sampled_from([None, "number", "key", "signature", "note"]))
+def test_masking_arbitrary_nested_values_never_raises_nor_shows_the_card(
+        value: Any, key: str | None) -> None:
+    shown = dump.masked(value, key)
+    text = repr(shown)
+    for run in (CARD, SPACED, DASHED):
+        assert run not in text
+    # Deeper than the limit is cut, never followed.
+    deep: Any = CARD
+    for _ in range(dump.DUMP_DEPTH_MAX + 5):
+        deep = {"x": [deep]}
+    assert CARD not in repr(dump.masked(deep))
+
+
+def test_huge_and_odd_values_never_raise() -> None:
+    huge = 10 ** 5000  # str() of it raises ValueError (int_max_str_digits)
+    assert dump.masked({"number": huge, "n": huge})["number"] == "***"
+    assert dump.masked({huge: 1, 1.5: 2, None: 3, b"\xff": 4, (1, 2): 5}) is not None
+    assert dump.masked({"number": 4.811111111111114e15, "card": float("nan")}) == \
+        {"number": "***", "card": "***"}
+    assert dump.masked({"mac": b"", "signature": ""}) == {"mac": "***", "signature": "***"}
+
+
+def test_what_is_nested_under_a_card_field_or_a_secret_is_masked_too() -> None:
+    body = {"card": {"pan": "4811 1111 1111 1111", "exp_month": 12, "holder": "Budi",
+                     "extra": {"raw": int(CARD)}},
+            "number": ["4811111111111111", {"x": "4811-1111-1111-1111"}],
+            "server_key": {"id": "k1", "value": [1, 2]}, "signature": [bytes(32), {"n": 1}]}
+    expected = {"card": {"pan": "481111******1111", "exp_month": 12, "holder": "Budi",
+                         "extra": {"raw": "481111******1114"}},
+                "number": ["481111******1111", {"x": "481111******1111"}],
+                "server_key": "***", "signature": ["00000000…", {"n": 1}]}
+    assert dump.masked(body) == expected
+    shown, text = dumped(body)
+    assert shown == expected
+    assert '"k1"' not in text and "4811111111111111" not in text
+
+
+def test_a_key_sent_twice_is_reported_and_both_values_shown() -> None:
+    # fixmap of 2: "a": 1, "a": 2 (msgpack itself would keep only the last).
+    frame = dump.dump_body(b"\x82\xa1a\x01\xa1a\x02")
+    assert frame.body == {"a": 1, "a~2": 2}
+    assert [p for p in frame.problems if "twice" in p] == [
+        "MALFORMED_BODY: key 'a' twice in one map (offset 0x0004)"]
+    # Two different card numbers masked alike are no problem.
+    twins = msgpack.packb({"4811000001000000": 1, "4811009999000000": 2})
+    assert not dump.dump_body(twins).problems

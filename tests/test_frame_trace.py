@@ -216,3 +216,74 @@ def test_the_trace_flags_of_hub_and_bank(tmp_path: Path) -> None:
                for m in bank_frames)
     for text in (hub_lines, bank_lines):
         assert card not in text and '"4455"' not in text and KEYS["M1"] not in text
+
+
+def card_pattern(number: str) -> re.Pattern[str]:
+    """The card's digits in any of the ways text may write them: whole, or with a single
+    space or dash between any two digits (``4811 1111 ...``, ``4811-1111-...``)."""
+    return re.compile(r"(?<![0-9])" + r"[ -]?".join(number) + r"(?![0-9])")
+
+
+def test_spaced_cards_and_bank_balances_never_reach_a_trace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review's end-to-end cases: a charge whose card number is written with spaces
+    (``paywire charge --card "4811 ..."``) and ``paywire bank-admin balances`` (a map keyed
+    by card number), with the client, the hub and the bank node all tracing to files."""
+    nodes_file, cli_file, admin_file = (tmp_path / n for n in ("nodes.trace", "cli.trace",
+                                                               "admin.trace"))
+    monkeypatch.setenv(trace.TRACE_ENV, "1")
+    monkeypatch.setenv(trace.TRACE_FILE_ENV, str(nodes_file))
+    card = RICH[6]
+    spaced = " ".join(card[i:i + 4] for i in range(0, 16, 4))
+    with deployment(tmp_path / "dep", bca_nodes=1) as dep:
+        monkeypatch.delenv(trace.TRACE_ENV)
+        monkeypatch.delenv(trace.TRACE_FILE_ENV)
+        charged = subprocess.run(
+            [*module_command("gateway.cli"), "charge", "spaced-1", "--amount", "5000",
+             "--card", spaced, "--cvv", "4321", "--hub", f"127.0.0.1:{dep.port}",
+             "--merchant", "M1", "--server-key", KEYS["M1"], "--certs", str(dep.certs),
+             "--trace-file", str(cli_file)],
+            capture_output=True, cwd=ROOT, env=child_env(), timeout=120, check=False)
+        # Refused or charged, the hub received the frame and traced it; that is the point.
+        assert charged.returncode in (0, 3), charged.stderr
+        node = dep.banks["bca"][0]
+        balances = subprocess.run(
+            [*module_command("gateway.cli"), "bank-admin", "balances", "--node",
+             f"127.0.0.1:{node.port}", "--certs", str(dep.certs), "--secrets",
+             str(dep.secrets), "--json"],
+            capture_output=True, cwd=ROOT, timeout=120, check=False,
+            env={**child_env(), trace.TRACE_ENV: "1", trace.TRACE_FILE_ENV: str(admin_file)})
+        assert balances.returncode == 0, balances.stderr
+        accounts = list(json_loads(balances.stdout)["balances"])
+    cards = [a for a in accounts if a.isdigit()]
+    assert card in cards and len(cards) >= 2  # the deployment's opening accounts
+    traces = {f.name: f.read_text() for f in (nodes_file, cli_file, admin_file)}
+
+    # Not vacuous: each trace holds the frames that carried the numbers, masked.
+    cli = frames(traces["cli.trace"].splitlines())
+    assert any(m["dir"] == "send" and m["type"] == "REQUEST" and '"spaced-1"' in m["body"]
+               and f'"number": "{mask(card)}"' in m["body"] for m in cli)
+    nodes = frames(traces["nodes.trace"].splitlines())
+    assert any(m["dir"] == "recv" and m["type"] == "REQUEST" and '"spaced-1"' in m["body"]
+               and mask(card) in m["body"] for m in nodes)  # the hub's side of the charge
+    answers = [m for m in nodes if m["dir"] == "send" and m["type"] == "RESPONSE"
+               and '"balances": {' in (m["body"] or "")]  # the bank node's side
+    assert answers and all(f'"{mask(c)}' in answers[0]["body"] for c in cards)
+    admin = frames(traces["admin.trace"].splitlines())
+    assert any(m["dir"] == "recv" and m["type"] == "RESPONSE" and f'"{mask(card)}' in
+               m["body"] for m in admin)
+
+    # No card number anywhere, whole or with separators.
+    for name, text in traces.items():
+        for number in cards:
+            found = card_pattern(number).search(text)
+            assert found is None, f"{number[:6]}... in {name}: {found}"
+        assert '"4321"' not in text
+
+
+def json_loads(text: str) -> dict[str, object]:
+    import json
+
+    out = json.loads(text)
+    assert isinstance(out, dict)
+    return out

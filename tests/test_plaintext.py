@@ -156,3 +156,67 @@ def test_the_client_cli_refuses_a_non_loopback_target() -> None:
                          check=False)
     assert run.returncode == 2
     assert b"PLAINTEXT_NOT_LOOPBACK" in run.stderr and b"Traceback" not in run.stderr
+
+
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine that is not loopback (the source address of the
+    default route; a UDP connect sends nothing), or None on a loopback-only machine."""
+    import ipaddress
+    import socket
+
+    for probe in ("192.0.2.1", "198.51.100.1", "10.255.255.255"):
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((probe, 9))
+                address = str(s.getsockname()[0])
+        except OSError:
+            continue
+        if not ipaddress.ip_address(address).is_loopback and address != "0.0.0.0":
+            return address
+    return None
+
+
+async def test_a_connection_from_a_non_loopback_peer_is_refused(dep: Deployment) -> None:
+    """The hub's per-connection check (``MerchantSession.on_connected``): a connection
+    accepted on the plaintext listener whose peer is not loopback is refused with
+    FORBIDDEN before anything is read. Provoked for real: Linux routes a connection to
+    127.0.0.1 from a socket bound to one of the machine's own non-loopback addresses, so
+    the listener, bound to loopback, sees a non-loopback peer."""
+    source = non_loopback_address()
+    if source is None:
+        pytest.skip("this machine has no non-loopback address (the check is still tested "
+                    "directly by test_the_peer_check_of_a_plaintext_connection)")
+    port = await plaintext_port(dep)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port,
+                                                       local_addr=(source, 0))
+    except OSError as exc:
+        pytest.skip(f"this kernel does not route {source} -> 127.0.0.1: {exc}")
+    raw = Raw(reader, writer)
+    try:
+        raw.send(messages.encode_message(FrameType.HELLO, {
+            "versions": [1], "role": "merchant", "identity": "M1"}))
+        code, body = await raw.error_body_then_close(30.0)
+    finally:
+        raw.close()
+    assert code is ErrorCode.FORBIDDEN
+    assert "only from loopback" in body["message"]
+    # The same listener still serves a loopback peer.
+    async with plain(port) as client:
+        with pytest.raises(RequestError) as missing:
+            await client.status("no-such-order")
+    assert missing.value.code is ErrorCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("peer", "loopback"), [
+    (("127.0.0.1", 40000), True), (("127.8.9.10", 1), True), (("::1", 40000, 0, 0), True),
+    (("192.0.2.2", 40000), False), (("10.0.0.5", 1), False), (("::ffff:192.0.2.2", 1, 0, 0),
+                                                               False),
+    (("fd00::2", 1, 0, 0), False), (("localhost", 1), False), (("", 0), False), ((), False),
+    (None, False), ("127.0.0.1", False)])
+def test_the_peer_check_of_a_plaintext_connection(peer: object, loopback: bool) -> None:
+    """The function the hub applies to each accepted plaintext connection's peer address,
+    with fake ``peername`` tuples (IPv4, IPv6, a name, nothing)."""
+    from gateway.net.plaintext import peer_is_loopback
+
+    assert peer_is_loopback(peer) is loopback

@@ -12,8 +12,11 @@ Fields, in order: UTC time (file only; the logger adds its own), ``send`` or ``r
 ``peer=HOST:PORT`` (the other end of the connection), the frame type, ``rid=`` request id,
 ``len=`` body length in bytes, ``flags=`` as hex (with ``+ERROR``/``+REPLAYED`` when set),
 then ``body=`` the decoded body as JSON with a REQUEST's ``args`` decoded in place, masked
-as ``paywire dump`` masks (``protocol/dump.py``: card numbers, CVV, keys, signatures), cut at
-``TRACE_BODY_CHARS_MAX`` characters; a body that does not decode is ``problem=...`` instead.
+as ``paywire dump`` masks (``protocol/dump.py``: card numbers in card fields whatever their
+type, and in every string and map key, spaced or dashed; CVVs, keys, tokens, passwords;
+signatures and MACs shortened), cut at ``TRACE_BODY_CHARS_MAX`` characters; a body that
+does not decode is ``problem=...`` instead. A frame is traced on receipt, before any
+validation: the masking reads a hostile body as safely as a valid one.
 
 The hook is in ``FramedProtocol`` (``gateway/net/framed.py``), on the bytes of each read
 and of each write, so the hub's merchant sessions, its bank links, bank nodes and the client
