@@ -1,0 +1,72 @@
+"""Wrong solutions the lab checks must fail (an outside review found each one passing).
+
+Each test copies a lab's reference solution into a work directory, makes the one mistake a
+student could make, runs ``checks.run_lab`` like ``paywire lab check`` does, and asserts the
+check that should catch it fails with a message that says what to do."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from gateway.labs import checks
+from gateway.labs.checks import Result
+
+
+def wrong_variant(number: int, root: Path, relative: str, old: str, new: str) -> Path:
+    """Lab ``number``'s reference solution in ``root/labNN``, with ``old`` replaced by
+    ``new`` in ``relative`` (exactly once: the test fails if the solution changed)."""
+    target = checks.work_dir(root, number)
+    for f in checks.lab_module(number).FILES:
+        (target / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(checks.solution_dir(number) / f, target / f)
+    path = target / relative
+    text = path.read_text()
+    assert text.count(old) == 1, f"{relative} no longer contains {old!r} exactly once"
+    path.write_text(text.replace(old, new))
+    return target
+
+
+def failed(results: list[Result], name_part: str) -> Result:
+    """The failed result whose name contains ``name_part`` (asserting there is one)."""
+    hits = [r for r in results if name_part in r.name]
+    assert hits, f"no check named like {name_part!r}: {[r.name for r in results]}"
+    assert not hits[0].passed, f"{hits[0].name!r} passes a wrong solution"
+    return hits[0]
+
+
+def totals_stable(number: int, results: list[Result], solution: list[Result]) -> None:
+    assert [r.name for r in results] == [r.name for r in solution], \
+        f"lab {number}: a wrong solution gets other checks than the reference"
+
+
+# --- lab 7 ---------------------------------------------------------------------------------
+
+LAB07_EVENT_LINE = 'event = str(body.get("event_id", ""))'
+
+
+def test_lab07_dedup_on_the_unsigned_header_fails(tmp_path: Path) -> None:
+    work = wrong_variant(7, tmp_path, "receiver.py", LAB07_EVENT_LINE,
+                         'event = request.headers.get("X-Paywire-Event-Id", "")')
+    results = checks.run_lab(7, work, None)
+    r = failed(results, "new X-Paywire-Event-Id")
+    assert "processed it again" in r.detail and "body's event_id" in r.detail
+    assert sum(not x.passed for x in results) == 1, checks.render(7, results)
+
+
+def test_lab07_dedup_on_order_id_fails(tmp_path: Path) -> None:
+    work = wrong_variant(7, tmp_path, "receiver.py", LAB07_EVENT_LINE,
+                         'event = str(body.get("order_id", ""))')
+    results = checks.run_lab(7, work, None)
+    r = failed(results, "same order")
+    assert "not on order_id" in r.detail and "refund" in r.detail
+
+
+def test_lab07_appending_the_event_id_is_a_fail_not_a_crash(tmp_path: Path) -> None:
+    work = wrong_variant(7, tmp_path, "receiver.py", "processed.append(body)",
+                         "processed.append(event)")
+    results = checks.run_lab(7, work, None)
+    assert all(r.name != "the checks ran to the end" for r in results), \
+        checks.render(7, results)
+    r = failed(results, "processes a genuine notification")
+    assert "not parsed bodies" in r.detail and "str" in r.detail
