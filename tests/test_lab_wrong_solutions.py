@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from gateway.labs import checks
-from gateway.labs.checks import Result
+from gateway.labs.checks import Result, Sandbox
 
 
 def wrong_variant(number: int, root: Path, relative: str, old: str, new: str) -> Path:
@@ -70,3 +70,37 @@ def test_lab07_appending_the_event_id_is_a_fail_not_a_crash(tmp_path: Path) -> N
         checks.render(7, results)
     r = failed(results, "processes a genuine notification")
     assert "not parsed bodies" in r.detail and "str" in r.detail
+
+
+# --- lab 4 ---------------------------------------------------------------------------------
+
+def test_lab04_a_client_that_keeps_its_own_wish_fails(tmp_path: Path,
+                                                      lab_sandbox: Sandbox) -> None:
+    """It asks for 3 and 5 and keeps them (the hub grants both): asking for 1000 or for
+    nothing shows it ignores WELCOME."""
+    work = wrong_variant(4, tmp_path, "pipeline.py",
+                         'self.in_flight_max = welcome["in_flight_max"]',
+                         "self.in_flight_max = in_flight_wish or 64")
+    results = checks.run_lab(4, work, lab_sandbox.directory)
+    r = failed(results, "handshake() keeps WELCOME's in_flight_max")
+    assert "in_flight_max=1000" in r.detail and "WELCOME" in r.detail, r.detail
+
+
+# --- lab 2 ---------------------------------------------------------------------------------
+
+def test_lab02_the_hubs_alert_counts_as_the_hub_closing() -> None:
+    """tlsprobe.hub_outcome says ``alert <OpenSSL reason>: ...`` when the hub sent an alert;
+    where the hub is expected to close, the expected alert matches and another does not."""
+    from gateway.labs.lab02 import EXPECTED, _hub_matches
+
+    hub, _, alert = EXPECTED["expired"]
+    assert _hub_matches("alert SSLV3_ALERT_CERTIFICATE_EXPIRED: [SSL] sslv3 alert "
+                        "certificate expired (_ssl.c:2580)", hub, alert)
+    assert _hub_matches("alert TLSV1_ALERT_CERTIFICATE_EXPIRED: ...", hub, alert)
+    assert _hub_matches("closed: the hub ended the connection without a frame", hub, alert)
+    assert not _hub_matches("alert TLSV1_ALERT_UNKNOWN_CA: ...", hub, alert)
+    hub, _, alert = EXPECTED["rogue_ca"]
+    assert _hub_matches("alert TLSV1_ALERT_UNKNOWN_CA: ...", hub, alert)
+    hub, _, alert = EXPECTED["wrong_role"]
+    assert _hub_matches("FORBIDDEN: role hub may not ...", hub, alert)
+    assert not _hub_matches("alert TLSV1_ALERT_UNKNOWN_CA: ...", hub, alert)
