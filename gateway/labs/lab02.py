@@ -166,7 +166,8 @@ def _observe(made: dict[str, Any], keys: Path, certs: Path, hub: str, merchant: 
                 tlsprobe.alert_from_plain_server(server_crt, server_key, ca_file, crt, key))
         observed[case] = seen
         want = EXPECTED[case]
-        ok = _hub_matches(seen[0], want[0], want[2]) and _norm(seen[1]) == want[1] and _norm(seen[2]) == want[2]
+        ok = _hub_matches(seen[0], want[0], want[2]) and _norm(seen[1]) == want[1] and \
+            _norm(seen[2]) == want[2]
         verdict = "welcomed" if case == "valid" else "refused for the expected reason"
         results.append(Result(f"the {case} certificate is {verdict}", ok,
                               f"the hub: {seen[0]}\nopenssl verify: {seen[1]}\n"
