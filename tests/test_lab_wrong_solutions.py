@@ -104,3 +104,53 @@ def test_lab02_the_hubs_alert_counts_as_the_hub_closing() -> None:
     hub, _, alert = EXPECTED["wrong_role"]
     assert _hub_matches("FORBIDDEN: role hub may not ...", hub, alert)
     assert not _hub_matches("alert TLSV1_ALERT_UNKNOWN_CA: ...", hub, alert)
+
+
+# --- lab 1 ---------------------------------------------------------------------------------
+
+LAB01_REFUSE = "                self.error = problem\n                self._buf.clear()\n" \
+               "                return frames\n"
+
+
+def test_lab01_totals_are_stable_and_skipped_checks_fail(tmp_path: Path) -> None:
+    """The skeleton stops at the first failing check of a group; the later ones are still
+    reported, as FAILs that say why, so skeleton and solution show the same total."""
+    from gateway.labs.lab01 import CHECK_NAMES
+
+    target, _, _ = checks.start_lab(1, tmp_path)
+    skeleton = checks.run_lab(1, target, None)
+    solution = checks.run_lab(1, checks.solution_dir(1), None)
+    assert [r.name for r in skeleton] == [r.name for r in solution] == list(CHECK_NAMES)
+    r = failed(skeleton, "a frame with an empty body")
+    assert r.detail.startswith("not run: fix the earlier check first")
+
+
+def test_lab01_a_decoder_that_raises_on_a_hostile_header_gets_its_hint(
+        tmp_path: Path) -> None:
+    work = wrong_variant(1, tmp_path, "decoder.py", LAB01_REFUSE,
+                         "                raise ValueError(f'bad header: {problem}')\n")
+    r = failed(checks.run_lab(1, work, None), "hostile headers are refused")
+    assert "never raise" in r.detail and "16 header bytes alone" not in r.detail, r.detail
+
+
+def test_lab01_a_decoder_that_drops_the_frames_before_a_bad_header_gets_its_hint(
+        tmp_path: Path) -> None:
+    work = wrong_variant(1, tmp_path, "decoder.py", LAB01_REFUSE,
+                         "                self.error = problem\n"
+                         "                self._buf.clear()\n                return []\n")
+    r = failed(checks.run_lab(1, work, None), "hostile headers are refused")
+    assert "do not drop them" in r.detail and "16 header bytes alone" not in r.detail, \
+        r.detail
+
+
+def test_lab01_a_read_frames_bug_on_the_hub_is_not_blamed_on_the_sandbox(
+        tmp_path: Path, lab_sandbox: Sandbox) -> None:
+    """read_frames works on the local socket pair but raises ValueError on the hub's TLS
+    socket: the message names the student's code, not an unreachable sandbox."""
+    work = wrong_variant(1, tmp_path, "hello.py", "        frames.extend(decoder.feed(data))\n",
+                         "        if hasattr(sock, 'cipher'):\n"
+                         "            raise ValueError('my parsing bug')\n"
+                         "        frames.extend(decoder.feed(data))\n")
+    r = failed(checks.run_lab(1, work, lab_sandbox.directory), "sandbox hub's WELCOME")
+    assert "your read_frames" in r.detail and "my parsing bug" in r.detail, r.detail
+    assert "is the sandbox running" not in r.detail, r.detail
