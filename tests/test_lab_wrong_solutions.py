@@ -154,3 +154,25 @@ def test_lab01_a_read_frames_bug_on_the_hub_is_not_blamed_on_the_sandbox(
     r = failed(checks.run_lab(1, work, lab_sandbox.directory), "sandbox hub's WELCOME")
     assert "your read_frames" in r.detail and "my parsing bug" in r.detail, r.detail
     assert "is the sandbox running" not in r.detail, r.detail
+
+
+# --- lab 5 ---------------------------------------------------------------------------------
+
+def test_lab05_resending_the_charge_after_outcome_unknown_fails(tmp_path: Path,
+                                                                lab_sandbox: Sandbox) -> None:
+    """Safe for the money (same order id), so the ledger check passes it; the handout asks
+    for status first, and now a check does too."""
+    work = wrong_variant(5, tmp_path, "retry.py", "            if unknown:\n",
+                         "            if unknown and False:  # never ask, resend\n")
+    results = checks.run_lab(5, work, lab_sandbox.directory)
+    r = failed(results, "after OutcomeUnknown")
+    assert "then your code sent charge" in r.detail and "status" in r.detail, r.detail
+    assert [x.name for x in results if not x.passed] == [r.name], checks.render(5, results)
+
+
+def test_lab05_never_closing_the_clients_fails(tmp_path: Path, lab_sandbox: Sandbox) -> None:
+    work = wrong_variant(5, tmp_path, "retry.py", "            await _close(client)\n",
+                         "            pass  # never closed\n")
+    results = checks.run_lab(5, work, lab_sandbox.directory)
+    r = failed(results, "is closed before it returns")
+    assert "still open" in r.detail and "client.close()" in r.detail, r.detail
