@@ -19,6 +19,7 @@ import re
 import socket
 import sys
 import threading
+import traceback
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -220,7 +221,54 @@ def _good_headers() -> list[tuple[str, bytes, int]]:
     ]
 
 
+# Every check, in the order they run: one that is skipped because an earlier one failed is
+# still reported (as not run), so the total a student sees is the same on every run.
+CHECK_NAMES = (
+    "decoder.py imports and is your own (docs/protocol.md §2)",
+    "parse_header reads the spec's headers (§2)",
+    "header_error refuses what §2.1 and §2.5 refuse, in the spec's order",
+    "the spec's worked examples decode whole (§9, §10.2)",
+    "a frame with an empty body comes out as soon as its header is in",
+    "several frames in one feed (coalesced writes)",
+    "every split of a multi-frame stream into two pieces",
+    "one byte at a time",
+    "random pieces (empty feeds included)",
+    "hostile headers are refused at once, with the frames before them (§2.1)",
+    "a huge declared length costs only the bytes that arrived",
+    "a stream that ends inside a frame is TRUNCATED_FRAME (§2.4)",
+    "damaged streams: the same verdict as the project's decoder, no exception",
+    "buffered bytes stay bounded over a long stream",
+    "hello.py: read_frames gathers a frame sent in many pieces",
+    "hello.py: read_frames stops when the peer closes mid-frame",
+    "your decoder reads the sandbox hub's WELCOME",
+)
+NOT_RUN = "not run: fix the earlier check first (its FAIL above says what to change)"
+
+
 def check(ctx: LabContext) -> Iterator[Result]:
+    """The checks in :data:`CHECK_NAMES`' order, each reported once: those an earlier
+    failure skipped are FAILs that say so."""
+    pending = list(CHECK_NAMES)
+
+    def skipped_until(name: str | None) -> Iterator[Result]:
+        while pending and pending[0] != name:
+            yield Result(pending.pop(0), False, NOT_RUN)
+        if pending:
+            pending.pop(0)
+
+    try:
+        for result in _checks(ctx):
+            if result.name in pending:
+                yield from skipped_until(result.name)
+            yield result
+    except Exception as exc:  # the student's code, raising where no check expected it
+        tail = "".join(traceback.format_exception(exc)[-3:])
+        yield Result("the checks ran to the end", False,
+                     f"your code raised {type(exc).__name__}: {exc}\n{tail}")
+    yield from skipped_until(None)
+
+
+def _checks(ctx: LabContext) -> Iterator[Result]:
     vectors = spec_frames(SPEC.read_text())
     if len(vectors) < 2:
         yield Result("the spec's worked examples were found", False,
@@ -369,7 +417,7 @@ def _check_hostile(module: ModuleType, vectors: list[bytes]) -> Result:
         if got != want:
             return Result(name, False, f"a good frame, then a header with {what}, and no "
                           f"body bytes:\nexpected {show(want)}\nyour decoder: {show(got)}\n"
-                          "decide on the 16 header bytes alone; do not wait for the body")
+                          + _hostile_hint(want, got))
 
         def after(h: bytes = header, lim: int = limit) -> Any:
             decoder = module.Decoder(lim)
@@ -391,6 +439,21 @@ def _check_hostile(module: ModuleType, vectors: list[bytes]) -> Result:
                           f"KiB of PING frames: expected [] each and nothing kept (the stream "
                           f"position is lost after a bad header); got {seen}")
     return Result(name, True, f"{len(_hostile_headers())} hostile headers")
+
+
+def _hostile_hint(want: Outcome, got: Outcome) -> str:
+    """What to change, for the way the student's answer to a hostile header differs."""
+    if isinstance(got, str):
+        return ("never raise on what a peer sends: set decoder.error to the ErrorCode and "
+                "return the frames decoded before the bad header (§2.1)")
+    assert not isinstance(want, str)
+    if got[1] is None:
+        return "decide on the 16 header bytes alone; do not wait for the body"
+    if got[0] != want[0]:
+        return ("the frames before the bad header are good: return them from the same feed, "
+                "then set decoder.error (do not drop them)")
+    return (f"the right code is {_code_name(want[1] or 0)}: apply §2.1's checks in the "
+            "spec's order (header_error)")
 
 
 def _check_huge_length(module: ModuleType) -> Result:
@@ -562,20 +625,38 @@ def _check_hub(ctx: LabContext, module: ModuleType, read_frames: Any) -> Result:
     merchant = env.get("PAYWIRE_MERCHANT", "")
     certs = Path(env.get("PAYWIRE_CERTS", ""))
     mine = pki.cert_paths(certs, "merchant", merchant)
+    # Two stages with their own messages: reaching the hub (the check's code: a failure is
+    # the sandbox's) and reading its answer (the student's read_frames and decoder: a
+    # ValueError or a socket timeout there is theirs, not a sandbox that is down).
     try:
         context = tls.client_context(certs / pki.CA_FILE, mine.cert, mine.key)
-        with socket.create_connection((host, int(port)), timeout=SOCKET_TIMEOUT_S) as raw, \
-                context.wrap_socket(raw, server_hostname=host) as sock:
-            sock.sendall(messages.encode_message(FrameType.HELLO, {
-                "versions": [1], "role": "merchant", "identity": merchant,
-                "client": "lab01-check"}))
-            decoder = module.Decoder()
-            frames, calls = read_frames(sock, decoder)
+        raw = socket.create_connection((host, int(port)), timeout=SOCKET_TIMEOUT_S)
     except (OSError, ValueError) as exc:
         return Result(name, False, f"could not reach the hub at {host}:{port} as {merchant} "
                       f"with {certs}: {exc}; is the sandbox running?")
-    except Exception as exc:  # the student's read_frames or decoder
-        return Result(name, False, f"read_frames raised {type(exc).__name__}: {exc}")
+    with raw:
+        try:
+            sock = context.wrap_socket(raw, server_hostname=host)
+            sock.sendall(messages.encode_message(FrameType.HELLO, {
+                "versions": [1], "role": "merchant", "identity": merchant,
+                "client": "lab01-check"}))
+        except (OSError, ValueError) as exc:
+            return Result(name, False, f"could not reach the hub at {host}:{port} as "
+                          f"{merchant} with {certs}: {exc}; is the sandbox running?")
+        with sock:
+            try:
+                decoder = module.Decoder()
+                frames, calls = read_frames(sock, decoder)
+            except TimeoutError as exc:
+                return Result(name, False, f"the hub sent its WELCOME, but your read_frames "
+                              f"was still waiting after {SOCKET_TIMEOUT_S:g} s ({exc}): "
+                              "return as soon as the decoder has given a frame; do not wait "
+                              "for the hub to close the connection")
+            except Exception as exc:  # the student's read_frames or decoder
+                tail = "".join(traceback.format_exception(exc)[-2:]).strip()
+                return Result(name, False, f"your read_frames (or decoder) raised "
+                              f"{type(exc).__name__}: {exc} while reading the hub's WELCOME"
+                              f"\n{tail}")
     if not frames or frames[0].frame_type != FrameType.WELCOME:
         return Result(name, False, f"expected a WELCOME frame; got {frames[:1]!r:.300} "
                       f"(decoder error {decoder.error!r})")

@@ -38,6 +38,8 @@ NEEDS_SANDBOX = True
 STEP_S_MAX = 90.0  # one batch on a loaded 2-core machine: generous
 APPROVED_CARD = "4811111111111114"  # the sandbox's "approved" card (bca), if it lists none
 WISH_SMALL = 3  # the in-flight limit the check asks for, so that the bound is reached
+WISH_LARGE = 1000  # more than the hub grants (its default limit is 256): WELCOME says less
+IN_FLIGHT_SPEC_MAX = 4096  # the most a HELLO may ask for (docs/protocol.md §3.1)
 BOUND_BATCH = 10  # charges sent with that limit
 HANDOUT = "docs/labs/04-pipelining.md"
 
@@ -204,18 +206,42 @@ class _Lab:
             self.bound()))
         return results
 
+    async def hub_limit(self) -> int:
+        """The hub's own ``in_flight_max``, read by the project's client (not the
+        student's): it asks for the most §3.2 allows, so WELCOME answers the hub's limit."""
+        from gateway.client.client import connect
+        from gateway.tls import node_client_context
+
+        ctx = node_client_context(self.certs, "merchant", self.merchant)
+        client = connect(self.host, self.port, merchant_id=self.merchant,
+                         server_key=self.key, ssl_context=ctx,
+                         in_flight_max=IN_FLIGHT_SPEC_MAX)
+        await asyncio.wait_for(client.connect(), STEP_S_MAX)
+        try:
+            return int(client.welcome["in_flight_max"])
+        finally:
+            await client.close()
+
     async def handshake(self) -> str:
-        for wish in (WISH_SMALL, 5):
+        limit = await self.hub_limit()
+        # Small wishes the hub grants, one past its limit (WELCOME answers its limit, not
+        # the wish) and no wish at all (WELCOME answers its limit): a client that keeps its
+        # own wish instead of WELCOME's answer passes the first two only.
+        for wish in (WISH_SMALL, 5, WISH_LARGE, None):
             conn = await self.open(wish)
             try:
                 got = conn.in_flight_max
             finally:
                 await conn.close()
-            if got != wish:
-                raise _Failed(f"HELLO asked for in_flight_max={wish}; the hub's WELCOME "
-                              f"answers min(wish, its own limit) = {wish}, but your "
-                              f"handshake() left in_flight_max={got!r}: read it from the "
-                              "WELCOME body (§3.2)")
+            wanted = limit if wish is None else min(wish, limit)
+            if got != wanted:
+                asked = ("HELLO asked for no in_flight_max" if wish is None else
+                         f"HELLO asked for in_flight_max={wish}")
+                rule = ("its own limit" if wish is None else
+                        f"min(wish, its own limit {limit})")
+                raise _Failed(f"{asked}; the hub's WELCOME answers {rule} = {wanted}, but "
+                              f"your handshake() left in_flight_max={got!r}: keep what the "
+                              "WELCOME body says, not your wish (§3.1, §3.2)")
         return ""
 
     async def existing_orders(self, count: int) -> list[str]:

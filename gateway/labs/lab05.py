@@ -149,6 +149,33 @@ class _Order:
     report: Any = None
     error: str = ""
     steps: list[str] = field(default_factory=list)
+    # What the student's code did with the connections the factory gave it, as the check
+    # saw it (not as the student's report says): every charge/status call and its outcome
+    # ("ok" or the exception's class name), and every client, to see whether it was closed.
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)
+
+
+def _watch(client: Any, order: _Order) -> Any:
+    """Record ``client``'s ``charge`` and ``status`` calls into ``order.calls``: the
+    instance's own attributes shadow the class's methods, so the student still gets the
+    real client (``isinstance``, ``async with`` and every other method unchanged)."""
+    for op in ("charge", "status"):
+        real = getattr(client, op)
+
+        async def recorded(*args: Any, _op: str = op, _real: Any = real,
+                           **kwargs: Any) -> Any:
+            try:
+                answer = await _real(*args, **kwargs)
+            except BaseException as exc:
+                order.calls.append((_op, type(exc).__name__))
+                raise
+            order.calls.append((_op, "ok"))
+            return answer
+
+        setattr(client, op, recorded)
+    order.clients.append(client)
+    return client
 
 
 class _Lab:
@@ -195,7 +222,7 @@ class _Lab:
             spec = dict(FAULTS.get(fault, {}))
             if spec:
                 proxy.set(str(spec.pop("direction")), **spec)
-            return client
+            return _watch(client, order)
 
         return open_client
 
@@ -314,8 +341,59 @@ class _Lab:
                           "" if not problems else "\n".join(problems[:3]) + "\nRetry with the "
                           "same order id on a new connection; after a timeout ask status "
                           f"({HANDOUT}, step 4)")]
+        results.append(self.status_after_unknown(orders))
+        results.append(await self.closed(orders))
         results.append(self.money(orders))
         return results
+
+    @staticmethod
+    def status_after_unknown(orders: list[_Order]) -> Result:
+        """After ``OutcomeUnknown`` the charge may be in progress at the hub: the next
+        request for the order is ``status`` (the handout's step 4), not the charge again.
+        Resending the charge is safe for the money (same order id) but, while the first is
+        still in progress, it is answered ``OutcomeUnknown`` or ``IN_PROGRESS`` again."""
+        name = "after OutcomeUnknown, the next request asks status (not the charge again)"
+        seen = [o for o in orders if any(out == "OutcomeUnknown" for _, out in o.calls)]
+        problems = []
+        for o in seen:
+            for (op, out), nxt in zip(o.calls, o.calls[1:], strict=False):
+                if out == "OutcomeUnknown" and nxt[0] != "status":
+                    problems.append(f"{o.order_id} (faults {' then '.join(o.faults)}): "
+                                    f"{op} raised OutcomeUnknown, then your code sent "
+                                    f"{nxt[0]}; requests: "
+                                    f"{', '.join(f'{c} -> {r}' for c, r in o.calls)}")
+                    break
+        if not seen:
+            return Result(name, False, "no request of yours ever raised OutcomeUnknown "
+                          "although the plan black-holes some connections: does your code "
+                          "send anything after connecting?")
+        return Result(name, not problems,
+                      "\n".join(problems[:3]) + "\nOutcomeUnknown means the hub may still be "
+                      "working on the charge: on the next connection ask "
+                      f"client.status(order_id) first ({HANDOUT}, step 4)" if problems else
+                      f"{len(seen)} orders had an unknown outcome")
+
+    @staticmethod
+    async def closed(orders: list[_Order]) -> Result:
+        """Every client the factory gave was closed by the time ``charge_reliably``
+        returned: an abandoned one keeps a TLS connection (and the hub's session) open.
+        The check closes the leftovers itself afterwards."""
+        name = "every connection charge_reliably opened is closed before it returns"
+        left = [(o, c) for o in orders for c in o.clients if not getattr(c, "_closed", True)]
+        for _, client in left:
+            try:
+                await asyncio.wait_for(client.close(), CONNECT_TIMEOUT_S)
+            except Exception:  # cleaning up after the student: nothing more to say
+                pass
+        opened = sum(len(o.clients) for o in orders)
+        if not left:
+            return Result(name, True, f"{opened} connections, all closed")
+        where = sorted({o.order_id for o, _ in left})
+        return Result(name, False, f"{len(left)} of the {opened} connections your code got "
+                      f"from open_client() were still open when charge_reliably returned "
+                      f"(orders {', '.join(where[:3])}): close every client you open, "
+                      f"also when a call on it failed (try/finally: await client.close()); "
+                      f"see {HANDOUT}, step 4")
 
     @staticmethod
     def _steps(order: _Order) -> str:

@@ -85,8 +85,8 @@ class Notification:
 
 
 def new_notification(merchant: str, key: str, seq: int, *, body_key: str | None = None,
-                     status: str = "capture") -> Notification:
-    order = f"lab07-{secrets.token_hex(4)}-{seq}"
+                     status: str = "capture", order: str | None = None) -> Notification:
+    order = order or f"lab07-{secrets.token_hex(4)}-{seq}"
     body = notification_body(transaction(order, merchant, status), body_key or key, seq)
     return Notification(merchant, key, seq, body)
 
@@ -295,8 +295,25 @@ async def start_dispatcher(outbox: LabOutbox, merchant: str,
     return dispatcher
 
 
-def _summary(processed: list[dict[str, Any]]) -> str:
-    return str([p.get("event_id") if isinstance(p, dict) else p for p in processed])
+def _ids(processed: list[Any]) -> list[Any]:
+    """The event ids in ``processed``, whatever the student appended: a body (a dict) gives
+    its ``event_id``; anything else (an id string, bytes) is kept as is, so a check compares
+    and reports it instead of crashing on ``.get``."""
+    return [p.get("event_id") if isinstance(p, dict) else p for p in processed]
+
+
+def _summary(processed: list[Any]) -> str:
+    return str(_ids(processed))
+
+
+def _bodies_appended(processed: list[Any]) -> str | None:
+    """Why ``processed`` is not a list of parsed bodies, or ``None`` when it is."""
+    odd = [p for p in processed if not isinstance(p, dict)]
+    if not odd:
+        return None
+    return (f"processed holds {type(odd[0]).__name__} values ({odd[0]!r:.80}), not parsed "
+            f"bodies: append the notification's parsed JSON body (a dict), as make_app's "
+            f"docstring says")
 
 
 async def end_to_end(mod: ModuleType) -> list[Result]:
@@ -326,15 +343,17 @@ async def end_to_end(mod: ModuleType) -> list[Result]:
             w = outbox.add(ok_rx.url, a)
             await outbox.settled([w])
             row = outbox.rows[w]
+            not_bodies = _bodies_appended(plain)
             good = row.attempts == ["delivered (2xx)"] and \
-                [p.get("event_id") for p in plain] == [a.event]
+                _ids(plain) == [a.event] and not_bodies is None
             results.append(Result(
                 "your receiver processes a genuine notification from the hub's dispatcher",
                 good, "" if good else
                 f"the dispatcher POSTed {a.event} to your receiver: expected one attempt "
-                f"answered 2xx and processed == [{a.event!r}]; attempts: {row.attempts}, "
-                f"processed: {_summary(plain)}. Answer 200 once verify() says OK and append "
-                f"the parsed body; see {HANDOUT} (Steps)"))
+                f"answered 2xx and processed == [{a.event!r}] (its parsed body); attempts: "
+                f"{row.attempts}, processed: {_summary(plain)}. "
+                f"{not_bodies + '. ' if not_bodies else ''}Answer 200 once verify() says "
+                f"OK and append the parsed body; see {HANDOUT} (Steps)"))
 
             # 2. fail_first: the dispatcher gets a 500, retries, the retry is processed.
             w = outbox.add(flaky_rx.url, b)
@@ -342,7 +361,7 @@ async def end_to_end(mod: ModuleType) -> list[Result]:
             row = outbox.rows[w]
             good = len(row.attempts) == 2 and row.attempts[0] == "HTTP 500" and \
                 row.attempts[1] == "delivered (2xx)" and \
-                [p.get("event_id") for p in retried] == [b.event]
+                _ids(retried) == [b.event]
             results.append(Result(
                 "with fail_first, the first delivery gets 500 and the hub's retry is processed",
                 good, "" if good else
@@ -356,8 +375,8 @@ async def end_to_end(mod: ModuleType) -> list[Result]:
             fresh = outbox.add(ok_rx.url, c)
             await outbox.settled([again, fresh])
             good = outbox.rows[again].attempts == ["delivered (2xx)"] and \
-                [p.get("event_id") for p in retried] == [b.event] and \
-                [p.get("event_id") for p in plain] == [a.event, c.event]
+                _ids(retried) == [b.event] and \
+                _ids(plain) == [a.event, c.event]
             results.append(Result(
                 "a redelivered notification is acknowledged (2xx) and not processed again",
                 good, "" if good else
@@ -368,13 +387,36 @@ async def end_to_end(mod: ModuleType) -> list[Result]:
                 f"Deduplicate on the body's event_id; see {HANDOUT} (Background: at least "
                 f"once)"))
 
-            # 4. A refused notification is dead-lettered by the hub after the 4xx.
+            # 4. Two events of the same order (a capture, then its refund): two different
+            # event ids, both must be processed. Deduplicating on order_id drops the refund.
+            order = f"lab07-{secrets.token_hex(4)}-same"
+            capture = new_notification(merchant, key, 5, order=order)
+            refund = new_notification(merchant, key, 6, order=order, status="refund")
+            before = len(plain)
+            ws = [outbox.add(ok_rx.url, capture)]
+            await outbox.settled(ws)
+            ws.append(outbox.add(ok_rx.url, refund))  # after the capture, as the hub would
+            await outbox.settled(ws[1:])
+            got = _ids(plain[before:])
+            good = got == [capture.event, refund.event] and \
+                all(outbox.rows[x].attempts == ["delivered (2xx)"] for x in ws)
+            results.append(Result(
+                "two events of the same order (capture, then refund) are both processed",
+                good, "" if good else
+                f"the hub delivered {capture.event} (capture) and {refund.event} (refund) "
+                f"of the same order {order}: expected both processed, in that order; "
+                f"processed: {got}, attempts: "
+                f"{[outbox.rows[x].attempts for x in ws]}. One order has many events "
+                f"(capture, refund, ...): deduplicate on the body's event_id, not on "
+                f"order_id; see {HANDOUT} (Background: at least once)"))
+
+            # 5. A refused notification is dead-lettered by the hub after the 4xx.
             w = outbox.add(ok_rx.url, forged)
             await outbox.settled([w])
             row = outbox.rows[w]
             good = row.state == "dead" and len(row.attempts) == 1 and \
                 row.attempts[0].startswith("HTTP 4") and forged.event not in \
-                [p.get("event_id") for p in plain]
+                _ids(plain)
             results.append(Result(
                 "a notification whose signature_key is wrong is refused with a 4xx",
                 good, "" if good else
@@ -383,7 +425,39 @@ async def end_to_end(mod: ModuleType) -> list[Result]:
         finally:
             await dispatcher.stop()
         results.append(await attacks(ok_rx.url, a, key, plain))
+        results.append(await replay_new_header(ok_rx.url, a, plain))
     return results
+
+
+async def replay_new_header(url: str, n: Notification, processed: list[Any]) -> Result:
+    """An attacker who captured a delivery replays it within the tolerance (its signature
+    still verifies) with a new ``X-Paywire-Event-Id``: that header is not covered by the
+    MAC, so a receiver that deduplicates on it processes the same event twice."""
+    name = "a replay within the tolerance with a new X-Paywire-Event-Id is not processed again"
+    before = len(processed)
+    headers = {"Content-Type": "application/json",
+               EVENT_ID_HEADER: f"evt_replay_{secrets.token_hex(6)}",
+               SIGNATURE_HEADER: n.header(int(time.time()))}
+    timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+    problem = None
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as http, \
+                http.post(url, data=n.body, headers=headers) as resp:
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        problem = f"no answer ({type(exc).__name__}: {exc})"
+    else:
+        if len(processed) != before:
+            problem = (f"{n.event}, already processed, was POSTed again with a valid fresh "
+                       f"signature and {EVENT_ID_HEADER}: {headers[EVENT_ID_HEADER]}; your "
+                       f"receiver answered {status} and processed it again: "
+                       f"{_summary(processed[before:])}. Only the signed body is covered by "
+                       f"the MAC: deduplicate on the body's event_id, not on a header")
+        elif status >= 500:
+            problem = (f"answered {status}: the hub would keep resending a duplicate; "
+                       f"acknowledge it with a 2xx (or refuse it with a 4xx)")
+    return Result(name, problem is None,
+                  f"{problem}\nsee {HANDOUT} (Background: at least once)" if problem else "")
 
 
 async def attacks(url: str, n: Notification, key: str,
@@ -465,7 +539,7 @@ async def watch(mod: ModuleType, merchant: str, key: str) -> int:
         finally:
             await dispatcher.stop()
     print(f"processed {len(processed)} notification(s): "
-          f"{[p.get('event_id') for p in processed]}", flush=True)
+          f"{_ids(processed)}", flush=True)
     return 0 if len(processed) == 1 else 1
 
 
