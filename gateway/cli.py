@@ -8,6 +8,7 @@
     paywire bank --config bank.toml
     paywire bank-admin pay|balances|payments|faults --node HOST:PORT ...
     paywire charge|capture|cancel|refund|approve|deny|status|expire ORDER_ID [...]
+    paywire dump [HEX ...] [--file RAW] [--body] [--json]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
     paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
@@ -119,6 +120,9 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         _apply_listen(cfg, ns.listen)
         if ns.ledger:
             cfg.ledger_path = Path(ns.ledger)
+        if ns.plaintext_listen:
+            configmod.check_plaintext_listen(ns.plaintext_listen)
+            cfg.plaintext_listen = ns.plaintext_listen
         return int(_run(_serve(Hub(cfg), ns.ready_file)))
     except (configmod.ConfigError, LockHeld) as exc:
         return _refused("hub", exc)
@@ -179,12 +183,16 @@ def _client_options(ns: argparse.Namespace) -> dict[str, Any]:
     if not key:
         raise SystemExit("paywire: give --server-key or set PAYWIRE_SERVER_KEY")
     certs = ns.certs or os.environ.get("PAYWIRE_CERTS", "certs")
+    if ns.plaintext:
+        return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
+                "plaintext": True}
     return {"host": host, "port": int(port), "merchant_id": merchant, "server_key": key,
             "certs_dir": certs}
 
 
 def cmd_operation(ns: argparse.Namespace) -> int:
     from gateway.client import Card, RequestError, connect
+    from gateway.net.plaintext import PlaintextRefused
 
     opts = _client_options(ns)
 
@@ -210,6 +218,9 @@ def cmd_operation(ns: argparse.Namespace) -> int:
 
     try:
         result = asyncio.run(main())
+    except PlaintextRefused as exc:
+        print(f"paywire {ns.op}: {exc}", file=sys.stderr)
+        return 2
     except RequestError as exc:
         print(json.dumps({"error": exc.code.name, "code": int(exc.code),
                           "message": exc.message, "field": exc.field}), file=sys.stderr)
@@ -395,12 +406,57 @@ def cmd_sandbox(ns: argparse.Namespace) -> int:
     return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s)
 
 
+# ``paywire dump`` reads at most this much (a capture of a busy link is larger than anyone
+# reads annotated; the dump also stops after protocol.dump.FRAMES_MAX frames).
+DUMP_INPUT_BYTES_MAX = 64 * 1024 * 1024
+
+
+def cmd_dump(ns: argparse.Namespace) -> int:
+    """Exit 0: every frame complete and valid; 1: something a receiver would refuse (listed
+    after its frame with ``!``); 2: the input is not hex / cannot be read."""
+    from protocol import dump
+
+    try:
+        if ns.hex:
+            data = dump.parse_hex(" ".join(ns.hex))
+        elif ns.file is not None:
+            with open(ns.file, "rb") as f:
+                data = f.read(DUMP_INPUT_BYTES_MAX)
+        else:
+            data = sys.stdin.buffer.read(DUMP_INPUT_BYTES_MAX)
+            as_hex = ns.stdin == "hex" or (ns.stdin == "auto" and dump.looks_like_hex(data))
+            if as_hex:
+                data = dump.parse_hex(data.decode("ascii", "replace"))
+    except (ValueError, OSError) as exc:
+        print(f"paywire dump: {exc}", file=sys.stderr)
+        return 2
+    frames = [dump.dump_body(data)] if ns.body else dump.dump(data)
+    if ns.json:
+        print(json.dumps([f.as_json() for f in frames], indent=2, ensure_ascii=False))
+    else:
+        sys.stdout.write(dump.render(frames))
+    return 1 if any(f.problems or not f.complete for f in frames) else 0
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     """How a one-off command reaches the hub as a merchant (see ``_client_options``)."""
     parser.add_argument("--hub", help="HOST:PORT (env PAYWIRE_HUB)")
     parser.add_argument("--merchant", help="merchant id (env PAYWIRE_MERCHANT)")
     parser.add_argument("--server-key", help="(env PAYWIRE_SERVER_KEY)")
     parser.add_argument("--certs", help="certificate directory (env PAYWIRE_CERTS)")
+    parser.add_argument("--plaintext", action="store_true",
+                        default=os.environ.get("PAYWIRE_PLAINTEXT", "") not in ("", "0"),
+                        help="LAB ONLY: no TLS, to a hub's plaintext_listen on loopback "
+                             "(env PAYWIRE_PLAINTEXT=1)")
+    _add_trace_options(parser)
+
+
+def _add_trace_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trace", action="store_true",
+                        help="log every frame sent and received, secrets masked (env "
+                             "PAYWIRE_TRACE=1)")
+    parser.add_argument("--trace-file", help="append the frame trace to this file instead of "
+                                             "the log (implies --trace; env PAYWIRE_TRACE_FILE)")
 
 
 def checks_timeout_default() -> float:
@@ -450,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
         node.add_argument("--ready-file", help="write {port, pid} here once listening")
         if name == "hub":
             node.add_argument("--ledger", help="ledger path, overrides the config")
+            node.add_argument("--plaintext-listen", metavar="HOST:PORT",
+                              help="LAB ONLY: also accept merchants WITHOUT TLS here; loopback "
+                                   "only (overrides the config's plaintext_listen)")
+        _add_trace_options(node)
         node.set_defaults(fn=fn)
 
     admin = sub.add_parser("bank-admin", help="simulate payments, read balances, set faults")
@@ -565,6 +625,20 @@ def build_parser() -> argparse.ArgumentParser:
                             default=checks_timeout_default(),
                             help="give up on the checks after this many seconds")
 
+    dmp = sub.add_parser("dump", help="decode frames field by field, with offsets (secrets "
+                                      "masked)")
+    dmp.add_argument("hex", nargs="*", help="the bytes as hex (spaces, 0x and hexdump offset "
+                                            "columns allowed); else --file, else stdin")
+    dmp.add_argument("--file", help="a file of raw stream bytes (one direction of a "
+                                    "connection, e.g. a capture's follow-stream export)")
+    dmp.add_argument("--stdin", choices=["auto", "hex", "raw"], default="auto",
+                     help="how stdin is read; auto: hex if it holds only hex digits, "
+                          "whitespace, 0x, ':' and ',', else raw bytes")
+    dmp.add_argument("--body", action="store_true",
+                     help="the bytes are one bare msgpack body (no frame header)")
+    dmp.add_argument("--json", action="store_true", help="one JSON object per frame")
+    dmp.set_defaults(fn=cmd_dump)
+
     demo = sub.add_parser("demo", help="run hub + banks and drive real transactions")
     demo.add_argument("--dir", help="keep everything here instead of a temp directory")
     demo.add_argument("--transactions", type=int, default=300)
@@ -588,6 +662,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     _setup_logging(ns.log_level)
+    if getattr(ns, "trace", False) or getattr(ns, "trace_file", None):
+        from gateway.net import trace
+
+        trace.configure(True, ns.trace_file)
     code: int = ns.fn(ns)
     return code
 

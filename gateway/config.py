@@ -149,8 +149,14 @@ class HubConfig:
     currencies: list[str] = field(default_factory=lambda: list(CURRENCY_EXPONENTS))
     fraud: FraudConfig = field(default_factory=FraudConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    # Plaintext lab mode (labs 1 and 3): an extra merchant listener WITHOUT TLS, "HOST:PORT"
+    # on loopback only (e.g. "127.0.0.1:7401"); None (default) opens none. Anything but a
+    # loopback IP literal is refused at load (PLAINTEXT_NOT_LOOPBACK).
+    plaintext_listen: str | None = None
 
     def __post_init__(self) -> None:
+        if self.plaintext_listen is not None:
+            check_plaintext_listen(self.plaintext_listen)
         for m in self.merchants:
             if m.nonce_entries_max is not None and m.nonce_entries_max < m.rate_burst:
                 # A burst the rate limit admits would then be refused by the nonce space.
@@ -182,6 +188,16 @@ class HubConfig:
         if m.nonce_entries_max is not None:
             return m.nonce_entries_max
         return m.rate_burst + math.ceil(m.rate_per_s * (2 * self.timestamp_window_s + 1))
+
+
+def check_plaintext_listen(value: str) -> None:
+    """``plaintext_listen`` must be a loopback ``HOST:PORT`` (gateway/net/plaintext.py)."""
+    from gateway.net.plaintext import parse_listen
+
+    try:
+        parse_listen(value)
+    except ValueError as exc:  # PlaintextRefused included
+        raise ConfigError(f"plaintext_listen: {exc}") from None
 
 
 _NODE_ADDRESS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~-]{0,63}@[^@\s]+:[0-9]{1,5}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 import random
 import ssl
 from collections import deque
@@ -17,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from gateway.net import plaintext as plaintext_mode
 from gateway.net.backoff import full_jitter_s
 from gateway.net.signed import build_request
 from protocol.errors import (
@@ -29,6 +31,10 @@ from protocol.errors import (
 
 from .connection import ClientConnection
 from .results import Card, Event, RequestError, TransactionResult
+
+# INFO: each reconnect, failover, resend and unknown-outcome resolution, with the order id,
+# request id and reason (so a lab sees the retries); never a key, card number or CVV.
+log = logging.getLogger("paywire.client")
 
 REQUEST_TIMEOUT_S_DEFAULT = 10.0
 CONNECT_TIMEOUT_S_DEFAULT = 10.0
@@ -55,23 +61,37 @@ class Client:
     address in the list, after a jittered exponential backoff; requests that were in flight
     are sent again on the new connection, which is safe because every operation carries its
     idempotency key (order id, refund key). After GOAWAY it moves to another hub. A request
-    that times out is not sent again blindly: a ``status`` call decides what happened.
+    that times out is not sent again blindly: a ``status`` call decides what happened. Each
+    of these steps is logged at INFO on the logger ``paywire.client``.
+
+    ``plaintext=True`` (labs only, docs/protocol.md §12) connects without TLS, and only to
+    loopback addresses: any other raises ``PlaintextRefused`` (``PLAINTEXT_NOT_LOOPBACK``)
+    here. ``trace=True`` logs every frame of this client's connections
+    (``gateway/net/trace.py``); ``None`` follows ``PAYWIRE_TRACE``.
     """
 
     def __init__(self, host: str | list[Address], port: int | None = None, *,
-                 merchant_id: str, server_key: str, ssl_context: ssl.SSLContext,
+                 merchant_id: str, server_key: str, ssl_context: ssl.SSLContext | None,
                  server_hostname: str | None = None,
                  timeout_s: float = REQUEST_TIMEOUT_S_DEFAULT,
                  connect_timeout_s: float = CONNECT_TIMEOUT_S_DEFAULT,
                  in_flight_max: int = 256, hello: dict[str, Any] | None = None,
                  reconnect: bool = True, retry_attempts_max: int = 8,
                  backoff_min_s: float = 0.05, backoff_max_s: float = 2.0,
-                 reconnect_window_s: float = 30.0, resolve_unknown: bool = True) -> None:
+                 reconnect_window_s: float = 30.0, resolve_unknown: bool = True,
+                 plaintext: bool = False, trace: bool | None = None) -> None:
         if isinstance(host, str):
             assert port is not None, "give a port with a host name"
             self.addresses: list[Address] = [(host, port)]
         else:
             self.addresses = list(host)
+        self.plaintext = plaintext
+        if plaintext:
+            for address_host, _ in self.addresses:
+                plaintext_mode.check_loopback("plaintext hub address", address_host)
+        elif ssl_context is None:
+            raise ValueError("give ssl_context (or plaintext=True for a lab on loopback)")
+        self.trace = trace
         self.merchant_id = merchant_id
         self.key = server_key.encode()
         self.ssl_context = ssl_context
@@ -106,11 +126,16 @@ class Client:
     async def _open(self, address: Address) -> ClientConnection:
         loop = asyncio.get_running_loop()
         host, port = address
-        conn = ClientConnection(self.merchant_id, self.hello)
-        await asyncio.wait_for(loop.create_connection(
-            lambda: conn.net, host, port,
-            ssl=self.ssl_context, server_hostname=self.server_hostname or host),
-            self.connect_timeout_s)
+        conn = ClientConnection(self.merchant_id, self.hello, plaintext=self.plaintext,
+                                trace_frames=self.trace)
+        if self.plaintext:
+            log.warning(plaintext_mode.WARNING.format(where=f"the connection to {host}:{port}"))
+            connecting = loop.create_connection(lambda: conn.net, host, port)
+        else:
+            connecting = loop.create_connection(
+                lambda: conn.net, host, port,
+                ssl=self.ssl_context, server_hostname=self.server_hostname or host)
+        await asyncio.wait_for(connecting, self.connect_timeout_s)
         try:
             self.welcome = await asyncio.wait_for(conn.welcome, self.connect_timeout_s)
         except BaseException:
@@ -141,9 +166,13 @@ class Client:
                 return conn
             if self._closed:
                 raise ConnectionLost("client is closed")
+            lost = self.address
+            why = ""
             if conn is not None:
                 if not self.reconnect:
                     raise ConnectionLost(f"connection lost: {conn.lost_reason or 'closed'}")
+                why = _why_unusable(conn)
+                log.info("reconnect: connection to %s lost (%s)", _addr(lost), why)
                 self._next_address += 1  # fail over: start with the next hub
                 conn.abort_soon()
             loop = asyncio.get_running_loop()
@@ -156,11 +185,21 @@ class Client:
                     await asyncio.sleep(self.backoff_s(attempt))
                 address = self.addresses[self._next_address % len(self.addresses)]
                 self.reconnect_attempts.append(loop.time())
+                if lost is not None and address != lost:
+                    log.info("failover: from %s to %s (%s)", _addr(lost), _addr(address), why)
+                    lost, why = address, "previous address unreachable"
                 try:
                     self.conn = await self._open(address)
+                    if conn is not None or attempt > 0:
+                        log.info("reconnect: connected to %s after %d failed attempt(s)",
+                                 _addr(address), attempt)
                     return self.conn
                 except (TimeoutError, OSError, ssl.SSLError, ConnectionLost, RemoteError) as exc:
                     last = exc
+                    log.info("reconnect: attempt %d to %s failed: %s", attempt + 1,
+                             _addr(address), _short(exc))
+                    lost = lost if lost is not None else address
+                    why = _short(exc)
                     if isinstance(exc, RemoteError) and (not self.reconnect or (
                             not exc.code.is_retryable
                             and exc.code is not ErrorCode.TOO_MANY_CONNECTIONS)):
@@ -189,6 +228,9 @@ class Client:
         """Send one signed request and wait for its response map, retrying where it is safe:
         a lost connection, a hub that is shutting down, and retryable error codes."""
         attempts = 0
+        retry_reason: str | None = None
+        previous_rid = 0
+        order_id = args.get("order_id")
         while True:
             attempts += 1
             conn = await self._connection()
@@ -200,6 +242,10 @@ class Client:
                     # unsent, then end as OutcomeUnknown (tests/test_batch_faults.py).
                     conn = await self._connection()
                 rid, fut = conn.correlator.new(timeout_s or self.timeout_s)
+                if retry_reason is not None:
+                    log.info("resend: %s order_id=%s request_id=%d (was request_id=%d, attempt "
+                             "%d of %d): %s", op, order_id, rid, previous_rid, attempts,
+                             self.retry_attempts_max, retry_reason)
                 try:
                     # Inside the try: a request too large for the negotiated limit raises
                     # FRAME_TOO_LARGE here, and its waiting entry must go with it.
@@ -211,10 +257,17 @@ class Client:
                         conn.goaway = conn.goaway or {"last_request_id": rid - 1}
                     if not exc.code.is_retryable or attempts >= self.retry_attempts_max:
                         raise  # typed already: the code's class and RequestError
-                except ConnectionLost:
+                    retry_reason, previous_rid = f"answered {exc.code.name}", rid
+                except ConnectionLost as exc:
                     if not self.reconnect or attempts >= self.retry_attempts_max:
                         raise
+                    retry_reason = f"in flight when the connection was lost ({_short(exc)})"
+                    previous_rid = rid
                     continue  # in flight when the connection died: send it again
+                except RequestTimeout:
+                    log.info("timeout: %s order_id=%s request_id=%d had no answer within "
+                             "%g s", op, order_id, rid, timeout_s or self.timeout_s)
+                    raise
                 finally:
                     conn.correlator.forget(rid)
             if conn.goaway is None:
@@ -241,9 +294,12 @@ class Client:
     async def _resolve(self, op: str, args: dict[str, Any]) -> TransactionResult:
         """After a timeout, ask what happened instead of sending a money-moving op again."""
         order_id = args["order_id"]
+        log.info("unknown outcome: %s order_id=%s timed out; asking status", op, order_id)
         try:
             tx = await self._status_after_timeout(order_id)
         except RequestError as exc:
+            log.info("unknown outcome: %s order_id=%s: status answered %s", op, order_id,
+                     exc.code.name)
             if exc.code is ErrorCode.OUTCOME_UNKNOWN:
                 raise OutcomeUnknown(f"{op} of {order_id!r} timed out and the bank's answer is "
                                      "not known yet; ask status again later",
@@ -253,7 +309,10 @@ class Client:
                                      "record of it yet; sending the same request again is "
                                      "safe", order_id=order_id) from None
             raise
-        if _effect_visible(op, args, tx):
+        visible = _effect_visible(op, args, tx)
+        log.info("unknown outcome resolved: %s order_id=%s is %s; the %s %s", op, order_id,
+                 tx.transaction_status, op, "took effect" if visible else "shows no effect")
+        if visible:
             return tx
         raise OutcomeUnknown(f"{op} of {order_id!r} timed out; the transaction is "
                              f"{tx.transaction_status}", order_id=order_id)
@@ -288,7 +347,8 @@ class Client:
             sub = Client(self.addresses, merchant_id=self.merchant_id,
                          server_key=self.key.decode(), ssl_context=self.ssl_context,
                          server_hostname=self.server_hostname, hello=hello,
-                         connect_timeout_s=self.connect_timeout_s, reconnect=False)
+                         connect_timeout_s=self.connect_timeout_s, reconnect=False,
+                         plaintext=self.plaintext, trace=self.trace)
             try:
                 await sub.connect()
                 attempt = 0
@@ -373,6 +433,23 @@ class Client:
         return await self._tx("expire", {"order_id": order_id}, timeout_s)
 
 
+def _addr(address: Address | None) -> str:
+    return "?" if address is None else f"{address[0]}:{address[1]}"
+
+
+def _short(exc: BaseException) -> str:
+    """An exception as a log reason: its type and first line (messages carry no secrets:
+    codes, addresses, order ids)."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _why_unusable(conn: ClientConnection) -> str:
+    if conn.goaway is not None:
+        return "the hub sent GOAWAY"
+    return conn.lost_reason or "closed"
+
+
 def _effect_visible(op: str, args: dict[str, Any], tx: TransactionResult) -> bool:
     """Does the transaction show that ``op`` took effect?"""
     if op == "charge":
@@ -392,7 +469,7 @@ def connect(host: str | list[Address], port: int | None = None, *, merchant_id: 
     """Build a client; use as ``async with connect(...) as client:`` or ``await
     connect(...).connect()``. Give ``ssl_context``, or ``certs_dir`` holding
     ``ca.crt`` and ``merchant-<merchant_id>.crt/.key``."""
-    if ssl_context is None:
+    if ssl_context is None and not options.get("plaintext"):
         if certs_dir is None:
             raise ValueError("give ssl_context or certs_dir")
         ssl_context = client_ssl_context(certs_dir, merchant_id)

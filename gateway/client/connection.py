@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from gateway.net.framed import FramedProtocol, FrameHandler
+from gateway.net.plaintext import peer_is_loopback
 from gateway.net.signed import Correlator
 from gateway.tls import PeerRefused, Use, check_peer
 from protocol import connection as pconn
@@ -22,12 +23,15 @@ class ClientConnection(FrameHandler):
     ``lambda: ClientConnection(...).net`` to ``create_connection``). The handshake, limits,
     heartbeat and request-id correlation live in ``self.net.conn``."""
 
-    def __init__(self, merchant_id: str, hello: dict[str, Any]) -> None:
+    def __init__(self, merchant_id: str, hello: dict[str, Any], *, plaintext: bool = False,
+                 trace_frames: bool | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.merchant_id = merchant_id
         self.hello = hello
+        # Plaintext lab mode (gateway/net/plaintext.py): no TLS, so no hub certificate.
+        self.plaintext = plaintext
         self.conn = pconn.ClientConnection(role=ROLE_MERCHANT, identity=merchant_id)
-        self.net = FramedProtocol(self, self.conn)
+        self.net = FramedProtocol(self, self.conn, trace_frames)
         self.correlator = Correlator(self.loop, self.conn.forget_request)
         self.welcome: asyncio.Future[dict[str, Any]] = self.loop.create_future()
         self.goaway: dict[str, Any] | None = None
@@ -43,9 +47,15 @@ class ClientConnection(FrameHandler):
         # prove it is a hub before it gets even the HELLO: any certificate of the CA passes
         # the TLS handshake. Refused: close without sending a frame, and fail for good.
         assert self.transport is not None
-        peer = check_peer(self.transport, "hub", Use.SERVER)
-        if isinstance(peer, PeerRefused):
-            err = error_from_code(ErrorCode.FORBIDDEN, f"the server is not a hub: {peer.reason}",
+        if self.plaintext:
+            # Nothing proves what the server is: at least it must be this machine (the
+            # client refused a non-loopback target already; this is the socket's own view).
+            reason = None if peer_is_loopback(self.peer) else f"peer {self.peer} is not loopback"
+        else:
+            peer = check_peer(self.transport, "hub", Use.SERVER)
+            reason = peer.reason if isinstance(peer, PeerRefused) else None
+        if reason is not None:
+            err = error_from_code(ErrorCode.FORBIDDEN, f"the server is not a hub: {reason}",
                                   remote=True)
             self.lost_reason = f"{err.code.name}: {err.message}"
             self.welcome.set_exception(err)

@@ -18,6 +18,7 @@ from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
 from gateway.hub.session import MerchantSession
 from gateway.ledger.sqlite import SqliteLedger
+from gateway.net import plaintext
 from gateway.net.signed import verified_request
 from gateway.transactions.model import now_ms
 from gateway.webhooks.dispatcher import WebhookDispatcher
@@ -73,6 +74,8 @@ class Hub:
         self.connections_by_merchant: dict[str, int] = {}
         self.port = cfg.listen_port
         self._server: asyncio.Server | None = None
+        self._plaintext_server: asyncio.Server | None = None
+        self.plaintext_port: int | None = None
         self._drained = asyncio.Event()
         self.stopping = False
 
@@ -96,8 +99,20 @@ class Hub:
             ssl_handshake_timeout=self.cfg.tls_handshake_timeout_s, reuse_address=True,
             backlog=1024)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.cfg.plaintext_listen:
+            await self._start_plaintext(self.cfg.plaintext_listen)
         self.schedulers.start()
         log.info("hub %s listening on %s:%d", self.cfg.node_id, self.cfg.listen_host, self.port)
+
+    async def _start_plaintext(self, listen: str) -> None:
+        """The lab's extra listener without TLS (gateway/net/plaintext.py), loopback only:
+        the config refused any other address already; checked again here, where it binds."""
+        host, port = plaintext.parse_listen(listen)
+        self._plaintext_server = await asyncio.get_running_loop().create_server(
+            lambda: MerchantSession(self, plaintext=True).net, host, port,
+            reuse_address=True, backlog=128)
+        self.plaintext_port = self._plaintext_server.sockets[0].getsockname()[1]
+        log.warning(plaintext.WARNING.format(where=f"{host}:{self.plaintext_port}"))
 
     async def _recover(self) -> None:
         """Before serving: settle every bank call that has no recorded answer, and re-arm
@@ -176,6 +191,8 @@ class Hub:
         self.schedulers.stopping = True
         if self._server is not None:
             self._server.close()
+        if self._plaintext_server is not None:
+            self._plaintext_server.close()
         for session in list(self.sessions):
             session.send_goaway()
         if any(s.in_flight for s in self.sessions):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from gateway import tls
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, FrameHandler
+from gateway.net.plaintext import PlaintextServerConnection, peer_is_loopback
 from gateway.transactions.model import now_ms
 from protocol import body as bodycodec
 from protocol.connection import HelloReceived, ServerConnection
@@ -35,11 +36,13 @@ class MerchantSession(FrameHandler):
     to ``create_server``. The HELLO rule, limits, heartbeat, duplicate request ids and the
     GOAWAY cut live in the connection (``self.net.conn``)."""
 
-    def __init__(self, hub: SessionHost) -> None:
+    def __init__(self, hub: SessionHost, plaintext: bool = False) -> None:
         self.loop = asyncio.get_running_loop()
         self.hub = hub
         self.cfg = hub.cfg
-        self.conn = ServerConnection(
+        # Plaintext lab mode (gateway/net/plaintext.py): no certificate, the HELLO's claim.
+        self.plaintext = plaintext
+        self.conn = (PlaintextServerConnection if plaintext else ServerConnection)(
             role=ROLE_MERCHANT, body_bytes_max=hub.cfg.body_bytes_max,
             in_flight_max=hub.cfg.in_flight_max,
             heartbeat_interval_s=hub.cfg.heartbeat_interval_s,
@@ -64,6 +67,12 @@ class MerchantSession(FrameHandler):
 
     def on_connected(self) -> None:
         assert self.transport is not None
+        if self.plaintext:
+            if not peer_is_loopback(self.peer):
+                self.fail(ErrorCode.FORBIDDEN, "plaintext connections only from loopback")
+                return
+            self.hub.sessions.add(self)
+            return
         # Before anything is read or sent: the peer must hold a merchant certificate (one OU,
         # one CN, clientAuth only) naming a merchant this hub knows.
         peer = tls.check_peer(self.transport, "merchant", tls.Use.CLIENT)
@@ -91,6 +100,11 @@ class MerchantSession(FrameHandler):
         if merchant is None:
             self.fail(ErrorCode.UNAUTHENTICATED, f"unknown merchant {hello['identity']!r}",
                       "identity")
+            return
+        if self.plaintext and hello.get("subscribe_events"):
+            # Events are not requests: no signature would stand for the HELLO's claim.
+            self.fail(ErrorCode.FORBIDDEN, "pushed events need TLS (a plaintext HELLO proves "
+                      "no identity)", "subscribe_events")
             return
         since = hello.get("events_since")
         latest_seq = self.hub.event_seq.get(merchant.id, 0)

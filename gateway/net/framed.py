@@ -29,6 +29,7 @@ import logging
 import typing
 from typing import Any
 
+from gateway.net import trace
 from protocol.connection import (
     ClientConnection,
     Connection,
@@ -153,9 +154,13 @@ class FrameHandler:
 class FramedProtocol(asyncio.Protocol):
     """The asyncio adapter: ``handler`` gets the events of ``conn``; bytes go to the
     transport. Create it from the handler (``self.net = FramedProtocol(self, conn)``) and
-    give ``lambda: Handler(...).net`` to ``create_server`` / ``create_connection``."""
+    give ``lambda: Handler(...).net`` to ``create_server`` / ``create_connection``.
 
-    def __init__(self, handler: FrameHandler, conn: Connection) -> None:
+    ``trace_frames``: log every frame of this connection (``gateway/net/trace.py``);
+    ``None`` follows the process-wide setting (``PAYWIRE_TRACE``, ``--trace``)."""
+
+    def __init__(self, handler: FrameHandler, conn: Connection,
+                 trace_frames: bool | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.handler = handler
         self.conn = conn
@@ -167,12 +172,17 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: Any = None
         self.unexpected_errors = 0  # frames whose handling raised (see _guard)
         self._timer: asyncio.TimerHandle | None = None
+        self._trace_wanted = trace.enabled() if trace_frames is None else trace_frames
+        # Set in connection_made when tracing is on; the hot paths test only this.
+        self.tracer: trace.FrameTracer | None = None
 
     # --- transport callbacks -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's SSL transport is not an asyncio.Transport subclass, but has its interface.
         self.transport = typing.cast(asyncio.Transport, transport)
         self.peer = transport.get_extra_info("peername")
+        if self._trace_wanted:
+            self.tracer = trace.FrameTracer(self.peer)
         self.transport.set_write_buffer_limits(WRITE_BUFFER_HIGH_BYTES, WRITE_BUFFER_LOW_BYTES)
         self.conn.start(self.loop.time())
         self.handler.on_connected()
@@ -180,6 +190,8 @@ class FramedProtocol(asyncio.Protocol):
         self._arm_timer()  # the server's handshake deadline
 
     def data_received(self, data: bytes) -> None:
+        if self.tracer is not None:
+            self.tracer.received(data)
         conn = self.conn
         try:
             conn.receive_data(data, self.loop.time())
@@ -404,6 +416,8 @@ class FramedProtocol(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
+        if self.tracer is not None:
+            self.tracer.sent(data)
         transport.write(data)
 
     def flush_now(self) -> None:
