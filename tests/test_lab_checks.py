@@ -16,8 +16,21 @@ from tests.labsupport import paywire_bin
 LABS = list(range(1, checks.LAB_COUNT + 1))
 
 
+def skip_without_tools(number: int, for_handout: bool = False) -> None:
+    """A lab whose module says what this machine lacks for it (``missing_tools``: lab 3
+    needs tshark, and capturing for its handout) is skipped with that reason."""
+    try:
+        missing = getattr(checks.lab_module(number), "missing_tools", None)
+    except ImportError:
+        return  # not written yet on this branch: the test itself reports it
+    reason = missing(for_handout) if missing is not None else None
+    if reason:
+        pytest.skip(f"lab {number}: {reason}")
+
+
 @pytest.mark.parametrize("number", LABS)
 def test_reference_solution_passes(number: int, lab_sandbox: Sandbox) -> None:
+    skip_without_tools(number)
     results = checks.run_lab(number, checks.solution_dir(number), lab_sandbox.directory)
     failed = [r for r in results if not r.passed]
     assert results and not failed, checks.render(number, results)

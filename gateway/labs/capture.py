@@ -42,6 +42,28 @@ PERMISSION_HINT = ("capturing needs root or the capture capability: run as root 
                    "cap_net_raw,cap_net_admin=eip $(command -v dumpcap)`")
 
 
+PROBE_S_MAX = 30.0
+
+
+def capture_problem(interface: str = "lo") -> str | None:
+    """Why nothing can be captured on ``interface`` here (dumpcap missing, or no permission to
+    open the interface), or ``None`` when capturing works. ``dumpcap -L`` opens the interface
+    exactly as a capture would, and captures nothing."""
+    dumpcap = shutil.which("dumpcap")
+    if dumpcap is None:
+        return f"dumpcap is not installed; {INSTALL_HINT}"
+    try:
+        probe = subprocess.run([dumpcap, "-i", interface, "-L"], capture_output=True,
+                               timeout=PROBE_S_MAX, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"dumpcap cannot run: {exc}"
+    if probe.returncode != 0:
+        said = probe.stderr.decode("utf-8", "replace").strip().splitlines()
+        return f"dumpcap cannot open {interface}: {said[0] if said else probe.returncode}; " \
+            + PERMISSION_HINT
+    return None
+
+
 def parse_port(value: str) -> int:
     """``7406``, ``127.0.0.1:7406`` or ``[::1]:7406`` (so ``$PAYWIRE_PLAINTEXT_HUB`` works)."""
     port = value.rpartition(":")[2]

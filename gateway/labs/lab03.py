@@ -39,7 +39,6 @@ from gateway.labs.pcap import Connection, read_capture
 TITLE = "See your own traffic: frames in clear, then TLS, then decrypted with the key log"
 FILES = ("answers.toml",)
 NEEDS_SANDBOX = False
-TOOLS = ("tshark",)  # the tests skip this lab's checks, saying why, where it is missing
 
 PLAINTEXT, TLS, KEYLOG = "plaintext.pcapng", "tls.pcapng", "sslkeys.log"
 HANDOUT = "docs/labs/03-capture.md"
@@ -49,6 +48,19 @@ KEYLOG_BYTES_MAX = 1024 * 1024
 TLS_HANDSHAKE, TLS_APPLICATION_DATA = 22, 23
 INSTALL = ("install it: Debian/Ubuntu `sudo apt-get install tshark`, Fedora `sudo dnf install "
            "wireshark-cli`, macOS `brew install wireshark` (the lab reads captures with it)")
+
+
+def missing_tools(for_handout: bool = False) -> str | None:
+    """Why this lab cannot run on this machine, or ``None``. The tests skip with this reason
+    (CI installs tshark and runs as root, so there they run): the checks need tshark; the
+    handout's commands also capture, which needs dumpcap and the right to capture."""
+    if shutil.which("tshark") is None:
+        return f"tshark is not installed; {INSTALL}"
+    if for_handout:
+        from gateway.labs.capture import capture_problem
+
+        return capture_problem()
+    return None
 
 
 def check(ctx: LabContext) -> Iterator[Result]:
@@ -242,14 +254,14 @@ def _check_plaintext(work: Path, answers: dict[str, Any]) -> Iterator[Result]:
     yield _answer(prefix + "the request id of your charge REQUEST", _int, "charge_request_id",
                   answers, request.request_id,
                   f"Read the header's request_id (bytes 8-15) of the REQUEST in {dump}; "
-                  "spec §2.1 (docs/protocol.md#2-framing)")
+                  "docs/protocol.md §2 (Frames)")
     yield _answer(prefix + "the body length of your charge REQUEST", _int,
                   "charge_body_length", answers, request.body_length,
                   f"Read body_length (header bytes 0-3) of the REQUEST in {dump}")
     yield _answer(prefix + "where your REQUEST starts in the client's stream", _int,
                   "charge_request_offset", answers, request.offset,
                   f"The `frame 2 at 0x...` line of {dump} gives it in hex; write it as a "
-                  "decimal number (0x5d = 93). Which frame comes before it, and how long is it?")
+                  "decimal number (0x20 = 32). Which frame comes before it, and how long is it?")
     if welcome is None:
         yield Result(prefix + "the WELCOME frame", False,
                      f"{PLAINTEXT} has no WELCOME from the hub in that connection: was the "
@@ -258,7 +270,7 @@ def _check_plaintext(work: Path, answers: dict[str, Any]) -> Iterator[Result]:
         yield _answer(prefix + "the frame type of WELCOME", _int, "welcome_frame_type",
                       answers, welcome.type,
                       "Read byte 5 of the WELCOME's header in the dissector's tree (`tshark "
-                      "... -V`, field `Frame type`) or in the spec's table (§2.2)")
+                      "... -V`, field `Frame type`) or in the table of docs/protocol.md §2")
         yield _answer(prefix + "the body length of WELCOME", _int, "welcome_body_length",
                       answers, welcome.body_length,
                       "Read `Body length` in the dissector's tree for the WELCOME (step 3)")
