@@ -230,6 +230,9 @@ def _check_plaintext(work: Path, answers: dict[str, Any]) -> Iterator[Result]:
                      "charge REQUEST: capture while `paywire charge ... --plaintext` runs")
         return
     yield Result(name, True, f"charges: {', '.join(sorted(charges))}")
+    if cap.notes:  # shown only when something is wrong, so a good capture has no extra line
+        yield Result(f"{PLAINTEXT} is whole", False,
+                     f"{'; '.join(cap.notes)}: capture again ({HANDOUT}, step 2)")
 
     prefix = "plaintext: "
     try:
@@ -356,6 +359,9 @@ def _check_tls(work: Path, answers: dict[str, Any], tshark: str) -> Iterator[Res
         yield Result(name, False, f"{path}: {what}. See {HANDOUT}, step 5")
         return
     yield Result(name, True)
+    if cap.notes:
+        yield Result(f"{TLS} is whole", False,
+                     f"{'; '.join(cap.notes)}: capture again ({HANDOUT}, step 5)")
     prefix = "tls: "
     try:
         order_id = _text(answers, "order_id")
