@@ -11,21 +11,9 @@ import pytest
 
 from gateway.labs import checks
 from gateway.labs.checks import Sandbox
-from tests.labsupport import paywire_bin
+from tests.labsupport import paywire_bin, skip_without_tools
 
 LABS = list(range(1, checks.LAB_COUNT + 1))
-
-
-def skip_without_tools(number: int, for_handout: bool = False) -> None:
-    """A lab whose module says what this machine lacks for it (``missing_tools``: lab 3
-    needs tshark, and capturing for its handout) is skipped with that reason."""
-    try:
-        missing = getattr(checks.lab_module(number), "missing_tools", None)
-    except ImportError:
-        return  # not written yet on this branch: the test itself reports it
-    reason = missing(for_handout) if missing is not None else None
-    if reason:
-        pytest.skip(f"lab {number}: {reason}")
 
 
 @pytest.mark.parametrize("number", LABS)

@@ -21,7 +21,7 @@ import pytest
 
 from gateway.labs import checks, handouts
 from gateway.labs.checks import Sandbox
-from tests.test_lab_checks import skip_without_tools
+from tests.labsupport import skip_without_tools
 
 EN = handouts.handout_paths("en")
 ID = handouts.handout_paths("id")
