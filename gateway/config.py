@@ -150,7 +150,7 @@ class HubConfig:
     fraud: FraudConfig = field(default_factory=FraudConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
     # Plaintext lab mode (labs 1 and 3): an extra merchant listener WITHOUT TLS, "HOST:PORT"
-    # on loopback only (e.g. "127.0.0.1:7401"); None (default) opens none. Anything but a
+    # on loopback only (e.g. "127.0.0.1:7410"); None (default) opens none. Anything but a
     # loopback IP literal is refused at load (PLAINTEXT_NOT_LOOPBACK).
     plaintext_listen: str | None = None
 

@@ -57,6 +57,9 @@ DUMP_DEPTH_MAX = 16
 BIN_SHOWN_BYTES_MAX = 16
 BIN_PREFIX_BYTES = 8
 SIGNATURE_SHOWN_BYTES = 4
+# Column widths of body lines in ``render`` (longer names and kinds push the rest right).
+NAME_COLUMN = 20
+KIND_COLUMN = 18
 # Strings longer than this are cut in the text rendering (the structured value is whole).
 STRING_SHOWN_CHARS_MAX = 200
 
@@ -559,10 +562,11 @@ def render(frames: list[FrameDump]) -> str:
         frame 1 at 0x0000: REQUEST request_id=1 flags=0x0000 body_length=248
           0x0000  body_length   00 00 00 f8                248  (248 bytes of body)
           ...
-          0x0011    op  fixstr  "charge"
+          0x0011    op                 fixstr             "charge"
 
-    Header lines: offset, field name, the bytes, the value and a note; body lines: offset,
-    indentation by depth, name, msgpack format, value (masked) and a note. Problems follow
+    Header lines: offset, field name, the bytes, the value and a note in parentheses; body
+    lines: offset, the name indented two spaces per depth, msgpack format, value (masked;
+    strings JSON-quoted, ``bin`` as hex) and a note in parentheses. Problems follow
     the frame as ``  ! CODE: message``."""
     lines: list[str] = []
     for n, frame in enumerate(frames, 1):
@@ -583,10 +587,10 @@ def render(frames: list[FrameDump]) -> str:
                 lines.append(f"  {item.offset:#06x}  {item.name:<12}  {item.raw:<24}  "
                              f"{item.value}{note}")
             else:
-                indent = "  " * item.depth
-                value = _shown(item.value)
-                lines.append(f"  {item.offset:#06x}  {indent}{item.name}  {item.kind}"
-                             f"{'  ' + value if value else ''}{note}")
+                name = "  " * item.depth + item.name
+                tail = "  ".join(p for p in (_shown(item.value), note.strip()) if p)
+                line = f"  {item.offset:#06x}  {name:<{NAME_COLUMN}} {item.kind:<{KIND_COLUMN}} "
+                lines.append((line + tail).rstrip())
         for problem in frame.problems:
             lines.append(f"  ! {problem}")
     return "\n".join(lines) + ("\n" if lines else "")

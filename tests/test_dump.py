@@ -128,7 +128,8 @@ def test_the_worked_request_field_by_field() -> None:
     assert by_name["timestamp_ms"].note == "2025-12-01T00:00:00.000Z"
     assert by_name["number"].note == "card number masked"
     text = dump.render([frame])
-    assert '0x00d1        number  fixstr  "481111******1114"' in text
+    assert '  0x00d1        number         fixstr             "481111******1114"  (card number ' \
+        'masked)\n' in text
     assert '"123"' not in text and "811fdf09680a" not in text
 
 
@@ -221,6 +222,14 @@ def test_cli_hex_argument_file_and_stdin(tmp_path: Path,
                              capture_output=True, cwd=ROOT, timeout=60, check=False)
         assert run.returncode == 0, run.stderr
         assert b"REQUEST request_id=1" in run.stdout and CARD.encode() not in run.stdout
+
+
+def test_the_dump_shown_in_docs_is_what_the_command_prints(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "docs" / "see-the-bytes.md").read_text()
+    shown = text.split("(`paywire dump` of its hexdump):\n\n```\n")[1].split("```")[0]
+    assert cli.main(["dump", EXAMPLES["example-error"].hex()]) == 0
+    assert capsys.readouterr().out == shown
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway.client import Card
+from gateway import pki, secret_keys
+from gateway.client import Card, connect
+from gateway.config import BankNodeConfig, BankRoute, HubConfig, MerchantConfig, dump_toml
 from gateway.net import trace
-from gateway.processes import child_env, module_command
+from gateway.processes import NodeProcess, child_env, module_command
 from tests.deploy import KEYS, RICH, deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -136,3 +138,81 @@ def test_a_trace_line_for_a_frame_that_does_not_decode() -> None:
     assert "MALFORMED_BODY" in line
     ping = tracer.line("send", 6, 0, 0, b"")
     assert ping == "send peer=127.0.0.1:9 PING rid=0 len=0 flags=0x0000 body=(empty)"
+
+
+def test_a_hostile_length_ends_the_trace_of_that_direction(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="paywire.trace")
+    tracer = trace.FrameTracer(("127.0.0.1", 9))
+    tracer.received(b"\xff\xff\xff\xff\x01\x03\x00\x00" + bytes(8) + b"junk")
+    tracer.received(bytes(64))  # nothing after it can be framed: not traced
+    tracer.sent(b"\x00\x00\x00\x01\x01\x06\x00\x00" + bytes(8))  # split mid-body...
+    tracer.sent(b"\x80")  # ...and completed: the other direction is unaffected
+    lines = [r.getMessage() for r in caplog.records if r.name == "paywire.trace"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("recv peer=127.0.0.1:9 frame_type=3 rid=0 problem=")
+    assert lines[1] == "send peer=127.0.0.1:9 PING rid=0 len=1 flags=0x0000 body={}"
+
+
+class FlaggedNode(NodeProcess):
+    """A node started with extra command-line flags (``--trace-file``)."""
+
+    def __init__(self, kind: str, config: HubConfig | BankNodeConfig, workdir: Path,
+                 name: str, flags: list[str]) -> None:
+        super().__init__(kind, config, workdir, name)
+        self.flags = flags
+
+    def start(self) -> FlaggedNode:
+        self.config_path.write_text(dump_toml(self.config))
+        self.config_path.chmod(0o600)
+        self.ready_path.unlink(missing_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*module_command("gateway.cli"), self.kind, "--config", str(self.config_path),
+                 "--ready-file", str(self.ready_path), *self.flags],
+                stdout=log, stderr=subprocess.STDOUT, env={**child_env(),
+                                                          "PYTHONUNBUFFERED": "1"})
+        return self
+
+
+def test_the_trace_flags_of_hub_and_bank(tmp_path: Path) -> None:
+    certs, secrets = tmp_path / "certs", tmp_path / "secrets.toml"
+    pki.init(certs, merchants=["M1"], banks=["solo-1"])
+    secret_keys.init(secrets)
+    card = RICH[8]
+    bank_file, hub_file = tmp_path / "bank.trace", tmp_path / "hub.trace"
+    bank = FlaggedNode("bank", BankNodeConfig(
+        node_id="solo-1", bank="solo", listen_port=0, certs_dir=certs,
+        store_path=tmp_path / "solo.db", secrets_file=secrets, accounts={card: 10**9}),
+        tmp_path, "solo-1", ["--trace-file", str(bank_file)])
+    hub = FlaggedNode("hub", HubConfig(
+        listen_port=0, certs_dir=certs, ledger_path=tmp_path / "ledger.db",
+        secrets_file=secrets, merchants=[MerchantConfig("M1", KEYS["M1"])],
+        banks=[BankRoute("solo", ["solo-1@127.0.0.1:0"], bins=["4811"])]),
+        tmp_path, "hub", ["--trace", "--trace-file", str(hub_file)])
+    try:
+        bank_port = bank.start().wait_ready()
+        assert isinstance(hub.config, HubConfig)
+        hub.config.banks[0].nodes = [f"solo-1@127.0.0.1:{bank_port}"]
+        hub_port = hub.start().wait_ready()
+
+        async def charge() -> str:
+            async with connect("127.0.0.1", hub_port, merchant_id="M1",
+                               server_key=KEYS["M1"], certs_dir=certs) as client:
+                tx = await client.charge("flag-1", 4_000, card=Card(card, 12, 2030, "4455"))
+                return tx.transaction_status
+
+        assert asyncio.run(charge()) == "capture"
+    finally:
+        hub.terminate()
+        bank.terminate()
+    hub_lines, bank_lines = hub_file.read_text(), bank_file.read_text()
+    hub_frames, bank_frames = frames(hub_lines.splitlines()), frames(bank_lines.splitlines())
+    assert any(m["dir"] == "recv" and m["type"] == "REQUEST" and '"flag-1"' in m["body"]
+               for m in hub_frames)
+    assert any(m["dir"] == "send" and m["type"] == "REQUEST" and '"op": "bank.' in m["body"]
+               for m in hub_frames)
+    assert any(m["dir"] == "recv" and m["type"] == "REQUEST" and '"op": "bank.' in m["body"]
+               for m in bank_frames)
+    for text in (hub_lines, bank_lines):
+        assert card not in text and '"4455"' not in text and KEYS["M1"] not in text

@@ -13,6 +13,7 @@ class (``NotFound``, ``DuplicateOrder``, ``InvalidTransition``, ``CardError``,
 ``RateLimitError``...) and of ``RequestError``; ``.code`` is the exact ``ErrorCode``.
 """
 
+from gateway.net.plaintext import PlaintextRefused
 from protocol.errors import (
     AuthenticationError,
     BankUnavailable,
@@ -60,6 +61,7 @@ __all__ = [
     "OutcomeUnknown",
     "PaywireError",
     "PermissionDenied",
+    "PlaintextRefused",
     "ProtocolError",
     "RateLimitError",
     "Refund",

@@ -92,6 +92,7 @@ class Client:
         elif ssl_context is None:
             raise ValueError("give ssl_context (or plaintext=True for a lab on loopback)")
         self.trace = trace
+        self._plaintext_warned = False
         self.merchant_id = merchant_id
         self.key = server_key.encode()
         self.ssl_context = ssl_context
@@ -129,7 +130,9 @@ class Client:
         conn = ClientConnection(self.merchant_id, self.hello, plaintext=self.plaintext,
                                 trace_frames=self.trace)
         if self.plaintext:
-            log.warning(plaintext_mode.WARNING.format(where=f"the connection to {host}:{port}"))
+            if not self._plaintext_warned:  # once per client, not per reconnect attempt
+                self._plaintext_warned = True
+                log.warning(plaintext_mode.WARNING.format(where=f"connections to {host}:{port}"))
             connecting = loop.create_connection(lambda: conn.net, host, port)
         else:
             connecting = loop.create_connection(

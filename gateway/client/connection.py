@@ -92,6 +92,7 @@ class ClientConnection(FrameHandler):
 
     def on_disconnected(self, exc: Exception | None) -> None:
         reason = self.lost_reason or (repr(exc) if exc else "closed by peer")
+        self.lost_reason = reason  # the client's reconnect log says why
         self.correlator.fail_all(ConnectionLost(f"connection lost: {reason}"))
         self.events.put_nowait(None)
         if not self.welcome.done():
