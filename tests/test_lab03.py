@@ -1,4 +1,6 @@
-"""Lab 3's check on captures and answers that are wrong the ways a student's can be: files
+"""Lab 3's check on fresh captures of a real sandbox (made by the reference solution's
+script, so the check is not tuned to the committed files), and on captures and answers
+that are wrong the ways a student's can be: files
 swapped, a file that is no capture or is cut short, a missing or foreign key log, wrong
 answers (which must say where to look, never the value); the pcap reader on classic pcap;
 ``paywire lab capture`` refusing bad input. The reference solution passing and the
@@ -7,20 +9,23 @@ tests/test_lab_handouts.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gateway.labs import checks, lab03
-from gateway.labs.checks import Result
+from gateway.labs.checks import Result, Sandbox
 from gateway.labs.pcap import read_capture
 from tests.labsupport import paywire_bin
 
 SOLUTION = checks.solution_dir(3)
 TSHARK_S_MAX = 120.0
+MAKE_S_MAX = 600.0  # two captured charges and a handful of tshark runs, on a loaded machine
 
 
 @pytest.fixture(autouse=True)
@@ -56,6 +61,26 @@ def answer(target: Path, key: str, value: str) -> None:
 
 def test_reference_copy_passes(tmp_path: Path) -> None:
     got = results(work(tmp_path))
+    assert all(r.passed for r in got.values()), [r for r in got.values() if not r.passed]
+
+
+def test_fresh_captures_of_the_sandbox_pass(lab_sandbox: Sandbox, tmp_path: Path) -> None:
+    """make_captures.py, run now against a real sandbox (the handout's commands, answers
+    read with paywire dump and tshark), makes a directory the check passes: the committed
+    reference captures are not what the check is tuned to."""
+    reason = lab03.missing_tools(for_handout=True)
+    if reason:
+        pytest.skip(reason)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
+                                 f"{os.environ['PATH']}"}
+    made = subprocess.run([sys.executable, "-m", "gateway.labs.solutions.lab03.make_captures",
+                           "--sandbox", str(lab_sandbox.directory), "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=MAKE_S_MAX, env=env)
+    assert made.returncode == 0, made.stdout + made.stderr
+    for name in ("answers.toml", lab03.PLAINTEXT, lab03.TLS, lab03.KEYLOG):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "answers.toml").read_text() != (SOLUTION / "answers.toml").read_text()
+    got = results(tmp_path)
     assert all(r.passed for r in got.values()), [r for r in got.values() if not r.passed]
 
 
