@@ -25,9 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from gateway.labs.pcap import read_capture
+from gateway.labs.pcap import Connection, read_capture
 
 CAPTURE_START_S_MAX = 30.0
 COMMAND_S_MAX = 120.0
@@ -72,20 +73,24 @@ def parse_port(value: str) -> int:
     return int(port)
 
 
-def _wait(condition: object, timeout_s: float) -> bool:
+def _wait(condition: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if callable(condition) and condition():
+        if condition():
             return True
         time.sleep(POLL_S)  # polling dumpcap's output and file, bounded by the deadline
     return False
 
 
-def _all_closed(path: Path) -> bool:
+def _connections(path: Path) -> list[Connection]:
     try:
-        conns = read_capture(path).connections()
-    except OSError:
-        return False
+        return read_capture(path).connections()
+    except OSError:  # not created yet, or removed under us
+        return []
+
+
+def _all_closed(path: Path) -> bool:
+    conns = _connections(path)
     return bool(conns) and all(c.closed for c in conns)
 
 
@@ -136,7 +141,9 @@ def run_capture(port_text: str, out: Path, command: list[str], interface: str = 
             except OSError as exc:
                 print(f"paywire lab capture: cannot run {command[0]!r}: {exc}", file=sys.stderr)
                 return 2
-            if not _wait(lambda: _all_closed(out), CAPTURE_END_S_MAX):
+            # A command that failed without connecting leaves nothing to wait for.
+            nothing = code != 0 and not _connections(out)
+            if not nothing and not _wait(lambda: _all_closed(out), CAPTURE_END_S_MAX):
                 print("paywire lab capture: not every connection was seen to close within "
                       f"{CAPTURE_END_S_MAX:g} s; the capture may lack its end", file=sys.stderr)
         finally:
