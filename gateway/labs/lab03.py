@@ -278,6 +278,7 @@ def _check_plaintext(work: Path, answers: dict[str, Any]) -> Iterator[Result]:
                       answers, welcome.body_length,
                       "Read `Body length` in the dissector's tree for the WELCOME (step 3)")
     status = (response.body or {}).get("transaction_status") if response else None
+    status = status if isinstance(status, str) else None
     if status is None:
         yield Result(prefix + "the transaction status in the RESPONSE", False,
                      f"{PLAINTEXT} has no RESPONSE to your REQUEST with a transaction_status: "
@@ -287,7 +288,8 @@ def _check_plaintext(work: Path, answers: dict[str, Any]) -> Iterator[Result]:
                       "transaction_status", answers, status,
                       "Read `transaction_status` in the RESPONSE (the dissector's line for it "
                       "shows it)")
-    number = ((request.args or {}).get("card") or {}).get("number")
+    card = (request.args or {}).get("card")
+    number = card.get("number") if isinstance(card, dict) else None
     in_file = isinstance(number, str) and number.encode() in path.read_bytes()
     yield _answer(prefix + "is the card number in the capture file, in clear?", _bool,
                   "card_number_in_capture", answers, in_file,
