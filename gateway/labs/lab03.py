@@ -24,6 +24,7 @@ value itself: the point is to find it in one's own capture.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -136,8 +137,15 @@ def _answer(name: str, read: Callable[[dict[str, Any], str], Any], key: str,
     except _Blank as blank:
         return Result(name, False, f"{blank}. {where}")
     ok = same(given, actual) if same is not None else given == actual
-    return Result(name, bool(ok), "" if ok else f"{key} = {given!r} is not what your "
+    return Result(name, bool(ok), "" if ok else f"{key} = {_toml(given)} is not what your "
                   f"capture shows. {where}")
+
+
+def _toml(value: Any) -> str:
+    """A value as the student wrote it in answers.toml."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else str(value)
 
 
 # -- the plaintext capture ------------------------------------------------------------------
