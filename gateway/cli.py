@@ -12,7 +12,8 @@
     paywire dump [HEX ...] [--file RAW] [--body] [--json]
     paywire demo
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
-    paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S]
+    paywire lab capture --port PORT -w FILE -- COMMAND ...
+    paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S] [--no-plaintext]
     paywire --version
 
 An error is one line (what is wrong: what to do) and an exit code of its kind: 2 usage,
@@ -110,7 +111,10 @@ async def _serve(node: Any, ready_file: str | None, parent_fd: int | None = None
     # full collection, which otherwise stalls the loop for tens of milliseconds.
     gc.freeze()
     health = getattr(node, "health_server", None)  # a hub's /readyz listener, if any
-    write_ready(ready_file, node.port, {"health_port": health.port} if health else None)
+    plaintext_port = getattr(node, "plaintext_port", None)  # a hub's lab listener, if any
+    extra = {**({"health_port": health.port} if health else {}),
+             **({"plaintext_port": plaintext_port} if plaintext_port is not None else {})}
+    write_ready(ready_file, node.port, extra or None)
     died = node.storage_died
     waiters = [asyncio.ensure_future(stop.wait())] + ([died] if died is not None else [])
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -601,10 +605,17 @@ def cmd_lab(ns: argparse.Namespace) -> int:
     return 0 if results and all(r.passed for r in results) else 1
 
 
+def cmd_lab_capture(ns: argparse.Namespace) -> int:
+    from gateway.labs.capture import run_capture
+
+    command = ns.command[1:] if ns.command[:1] == ["--"] else ns.command
+    return run_capture(ns.port, Path(ns.out), command, ns.interface)
+
+
 def cmd_sandbox(ns: argparse.Namespace) -> int:
     from gateway.sandbox import run_sandbox
 
-    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s)
+    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s, plaintext=ns.plaintext)
 
 
 # ``paywire dump`` reads at most this much (a capture of a busy link is larger than anyone
@@ -881,6 +892,14 @@ def build_parser() -> argparse.ArgumentParser:
             lp.add_argument("--timeout-s", type=float,
                             default=checks_timeout_default(),
                             help="give up on the checks after this many seconds")
+    cap = lsub.add_parser("capture", help="capture the loopback on a port while a command "
+                                          "runs (lab 3); prints the dumpcap command it runs")
+    cap.add_argument("--port", required=True, help="PORT or HOST:PORT to capture")
+    cap.add_argument("-w", "--out", required=True, help="the capture file to write (pcapng)")
+    cap.add_argument("-i", "--interface", default="lo", help="default lo (macOS: lo0)")
+    cap.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    cap.set_defaults(fn=cmd_lab_capture)
+
     dmp = sub.add_parser("dump", help="decode frames field by field, with offsets (secrets "
                                       "masked)")
     dmp.add_argument("hex", nargs="*", help="the bytes as hex (spaces, 0x and hexdump offset "
@@ -911,6 +930,9 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--auto-pay-s", type=float,
                          help="simulated customers pay every virtual account and e-wallet "
                               "request after about this long (default: only bank-admin pay)")
+    sandbox.add_argument("--no-plaintext", dest="plaintext", action="store_false",
+                         help="do not open the hub's plaintext lab listener (no TLS, "
+                              "127.0.0.1, port + 6; lab 3 captures it)")
     sandbox.set_defaults(fn=cmd_sandbox)
     return p
 

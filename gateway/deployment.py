@@ -120,11 +120,15 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *,
                      webhooks: WebhookConfig, hub_port: int = 0,
                      bank_ports: Mapping[str, int] | None = None,
                      auto_pay_after_s: float | None = None, auto_pay_ratio: float = 1.0,
-                     expiry_check_interval_s: float = 0.5) -> Deployment:
+                     expiry_check_interval_s: float = 0.5,
+                     hub_plaintext_port: int | None = None) -> Deployment:
     """Start every bank node, then the hub, each as a child process, and wait until each
     listens. ``hub_port`` and ``bank_ports`` (by node name) 0 or absent: ephemeral ports.
     ``auto_pay_after_s``: simulated customers pay ``auto_pay_ratio`` of the virtual accounts
     and e-wallet requests after about that long (None: only ``paywire bank-admin pay``).
+    ``hub_plaintext_port`` (0: ephemeral): the hub also opens its plaintext lab listener on
+    127.0.0.1 (``gateway/net/plaintext.py``); the bound port is in
+    ``hub.ready_info["plaintext_port"]``.
     If any node fails to start, the ones already started are stopped before raising."""
     certs, secrets_file = ensure_keys(workdir, banks, [m.id for m in merchants])
     ports = bank_ports or {}
@@ -152,7 +156,9 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *,
                             ledger_path=workdir / "ledger.db", secrets_file=secrets_file,
                             merchants=merchants, banks=routes,
                             expiry_check_interval_s=expiry_check_interval_s, fraud=fraud,
-                            webhooks=webhooks)
+                            webhooks=webhooks,
+                            plaintext_listen=None if hub_plaintext_port is None
+                            else f"127.0.0.1:{hub_plaintext_port}")
         hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
         started.append(hub)
         hub.wait_ready()

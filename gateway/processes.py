@@ -72,6 +72,7 @@ class NodeProcess:
         self.log_path = log_path or workdir / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.ready_info: dict[str, Any] = {}  # the ready file's content, once ready
 
     def start(self) -> NodeProcess:
         with os.fdopen(open_private(self.config_path, os.O_WRONLY | os.O_TRUNC), "w") as f:
@@ -102,6 +103,7 @@ class NodeProcess:
                     time.sleep(0.02)
                     continue
                 self.port = int(info["port"])
+                self.ready_info = info
                 return self.port
             time.sleep(0.02)
         raise RuntimeError(f"{self.name} not ready after {timeout_s} s:\n{self.tail()}")
@@ -135,8 +137,9 @@ class NodeProcess:
 
 
 def write_ready(path: str | None, port: int, extra: dict[str, Any] | None = None) -> None:
-    """``extra``: more facts about the node (a hub's ``health_port``)."""
+    """``extra``: more facts about the node (a hub's ``health_port``, ``plaintext_port``),
+    read back from ``NodeProcess.ready_info``."""
     if path:
         tmp = Path(path + ".tmp")
-        tmp.write_text(json.dumps({"port": port, "pid": os.getpid(), **(extra or {})}))
+        tmp.write_text(json.dumps({**(extra or {}), "port": port, "pid": os.getpid()}))
         tmp.replace(path)

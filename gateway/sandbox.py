@@ -48,6 +48,9 @@ SANDBOX_PORT_DEFAULT = 7400  # the README's hub port
 # With a fixed hub port P the bank nodes listen on P+1.. in plan order and the receiver on
 # the next port, so the printed addresses stay the same from one start to the next.
 PORTS_AFTER_HUB = 5
+# The hub's plaintext lab listener (no TLS, 127.0.0.1 only; gateway/net/plaintext.py), after
+# the receiver: lab 3 captures frames in clear on it before it captures the TLS port.
+PLAINTEXT_PORT_OFFSET = PORTS_AFTER_HUB + 1
 ENV_FILE = "sandbox.env"
 JSON_FILE = "sandbox.json"
 MERCHANTS_FILE = "merchants.toml"
@@ -320,10 +323,12 @@ asyncio.run(main())
 
 
 class Sandbox:
-    def __init__(self, directory: Path, port: int, auto_pay_s: float | None) -> None:
+    def __init__(self, directory: Path, port: int, auto_pay_s: float | None,
+                 plaintext: bool = True) -> None:
         self.dir = directory
         self.port = port
         self.auto_pay_s = auto_pay_s
+        self.plaintext = plaintext
         self.banks = sandbox_banks()
         self.keys: dict[str, str] = {}
         self.deployment: Deployment | None = None
@@ -340,7 +345,15 @@ class Sandbox:
             self.dir, self.banks, merchants=merchants, fraud=sandbox_fraud(),
             webhooks=sandbox_webhooks(), hub_port=self.port,
             bank_ports={n: self._port(1 + i) for i, n in enumerate(nodes)},
-            auto_pay_after_s=self.auto_pay_s)
+            auto_pay_after_s=self.auto_pay_s,
+            hub_plaintext_port=self._port(PLAINTEXT_PORT_OFFSET) if self.plaintext else None)
+
+    @property
+    def plaintext_port(self) -> int | None:
+        """The port the hub's plaintext lab listener bound, if it opened one."""
+        assert self.deployment is not None
+        port = self.deployment.hub.ready_info.get("plaintext_port")
+        return int(port) if port is not None else None
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
@@ -455,6 +468,8 @@ class Sandbox:
             # Each bank node's address, for `paywire bank-admin --node "$PAYWIRE_NODE_BCA_1"`.
             **{f"PAYWIRE_NODE_{p.name.upper().replace('-', '_')}": f"127.0.0.1:{p.port}"
                for p in self.deployment.banks},
+            **({"PAYWIRE_PLAINTEXT_HUB": f"127.0.0.1:{self.plaintext_port}"}
+               if self.plaintext_port is not None else {}),
         }
 
     def describe(self) -> dict[str, Any]:
@@ -471,7 +486,8 @@ class Sandbox:
             "version": SANDBOX_FORMAT_VERSION,
             "dir": str(self.dir),
             "pid": os.getpid(),
-            "hub": {**node(dep.hub), "ledger": str(self.dir / "ledger.db")},
+            "hub": {**node(dep.hub), "ledger": str(self.dir / "ledger.db"),
+                    "plaintext_port": self.plaintext_port},
             "banks": [{"name": b.name, "bins": b.bins, "virtual_account": b.va,
                        "providers": b.providers, "books": str(self.dir / f"{b.name}.db"),
                        "nodes": [node(by_name[n]) for n in b.nodes]} for b in self.banks],
@@ -501,6 +517,9 @@ class Sandbox:
         hub = info["hub"]
         _say(f"\nPaywire sandbox in {self.dir} (pid {os.getpid()}): Ctrl-C stops everything\n")
         _say(f"  hub        127.0.0.1:{hub['port']}   log {hub['log']}")
+        if hub["plaintext_port"] is not None:
+            _say(f"  hub        127.0.0.1:{hub['plaintext_port']}   PLAINTEXT, no TLS: for "
+                 "lab 3's capture only (--no-plaintext turns it off)")
         for bank in info["banks"]:
             nodes = ", ".join(f"{n['name']} 127.0.0.1:{n['port']}" for n in bank["nodes"])
             what = (f"e-wallet ({', '.join(bank['providers'])})" if bank["providers"]
@@ -537,7 +556,8 @@ class Sandbox:
         _say("\nsandbox ready; webhook notifications follow")
 
 
-def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None) -> int:
+def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None, *,
+                plaintext: bool = True) -> int:
     """``paywire sandbox``: 0 after a clean stop, 1 if a node failed, 2 if it cannot start."""
     import uvloop
 
@@ -545,9 +565,9 @@ def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None) -> 
     from gateway.secret_keys import SecretsError
     from gateway.storage.groupcommit import make_private_dirs
 
-    if port != 0 and not 1 <= port <= 65535 - PORTS_AFTER_HUB:
+    if port != 0 and not 1 <= port <= 65535 - PLAINTEXT_PORT_OFFSET:
         print("paywire sandbox: --port must be 0 (ephemeral ports) or "
-              f"1..{65535 - PORTS_AFTER_HUB}",
+              f"1..{65535 - PLAINTEXT_PORT_OFFSET}",
               file=sys.stderr)
         return 2
     if auto_pay_s is not None and auto_pay_s <= 0:
@@ -562,12 +582,12 @@ def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None) -> 
                                "stop it (Ctrl-C) or use another --dir")
         for name in (ENV_FILE, JSON_FILE):  # left by a sandbox that was killed
             (directory / name).unlink(missing_ok=True)
-        result: int = uvloop.run(Sandbox(directory, port, auto_pay_s).run())
+        result: int = uvloop.run(Sandbox(directory, port, auto_pay_s, plaintext).run())
         return result
     except (SandboxError, PkiError, SecretsError, OSError, RuntimeError) as exc:
         if "already in use" in str(exc).lower():
             # A bank node's log tail would bury the point under its traceback.
-            print(f"paywire sandbox: a port it needs ({port} to {port + PORTS_AFTER_HUB}) is "
+            print(f"paywire sandbox: a port it needs ({port} to {port + PLAINTEXT_PORT_OFFSET}) is "
                   "in use (another sandbox or program?): stop that, or give --port P for "
                   "another range, or --port 0 for free ports", file=sys.stderr)
             return 2

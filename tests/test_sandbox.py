@@ -84,10 +84,10 @@ def read_env(path: Path) -> dict[str, str]:
     return env
 
 
-def start_sandbox(directory: Path, out: Path) -> Running:
+def start_sandbox(directory: Path, out: Path, *options: str) -> Running:
     with open(out, "ab") as f:
         proc = subprocess.Popen([*module_command("gateway.cli"), "sandbox", "--dir",
-                                 str(directory), "--port", "0"],
+                                 str(directory), "--port", "0", *options],
                                 stdout=f, stderr=subprocess.STDOUT,
                                 env={**child_env(), "PYTHONUNBUFFERED": "1"})
 
@@ -344,6 +344,34 @@ def test_cli_with_the_sandbox_environment(sandbox: Running) -> None:
                             text=True, timeout=START_S)
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["order_id"] == "cli-1"
+
+
+async def test_plaintext_lab_listener(sandbox: Running) -> None:
+    """The hub's plaintext listener (lab 3) is published and serves a signed charge without
+    TLS, on loopback; the TLS listener is another port."""
+    address = sandbox.env["PAYWIRE_PLAINTEXT_HUB"]
+    assert address == sandbox.info["env"]["PAYWIRE_PLAINTEXT_HUB"] == \
+        f"127.0.0.1:{sandbox.info['hub']['plaintext_port']}"
+    assert address != sandbox.env["PAYWIRE_HUB"]
+    assert f"{address}   PLAINTEXT" in sandbox.out.read_text()
+    async with connect("127.0.0.1", int(address.rpartition(":")[2]),
+                       merchant_id=sandbox.env["PAYWIRE_MERCHANT"],
+                       server_key=sandbox.env["PAYWIRE_SERVER_KEY"], plaintext=True) as client:
+        tx = await client.charge("plain-1", 150_000, card=Card("4811111111111114", 12, 2030,
+                                                                "123"))
+    assert tx.transaction_status == "capture"
+    async with client_for(sandbox) as client:  # the same hub and ledger, over TLS
+        assert (await client.status("plain-1")).transaction_status == "capture"
+
+
+def test_no_plaintext_leaves_the_listener_closed(tmp_path: Path) -> None:
+    sb = start_sandbox(tmp_path / "sb", tmp_path / "sandbox.out", "--no-plaintext")
+    try:
+        assert "PAYWIRE_PLAINTEXT_HUB" not in sb.env
+        assert sb.info["hub"]["plaintext_port"] is None
+        assert "PLAINTEXT" not in sb.out.read_text()
+    finally:
+        assert stop_sandbox(sb) == 0
 
 
 async def test_sigint_stops_everything_and_a_restart_reuses_the_directory(
