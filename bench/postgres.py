@@ -195,20 +195,18 @@ class Runner:
             res = await closed_loop(op, workers=workers, requests=10**9,
                                     duration_s=opts.duration_s)
             cpu = meter.per_request_us(res.ok)
+            # Busy backends report their statistics at most once a second: both readings
+            # are taken under load, so each lags by about the same second.
+            if dsn is not None:
+                after = await db_counters(dsn)
         finally:
             for c in clients:
                 await c.close()
             for hub in hubs:
                 b.stop(hub)
             if dsn is not None:
-                try:
-                    # Read after the hubs' sessions ended: backends report their statistics
-                    # when they end or at most once a second (a stop adds a few transactions).
-                    if before:
-                        after = await db_counters(dsn)
-                finally:
-                    await _admin(self.admin_dsn, f'DROP DATABASE IF EXISTS "{db_name}" '
-                                 "WITH (FORCE)")
+                await _admin(self.admin_dsn, f'DROP DATABASE IF EXISTS "{db_name}" '
+                             "WITH (FORCE)")
         # The postmaster's children (backends, WAL writer, checkpointer) as one figure.
         if "postgres writer" in cpu:
             cpu["postgres"] = round(cpu["postgres"] + cpu.pop("postgres writer"), 1)
