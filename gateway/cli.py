@@ -550,6 +550,12 @@ def cmd_bench(ns: argparse.Namespace) -> int:
         return durable.main(ns.against, ns.rounds, ns.duration_s, ns.connections, ns.window,
                             Path(ns.out or "bench/results/durable.json"),
                             "paywire " + " ".join(sys.argv[1:]))
+    if ns.what == "postgres":  # issue 14: SQLite vs PostgreSQL, 1 and 2 hubs, commit rate
+        from bench import postgres
+
+        return postgres.main(ns.rounds, ns.duration_s, ns.connections, ns.window,
+                             ns.commit_s, Path(ns.out or "bench/results/postgres.json"),
+                             "paywire " + " ".join(sys.argv[1:]))
     if ns.what == "smoke":
         opts = Options(duration_s=1.0, connections=2, window=4, warmup_s=0.2,
                        out=Path(ns.out or "bench/results/smoke.json"), fsync_samples=20,
@@ -847,7 +853,7 @@ def build_parser() -> argparse.ArgumentParser:
     chaos.set_defaults(fn=cmd_chaos)
 
     bench = sub.add_parser("bench", help="measure Paywire against its ceiling and alternative")
-    bench.add_argument("what", choices=["all", "smoke", "durable"])
+    bench.add_argument("what", choices=["all", "smoke", "durable", "postgres"])
     bench.add_argument("--against", help="durable: another checkout (with its .venv) to run "
                        "in pairs with this one; --rounds pairs")
     bench.add_argument("--duration-s", type=float, default=10.0)
@@ -867,6 +873,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="skip the run with one charge in flight")
     bench.add_argument("--baseline", help="result JSON of the pre-redesign code's bench, run "
                        "in the same hour: CPU per charge is reported as a ratio against it")
+    bench.add_argument("--commit-s", type=float, default=3.0,
+                       help="postgres: seconds of each commit-rate measurement")
     bench.add_argument("--out", help="JSON result file")
     bench.add_argument("--markdown", help="also write the Markdown table here")
     bench.add_argument("--plot", help="PNG of latency percentiles against offered load")
