@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import tls
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, FrameHandler
@@ -21,7 +21,7 @@ from gateway.net.plaintext import PlaintextServerConnection, peer_is_loopback
 from gateway.transactions.model import now_ms
 from protocol import body as bodycodec
 from protocol.connection import HelloReceived, ServerConnection
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 
@@ -51,6 +51,9 @@ class MerchantSession(FrameHandler):
         self.merchant_id: str | None = None
         self.cert_name: str | None = None
         self.in_flight = 0
+        # request id -> (operation, received µs) until answered (gateway/metrics.py).
+        self.answering: dict[int, tuple[str, int]] = {}
+        self.metrics = hub.pipeline.metrics
         self.in_flight_max = hub.cfg.in_flight_max
         self.goaway_sent = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -67,6 +70,8 @@ class MerchantSession(FrameHandler):
 
     def on_connected(self) -> None:
         assert self.transport is not None
+        self.metrics.connections_opened += 1
+        log.info("connection opened peer=%s", self.peer)
         if self.plaintext:
             if not peer_is_loopback(self.peer):
                 self.fail(ErrorCode.FORBIDDEN, "plaintext connections only from loopback")
@@ -146,6 +151,25 @@ class MerchantSession(FrameHandler):
         # A duplicate id and a request past our GOAWAY never get here (the connection); all
         # the per-request work is the pipeline's.
         self.hub.pipeline.request(self, frame)
+
+    def respond(self, request_id: int, result: dict[str, Any], replayed: bool = False) -> None:
+        self.net.respond(request_id, result, replayed)
+        seen = self.answering.pop(request_id, None)
+        if seen is not None:
+            self.metrics.answered(seen[0], "OK", seen[1])
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None:
+        self.net.respond_error(request_id, exc)
+        seen = self.answering.pop(request_id, None)
+        if seen is not None:
+            self.metrics.answered(seen[0], exc.code.name, seen[1])
+
+    def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        if self.merchant_id is None:  # refused before or at the handshake
+            self.metrics.handshake_refused(code.name)
+            log.info("handshake refused peer=%s code=%s reason=%s", self.peer, code.name,
+                     message)
+        self.net.fail(code, message, field)
 
     def request_started(self, rid: int) -> None:
         """A request is in flight until its ``request_finished`` (answered or abandoned)."""
@@ -267,6 +291,9 @@ class MerchantSession(FrameHandler):
                              refusal="hub is shutting down; retry on another hub")
 
     def on_disconnected(self, exc: Exception | None) -> None:
+        self.metrics.connections_closed += 1
+        log.info("connection closed peer=%s merchant=%s reason=%s", self.peer,
+                 self.merchant_id, type(exc).__name__ if exc is not None else "closed")
         self.hub.sessions.discard(self)
         self.hub.unsubscribe(self)
         if self.merchant_id is not None:
