@@ -39,7 +39,8 @@ class HubMetrics:
 
     def __init__(self, live: Callable[[], dict[str, int]] | None = None) -> None:
         self.live = live
-        # (operation, outcome) -> answered requests; outcome is "OK" or the ErrorCode's name.
+        # (operation, outcome) -> answered requests; outcome is the answer's status_code
+        # ("200", "202" for a decline, ...) or, for an error response, the ErrorCode's name.
         self.requests: dict[tuple[str, str], int] = {}
         # operation -> [count per bucket (+ one for +Inf)], and the sum of latencies in µs.
         self.latency_buckets: dict[str, list[int]] = {}

@@ -109,7 +109,7 @@ class RequestPipeline:
             if now is not None:  # the common case: no task
                 del source.answering[rid]
                 source.send(messages.encode_response(rid, now))
-                self.metrics.answered(op.value, "OK", received_us)
+                self.metrics.answered(op.value, str(now.get("status_code", "OK")), received_us)
                 return
         if nonce_spent is None and \
                 handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):

@@ -156,7 +156,8 @@ class MerchantSession(FrameHandler):
         self.net.respond(request_id, result, replayed)
         seen = self.answering.pop(request_id, None)
         if seen is not None:
-            self.metrics.answered(seen[0], "OK", seen[1])
+            # The outcome code: the answer's status_code (a declined charge is "202").
+            self.metrics.answered(seen[0], str(result.get("status_code", "OK")), seen[1])
 
     def respond_error(self, request_id: int, exc: PaywireError) -> None:
         self.net.respond_error(request_id, exc)
