@@ -51,14 +51,18 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"t": self.formatTime(record), "level": record.levelname,
                  "logger": record.name, "msg": record.getMessage()}
+        fields = getattr(record, "fields", None)  # a structured line's own keys (a request's)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s"))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
 
@@ -688,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paywire", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default=os.environ.get("PAYWIRE_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-format", choices=["json", "text"],
+                   default=os.environ.get("PAYWIRE_LOG_FORMAT", "json"),
+                   help="one JSON object per line (default) or plain text")
     p.add_argument("--version", action="version", version=f"paywire {paywire_version()}")
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of an error (accepted after the command too)")
@@ -922,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     ns = build_parser().parse_args(args)
-    _setup_logging(ns.log_level)
+    _setup_logging(ns.log_level, ns.log_format)
     if getattr(ns, "trace", False) or getattr(ns, "trace_file", None):
         from gateway.net import trace
 

@@ -51,13 +51,13 @@ class HubMetrics:
         self.rate_limited = 0
         self.backpressure = 0  # requests refused at the connection's in-flight bound
 
-    def answered(self, op: str, outcome: str, received_us: int | None) -> None:
-        """One answer sent (hot path: two dict updates and a bisect)."""
+    def answered(self, op: str, outcome: str, received_us: int | None) -> int | None:
+        """One answer sent (hot path: two dict updates and a bisect); its latency in µs."""
         key = (op, outcome)
         requests = self.requests
         requests[key] = requests.get(key, 0) + 1
         if received_us is None:
-            return
+            return None
         elapsed = now_us() - received_us
         buckets = self.latency_buckets.get(op)
         if buckets is None:
@@ -65,6 +65,7 @@ class HubMetrics:
             self.latency_sum_us[op] = 0
         buckets[bisect_left(LATENCY_BUCKETS_US, elapsed)] += 1
         self.latency_sum_us[op] += elapsed
+        return elapsed
 
     def handshake_refused(self, code: str) -> None:
         self.handshakes_refused[code] = self.handshakes_refused.get(code, 0) + 1

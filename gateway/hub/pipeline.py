@@ -46,9 +46,11 @@ class Source(Requester, Protocol):
     in_flight: int
     in_flight_max: int
     # request id -> (operation, received µs) until answered: what /metrics counts it under.
-    answering: dict[int, tuple[str, int]]
+    answering: dict[int, tuple[str, int, str | None]]
 
     def send(self, data: bytes) -> None: ...
+
+    def answered(self, rid: int, seen: tuple[str, int, str | None], outcome: str) -> None: ...
 
 
 class RequestPipeline:
@@ -69,13 +71,13 @@ class RequestPipeline:
         assert merchant_id is not None
         if not self.buckets[merchant_id].take(asyncio.get_running_loop().time()):
             self.metrics.rate_limited += 1
-            source.answering[rid] = (OPERATION_UNKNOWN, received_us)
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, PaywireError("merchant rate limit exceeded",
                                                    code=ErrorCode.RATE_LIMITED))
             return
         if source.in_flight >= source.in_flight_max:
             self.metrics.backpressure += 1
-            source.answering[rid] = (OPERATION_UNKNOWN, received_us)
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, PaywireError(
                 f"more than {source.in_flight_max} requests in flight",
                 code=ErrorCode.TOO_MANY_IN_FLIGHT))
@@ -87,10 +89,10 @@ class RequestPipeline:
             op = parse_operation(req.op)
             args = validate_args(op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
-            source.answering[rid] = (OPERATION_UNKNOWN, received_us)
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, exc)
             return
-        source.answering[rid] = (op.value, received_us)
+        source.answering[rid] = (op.value, received_us, args.get("order_id"))
         handler = self.handler
         if op is Operation.STATUS and "order_id" not in args:
             # By transaction id (docs/protocol.md §5.1.3): cached, it is a status of its
@@ -107,9 +109,9 @@ class RequestPipeline:
         if op is Operation.STATUS and nonce_spent is None:
             now = handler.status_now(key)
             if now is not None:  # the common case: no task
-                del source.answering[rid]
+                seen = source.answering.pop(rid)
                 source.send(messages.encode_response(rid, now))
-                self.metrics.answered(op.value, str(now.get("status_code", "OK")), received_us)
+                source.answered(rid, seen, str(now.get("status_code", "OK")))
                 return
         if nonce_spent is None and \
                 handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):

@@ -52,7 +52,7 @@ class MerchantSession(FrameHandler):
         self.cert_name: str | None = None
         self.in_flight = 0
         # request id -> (operation, received µs) until answered (gateway/metrics.py).
-        self.answering: dict[int, tuple[str, int]] = {}
+        self.answering: dict[int, tuple[str, int, str | None]] = {}
         self.metrics = hub.pipeline.metrics
         self.in_flight_max = hub.cfg.in_flight_max
         self.goaway_sent = False
@@ -157,13 +157,23 @@ class MerchantSession(FrameHandler):
         seen = self.answering.pop(request_id, None)
         if seen is not None:
             # The outcome code: the answer's status_code (a declined charge is "202").
-            self.metrics.answered(seen[0], str(result.get("status_code", "OK")), seen[1])
+            self.answered(request_id, seen, str(result.get("status_code", "OK")))
 
     def respond_error(self, request_id: int, exc: PaywireError) -> None:
         self.net.respond_error(request_id, exc)
         seen = self.answering.pop(request_id, None)
         if seen is not None:
-            self.metrics.answered(seen[0], exc.code.name, seen[1])
+            self.answered(request_id, seen, exc.code.name)
+
+    def answered(self, rid: int, seen: tuple[str, int, str | None], outcome: str) -> None:
+        """Count one answer for /metrics and, at INFO, log it: one line per request, with
+        ids and codes only (never a key or a card number)."""
+        latency_us = self.metrics.answered(seen[0], outcome, seen[1])
+        if log.isEnabledFor(logging.INFO):
+            fields = {"request_id": rid, "merchant": self.merchant_id, "operation": seen[0],
+                      "order_id": seen[2], "outcome": outcome, "latency_us": latency_us}
+            log.info("request %s", " ".join(f"{k}={v}" for k, v in fields.items()),
+                     extra={"fields": fields})
 
     def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None:
         if self.merchant_id is None:  # refused before or at the handshake
