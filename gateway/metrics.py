@@ -39,6 +39,8 @@ class HubMetrics:
 
     def __init__(self, live: Callable[[], dict[str, int]] | None = None) -> None:
         self.live = live
+        # Read at scrape time: (bank, node, up, breaker open, failures in a row) per node.
+        self.banks: Callable[[], list[tuple[str, str, bool, bool, int]]] | None = None
         # (operation, outcome) -> answered requests; outcome is the answer's status_code
         # ("200", "202" for a decline, ...) or, for an error response, the ErrorCode's name.
         self.requests: dict[tuple[str, str], int] = {}
@@ -124,6 +126,21 @@ class _HubCollector(Collector):
         yield CounterMetricFamily("paywire_backpressure",
                                   "Requests refused at the connection's in-flight bound",
                                   value=m.backpressure)
+        up = GaugeMetricFamily("paywire_bank_node_up",
+                               "1 while the hub's link to the bank node is up and usable",
+                               labels=["bank", "node"])
+        breaker = GaugeMetricFamily("paywire_bank_breaker_open",
+                                    "1 while the node's circuit breaker is open",
+                                    labels=["bank", "node"])
+        failures = GaugeMetricFamily("paywire_bank_breaker_failures",
+                                     "Failed calls in a row to the node", labels=["bank", "node"])
+        for bank, node, is_up, is_open, n in (m.banks() if m.banks else []):
+            up.add_metric([bank, node], 1.0 if is_up else 0.0)
+            breaker.add_metric([bank, node], 1.0 if is_open else 0.0)
+            failures.add_metric([bank, node], n)
+        yield up
+        yield breaker
+        yield failures
         for name, value in sorted((m.live() if m.live else {}).items()):
             yield GaugeMetricFamily(f"paywire_{name}", f"Current {name.replace('_', ' ')}",
                                     value=value)

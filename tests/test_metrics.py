@@ -48,6 +48,9 @@ async def test_metrics_follow_known_traffic(tmp_path: Path) -> None:
         async with dep.client(timeout_s=60.0, retry_attempts_max=1) as c:
             during = await scrape(health_port)
             assert value(during, "paywire_sessions") >= 1  # our connection is open
+            nodes_up = {labels: v for (name, labels), v in during.items()
+                        if name == "paywire_bank_node_up"}
+            assert len(nodes_up) == 3 and set(nodes_up.values()) == {1.0}, nodes_up
             for i in range(CHARGES_OK):
                 tx = await c.charge(f"m-ok-{i}", 10_000, card=Card(RICH[i], 12, 2030, "123"))
                 assert tx.status_code == "200", tx

@@ -100,6 +100,10 @@ class Hub:
         self.pipeline.metrics.live = lambda: {
             "sessions": len(self.sessions),
             "requests_in_flight": sum(s.in_flight for s in self.sessions)}
+        self.pipeline.metrics.banks = lambda: [
+            (bank, n.expected_name or n.address, n.healthy,
+             not n.breaker.allows(asyncio.get_running_loop().time()), n.breaker.failures)
+            for bank, pool in self.pools.items() for n in pool.nodes]
         if self.health_server is not None:
             self.health_server.add_route("/metrics", self.pipeline.metrics.route())
         self.sessions: set[MerchantSession] = set()
