@@ -57,3 +57,30 @@ async def test_one_line_per_request_and_no_secrets(tmp_path: Path,
     text = "".join(p.read_text(errors="replace") for p in tmp_path.glob("*.log"))
     for secret in (RICH[0], POOR, *KEYS.values()):
         assert secret not in text
+
+
+async def test_level_and_format_from_the_config(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PAYWIRE_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("PAYWIRE_LOG_FORMAT", raising=False)
+    dep = await Deployment(tmp_path, bca_nodes=1, hub_overrides={
+        "log_level": "INFO", "log_format": "text"}).astart()
+    hub_log = tmp_path / "hub.log"
+    try:
+        async with dep.client(retry_attempts_max=1) as c:
+            await c.charge("cfg-1", 10_000, card=Card(RICH[1], 12, 2030, "123"))
+
+        def request_line() -> str | None:
+            for raw in hub_log.read_text(errors="replace").splitlines():
+                if " INFO paywire.session request " in raw:
+                    return raw
+            return None
+
+        await wait_until(lambda: request_line() is not None,
+                         "a text request line in the hub log", timeout_s=60)
+    finally:
+        dep.stop()
+    line = request_line()
+    assert line is not None and "merchant=M1 operation=charge order_id=cfg-1 outcome=200" in line
+    assert not line.lstrip().startswith("{")  # text, not JSON
+    assert RICH[1] not in hub_log.read_text(errors="replace")
