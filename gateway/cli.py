@@ -52,16 +52,38 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"t": self.formatTime(record), "level": record.levelname,
                  "logger": record.name, "msg": record.getMessage()}
+        fields = getattr(record, "fields", None)  # a structured line's own keys (a request's)
+        if isinstance(fields, dict):
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 
 
-def _setup_logging(level: str) -> None:
+def _formatter(fmt: str) -> logging.Formatter:
+    return JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def _setup_logging(level: str, fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    handler.set_name("paywire")
+    handler.setFormatter(_formatter(fmt))
     logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
                         handlers=[handler])
+
+
+def _config_logging(ns: argparse.Namespace, level: str | None, fmt: str | None) -> None:
+    """A node config's ``log_level`` / ``log_format``, where no flag or variable set them."""
+    if level is not None and not ns.log_level_given:
+        ns.log_level = level
+    if fmt is not None and not ns.log_format_given:
+        ns.log_format = fmt
+    root = logging.getLogger()
+    root.setLevel(getattr(logging, ns.log_level.upper(), logging.INFO))
+    for handler in root.handlers:
+        if handler.get_name() == "paywire":  # ours (``_setup_logging``), not a test's
+            handler.setFormatter(_formatter(ns.log_format))
 
 
 # Chosen when a commit thread shared the GIL with the loop: every SQLite call released it,
@@ -175,6 +197,8 @@ def cmd_hub(ns: argparse.Namespace) -> int:
         if ns.health_listen:
             configmod.check_health_listen(ns.health_listen)
             cfg.health_listen = ns.health_listen
+        if cfg.log_level is not None or cfg.log_format is not None:
+            _config_logging(ns, cfg.log_level, cfg.log_format)
         if ns.workers is not None:
             return _run_workers(ns, cfg)
         return int(_run(_serve(Hub(cfg, reuse_port=ns.reuse_port), ns.ready_file,
@@ -705,6 +729,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="paywire", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--log-level", default=os.environ.get("PAYWIRE_LOG_LEVEL", "WARNING"))
+    p.add_argument("--log-format", choices=["json", "text"],
+                   default=os.environ.get("PAYWIRE_LOG_FORMAT", "json"),
+                   help="one JSON object per line (default) or plain text")
     p.add_argument("--version", action="version", version=f"paywire {paywire_version()}")
     p.add_argument("--debug", action="store_true",
                    help="print the traceback of an error (accepted after the command too)")
@@ -952,7 +979,11 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     ns = build_parser().parse_args(args)
-    _setup_logging(ns.log_level)
+    ns.log_level_given = "PAYWIRE_LOG_LEVEL" in os.environ or any(
+        a == "--log-level" or a.startswith("--log-level=") for a in args)
+    ns.log_format_given = "PAYWIRE_LOG_FORMAT" in os.environ or any(
+        a == "--log-format" or a.startswith("--log-format=") for a in args)
+    _setup_logging(ns.log_level, ns.log_format)
     if getattr(ns, "trace", False) or getattr(ns, "trace_file", None):
         from gateway.net import trace
 

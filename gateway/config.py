@@ -180,8 +180,18 @@ class HubConfig:
     # "HOST:PORT"; None (default) opens none. With ``paywire hub --workers N``, worker i
     # listens on PORT + i.
     health_listen: str | None = None
+    # Logging (docs/configuration.md "Logging"): used when neither ``--log-level`` /
+    # ``--log-format`` nor PAYWIRE_LOG_LEVEL / PAYWIRE_LOG_FORMAT is given.
+    log_level: str | None = None  # DEBUG, INFO, WARNING, ERROR
+    log_format: str | None = None  # "json" or "text"
 
     def __post_init__(self) -> None:
+        if self.log_level is not None and self.log_level.upper() not in (
+                "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING or "
+                              "ERROR")
+        if self.log_format is not None and self.log_format not in ("json", "text"):
+            raise ConfigError(f"log_format: {self.log_format!r} is not \"json\" or \"text\"")
         if self.plaintext_listen is not None:
             check_plaintext_listen(self.plaintext_listen)
         if self.health_listen is not None:

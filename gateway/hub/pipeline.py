@@ -29,6 +29,7 @@ from gateway.config import HubConfig
 from gateway.hub.auth import Authenticator, TokenBucket, replayed_elsewhere
 from gateway.hub.handler import Requester, RequestHandler
 from gateway.ledger.base import Ledger
+from gateway.metrics import OPERATION_UNKNOWN, HubMetrics
 from gateway.transactions.model import now_us
 from protocol import messages
 from protocol.errors import ErrorCode, PaywireError
@@ -44,8 +45,12 @@ class Source(Requester, Protocol):
     merchant_id: str | None
     in_flight: int
     in_flight_max: int
+    # request id -> (operation, received µs) until answered: what /metrics counts it under.
+    answering: dict[int, tuple[str, int, str | None]]
 
     def send(self, data: bytes) -> None: ...
+
+    def answered(self, rid: int, seen: tuple[str, int, str | None], outcome: str) -> None: ...
 
 
 class RequestPipeline:
@@ -56,6 +61,7 @@ class RequestPipeline:
         self.auth = auth
         self.buckets = buckets
         self.handler = handler
+        self.metrics = HubMetrics()
 
     def request(self, source: Source, frame: Frame) -> None:
         """Handle one REQUEST frame of ``source`` (a session past its handshake)."""
@@ -64,10 +70,14 @@ class RequestPipeline:
         merchant_id = source.merchant_id
         assert merchant_id is not None
         if not self.buckets[merchant_id].take(asyncio.get_running_loop().time()):
+            self.metrics.rate_limited += 1
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, PaywireError("merchant rate limit exceeded",
                                                    code=ErrorCode.RATE_LIMITED))
             return
         if source.in_flight >= source.in_flight_max:
+            self.metrics.backpressure += 1
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, PaywireError(
                 f"more than {source.in_flight_max} requests in flight",
                 code=ErrorCode.TOO_MANY_IN_FLIGHT))
@@ -79,8 +89,10 @@ class RequestPipeline:
             op = parse_operation(req.op)
             args = validate_args(op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
+            source.answering[rid] = (OPERATION_UNKNOWN, received_us, None)
             source.respond_error(rid, exc)
             return
+        source.answering[rid] = (op.value, received_us, args.get("order_id"))
         handler = self.handler
         if op is Operation.STATUS and "order_id" not in args:
             # By transaction id (docs/protocol.md §5.1.3): cached, it is a status of its
@@ -97,7 +109,9 @@ class RequestPipeline:
         if op is Operation.STATUS and nonce_spent is None:
             now = handler.status_now(key)
             if now is not None:  # the common case: no task
+                seen = source.answering.pop(rid)
                 source.send(messages.encode_response(rid, now))
+                source.answered(rid, seen, str(now.get("status_code", "OK")))
                 return
         if nonce_spent is None and \
                 handler.start(source, rid, op, key, args, received_us, sent_us=req.sent_us):

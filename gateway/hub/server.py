@@ -97,6 +97,15 @@ class Hub:
         # The per-request work of every merchant connection (decode, authenticate, validate,
         # admit); sessions hand it their REQUEST frames.
         self.pipeline = RequestPipeline(self.auth, self.buckets, self.service)
+        self.pipeline.metrics.live = lambda: {
+            "sessions": len(self.sessions),
+            "requests_in_flight": sum(s.in_flight for s in self.sessions)}
+        self.pipeline.metrics.banks = lambda: [
+            (bank, n.expected_name or n.address, n.healthy,
+             not n.breaker.allows(asyncio.get_running_loop().time()), n.breaker.failures)
+            for bank, pool in self.pools.items() for n in pool.nodes]
+        if self.health_server is not None:
+            self.health_server.add_route("/metrics", self.pipeline.metrics.route())
         self.sessions: set[MerchantSession] = set()
         self.connections_by_merchant: dict[str, int] = {}
         self.port = cfg.listen_port

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway import tls
 from gateway.net.framed import WRITE_BUFFER_HIGH_BYTES, FramedProtocol, FrameHandler
@@ -21,7 +21,7 @@ from gateway.net.plaintext import PlaintextServerConnection, peer_is_loopback
 from gateway.transactions.model import now_ms
 from protocol import body as bodycodec
 from protocol.connection import HelloReceived, ServerConnection
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import SUPPORTED_VERSIONS, Frame, FrameType
 from protocol.messages import ROLE_MERCHANT
 
@@ -51,6 +51,9 @@ class MerchantSession(FrameHandler):
         self.merchant_id: str | None = None
         self.cert_name: str | None = None
         self.in_flight = 0
+        # request id -> (operation, received µs) until answered (gateway/metrics.py).
+        self.answering: dict[int, tuple[str, int, str | None]] = {}
+        self.metrics = hub.pipeline.metrics
         self.in_flight_max = hub.cfg.in_flight_max
         self.goaway_sent = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -67,6 +70,8 @@ class MerchantSession(FrameHandler):
 
     def on_connected(self) -> None:
         assert self.transport is not None
+        self.metrics.connections_opened += 1
+        log.info("connection opened peer=%s", self.peer)
         if self.plaintext:
             if not peer_is_loopback(self.peer):
                 self.fail(ErrorCode.FORBIDDEN, "plaintext connections only from loopback")
@@ -146,6 +151,36 @@ class MerchantSession(FrameHandler):
         # A duplicate id and a request past our GOAWAY never get here (the connection); all
         # the per-request work is the pipeline's.
         self.hub.pipeline.request(self, frame)
+
+    def respond(self, request_id: int, result: dict[str, Any], replayed: bool = False) -> None:
+        self.net.respond(request_id, result, replayed)
+        seen = self.answering.pop(request_id, None)
+        if seen is not None:
+            # The outcome code: the answer's status_code (a declined charge is "202").
+            self.answered(request_id, seen, str(result.get("status_code", "OK")))
+
+    def respond_error(self, request_id: int, exc: PaywireError) -> None:
+        self.net.respond_error(request_id, exc)
+        seen = self.answering.pop(request_id, None)
+        if seen is not None:
+            self.answered(request_id, seen, exc.code.name)
+
+    def answered(self, rid: int, seen: tuple[str, int, str | None], outcome: str) -> None:
+        """Count one answer for /metrics and, at INFO, log it: one line per request, with
+        ids and codes only (never a key or a card number)."""
+        latency_us = self.metrics.answered(seen[0], outcome, seen[1])
+        if log.isEnabledFor(logging.INFO):
+            fields = {"request_id": rid, "merchant": self.merchant_id, "operation": seen[0],
+                      "order_id": seen[2], "outcome": outcome, "latency_us": latency_us}
+            log.info("request %s", " ".join(f"{k}={v}" for k, v in fields.items()),
+                     extra={"fields": fields})
+
+    def fail(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        if self.merchant_id is None:  # refused before or at the handshake
+            self.metrics.handshake_refused(code.name)
+            log.info("handshake refused peer=%s code=%s reason=%s", self.peer, code.name,
+                     message)
+        self.net.fail(code, message, field)
 
     def request_started(self, rid: int) -> None:
         """A request is in flight until its ``request_finished`` (answered or abandoned)."""
@@ -267,6 +302,9 @@ class MerchantSession(FrameHandler):
                              refusal="hub is shutting down; retry on another hub")
 
     def on_disconnected(self, exc: Exception | None) -> None:
+        self.metrics.connections_closed += 1
+        log.info("connection closed peer=%s merchant=%s reason=%s", self.peer,
+                 self.merchant_id, type(exc).__name__ if exc is not None else "closed")
         self.hub.sessions.discard(self)
         self.hub.unsubscribe(self)
         if self.merchant_id is not None:
