@@ -863,7 +863,8 @@ class PostgresLedgerTools:
         except subprocess.TimeoutExpired as exc:
             raise LedgerError(f"pg_dump took over {self.BACKUP_TIMEOUT_S:.0f} s") from exc
         if proc.returncode != 0:
-            raise LedgerError(f"pg_dump failed: {proc.stderr.strip().splitlines()[-1:]}")
+            raise LedgerError("pg_dump failed (it must be as new as the server): "
+                              + " ".join(proc.stderr.split()))
 
     BACKUP_TIMEOUT_S = 3600.0
 
