@@ -495,6 +495,23 @@ def cmd_webhooks(ns: argparse.Namespace) -> int:
     return 0 if count else cliout.EXIT_FAILED
 
 
+def cmd_ledger(ns: argparse.Namespace) -> int:
+    """``ledger backup`` / ``ledger export``: the logic is in ``gateway.ledgercli``."""
+    from gateway import ledgercli
+    from gateway.ledger import LedgerError, is_postgres_url
+
+    where = ns.ledger if is_postgres_url(ns.ledger) else _ledger_file(ns.ledger)
+    try:
+        if ns.action == "backup":
+            ledgercli.backup(where, Path(ns.dest))
+            print(f"backed up {ns.ledger} to {ns.dest}")
+        else:
+            ledgercli.export(where, ns.format)
+    except LedgerError as exc:
+        raise CliError(cliout.EXIT_FAILED, cliout.one_line(str(exc))) from exc
+    return 0
+
+
 def _ledger_file(path: str) -> Path:
     return cliout.existing_file(Path(path), "ledger file",
                                 "give the hub's ledger_path (hub.toml; the sandbox's is "
@@ -861,6 +878,17 @@ def build_parser() -> argparse.ArgumentParser:
     events.add_argument("--count", type=int, help="stop after this many events")
     _add_client_options(events)
     events.set_defaults(fn=cmd_events)
+
+    led = sub.add_parser("ledger", help="back up or export a ledger (docs/operations.md)")
+    lsub = led.add_subparsers(dest="action", required=True)
+    lbak = lsub.add_parser("backup", help="a consistent copy of a live ledger")
+    lbak.add_argument("dest", help="the copy's file (must not exist)")
+    lexp = lsub.add_parser("export", help="transactions as JSON lines or CSV on stdout")
+    lexp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    for lp in (lbak, lexp):
+        lp.add_argument("--ledger", required=True,
+                        help="the hub's ledger file, or its postgresql:// URL")
+    led.set_defaults(fn=cmd_ledger)
 
     aud = sub.add_parser("audit", help="check the ledger against the banks' books")
     aud.add_argument("--ledger", required=True,

@@ -24,6 +24,7 @@ Two faces:
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import NamedTuple, Protocol
 
 from gateway.transactions.model import Transaction
@@ -232,4 +233,13 @@ class LedgerTools(Protocol):
         """One stored transaction, as the hub last committed it (``paywire trace --ledger``);
         raises ``LedgerError`` if the file cannot be read as a ledger, ``RecordFormatError``
         for a record this code cannot read."""
+        ...
+
+    def backup(self, dest: Path | str) -> None:
+        """A consistent copy of the live ledger at ``dest`` (which must not exist), taken
+        while the hub keeps writing; raises ``LedgerError``."""
+        ...
+
+    def transactions(self) -> list[Transaction]:
+        """Every transaction, decoded, oldest first (``paywire ledger export``)."""
         ...

@@ -426,3 +426,39 @@ class SqliteLedgerTools:
         except sqlite3.Error as exc:  # no such file, not a ledger: the operator's mistake
             raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
         return None if row is None else Transaction.from_record(row[0])
+
+    BACKUP_PAGES_PER_STEP = 256  # pages copied between yields to the hub's writer
+
+    def backup(self, dest: Path | str) -> None:
+        """A consistent copy of the live ledger at ``dest`` through SQLite's online backup
+        API, read from a connection of its own: the hub keeps committing meanwhile (a step
+        that sees a commit restarts from a consistent page set; WAL readers never block the
+        writer)."""
+        target = Path(dest)
+        if target.exists():
+            raise LedgerError(f"{target} already exists: backup refuses to overwrite a file")
+        try:
+            src = _read_only(self.path)
+            try:
+                out = sqlite3.connect(target)
+                try:
+                    src.backup(out, pages=self.BACKUP_PAGES_PER_STEP)
+                finally:
+                    out.close()
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot back up the ledger {self.path}: {exc}") from exc
+
+    def transactions(self) -> list[Transaction]:
+        """Every transaction, decoded, ordered by creation time (for ``ledger export``)."""
+        try:
+            conn = _read_only(self.path)
+            try:
+                rows = conn.execute("SELECT record FROM transactions "
+                                    "ORDER BY created_ms, transaction_id").fetchall()
+            finally:
+                conn.close()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read the ledger {self.path}: {exc}") from exc
+        return [Transaction.from_record(r[0]) for r in rows]
