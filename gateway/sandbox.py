@@ -11,7 +11,8 @@ everything.
 
 Machine-readable contract (labs and tests read it; ``docs/configuration.md``): once every
 node answers, ``DIR/sandbox.env`` (``export NAME=value`` lines, values shell-quoted) and
-``DIR/sandbox.json`` are written atomically; both are removed on stop. A second start on the
+``DIR/sandbox.json`` are written atomically, ``sandbox.json`` last (its appearance means
+both are ready); both are removed on stop. A second start on the
 same directory keeps the CA, the keys, the merchants, the ledger and the books.
 """
 
@@ -382,9 +383,10 @@ class Sandbox:
                                    f"{self.dir}") from None
             if not stop.is_set():
                 info = self.describe()
-                _write_atomic(self.dir / JSON_FILE, json.dumps(info, indent=2) + "\n")
+                # sandbox.json last: its appearance is the "ready" signal, so both exist then.
                 _write_atomic(self.dir / ENV_FILE, "".join(
                     f"export {k}={shlex.quote(v)}\n" for k, v in info["env"].items()))
+                _write_atomic(self.dir / JSON_FILE, json.dumps(info, indent=2) + "\n")
                 self._banner(info)
                 await self._watch(stop)
         finally:
