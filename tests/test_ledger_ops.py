@@ -7,6 +7,7 @@ import asyncio
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from gateway.audit import audit
 from gateway.client import Card
 from gateway.ledger import ledger_tools
 from tests.deploy import RICH, Deployment, ack
+from tests.waiting import wait_until
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,17 +50,40 @@ async def test_backup_under_load_audits_clean_and_exports(tmp_path: Path) -> Non
             await task
         assert proc.returncode == 0, proc.stderr
         assert during, "no charge ran during the backup"
+        rows = ledger_tools(copy).summaries()
+        ids = {r.transaction_id for r in rows}
+        # Everything acknowledged before the backup began is in the copy.
+        assert {a.transaction_id for a in first} <= ids
+        findings = [str(f) for f in audit(copy, dep.bank_paths(),
+                                          [ack(a) for a in first]).findings]
+        # Charges after the snapshot are on the bank's books but not in the copy. About a
+        # transaction in the copy, the one acceptable finding is the charge whose bank call
+        # was in flight at the snapshot (the load sends one at a time): its intent is there,
+        # its result not yet; the restore below settles it.
+        about_copy = [f for f in findings if any(t in f for t in ids)]
+        assert len(about_copy) <= 1, about_copy
+        assert all(f.startswith("stuck: M1/load-") and "unresolved bank call" in f
+                   for f in about_copy), about_copy
+
+        # Restore as docs/operations.md says: hub stopped, the copy in place of the ledger,
+        # hub started; its recovery asks the bank about any unresolved call.
+        assert dep.hub is not None
+        dep.hub.terminate()
+        ledger = dep.workdir / "ledger.db"
+        for extra in (Path(f"{ledger}-wal"), Path(f"{ledger}-shm")):
+            extra.unlink(missing_ok=True)
+        shutil.copyfile(copy, ledger)
+        await dep.arestart_hub()
+
+        def restored_clean() -> bool:
+            found = [str(f) for f in audit(ledger, dep.bank_paths(),
+                                           [ack(a) for a in first]).findings]
+            bad = [f for f in found if any(t in f for t in ids)]
+            return not bad
+
+        await wait_until(restored_clean, "the restored ledger to audit clean", timeout_s=60)
     finally:
         dep.stop()
-    rows = ledger_tools(copy).summaries()
-    ids = {r.transaction_id for r in rows}
-    # Everything acknowledged before the backup began is in the copy.
-    assert {a.transaction_id for a in first} <= ids
-    report = audit(copy, dep.bank_paths(), [ack(a) for a in first])
-    findings = [str(f) for f in report.findings]
-    # Charges after the snapshot are on the bank's books but not in the copy: the only
-    # acceptable differences are those, never a finding about a transaction in the copy.
-    assert not [f for f in findings if any(t in f for t in ids)], findings
     # The copy opens as a ledger (and the CLI's audit reads it).
     opened = ledger_tools(copy).transaction(first[0].merchant_id, "pre-0")
     assert opened is not None and opened.transaction_id == first[0].transaction_id
