@@ -215,7 +215,7 @@ class _HubCollector(Collector):
         yield from self._hops()
         yield from self._bank_calls()
         if m.ledger_stats is not None:
-            yield from commit_families("paywire_ledger", "the ledger", m.ledger_stats)
+            yield from commit_families("paywire_ledger", "the ledger's", m.ledger_stats)
         yield from self._webhooks()
 
     def _hops(self) -> Iterator[Metric]:
@@ -283,13 +283,13 @@ def histogram_family(name: str, documentation: str, labels: list[str],
     return family
 
 
-def commit_families(prefix: str, what: str, stats: CommitStats) -> Iterator[Metric]:
+def commit_families(prefix: str, whose: str, stats: CommitStats) -> Iterator[Metric]:
     """A group commit's two histograms: writes per batch and commit time."""
     yield histogram_family(f"{prefix}_batch_writes",
-                           f"Writes committed together by {what}'s group commit, per batch",
+                           f"Writes committed together by {whose} group commit, per batch",
                            [], [([], stats.batches)])
     yield histogram_family(f"{prefix}_commit_seconds",
-                           f"Time {what}'s group commit took per batch (apply, commit, "
+                           f"Time {whose} group commit took per batch (apply, commit, "
                            "fsync)", [], [([], stats.commit_us)], US_PER_S)
 
 
@@ -343,7 +343,7 @@ class _BankCollector(Collector):
                                   "Hub connections accepted", value=m.connections_opened)
         yield CounterMetricFamily("paywire_bank_connections_closed",
                                   "Hub connections closed", value=m.connections_closed)
-        yield from commit_families("paywire_bank_books", "the bank's books", m.books)
+        yield from commit_families("paywire_bank_books", "the books'", m.books)
         for name, value in sorted((m.live() if m.live else {}).items()):
             yield GaugeMetricFamily(f"paywire_bank_{name}",
                                     f"Current {name.replace('_', ' ')}", value=value)

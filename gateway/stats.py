@@ -43,7 +43,7 @@ class Histogram:
         running = 0
         for bound, n in zip(self.bounds, self.counts, strict=False):
             running += n
-            out.append((repr(bound / scale) if scale != 1.0 else str(bound), running))
+            out.append((repr(bound / scale), running))
         out.append(("+Inf", running + self.counts[-1]))
         return out
 
