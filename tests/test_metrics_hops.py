@@ -143,3 +143,45 @@ async def test_hops_bank_calls_ledger_and_outbox_follow_known_traffic(tmp_path: 
     finally:
         dep.stop()
         await rx.stop()
+
+
+async def test_unresolved_intents_and_timed_out_bank_calls(tmp_path: Path) -> None:
+    health_port = free_port()
+    dep = Deployment(tmp_path, bca_nodes=1, bank_overrides={"health_listen": "127.0.0.1:0"},
+                     hub_overrides={"health_listen": f"127.0.0.1:{health_port}"})
+    try:
+        await dep.astart()
+        bank_port = int(dep.banks["bca"][0].ready_info["health_port"])
+        before = await scrape(health_port)
+        bank_before = await scrape(bank_port)
+        async with dep.client(timeout_s=120.0, retry_attempts_max=1) as c:
+            # The bank swallows the call: the charge's intent is durable and unanswered.
+            await dep.admin("bca", "admin.faults", {"blackhole": True})
+            held = asyncio.ensure_future(
+                c.charge("u-1", 10_000, card=Card(RICH[3], 12, 2030, "123")))
+
+            async def at_the_bank() -> bool:
+                return await dep.received("bca", banklink.AUTHORIZE) >= 1
+
+            await wait_until(at_the_bank, "the charge's bank call to reach the node")
+            during = await scrape(health_port)
+            assert value(during, "paywire_unresolved_intents") == 1
+            assert not held.done()
+            # The bank answers again: the call's next attempt (or the settlement) ends it.
+            await dep.admin("bca", "admin.faults", {"blackhole": False})
+            tx = await asyncio.wait_for(held, 120.0)
+            assert tx.status_code == "200", tx
+        after = await scrape(health_port)
+        bank_after = await scrape(bank_port)
+        assert value(after, "paywire_unresolved_intents") == 0
+        dropped = moved(bank_before, bank_after, "paywire_bank_operations_total",
+                        op=banklink.AUTHORIZE, outcome="dropped")
+        # Each send the node swallowed timed out at the hub, counted under TIMEOUT.
+        assert dropped >= 1
+        assert moved(before, after, "paywire_bank_calls_total", bank="bca", node="bca-1",
+                     op=banklink.AUTHORIZE, outcome="TIMEOUT") == dropped
+        # One answered charge: its hops timed once.
+        assert moved(before, after, "paywire_hop_seconds_count",
+                     **{"from": "received", "to": "intent_committed"}) == 1
+    finally:
+        dep.stop()
