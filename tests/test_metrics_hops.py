@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from gateway.client import Card, RequestError
-from gateway.config import WebhookConfig
+from gateway.config import FraudConfig, WebhookConfig
+from gateway.health import HealthServer, HealthState, Reply
 from gateway.stats import TIMED_HOPS
 from protocol import banklink
 from tests.deploy import KEYS, POOR, RICH, Deployment
-from tests.healthprobe import free_port
+from tests.healthprobe import free_port, probe
 from tests.receiver import Receiver
 from tests.test_metrics import moved, scrape, value
 from tests.waiting import wait_until
@@ -185,3 +186,46 @@ async def test_unresolved_intents_and_timed_out_bank_calls(tmp_path: Path) -> No
                      **{"from": "received", "to": "intent_committed"}) == 1
     finally:
         dep.stop()
+
+
+async def test_a_denied_charge_steps_from_received_to_committed(tmp_path: Path) -> None:
+    """The fraud screen's denial never reaches a bank: its timeline has no intent and no bank
+    hops, and /metrics times the steps it did pass, and calls no bank."""
+    health_port = free_port()
+    dep = Deployment(tmp_path, bca_nodes=1, hub_overrides={
+        "health_listen": f"127.0.0.1:{health_port}",
+        "fraud": FraudConfig(deny_above={"IDR": 50_000_000})})
+    try:
+        await dep.astart()
+        before = await scrape(health_port)
+        async with dep.client(timeout_s=60.0, retry_attempts_max=1) as c:
+            tx = await c.charge("d-1", 60_000_000, card=Card(RICH[4], 12, 2030, "123"))
+            assert tx.transaction_status == "deny", tx
+        after = await scrape(health_port)
+        for a, b in (("received", "committed"), ("committed", "answered")):
+            assert moved(before, after, "paywire_hop_seconds_count",
+                         **{"from": a, "to": b}) == 1, (a, b)
+        assert moved(before, after, "paywire_hop_seconds_count",
+                     **{"from": "received", "to": "intent_committed"}) == 0
+        calls = sum(v for labels, v in family(after, "paywire_bank_calls_total").items())
+        assert calls == sum(v for labels, v in family(before, "paywire_bank_calls_total").items())
+    finally:
+        dep.stop()
+
+
+async def test_an_awaitable_route_is_awaited_and_head_has_no_body() -> None:
+    """/metrics counts the outbox off the loop first: the health server awaits such a route."""
+    state = HealthState("x")
+    server = HealthServer(state, "127.0.0.1", 0)
+
+    async def later() -> Reply:
+        await asyncio.sleep(0)  # a real suspension: the answer comes from another step
+        return Reply(200, b"paywire_up 1\n", "text/plain")
+
+    server.add_route("/metrics", later)
+    await server.start()
+    try:
+        assert await probe(server.port, "/metrics") == (200, "paywire_up 1\n")
+        assert await probe(server.port, "/metrics", method="HEAD") == (200, "")
+    finally:
+        await server.stop()
