@@ -307,8 +307,12 @@ class BankNodeConfig:
     heartbeat_interval_s: float = 5.0
     hello_timeout_s: float = 5.0  # as the hub's: HANDSHAKE_TIMEOUT after it
     seed: int = 0
+    # ``HOST:PORT`` of the node's /healthz, /readyz and /metrics (plain HTTP), as the hub's.
+    health_listen: str | None = None
 
     def __post_init__(self) -> None:
+        if self.health_listen is not None:
+            check_health_listen(self.health_listen)
         check_currencies([self.currency], "currency")
         for account, code in self.account_currencies.items():
             check_currencies([code], f"account_currencies.{account}")

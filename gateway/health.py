@@ -7,8 +7,13 @@
 
 It listens on its own port (``health_listen``), in plain HTTP: a probe carries nothing
 secret and answers only a state word, the node id and the pid. Bind it to an address only
-the balancer reaches. Other paths can be added with ``add_route`` (metrics will be served
-here): each is a function returning a ``Reply``, called on the loop, which must not block.
+the balancer reaches. Other paths can be added with ``add_route`` (``/metrics``): each is a
+function returning a ``Reply``, called on the loop, which must not block; or returning an
+awaitable of one (a scrape that first counts the outbox off the loop), which must end
+within ``ROUTE_TIMEOUT_S``.
+
+The hub and each bank node serve one (gateway/bank/node.py: ``health_listen`` in a bank
+node's config too).
 
 Not aiohttp: the hub never imports the HTTP server stack for three fixed answers, and every
 limit (head size, read deadline, connections) is here, named, and small. One request per
@@ -23,7 +28,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -33,6 +38,7 @@ REQUEST_HEAD_BYTES_MAX = 8 * 1024  # request line + headers; a probe sends ~100 
 READ_TIMEOUT_S = 5.0  # a peer that has not sent its head by then is dropped
 CONNECTIONS_MAX = 64  # probes at once; more are closed unanswered (a balancer retries)
 WRITE_TIMEOUT_S = 5.0
+ROUTE_TIMEOUT_S = 10.0  # an awaitable route's answer; past it, 503
 
 
 class Phase(Enum):
@@ -52,14 +58,16 @@ class Reply:
     content_type: str = "application/json"
 
 
-Route = Callable[[], Reply]
+Route = Callable[[], Reply | Awaitable[Reply]]
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 class HealthState:
-    """What the endpoint reports; the hub moves ``phase`` along, nothing else writes it."""
+    """What the endpoint reports; the hub (or bank node) moves ``phase`` along, nothing
+    else writes it. A bank node has no recovery: STARTING until its books are open and its
+    listener accepts, then READY."""
 
     def __init__(self, node_id: str,
                  details: Callable[[], dict[str, object]] | None = None) -> None:
@@ -148,7 +156,14 @@ class HealthServer:
             return _plain(404, f"no such path; try {', '.join(sorted(self.routes))}")
         if method not in ("GET", "HEAD"):
             return _plain(405, "GET or HEAD only")
-        reply = route()
+        answer = route()
+        if isinstance(answer, Reply):
+            reply = answer
+        else:
+            try:
+                reply = await asyncio.wait_for(answer, ROUTE_TIMEOUT_S)
+            except TimeoutError:
+                return _plain(503, f"no answer within {ROUTE_TIMEOUT_S:g} s")
         return Reply(reply.status, b"", reply.content_type) if method == "HEAD" else reply
 
 

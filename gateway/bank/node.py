@@ -4,6 +4,10 @@ Each operation is applied to the books synchronously and answered from the compl
 its group commit (a callback, not a task). Payments by simulated customers are pushed to a
 connected hub as ``bank.payment`` requests and kept in a durable outbox until a hub
 acknowledges them, so a hub that was down learns of every payment when it comes back.
+
+With ``health_listen`` set, the node serves ``/healthz``, ``/readyz`` (200 once its books
+are open and its listener accepts) and ``/metrics`` (``gateway.metrics.BankMetrics``) in
+plain HTTP on that port, as a hub does (gateway/health.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 from gateway import secret_keys, tls
 from gateway.bank.store import BankStore, Outcome
 from gateway.config import BankNodeConfig
+from gateway.health import HealthServer, HealthState, Phase, parse_listen
+from gateway.metrics import OPERATION_UNKNOWN, BankMetrics
 from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, build_request, verified_request
 from gateway.transactions.model import now_us
@@ -48,6 +54,7 @@ class BankSession(FrameHandler):
             versions=frozenset({PROTOCOL_VERSION}), check_request_ids=False)
         self.net = FramedProtocol(self, self.conn)
         self.correlator = Correlator(self.loop, self.conn.forget_request)
+        self.counted = False  # in /metrics' connections opened (a hub's certificate passed)
 
     def on_connected(self) -> None:
         assert self.transport is not None
@@ -58,6 +65,8 @@ class BankSession(FrameHandler):
             return
         self.identity = peer.name
         self.conn.peer_identity = peer.name
+        self.node.metrics.connections_opened += 1
+        self.counted = True
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.REQUEST:
@@ -72,6 +81,8 @@ class BankSession(FrameHandler):
         self.node.push_notifications()
 
     def on_disconnected(self, exc: Exception | None) -> None:
+        if self.counted:
+            self.node.metrics.connections_closed += 1
         self.node.sessions.discard(self)
         self.correlator.fail_all(ConnectionError("link closed"))
 
@@ -101,12 +112,22 @@ class BankNode:
         self._in_flight_notes: set[int] = set()
         self._notify_timer: asyncio.TimerHandle | None = None
         self.port = cfg.listen_port
+        self.metrics = BankMetrics(self.store.writer.stats,
+                                   lambda: {"sessions": len(self.sessions)})
+        # /readyz: ready once the books are open and the listener accepts, until stop.
+        self.health = HealthState(cfg.node_id, lambda: {"sessions": len(self.sessions)})
+        self.health_server: HealthServer | None = None
+        if cfg.health_listen is not None:
+            self.health_server = HealthServer(self.health, *parse_listen(cfg.health_listen))
+            self.health_server.add_route("/metrics", self.metrics.route())
 
     @property
     def storage_died(self) -> asyncio.Future[None] | None:
         return self.store.died
 
     async def start(self) -> None:
+        if self.health_server is not None:
+            await self.health_server.start()  # first: "not ready" rather than silence
         await self.store.start()
         loop = asyncio.get_running_loop()
         ctx = tls.node_server_context(self.cfg.certs_dir, "bank", self.cfg.node_id)
@@ -117,10 +138,12 @@ class BankNode:
         for txid in await self.store.pending_payments():
             self._schedule_auto_pay(txid)
         self._notify_timer = loop.call_later(self.cfg.notify_retry_interval_s, self._notify_tick)
+        self.health.phase = Phase.READY
         log.info("bank node %s (%s) listening on %s:%d", self.cfg.node_id, self.cfg.bank,
                  self.cfg.listen_host, self.port)
 
     async def stop(self) -> None:
+        self.health.phase = Phase.DRAINING
         if self._notify_timer is not None:
             self._notify_timer.cancel()
         if self._server is not None:
@@ -128,6 +151,9 @@ class BankNode:
         for s in list(self.sessions):
             s.abort_soon()
         await self.store.close()
+        self.health.phase = Phase.STOPPED
+        if self.health_server is not None:
+            await self.health_server.stop()
 
     # --- requests from hubs --------------------------------------------------------------
     def handle_request(self, session: BankSession, frame: Frame) -> None:
@@ -137,21 +163,28 @@ class BankNode:
             req = verified_request(self.key, frame)  # one HMAC, for a batch too
             args = banklink.validate(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
+            self.metrics.done(OPERATION_UNKNOWN, exc.code.name)
             session.respond_error(rid, exc)
             return
         if req.op.startswith("admin."):
             self._admin(session, rid, req.op, args)
             return
         self.frames_received += 1
+        metrics = self.metrics
+        metrics.frames_received += 1
         batch = req.op == banklink.BATCH
         if batch:
             ops, errors = banklink.split_batch(args)
             count = len(args["ops"])
+            for err in errors.values():  # an invalid inner op: its name is not trusted
+                metrics.done(OPERATION_UNKNOWN, err.code.name)
         else:
             ops, errors, count = [banklink.BatchOp(0, req.op, args)], {}, 1
         for o in ops:
             self.received[o.op] += 1
         if self.blackhole:
+            for o in ops:
+                metrics.done(o.op, "dropped")
             return  # a lab fault: the request vanishes, as into a dead network
         if self.failure_rate:
             # Drawn per operation, as if each had come alone: a failing inner op fails alone.
@@ -160,6 +193,7 @@ class BankNode:
                 if self.rng.random() < self.failure_rate:
                     errors[o.index] = PaywireError("bank node is failing (simulated)",
                                                    code=ErrorCode.BANK_UNAVAILABLE)
+                    self.metrics.done(o.op, ErrorCode.BANK_UNAVAILABLE.name)
                 else:
                     kept.append(o)
             ops = kept
@@ -200,8 +234,10 @@ class BankNode:
                     if exc is None:
                         log.error("bank store failed on %s: %s", o.op, value)
                     errors[o.index] = PaywireError("bank store failed", code=ErrorCode.INTERNAL)
+                    self.metrics.done(o.op, ErrorCode.INTERNAL.name)
                     continue
                 self.applied[o.op] += 1
+                self.metrics.done(o.op, "ok")
                 results.append((o, value))
                 if o.op == banklink.OPEN_PAYMENT and not value.get("duplicate"):
                     self._schedule_auto_pay(o.args["transaction_id"])
@@ -215,6 +251,7 @@ class BankNode:
             for o in ops:
                 errors[o.index] = PaywireError(f"bank store unavailable: {exc.message}",
                                                code=ErrorCode.BANK_UNAVAILABLE)
+                self.metrics.done(o.op, ErrorCode.BANK_UNAVAILABLE.name)
             self._answer(session, rid, batch, count, [], errors, timings)
             return
         applying.add_done_callback(answer)

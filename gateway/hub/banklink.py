@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -27,6 +28,7 @@ from gateway import tls
 from gateway.net.backoff import full_jitter_s
 from gateway.net.framed import FramedProtocol, FrameHandler
 from gateway.net.signed import Correlator, build_request
+from gateway.stats import DURATION_BUCKETS_US, Histogram
 from protocol import banklink
 from protocol import body as bodycodec
 from protocol.connection import ClientConnection, WelcomeReceived
@@ -270,6 +272,7 @@ class BankNodeHandle:
         # of another bank at this address is refused. A bare "HOST:PORT" (the bank-admin
         # tool only; configs require the name) accepts any bank node.
         self.expected_name, _, self.address = address.rpartition("@")
+        self.label = self.expected_name or self.address  # its ``node`` label in /metrics
         host, _, port = self.address.rpartition(":")
         self.host, self.port = host, int(port)
         self.link: BankLink | None = None
@@ -363,6 +366,18 @@ class FirstSend(NamedTuple):
     node: BankNodeHandle
     future: asyncio.Future[Any]
     deadline_s: float  # loop time by which every attempt of the call ends
+    op: str
+    sent_s: float  # ``time.perf_counter()`` when sent (its latency in /metrics)
+
+
+def call_outcome(exc: BaseException) -> str:
+    """A failed send's ``outcome`` label in /metrics: its error code's name (``TIMEOUT``,
+    ``BANK_UNAVAILABLE``, ...), ``LINK_LOST``, or the exception's class name."""
+    if isinstance(exc, PaywireError):
+        return exc.code.name
+    if isinstance(exc, LinkLost):
+        return "LINK_LOST"
+    return type(exc).__name__
 
 
 class BankPool:
@@ -382,6 +397,22 @@ class BankPool:
         self._next = 0
         self.calls_max = calls_max
         self.calls_admitted = 0
+        # For /metrics (plain numbers, read at scrape time): sends by (node label, op,
+        # outcome), and each node's send-to-answer latency in µs, whatever the outcome.
+        self.sends: dict[tuple[str, str, str], int] = {}
+        self.send_us: dict[str, Histogram] = {}
+
+    def counted(self, node: BankNodeHandle, op: str, outcome: str, sent_s: float) -> None:
+        """One send to ``node`` ended with ``outcome`` (``"ok"``: answered; else
+        ``call_outcome``): two dict updates and a bisect."""
+        key = (node.label, op, outcome)
+        sends = self.sends
+        sends[key] = sends.get(key, 0) + 1
+        histogram = self.send_us.get(node.label)
+        if histogram is None:
+            histogram = self.send_us[node.label] = Histogram(DURATION_BUCKETS_US)
+        # perf_counter, not the loop's clock: uvloop's ``time()`` moves in milliseconds.
+        histogram.observe(int((time.perf_counter() - sent_s) * 1e6))
 
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
@@ -455,14 +486,15 @@ class BankPool:
         if node is None or node.link is None:
             return None
         return FirstSend(node, node.link.call(op, args, min(self.timeout_s, self.call_budget_s)),
-                         self.deadline())
+                         self.deadline(), op, time.perf_counter())
 
     @staticmethod
     def first_result(first: FirstSend) -> dict[str, Any] | None:
         """The answer of a successful first send (the node's breaker told), else ``None``."""
         fut = first.future
         if fut.cancelled() or fut.exception() is not None:
-            return None
+            return None  # counted by ``call_after_first``, which gets the error
+        first.node.pool.counted(first.node, first.op, "ok", first.sent_s)
         first.node.breaker.success()
         result: dict[str, Any] = fut.result()
         return result
@@ -470,6 +502,7 @@ class BankPool:
     async def call_after_first(self, first: FirstSend, exc: BaseException, op: str,
                                args: dict[str, Any]) -> dict[str, Any]:
         """``call`` after its first send (``send_first``) failed with ``exc``."""
+        self.counted(first.node, op, call_outcome(exc), first.sent_s)
         kind = send_failure(exc)
         if kind is None:
             raise exc
@@ -502,16 +535,19 @@ class BankPool:
                     await asyncio.sleep(min(full_jitter_s(attempt, 0.05, 0.5), remaining_s))
                 continue
             tried.add(node)
+            sent_s = time.perf_counter()
             try:
                 result: dict[str, Any] = await node.link.call(op, args,
                                                               min(self.timeout_s, remaining_s))
             except (PaywireError, LinkLost) as exc:
+                self.counted(node, op, call_outcome(exc), sent_s)
                 kind = send_failure(exc)
                 if kind is None:
                     raise
                 maybe_sent = maybe_sent or kind == "maybe_sent"
                 node.breaker.failure(loop.time())
                 continue
+            self.counted(node, op, "ok", sent_s)
             node.breaker.success()
             return result
         if maybe_sent:

@@ -27,6 +27,7 @@ from gateway.hub.banklink import BankPool, FirstSend, note_answer
 from gateway.hub.notifications import Notifier
 from gateway.hub.txcache import Key, TxCache
 from gateway.ledger.base import Ledger, SharedLedger
+from gateway.stats import HopStats
 from gateway.transactions import decisions
 from gateway.transactions.decisions import BankCall, Refusal
 from gateway.transactions.model import Transaction, now_ms, now_us
@@ -104,6 +105,8 @@ class Runner:
         self.shared = cast(SharedLedger, ledger) if ledger.shared else None
         # Requests admitted per order and not finished yet (see ``admit``).
         self._admitted: dict[Key, int] = {}
+        # The charges' per-hop latencies for /metrics (timed when the answer is sent).
+        self.hops = HopStats()
 
     # --- admission order ------------------------------------------------------------------
     def lock(self, key: Key) -> _OrderLock:
@@ -255,12 +258,12 @@ class Runner:
         shown = None if answer is None else {k: v for k, v in answer.items() if k != "hops_us"}
         return self.commit_start(work, None, shown), effect.error
 
-    @staticmethod
-    def charge_answer(work: Transaction, error: Refusal | None) -> Answer:
+    def charge_answer(self, work: Transaction, error: Refusal | None) -> Answer:
         """The committed charge's answer (or its refusal, raised)."""
         if error is not None:
             raise refused(error)
         assert work.charge_result is not None
+        self.hops.await_answer((work.merchant_id, work.order_id), work.hops_us)
         return work.charge_result, False
 
     async def record_denied(self, tx: Transaction) -> Answer:
@@ -274,6 +277,7 @@ class Runner:
             return repeated(stored, tx.request_hash)
         tx.hops_us["committed"] = now_us()
         self.publish(tx, stored)
+        self.hops.await_answer((tx.merchant_id, tx.order_id), tx.hops_us)
         return tx.charge_result, False
 
     # --- later operations -----------------------------------------------------------------------

@@ -104,6 +104,11 @@ class Hub:
             (bank, n.expected_name or n.address, n.healthy,
              not n.breaker.allows(asyncio.get_running_loop().time()), n.breaker.failures)
             for bank, pool in self.pools.items() for n in pool.nodes]
+        self.pipeline.metrics.attach(
+            hops=self.service.runner.hops, pools=self.pools,
+            ledger_stats=getattr(self.ledger, "stats", None), webhooks=self.webhooks,
+            unresolved=lambda: len(self.service.unresolved),
+            backlog=getattr(self.ledger, "outbox_backlog", None))
         if self.health_server is not None:
             self.health_server.add_route("/metrics", self.pipeline.metrics.route())
         self.sessions: set[MerchantSession] = set()

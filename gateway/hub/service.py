@@ -113,6 +113,7 @@ class TransactionService:
         tx = self.txs.get(key)
         if tx is not None:
             tx.hops_us.setdefault("answered", at_us)
+        self.runner.hops.answered(key, at_us)  # the charge's hop latencies, for /metrics
 
     def start(self, requester: Requester, rid: int, op: Operation, key: Key,
               args: dict[str, Any], received_us: int, *, sent_us: int | None = None

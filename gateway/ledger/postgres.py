@@ -36,6 +36,7 @@ import concurrent.futures
 import logging
 import shutil
 import subprocess
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
@@ -49,6 +50,7 @@ from gateway.ledger.base import (
     Webhook,
     WebhookRow,
 )
+from gateway.stats import CommitStats
 from gateway.storage.lockfile import LockHeld
 from gateway.transactions.model import Transaction, now_ms
 from protocol.errors import ErrorCode, PaywireError, StorageClosed
@@ -401,6 +403,7 @@ class PostgresLedger:
         self._failed = False
         self._in_flight = 0
         self.commits = 0
+        self.stats = CommitStats()  # writes per commit and commit time (gateway/stats.py)
 
     async def start(self) -> None:
         """Connect, take the ledger's lock (``LockHeld`` if another hub has it), create
@@ -660,9 +663,12 @@ class PostgresLedger:
             _resolve(fut, value)
 
     async def _call(self, conn: asyncpg.Connection, ops: list[_Op]) -> list[Any]:
+        started_ns = time.perf_counter_ns()
         rows = await conn.fetch(_APPLY, *_arrays(ops), now_ms(),
                                 timeout=self.commit_timeout_s)
         self.commits += 1
+        # For /metrics: the round trip of the commit (the WAL flush included).
+        self.stats.committed(len(ops), (time.perf_counter_ns() - started_ns) // 1000)
         return [tuple(r) for r in rows]
 
     def _fail_all(self, batch: list[tuple[_Op, asyncio.Future[Any]]],
@@ -734,6 +740,17 @@ class PostgresLedger:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise LedgerError(f"webhook outbox read failed: {exc}") from exc
         return [Webhook(*r) for r in rows]
+
+    async def outbox_backlog(self) -> int:
+        """Webhooks not delivered yet (pending: due, or waiting for a retry or a lease; dead
+        rows excluded), for /metrics: one count over the pending rows' partial index."""
+        assert self._pool is not None, "start() first"
+        try:
+            n = await self._pool.fetchval("SELECT count(*) FROM webhooks WHERE state = "
+                                          "'pending'", timeout=READ_TIMEOUT_S)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise LedgerError(f"webhook outbox count failed: {exc}") from exc
+        return int(n)
 
     async def claim_webhooks(self, owner: str, now_ms: int, lease_ms: int, limit: int
                              ) -> list[Webhook]:

@@ -250,6 +250,7 @@ class SqliteLedger:
         self.writer = GroupCommitWriter(path, SCHEMA, synchronous=synchronous,
                                         queue_writes_max=queue_writes_max, bulk=_LedgerBulk,
                                         exclusive="ledger")
+        self.stats = self.writer.stats  # writes per commit, commit time (/metrics)
         # The webhook outbox is polled on a read-only connection of its own, in one thread
         # (sqlite3 objects stay on their thread): polls never queue behind the writer's
         # commits, and a WAL reader never blocks the writer.
@@ -347,6 +348,23 @@ class SqliteLedger:
             return [Webhook(*r) for r in self._reader.execute(_DUE, (now, limit))]
         except sqlite3.Error as exc:
             raise LedgerError(f"webhook outbox read failed: {exc}") from exc
+
+    async def outbox_backlog(self) -> int:
+        """Webhooks not delivered yet (pending: due or waiting for a retry; dead rows
+        excluded), for /metrics: counted over the pending rows' partial index on the
+        outbox reader's connection, off the loop and never queued behind commits."""
+        assert self._executor is not None, "start() first"
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._backlog)
+
+    def _backlog(self) -> int:
+        try:
+            if self._reader is None:
+                self._reader = _read_only(self.path)
+            row = self._reader.execute(
+                "SELECT count(*) FROM webhooks WHERE state = 'pending'").fetchone()
+            return int(row[0])
+        except sqlite3.Error as exc:
+            raise LedgerError(f"webhook outbox count failed: {exc}") from exc
 
     def webhook_delivered(self, webhook_id: int, attempts: int, at_ms: int
                           ) -> asyncio.Future[None]:

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.processes import child_env, module_command
+from gateway.stats import CommitStats
 from gateway.storage import lockfile
 from protocol.errors import ErrorCode, PaywireError, StorageClosed
 
@@ -252,6 +253,7 @@ class GroupCommitWriter:
         self._failed = False
         self.commits = 0
         self.writes = 0
+        self.stats = CommitStats()  # writes per batch and commit time, for /metrics
 
     async def start(self) -> None:
         """Take the file's lock if exclusive (``LockHeld`` if another process has it),
@@ -360,9 +362,10 @@ class GroupCommitWriter:
             if not self._ready.done():
                 self._ready.set_result(None)
             return
-        commits, answers = message
+        commits, answers, elapsed_us = message
         self.commits += commits
         self.writes += len(answers)
+        self.stats.committed(len(answers), elapsed_us)
         for token, value, exc in answers:
             fut = self._futures.pop(token, None)
             if fut is None or fut.done():

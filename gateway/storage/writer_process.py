@@ -21,6 +21,7 @@ import signal
 import socket
 import sqlite3
 import sys
+import time
 from typing import Any
 
 from gateway.storage.groupcommit import (
@@ -67,7 +68,10 @@ class Writer:
             del self.items[:len(batch)]
             if self.eof and not self.closing:
                 return  # the node is gone: nobody is waiting for these answers
-            self._send(self._commit(batch))
+            started_ns = time.perf_counter_ns()
+            answers = self._commit(batch)
+            # The commit's duration goes with its answers, for the node's /metrics.
+            self._send(answers, (time.perf_counter_ns() - started_ns) // 1000)
 
     def _receive(self, *, block: bool) -> None:
         self.sock.setblocking(block)
@@ -139,12 +143,12 @@ class Writer:
             self._abort()
             return item[1], None, exc
 
-    def _send(self, answers: list[Answer]) -> None:
+    def _send(self, answers: list[Answer], elapsed_us: int) -> None:
         commits, self.commits = self.commits, 0
         try:
-            data = frame((commits, answers))
+            data = frame((commits, answers, elapsed_us))
         except Exception:
-            data = frame((commits, [_picklable(a) for a in answers]))
+            data = frame((commits, [_picklable(a) for a in answers], elapsed_us))
         self.sock.setblocking(True)
         self.sock.sendall(data)
 
