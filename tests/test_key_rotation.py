@@ -71,6 +71,21 @@ async def sighup(dep: Deployment, line: str) -> None:
     assert dep.hub.alive, dep.hub.tail()
 
 
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a dead child not reaped yet)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    state = next(line for line in status.splitlines() if line.startswith("State:"))
+    return "zombie" not in state.lower()
+
+
 def with_merchants(dep: Deployment, *merchants: MerchantConfig) -> HubConfig:
     assert dep.hub_cfg is not None
     return dataclasses.replace(dep.hub_cfg, merchants=list(merchants))
@@ -178,6 +193,17 @@ async def test_sighup_with_a_bad_config_keeps_the_running_one(tmp_path: Path) ->
         async with client(dep, "M1", OLD) as c:
             await c.charge("bad-3", 1_300, card=card(8))
         assert not (tmp_path / "elsewhere.db").exists()
+        assert dep.hub.alive
+        # A terminal's hangup signals the whole process group: the ledger's writer process
+        # ignores SIGHUP too, and the hub goes on committing through it.
+        assert dep.hub.proc is not None
+        writers = children(dep.hub.proc.pid)
+        assert writers, "the hub's ledger writer process"
+        for pid in writers:
+            os.kill(pid, signal.SIGHUP)
+        async with client(dep, "M1", OLD) as c:
+            await c.charge("bad-4", 1_400, card=card(12))
+        assert all(running(pid) for pid in writers)
         assert dep.hub.alive
     finally:
         dep.stop()
