@@ -258,6 +258,7 @@ class Hub:
         WARNING and keep their running values (``gateway.hub.reload``)."""
         assert self.config_path is not None and self._started_from is not None
         if self.stopping:
+            log.warning("config reload ignored: the hub is stopping")
             return False
         try:
             new = configmod.load(HubConfig, self.config_path)
