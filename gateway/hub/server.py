@@ -1,4 +1,5 @@
-"""The hub process: listener, ledger, bank pools, recovery, expiry and graceful shutdown."""
+"""The hub process: listener, ledger, bank pools, recovery, expiry, configuration reload
+(SIGHUP) and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class Hub:
         if config_path is not None:
             self._started_from = configmod.load(HubConfig, config_path)
             # SIGHUP's default action ends the process: ignored from here until ``start``
-            # installs the reload (children started meanwhile, the ledger's writer, inherit
-            # the ignoring).
+            # installs the reload, so a reload sent to a starting hub is not its end. (The
+            # ledger's writer process ignores it on its own: gateway/storage/writer_process.)
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # ``paywire hub --workers N``: N processes bind the same port (SO_REUSEPORT) and the
         # kernel spreads connections over them (gateway/hub/workers.py).
@@ -305,9 +306,10 @@ class Hub:
 
     def _close_removed(self, session: MerchantSession) -> None:
         """An open connection of a merchant the reload removed: no more events; GOAWAY, so
-        a client stops sending on it (its requests on it meanwhile are refused
-        UNAUTHENTICATED, and a new connection is refused at the handshake); closed as soon
-        as the requests it had in flight are answered."""
+        a client stops sending on it (a request reaching it meanwhile is refused:
+        SHUTTING_DOWN past the cut, UNAUTHENTICATED within it, by the authenticator; a new
+        connection is refused UNAUTHENTICATED at the handshake); closed as soon as the
+        requests it had in flight are answered."""
         self.unsubscribe(cast(Any, session))  # (a Subscriber; mypy: ``peer`` is read-only)
         if not session.goaway_sent:
             session.goaway_sent = True
