@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway import pki
-from gateway.client import AuthenticationError, Card, Client, connect
+from gateway.client import AuthenticationError, Card, Client, RateLimitError, connect
 from gateway.client.webhooks import (
     SignatureVerificationError,
     VerificationFailure,
@@ -238,6 +238,14 @@ async def test_reload_adds_and_removes_merchants(tmp_path: Path) -> None:
             assert removed.value.code is ErrorCode.UNAUTHENTICATED
             # M1 is untouched, on the connection it had.
             await c1.charge("mer-2", 1_200, card=card(11))
+            assert len(c1.history) == 1
+            # Per-merchant limits change at once: a burst of one, refilled once an hour.
+            write_config(dep, with_merchants(dep, m1(rate_per_s=1 / 3600, rate_burst=1),
+                                             MerchantConfig("M3", "sk-M3")))
+            await sighup(dep, "limits changed [M1]")
+            await c1.charge("mer-3", 1_300, card=card(13))
+            with pytest.raises(RateLimitError):
+                await c1.charge("mer-4", 1_400, card=card(14))
             assert len(c1.history) == 1
     finally:
         dep.stop()
