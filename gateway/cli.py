@@ -201,8 +201,8 @@ def cmd_hub(ns: argparse.Namespace) -> int:
             _config_logging(ns, cfg.log_level, cfg.log_format)
         if ns.workers is not None:
             return _run_workers(ns, cfg)
-        return int(_run(_serve(Hub(cfg, reuse_port=ns.reuse_port), ns.ready_file,
-                               ns.parent_fd)))
+        hub = Hub(cfg, reuse_port=ns.reuse_port, config_path=Path(ns.config))  # SIGHUP re-reads
+        return int(_run(_serve(hub, ns.ready_file, ns.parent_fd)))
     except (configmod.ConfigError, LockHeld, LedgerError) as exc:
         return _refused("hub", exc)
 

@@ -35,6 +35,7 @@ class ConfigError(Exception):
 @dataclass
 class MerchantConfig:
     id: str
+    # The key the hub signs this merchant's webhooks with and accepts requests signed with.
     server_key: str
     webhook_url: str | None = None
     connections_max: int = 64
@@ -44,6 +45,30 @@ class MerchantConfig:
     # the rate limit and the hub's window (``HubConfig.nonce_entries_max``), so a merchant
     # within its rate is never refused by it. Set lower to cap memory; at least rate_burst.
     nonce_entries_max: int | None = None
+    # Key rotation (docs/operations.md "Rotating a merchant's server key"): the key being
+    # retired, still accepted on requests while the merchant's clients move to
+    # ``server_key``; webhooks are signed with ``server_key`` only. At most two keys are
+    # active, so a leaked old key has a known end: the reload that removes this line.
+    previous_server_key: str | None = None
+
+    def server_keys(self) -> tuple[str, ...]:
+        """The keys a request may be signed with, the primary (newest) first."""
+        if self.previous_server_key is None:
+            return (self.server_key,)
+        return (self.server_key, self.previous_server_key)
+
+    def check_keys(self) -> None:
+        """Non-empty, distinct keys: an empty key would sign requests anyone can forge, and
+        the same key twice is a rotation that rotated nothing (most likely a copy slip)."""
+        if not self.server_key:
+            raise ConfigError(f"merchants[{self.id}].server_key is empty")
+        if self.previous_server_key is not None:
+            if not self.previous_server_key:
+                raise ConfigError(f"merchants[{self.id}].previous_server_key is empty: "
+                                  "remove the line when the rotation is over")
+            if self.previous_server_key == self.server_key:
+                raise ConfigError(f"merchants[{self.id}].previous_server_key is the same as "
+                                  "server_key: set server_key to the new key")
 
 
 @dataclass
@@ -196,7 +221,12 @@ class HubConfig:
             check_plaintext_listen(self.plaintext_listen)
         if self.health_listen is not None:
             check_health_listen(self.health_listen)
+        seen_ids: set[str] = set()
         for m in self.merchants:
+            if m.id in seen_ids:
+                raise ConfigError(f"merchant {m.id!r} is configured twice")
+            seen_ids.add(m.id)
+            m.check_keys()
             if m.nonce_entries_max is not None and m.nonce_entries_max < m.rate_burst:
                 # A burst the rate limit admits would then be refused by the nonce space.
                 raise ConfigError(f"merchant {m.id}: nonce_entries_max "

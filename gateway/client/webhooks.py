@@ -175,7 +175,10 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
     ``body``: the raw request body, exactly as received (verify before parsing).
     ``headers``: the request's headers (any mapping; names are matched without case).
     ``server_key``: the merchant's server key, or several (during a key rotation any of
-    them may have signed). ``seen``: a ``ReplayGuard`` to refuse a delivery presented twice.
+    them may have signed: pass ``[new, old]`` from before the hub switches to the new key
+    until the hub's retries of notifications queued before the switch are over; see
+    docs/operations.md "Rotating a merchant's server key").
+    ``seen``: a ``ReplayGuard`` to refuse a delivery presented twice.
     ``now_s``: the time to judge freshness by (default: the clock; tests pass one)."""
     raw = body.encode() if isinstance(body, str) else bytes(body)
     header = _header(headers, SIGNATURE_HEADER)
@@ -211,9 +214,14 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
             VerificationFailure.EVENT_ID_MISMATCH,
             f"{EVENT_ID_HEADER} {header_event_id[:80]!r} is not the signed body's event_id "
             f"{notification.event_id!r}")
-    expected = signature_key(notification.order_id, notification.status_code,
-                             notification.gross_amount, key)
-    if not hmac.compare_digest(expected, notification.signature_key):
+    # Any of the keys: the hub builds a body (and its signature_key) when the change is
+    # committed but signs the header when it delivers, with the key primary by then, so a
+    # notification queued before a key rotation and delivered after it carries the old
+    # key's signature_key under a header signed with the new key.
+    if not any(hmac.compare_digest(signature_key(notification.order_id,
+                                                 notification.status_code,
+                                                 notification.gross_amount, k),
+                                   notification.signature_key) for k in (key, *keys)):
         raise SignatureVerificationError(
             VerificationFailure.BAD_SIGNATURE_KEY,
             "the body's signature_key does not match its order_id, status_code and "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gateway.ledger.base import SharedLedger
@@ -74,19 +75,35 @@ class NonceCache:
 
 class Authenticator:
     """Per-request authentication for every merchant of a hub: each merchant has its own
-    key and its own nonce space (``nonce_entries_max``), so one merchant can exhaust only
-    its own."""
+    keys (one, or two during a rotation: either verifies) and its own nonce space
+    (``nonce_entries_max``), so one merchant can exhaust only its own.
 
-    def __init__(self, keys: dict[str, bytes], window_s: float,
+    ``update`` swaps the merchants and keys in place (a configuration reload, SIGHUP): a
+    request is checked against the keys in force when it is decoded."""
+
+    def __init__(self, keys: Mapping[str, bytes | Sequence[bytes]], window_s: float,
                  nonce_entries_max: dict[str, int]) -> None:
-        self.keys = keys
         self.window_s = window_s
-        self.nonces = {merchant: NonceCache(window_s, nonce_entries_max[merchant])
-                       for merchant in keys}
+        self.keys: dict[str, tuple[bytes, ...]] = {}
+        self.nonces: dict[str, NonceCache] = {}
+        self.update(keys, nonce_entries_max)
         # Set on a ledger other hubs share: nonces are spent there too, so a request replayed
         # to another hub is refused. The local cache still refuses replays to this hub at
         # once and bounds each merchant's share here.
         self.shared: SharedLedger | None = None
+
+    def update(self, keys: Mapping[str, bytes | Sequence[bytes]],
+               nonce_entries_max: dict[str, int]) -> None:
+        """The merchants and keys from now on. A removed merchant's nonce space is kept
+        (bounded, it empties as its window passes): were the merchant added back within the
+        window, a request captured before its removal is still REPLAYED."""
+        self.keys = {m: (k,) if isinstance(k, bytes) else tuple(k) for m, k in keys.items()}
+        for merchant in self.keys:
+            cache = self.nonces.get(merchant)
+            if cache is None:
+                self.nonces[merchant] = NonceCache(self.window_s, nonce_entries_max[merchant])
+            else:
+                cache.entries_max = nonce_entries_max[merchant]
 
     def check(self, req: Request, session_merchant: str) -> asyncio.Future[int | None] | None:
         """Raise AuthError with the precise code, or return when the request is authentic.
@@ -99,16 +116,23 @@ class Authenticator:
         if req.merchant_id != session_merchant:
             raise AuthError(f"merchant_id {req.merchant_id!r} does not match the connection's "
                             f"certificate and HELLO", code=ErrorCode.FORBIDDEN)
-        key = self.keys.get(req.merchant_id)
-        if key is None:
+        keys = self.keys.get(req.merchant_id)
+        if keys is None:
+            # Also a merchant removed by a reload while its connection was open.
             raise AuthError("unknown merchant", code=ErrorCode.UNAUTHENTICATED)
         now_s = time.time()
         ts_s = req.timestamp_ms / 1000
         if abs(now_s - ts_s) > self.window_s:
             raise AuthError(f"timestamp is {now_s - ts_s:.0f} s from the hub's clock; the "
                             f"window is ±{self.window_s:.0f} s", code=ErrorCode.STALE_TIMESTAMP)
-        if not signing.verify_request(key, req.signature, req.merchant_id, req.request_id,
-                                      req.op, req.timestamp_ms, req.nonce, req.args_raw):
+        # The primary key first: after a rotation most requests use it, so the second HMAC
+        # is paid only by clients still on the previous key (and by forgeries).
+        # (Unrolled, not any(generator): this runs for every request.)
+        if not signing.verify_request(keys[0], req.signature, req.merchant_id, req.request_id,
+                                      req.op, req.timestamp_ms, req.nonce, req.args_raw) \
+                and not (len(keys) > 1 and signing.verify_request(
+                    keys[1], req.signature, req.merchant_id, req.request_id, req.op,
+                    req.timestamp_ms, req.nonce, req.args_raw)):
             raise AuthError("signature does not verify", code=ErrorCode.BAD_SIGNATURE)
         self.nonces[req.merchant_id].add(req.nonce, ts_s, now_s)
         if self.shared is None:

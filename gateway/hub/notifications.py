@@ -44,7 +44,12 @@ class Notifier:
         result = tx.to_result(with_hops=False) if shown is None else shown
         # A charge's own ``notification_url`` overrides the merchant's for all of its
         # transaction's notifications (checked against the webhook rules when charged).
-        url = tx.notification_url or (merchant.webhook_url if merchant else None)
+        # None for a merchant a configuration reload removed: without its key no
+        # notification could be signed, so none is queued (its events are still stored).
+        url = (tx.notification_url or merchant.webhook_url) if merchant else None
+        # Signed with the primary key (``server_key``) only, also during a rotation: a
+        # receiver verifies with the new key, and with the old one too for rows queued
+        # before the switch (docs/operations.md "Rotating a merchant's server key").
         head, tail = (notification_body_parts(result, merchant.server_key)
                       if merchant and url else (b"", b""))
         return Notification(bodycodec.pack(result), url, head, tail)

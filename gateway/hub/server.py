@@ -1,11 +1,15 @@
-"""The hub process: listener, ledger, bank pools, recovery, expiry and graceful shutdown."""
+"""The hub process: listener, ledger, bank pools, recovery, expiry, configuration reload
+(SIGHUP) and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+from pathlib import Path
 from typing import Any, cast
 
+from gateway import config as configmod
 from gateway import secret_keys, tls
 from gateway.config import HubConfig
 from gateway.fraud import FraudEngine
@@ -15,6 +19,7 @@ from gateway.hub.banklink import BankLink, BankPool
 from gateway.hub.multihub import EventPoller, Rescanner
 from gateway.hub.notifications import EventFanout, event_frame
 from gateway.hub.pipeline import RequestPipeline
+from gateway.hub.reload import plan as reload_plan
 from gateway.hub.routing import Router
 from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
@@ -32,8 +37,20 @@ log = logging.getLogger("paywire.hub")
 
 
 class Hub:
-    def __init__(self, cfg: HubConfig, *, reuse_port: bool = False) -> None:
+    def __init__(self, cfg: HubConfig, *, reuse_port: bool = False,
+                 config_path: Path | None = None) -> None:
         self.cfg = cfg
+        # ``config_path``: the file ``cfg`` was read from; SIGHUP re-reads it (``reload``).
+        # What the file said at start (before the command line's overrides), to tell which
+        # settings a reloaded file changes that need a restart.
+        self.config_path = config_path
+        self._started_from: HubConfig | None = None
+        if config_path is not None:
+            self._started_from = configmod.load(HubConfig, config_path)
+            # SIGHUP's default action ends the process: ignored from here until ``start``
+            # installs the reload, so a reload sent to a starting hub is not its end. (The
+            # ledger's writer process ignores it on its own: gateway/storage/writer_process.)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
         # ``paywire hub --workers N``: N processes bind the same port (SO_REUSEPORT) and the
         # kernel spreads connections over them (gateway/hub/workers.py).
         self.reuse_port = reuse_port
@@ -54,8 +71,7 @@ class Hub:
                                   queue_writes_max=cfg.ledger_queue_writes_max,
                                   connect_timeout_s=cfg.ledger.connect_timeout_s,
                                   commit_timeout_s=cfg.ledger.commit_timeout_s)
-        self.auth = Authenticator({m.id: m.server_key.encode() for m in cfg.merchants},
-                                  cfg.timestamp_window_s,
+        self.auth = Authenticator(self._auth_keys(cfg.merchants), cfg.timestamp_window_s,
                                   {m.id: cfg.nonce_entries_max(m) for m in cfg.merchants})
         client_ctx = tls.node_client_context(cfg.certs_dir, "hub", cfg.node_id)
         self.pools = {
@@ -126,6 +142,8 @@ class Hub:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config_path is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         if self.health_server is not None:
             # First, so a balancer probing a starting hub hears "not ready", not silence.
             await self.health_server.start()
@@ -232,8 +250,90 @@ class Hub:
 
         self.schedulers.keep(settle())
 
+    # --- configuration reload (SIGHUP) ----------------------------------------------------
+    @staticmethod
+    def _auth_keys(merchants: list[configmod.MerchantConfig]) -> dict[str, tuple[bytes, ...]]:
+        """Each merchant's accepted request keys, the primary first."""
+        return {m.id: tuple(k.encode() for k in m.server_keys()) for m in merchants}
+
+    def reload(self) -> bool:
+        """Re-read the config file and apply its merchants (keys, webhook URLs, limits, the
+        set itself) without touching a connection of a merchant that stays. A file that
+        does not load or validate changes nothing: one ERROR line, the hub runs on. Returns
+        whether the new merchants were applied. Settings that need a restart are named in a
+        WARNING and keep their running values (``gateway.hub.reload``)."""
+        assert self.config_path is not None and self._started_from is not None
+        if self.stopping:
+            log.warning("config reload ignored: the hub is stopping")
+            return False
+        try:
+            new = configmod.load(HubConfig, self.config_path)
+            change = reload_plan(self.cfg, self._started_from, new)
+        except (configmod.ConfigError, OSError, ValueError) as exc:  # ValueError: bad TOML
+            log.error("config reload failed, still running the previous configuration: "
+                      "%s", " ".join(str(exc).split()))
+            return False
+        if change.not_applied:
+            log.warning("config reload: %s changed in %s but only take effect at a restart; "
+                        "still running with the previous values",
+                        ", ".join(change.not_applied), self.config_path)
+        self._apply_merchants(change.merchants, set(change.removed))
+        log.info("config reloaded from %s: %s", self.config_path, change.summary())
+        return True
+
+    def _apply_merchants(self, merchants: list[configmod.MerchantConfig],
+                         removed: set[str]) -> None:
+        """Swap in the new merchants everywhere they are read. The objects are updated in
+        place (the config's list, the dispatcher's keys, the token buckets), since sessions
+        and the service hold references to them."""
+        cfg = self.cfg
+        cfg.merchants = merchants  # the shared HubConfig: HELLOs from now on see these
+        self.auth.update(self._auth_keys(merchants),
+                         {m.id: cfg.nonce_entries_max(m) for m in merchants})
+        self.service.notifier.merchants = {m.id: m for m in merchants}
+        # Webhooks are signed with the primary key only. A removed merchant's key is kept
+        # for the rows already queued for it (they were committed with a body and a URL).
+        self.webhooks.server_keys.update({m.id: m.server_key for m in merchants})
+        self.events.has_webhook.clear()
+        self.events.has_webhook.update(m.id for m in merchants if m.webhook_url)
+        for m in merchants:
+            bucket = self.buckets.get(m.id)
+            if bucket is None:
+                self.buckets[m.id] = TokenBucket(m.rate_per_s, m.rate_burst, 0.0)
+            else:
+                bucket.rate_per_s, bucket.burst = m.rate_per_s, m.rate_burst
+                bucket.tokens = min(bucket.tokens, float(m.rate_burst))
+        # (A removed merchant's bucket stays: its open connections still pass the pipeline's
+        # rate check on their way to the authenticator's refusal.)
+        for session in list(self.sessions):
+            if session.merchant_id in removed:
+                self._close_removed(session)
+
+    def _close_removed(self, session: MerchantSession) -> None:
+        """An open connection of a merchant the reload removed: no more events; GOAWAY, so
+        a client stops sending on it (a request reaching it meanwhile is refused:
+        SHUTTING_DOWN past the cut, UNAUTHENTICATED within it, by the authenticator; a new
+        connection is refused UNAUTHENTICATED at the handshake); closed as soon as the
+        requests it had in flight are answered."""
+        self.unsubscribe(cast(Any, session))  # (a Subscriber; mypy: ``peer`` is read-only)
+        if not session.goaway_sent:
+            session.goaway_sent = True
+            session.net.send_goaway(
+                code=ErrorCode.SHUTTING_DOWN,
+                message=f"merchant {session.merchant_id} is no longer configured on this hub",
+                refusal="merchant no longer configured on this hub")
+        if session.in_flight == 0:
+            session.flush_now()
+            session.abort_soon()
+
     # --- shutdown ----------------------------------------------------------------------------
     def session_drained(self, session: MerchantSession) -> None:
+        if not self.stopping and session.merchant_id is not None \
+                and self.cfg.merchant(session.merchant_id) is None:
+            # A removed merchant's connection has answered its last request (reload).
+            session.flush_now()
+            session.abort_soon()
+            return
         if all(s.in_flight == 0 for s in self.sessions):
             self._drained.set()
 

@@ -9,8 +9,9 @@ a SQLite file (one writer per file: the second hub is refused).
 
 This module is the parent: it starts the workers, restarts one that dies (a bounded number
 of times), and stops them all gracefully on SIGTERM/SIGINT (each drains as a single hub
-does: GOAWAY, in-flight requests finished, ledger flushed). It serves no traffic itself
-and opens no ledger. Worker i's health endpoint is ``health_listen``'s port + i.
+does: GOAWAY, in-flight requests finished, ledger flushed); SIGHUP it passes on to every
+worker, each of which reloads the config file itself. It serves no traffic itself and
+opens no ledger. Worker i's health endpoint is ``health_listen``'s port + i.
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ class Supervisor:
         worker cannot be kept running (exit 1), or cannot start at all (its exit code: 7 or 8)."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.forward_reload())
         code = 1
         try:
             for w in self.workers:
@@ -229,6 +231,20 @@ class Supervisor:
                 self._write_ready(ready_file)  # a restarted worker's pid and health port
                 published = pids
         return 0
+
+    def forward_reload(self) -> list[int]:
+        """SIGHUP: every worker re-reads the config file (``Hub.reload``); this process
+        reads nothing. Only to workers that are ready: one still starting reads the file
+        as it is now anyway, and before its hub is built a SIGHUP would end it. Returns the
+        pids signalled."""
+        sent = []
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None and w.ready() is not None:
+                w.proc.send_signal(signal.SIGHUP)
+                sent.append(w.proc.pid)
+        log.warning("hub workers: SIGHUP forwarded to %d of %d workers (pids %s)", len(sent),
+                    self.count, ", ".join(map(str, sent)) or "none")
+        return sent
 
     def _write_ready(self, ready_file: str | None) -> None:
         if not ready_file:

@@ -169,6 +169,9 @@ def main(argv: list[str]) -> int:
     # waits; if the node dies instead, end-of-file ends the writer.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SIGHUP reloads a hub's configuration (a terminal's hangup reaches the whole group):
+    # it must not end the writer the hub goes on using.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     os.umask(WRITER_UMASK)
     sock = socket.socket(fileno=int(argv[0]))
     buf = bytearray()
