@@ -96,9 +96,11 @@ async def test_resume_within_the_horizon_and_beyond_it(tmp_path: Path,
                 # From the floor: everything after it, in order. From below it: refused.
                 assert await _resume(c, first, second - first) == \
                     list(range(first + 1, second + 1))
+                refused = hub.pipeline.metrics.handshakes_refused
                 err = await _refused(c, first - 1)
                 assert f"resume floor {first}" in err.message
                 await _refused(c, 0)
+                assert refused.get("RESUME_EXPIRED") == 2  # both at the HELLO
 
                 # An operator prunes beside the running hub, later still: the hub's copy of
                 # the floor is stale, the HELLO passes, and the replay finds the gap.
@@ -111,8 +113,10 @@ async def test_resume_within_the_horizon_and_beyond_it(tmp_path: Path,
                 assert pruned.floors == {"M1": second}
                 assert hub.event_floor == {"M1": first}
                 await _refused(c, first)
+                assert refused.get("RESUME_EXPIRED") == 2  # after WELCOME, in the replay
                 assert hub.event_floor == {"M1": second}  # learnt from the replay
-                await _refused(c, first)  # now at the HELLO
+                await _refused(c, first)
+                assert refused.get("RESUME_EXPIRED") == 3  # now at the HELLO
                 assert await _resume(c, second, third - second) == \
                     list(range(second + 1, third + 1))
 
