@@ -505,11 +505,37 @@ def cmd_ledger(ns: argparse.Namespace) -> int:
         if ns.action == "backup":
             ledgercli.backup(where, Path(ns.dest))
             print(f"backed up {ns.ledger} to {ns.dest}")
+        elif ns.action == "prune":
+            policy = _retention_policy(ns)
+            print(ledgercli.describe_prune(ledgercli.prune(where, policy, ns.dry_run),
+                                           ns.dry_run))
         else:
             ledgercli.export(where, ns.format)
     except LedgerError as exc:
         raise CliError(cliout.EXIT_FAILED, cliout.one_line(str(exc))) from exc
     return 0
+
+
+def _retention_policy(ns: argparse.Namespace) -> Any:
+    """``ledger prune``: the hub's ``[retention]`` (``--config``, else the defaults), with
+    the keep times given on the command line instead (an operator may go below the hub's
+    minimum horizon; subscribers behind it then get RESUME_EXPIRED)."""
+    from gateway.hub.retention import policy_of
+
+    try:
+        cfg = (configmod.load(configmod.HubConfig, Path(ns.config)).retention if ns.config
+               else configmod.RetentionConfig())
+    except (OSError, configmod.ConfigError) as exc:
+        raise CliError(cliout.EXIT_CONFIG, cliout.one_line(str(exc))) from exc
+    policy = policy_of(cfg)
+    for name in ("events_resume_horizon_s", "webhooks_delivered_keep_s"):
+        value = getattr(ns, name)
+        if value is not None:
+            if not value >= 0:
+                raise CliError(cliout.EXIT_USAGE, f"--{name.replace('_', '-')} must be 0 or "
+                               "more")
+            policy = policy._replace(**{name[:-2] + "_ms": round(value * 1000)})
+    return policy
 
 
 def _ledger_file(path: str) -> Path:
@@ -879,13 +905,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_client_options(events)
     events.set_defaults(fn=cmd_events)
 
-    led = sub.add_parser("ledger", help="back up or export a ledger (docs/operations.md)")
+    led = sub.add_parser("ledger", help="back up, export or prune a ledger "
+                                        "(docs/operations.md)")
     lsub = led.add_subparsers(dest="action", required=True)
     lbak = lsub.add_parser("backup", help="a consistent copy of a live ledger")
     lbak.add_argument("dest", help="the copy's file (must not exist)")
     lexp = lsub.add_parser("export", help="transactions as JSON lines or CSV on stdout")
     lexp.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
-    for lp in (lbak, lexp):
+    lpru = lsub.add_parser("prune", help="delete delivered webhooks and events past the "
+                                         "resume horizon, as the hub's sweeper does")
+    lpru.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    lpru.add_argument("--config", help="the hub's config, for its [retention] keep times")
+    lpru.add_argument("--events-resume-horizon-s", type=float,
+                      help="keep events this long (default: the config's, 7 days)")
+    lpru.add_argument("--webhooks-delivered-keep-s", type=float,
+                      help="keep delivered webhooks this long (default: the config's)")
+    for lp in (lbak, lexp, lpru):
         lp.add_argument("--ledger", required=True,
                         help="the hub's ledger file, or its postgresql:// URL")
     led.set_defaults(fn=cmd_ledger)

@@ -157,6 +157,42 @@ class LedgerConfig:
 
 
 @dataclass
+class RetentionConfig:
+    """``[retention]``: how long the hub keeps delivered webhooks and pushed events
+    (docs/operations.md "Retention and the resume horizon"). Transactions are never deleted;
+    nor is a webhook still pending or dead, nor an event a subscriber may still resume from."""
+
+    enabled: bool = True
+    # An event stays resumable (``events_since``) this long after it was recorded; older
+    # ones are deleted, oldest first, unless their webhook is still pending.
+    events_resume_horizon_s: float = 7 * 86400.0
+    # A delivered webhook row is kept this long after its delivery (``webhooks list``).
+    webhooks_delivered_keep_s: float = 7 * 86400.0
+    sweep_interval_s: float = 300.0
+    # Rows deleted per statement batch (of events, and of webhooks): a sweep is short
+    # transactions, never one long lock; a full batch is followed at once by the next.
+    sweep_rows_max: int = 5_000
+
+    def __post_init__(self) -> None:
+        if not self.events_resume_horizon_s >= RESUME_HORIZON_S_MIN:
+            raise ConfigError(f"retention.events_resume_horizon_s must be at least "
+                              f"{RESUME_HORIZON_S_MIN:g} s (a subscriber that reconnects "
+                              f"after a short outage must find its events)")
+        if not self.webhooks_delivered_keep_s >= 0:
+            raise ConfigError("retention.webhooks_delivered_keep_s must be 0 or more")
+        if not self.sweep_interval_s > 0:
+            raise ConfigError("retention.sweep_interval_s must be positive")
+        if not 1 <= self.sweep_rows_max <= SWEEP_ROWS_MAX_LIMIT:
+            raise ConfigError(f"retention.sweep_rows_max must be 1..{SWEEP_ROWS_MAX_LIMIT}")
+
+
+# The shortest resume horizon a hub accepts: below it a brief disconnection could already
+# cost a subscriber its events (``paywire ledger prune`` may go lower, by hand).
+RESUME_HORIZON_S_MIN = 60.0
+SWEEP_ROWS_MAX_LIMIT = 100_000
+
+
+@dataclass
 class HubConfig:
     node_id: str = "hub"
     listen_host: str = "127.0.0.1"
@@ -197,6 +233,7 @@ class HubConfig:
     currencies: list[str] = field(default_factory=lambda: list(CURRENCY_EXPONENTS))
     fraud: FraudConfig = field(default_factory=FraudConfig)
     webhooks: WebhookConfig = field(default_factory=WebhookConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     # Plaintext lab mode (labs 1 and 3): an extra merchant listener WITHOUT TLS, "HOST:PORT"
     # on loopback only (e.g. "127.0.0.1:7410"); None (default) opens none. Anything but a
     # loopback IP literal is refused at load (PLAINTEXT_NOT_LOOPBACK).

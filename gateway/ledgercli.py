@@ -1,4 +1,4 @@
-"""``paywire ledger backup|export``: operators' copies of a ledger, through ``LedgerTools``
+"""``paywire ledger backup|export|prune``: operators' copies of a ledger, through ``LedgerTools``
 only (no SQL outside ``gateway/ledger/``), readable without the project."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.ledger import ledger_tools
-from gateway.transactions.model import Transaction
+from gateway.ledger import PruneResult, RetentionPolicy, ledger_tools
+from gateway.transactions.model import Transaction, now_ms
 
 # The export's columns, in order: plain values a spreadsheet or ``jq`` reads as they are.
 # Never a full card number: the ledger stores only the masked one.
@@ -53,3 +53,30 @@ def backup(where: Path | str, dest: Path) -> None:
 
 def export(where: Path | str, fmt: str, out: TextIO | None = None) -> int:
     return write_export(ledger_tools(where).transactions(), fmt, out or sys.stdout)
+
+
+def prune(where: Path | str, policy: RetentionPolicy, dry_run: bool = False,
+          now: int | None = None) -> PruneResult:
+    """``paywire ledger prune``: what the hub's retention sweeper does, once, by hand (the
+    same rules, ``Ledger.prune``), batch after batch until one is not full. A dry run
+    deletes nothing and counts one batch (so at most ``policy.rows_max`` of each)."""
+    tools = ledger_tools(where)
+    at = now_ms() if now is None else now
+    if dry_run:
+        return tools.prune(policy, at, dry_run=True)
+    webhooks = events = 0
+    floors: dict[str, int] = {}
+    while True:
+        done = tools.prune(policy, at)
+        webhooks += done.webhooks
+        events += done.events
+        floors.update(done.floors)
+        if max(done.webhooks, done.events) < policy.rows_max:
+            return PruneResult(webhooks, events, floors)
+
+
+def describe_prune(result: PruneResult, dry_run: bool) -> str:
+    verb = "would delete" if dry_run else "deleted"
+    floors = " ".join(f"{m}={f}" for m, f in sorted(result.floors.items()))
+    return (f"{verb} {result.webhooks} delivered webhook(s) and {result.events} event(s)"
+            + (f"; resume floors {floors}" if floors else ""))

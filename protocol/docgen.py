@@ -113,6 +113,9 @@ ERROR_MEANINGS: dict[ErrorCode, str] = {
     ErrorCode.MALFORMED_BODY: "body is not a msgpack map within the limits",
     ErrorCode.INVALID_FIELD: "a field is missing, of the wrong type, out of range, or unknown",
     ErrorCode.UNKNOWN_OPERATION: "`op` names no operation",
+    ErrorCode.RESUME_EXPIRED: "`events_since` is below the merchant's resume floor: events "
+                              "after it are past the hub's resume horizon and deleted "
+                              "(section 3.3)",
     ErrorCode.UNAUTHENTICATED: "unknown merchant",
     ErrorCode.BAD_SIGNATURE: "request HMAC does not verify",
     ErrorCode.REPLAYED: "nonce already used within the timestamp window",

@@ -16,6 +16,7 @@ the codes it is *the* class of; every ``ErrorCode`` belongs to exactly one class
     │   │                        RESERVED_FLAGS TRUNCATED_FRAME
     │   └── ProtocolViolation    UNEXPECTED_FRAME DUPLICATE_REQUEST_ID
     ├── BodyError                MALFORMED_BODY INVALID_FIELD UNKNOWN_OPERATION  (2xx)
+    │   └── ResumeExpired        RESUME_EXPIRED
     ├── AuthenticationError      UNAUTHENTICATED BAD_SIGNATURE REPLAYED STALE_TIMESTAMP
     │   └── PermissionDenied     FORBIDDEN  (3xx)
     ├── LimitError               RESPONSE_TOO_LARGE  (4xx)
@@ -95,6 +96,7 @@ class ErrorCode(enum.IntEnum):
     MALFORMED_BODY = 200
     INVALID_FIELD = 201
     UNKNOWN_OPERATION = 202
+    RESUME_EXPIRED = 203
     # 3xx: authentication.
     UNAUTHENTICATED = 300
     BAD_SIGNATURE = 301
@@ -259,6 +261,15 @@ class BodyError(PaywireError):
     codes: ClassVar[Codes] = (
         ErrorCode.MALFORMED_BODY, ErrorCode.INVALID_FIELD, ErrorCode.UNKNOWN_OPERATION,
     )
+
+
+class ResumeExpired(BodyError):
+    """The HELLO's ``events_since`` is below the merchant's resume floor: events after it
+    were deleted by the hub's retention (its resume horizon passed), so resuming would
+    skip them. Reconcile the orders with ``status``, then subscribe again without
+    ``events_since`` (docs/protocol.md §3.3). Not retryable: the events will not return."""
+
+    codes: ClassVar[Codes] = (ErrorCode.RESUME_EXPIRED,)
 
 
 # --- 3xx: authentication -------------------------------------------------------------------

@@ -44,7 +44,8 @@ SECTIONS = {
     "FraudConfig": ("## Fraud screening", "`[[fraud.velocity]]` tables"),
     "VelocityRule": ("`[[fraud.velocity]]` tables", "## Webhooks"),
     "WebhookConfig": ("## Webhooks", "## Ledger"),
-    "LedgerConfig": ("## Ledger", "## Bank node"),
+    "LedgerConfig": ("## Ledger", "## Retention"),
+    "RetentionConfig": ("## Retention", "## Bank node"),
     "BankNodeConfig": ("## Bank node", ""),
 }
 
@@ -52,7 +53,7 @@ SECTIONS = {
 @pytest.mark.parametrize("cls", [cfgmod.HubConfig, cfgmod.MerchantConfig, cfgmod.BankRoute,
                                  cfgmod.BankNodeConfig, cfgmod.FraudConfig,
                                  cfgmod.VelocityRule, cfgmod.WebhookConfig,
-                                 cfgmod.LedgerConfig])
+                                 cfgmod.LedgerConfig, cfgmod.RetentionConfig])
 def test_every_field_and_default_is_documented(cls: type) -> None:
     doc = DOC.read_text()
     start, end = SECTIONS[cls.__name__]

@@ -410,7 +410,12 @@ class Client:
         """Yield this merchant's pushed events after ``since`` (all future ones if ``None``),
         in order, each once. Runs on its own connection; when it drops, or a gap in ``seq``
         shows a missed event, it reconnects with ``events_since`` = the last seq yielded and
-        the hub replays what was missed from its ledger."""
+        the hub replays what was missed from its ledger.
+
+        Raises ``ResumeExpired`` when the hub no longer has events after ``since`` (or
+        after the last seq yielded): they are past its resume horizon (docs/protocol.md
+        §3.3). Reconcile the orders with ``status``, then call ``events()`` again without
+        ``since``; retrying with the same ``since`` cannot succeed."""
         last = since
         attempt = 0
         while True:
@@ -431,6 +436,9 @@ class Client:
                 while True:
                     raw = await sub.conn.events.get()
                     if raw is None:
+                        expired = sub.conn.peer_error
+                        if expired is not None and expired.code is ErrorCode.RESUME_EXPIRED:
+                            raise expired  # events after ``last`` are gone: reconcile
                         break  # connection gone: resume from ``last``
                     seq = raw["seq"]
                     if seq <= last:

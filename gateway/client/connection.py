@@ -39,6 +39,7 @@ class ClientConnection(FrameHandler):
         # consumer that falls EVENTS_QUEUED_MAX behind is cut off (it resumes by seq).
         self.events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self.lost_reason: str | None = None
+        self.peer_error: RemoteError | None = None  # the ERROR frame that ended it, if any
         # Request ids the hub refused with SHUTTING_DOWN (labs and the GOAWAY test read it).
         self.shutting_down_rids: set[int] = set()
 
@@ -87,6 +88,7 @@ class ClientConnection(FrameHandler):
     def on_peer_error(self, body: dict[str, Any]) -> None:
         err = RemoteError.from_body(body)
         self.lost_reason = f"{err.code.name}: {err.message}"
+        self.peer_error = err  # after WELCOME too (RESUME_EXPIRED during a replay)
         if not self.welcome.done():
             self.welcome.set_exception(err)
 

@@ -169,6 +169,9 @@ class SessionHost(Protocol):
     def event_seq(self) -> dict[str, int]: ...
 
     @property
+    def event_floor(self) -> dict[str, int]: ...
+
+    @property
     def ledger(self) -> Ledger: ...
 
     @property

@@ -20,6 +20,7 @@ from gateway.hub.multihub import EventPoller, Rescanner
 from gateway.hub.notifications import EventFanout, event_frame
 from gateway.hub.pipeline import RequestPipeline
 from gateway.hub.reload import plan as reload_plan
+from gateway.hub.retention import RetentionSweeper
 from gateway.hub.routing import Router
 from gateway.hub.schedulers import Schedulers
 from gateway.hub.service import TransactionService
@@ -97,6 +98,11 @@ class Hub:
         self.unsubscribe = self.events.unsubscribe
         self.schedulers = Schedulers(self.service, cfg.expiry_check_interval_s,
                                      cfg.recovery_interval_s)
+        # Each merchant's resume floor (a HELLO's events_since below it: RESUME_EXPIRED),
+        # loaded at start and raised by the retention sweeper (gateway/hub/retention.py).
+        self.event_floor: dict[str, int] = {}
+        self.retention = (RetentionSweeper(self.ledger, cfg.retention, self.event_floor)
+                          if cfg.retention.enabled else None)
         # Other hubs share the ledger (PostgreSQL): nonces spent there, events pushed from
         # its log, their open work and charges picked up from it (docs/postgres.md).
         self.event_poller: EventPoller | None = None
@@ -152,6 +158,7 @@ class Hub:
             pool.start()
         await asyncio.gather(*(p.wait_ready(3.0) for p in self.pools.values()))
         self.event_seq.update(await self.ledger.last_event_seqs())
+        self.event_floor.update(await self.ledger.event_floors())
         await self._rebuild_fraud_memory()
         self.health.phase = Phase.RECOVERING
         await self._recover()
@@ -169,6 +176,8 @@ class Hub:
         if self.cfg.plaintext_listen:
             await self._start_plaintext(self.cfg.plaintext_listen)
         self.schedulers.start()
+        if self.retention is not None:
+            self.retention.start()
         self.health.phase = Phase.READY
         log.info("hub %s listening on %s:%d", self.cfg.node_id, self.cfg.listen_host, self.port)
 
@@ -362,7 +371,7 @@ class Hub:
         for pool in self.pools.values():
             await pool.stop()
         await self.webhooks.stop()
-        for poller in (self.event_poller, self.rescanner):
+        for poller in (self.event_poller, self.rescanner, self.retention):
             if poller is not None:
                 await poller.stop()
         await self.ledger.close()

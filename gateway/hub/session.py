@@ -122,6 +122,11 @@ class MerchantSession(FrameHandler):
             self.fail(ErrorCode.INVALID_FIELD, f"events_since {since} is beyond the latest "
                       f"event seq {latest_seq}", "events_since")
             return
+        floor = self.hub.event_floor.get(merchant.id, 0)
+        if since is not None and since < floor:
+            # Events after ``since`` were deleted (retention): a resume would skip them.
+            self.fail(ErrorCode.RESUME_EXPIRED, _expired(since, floor), "events_since")
+            return
         count = self.hub.connections_by_merchant.get(merchant.id, 0)
         if count >= merchant.connections_max:
             self.fail(ErrorCode.TOO_MANY_CONNECTIONS,
@@ -276,6 +281,8 @@ class MerchantSession(FrameHandler):
             while self.transport is not None and not self.transport.is_closing():
                 rows = await self.hub.ledger.events_after(self.merchant_id,
                                                           self.events_sent_seq, batch)
+                if not await self._resumable(rows):
+                    return
                 for seq, data in rows:
                     if seq <= self.events_sent_seq:
                         continue
@@ -291,6 +298,28 @@ class MerchantSession(FrameHandler):
                     break  # caught up: from here on, live events are pushed
         finally:
             self.replaying = False
+
+    async def _resumable(self, rows: list[tuple[int, bytes]]) -> bool:
+        """Whether the replay can go on without a gap; if not, end it with RESUME_EXPIRED.
+
+        The HELLO was checked against this hub's copy of the floor, which a sweep run
+        since (by another hub, or ``paywire ledger prune``) may have passed: seqs have no
+        gaps, so a first row above the next seq, or no row at all below the merchant's
+        latest while the ledger's floor is above what was sent, means deleted events."""
+        assert self.merchant_id is not None
+        sent = self.events_sent_seq
+        gap = bool(rows) and rows[0][0] > sent + 1
+        if not gap and (rows or sent >= self.hub.event_seq.get(self.merchant_id, 0)):
+            return True
+        floor = (await self.hub.ledger.event_floors()).get(self.merchant_id, 0)
+        if not gap and floor <= sent:
+            return True  # a commit not visible to this read yet: read again
+        if gap:
+            floor = max(floor, rows[0][0] - 1)
+        known = self.hub.event_floor
+        known[self.merchant_id] = max(floor, known.get(self.merchant_id, 0))
+        self.fail(ErrorCode.RESUME_EXPIRED, _expired(sent, floor), "events_since")
+        return False
 
     # --- shutdown ------------------------------------------------------------------------
     def send_goaway(self) -> None:
@@ -310,3 +339,9 @@ class MerchantSession(FrameHandler):
         if self.merchant_id is not None:
             n = self.hub.connections_by_merchant.get(self.merchant_id, 1) - 1
             self.hub.connections_by_merchant[self.merchant_id] = max(n, 0)
+
+
+def _expired(since: int, floor: int) -> str:
+    return (f"events_since {since} is below the resume floor {floor}: events after it are "
+            f"past the hub's resume horizon and deleted; reconcile with status, then "
+            f"subscribe without events_since")

@@ -8,6 +8,8 @@ from gateway.ledger.base import (
     LedgerError,
     LedgerTools,
     Notification,
+    PruneResult,
+    RetentionPolicy,
     SharedLedger,
     TransactionSummary,
     Webhook,
@@ -59,5 +61,6 @@ def ledger_tools(where: Path | str) -> LedgerTools:
 
 
 __all__ = ["POSTGRES_SCHEMES", "Ledger", "LedgerError", "LedgerTools", "Notification",
-           "SharedLedger", "SqliteLedger", "SqliteLedgerTools", "TransactionSummary", "Webhook",
-           "WebhookRow", "is_postgres_url", "ledger_tools", "open_ledger"]
+           "PruneResult", "RetentionPolicy", "SharedLedger", "SqliteLedger",
+           "SqliteLedgerTools", "TransactionSummary", "Webhook", "WebhookRow",
+           "is_postgres_url", "ledger_tools", "open_ledger"]

@@ -89,6 +89,41 @@ class TransactionSummary(NamedTuple):
     bank: str | None
 
 
+class RetentionPolicy(NamedTuple):
+    """What a retention sweep may delete (``Ledger.prune``; docs/operations.md "Retention
+    and the resume horizon"). Never a transaction, a pending or dead webhook, nor an event
+    newer than the horizon or whose webhook is pending."""
+
+    events_resume_horizon_ms: int  # an event older than this may go...
+    webhooks_delivered_keep_ms: int  # ...and a webhook delivered longer ago than this
+    rows_max: int  # at most this many rows of each table per call: a short transaction
+
+
+class PruneResult(NamedTuple):
+    """What one sweep deleted (or, dry run, would delete)."""
+
+    webhooks: int
+    events: int
+    # Merchants whose resume floor moved, and to where: every event with a seq at or
+    # below the floor may be gone, every one above it is kept.
+    floors: dict[str, int]
+
+
+def swept_prefix(rows: list[tuple[int, int]], before_ms: int, pending_min: int | None
+                 ) -> tuple[int | None, int]:
+    """Of a merchant's oldest events ``(seq, created_ms)`` in seq order, the last seq of
+    the run that may go (recorded before ``before_ms``, below the first pending webhook's
+    seq) and its length: what stays is always every seq above a floor."""
+    last: int | None = None
+    count = 0
+    for seq, created_ms in rows:
+        if created_ms >= before_ms or (pending_min is not None and seq >= pending_min):
+            break
+        last = seq
+        count += 1
+    return last, count
+
+
 class LedgerError(Exception):
     """The ledger's store failed a read (the store's own error is the cause). Callers that
     poll, like the webhook dispatcher, log it and try again later."""
@@ -161,6 +196,24 @@ class Ledger(Protocol):
     async def events_after(self, merchant_id: str, seq: int, limit: int
                            ) -> list[tuple[int, bytes]]:
         """``(seq, data)`` of the merchant's events after ``seq``, oldest first."""
+        ...
+
+    async def event_floors(self) -> dict[str, int]:
+        """Each merchant's resume floor (``PruneResult.floors``), for merchants that have
+        one: a subscriber may resume from ``events_since`` >= its merchant's floor without
+        missing an event; below it, events it has not seen are gone."""
+        ...
+
+    async def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+                    ) -> PruneResult:
+        """One bounded retention batch at ``now_ms`` (a parameter: tests move the clock):
+        delete up to ``policy.rows_max`` webhooks delivered before ``now_ms -
+        webhooks_delivered_keep_ms``, and up to ``rows_max`` events, per merchant its oldest
+        ones, stopping at the first one recorded at or after ``now_ms -
+        events_resume_horizon_ms`` or whose webhook is pending; so what stays of a merchant's
+        events is every seq above its floor. Its latest seq survives (a seq is never given
+        out twice). Safe beside other writers and other hubs' sweeps (idempotent; a shared
+        ledger runs one sweep at a time, the others find nothing to do)."""
         ...
 
     async def due_webhooks(self, now_ms: int, limit: int) -> list[Webhook]:
@@ -242,4 +295,10 @@ class LedgerTools(Protocol):
 
     def transactions(self) -> list[Transaction]:
         """Every transaction, decoded, oldest first (``paywire ledger export``)."""
+        ...
+
+    def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+              ) -> PruneResult:
+        """``Ledger.prune`` beside the running hub (``paywire ledger prune``); raises
+        ``LedgerError``."""
         ...

@@ -39,16 +39,19 @@ import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar, cast
 
 import asyncpg
 
 from gateway.ledger.base import (
     LedgerError,
     Notification,
+    PruneResult,
+    RetentionPolicy,
     TransactionSummary,
     Webhook,
     WebhookRow,
+    swept_prefix,
 )
 from gateway.stats import CommitStats
 from gateway.storage.lockfile import LockHeld
@@ -148,6 +151,16 @@ CREATE TABLE IF NOT EXISTS nonces (
     PRIMARY KEY (merchant_id, nonce)
 );
 CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_ms);
+-- Retention (prune): each merchant's resume floor, the highest seq a sweep deleted (every
+-- event at or below it may be gone); and delivered webhooks by delivery time, so a sweep
+-- finds the old ones without a scan. (Seqs come from event_counters, which no sweep
+-- touches.)
+CREATE TABLE IF NOT EXISTS event_floors (
+    merchant_id text PRIMARY KEY,
+    swept_seq   bigint NOT NULL
+);
+CREATE INDEX IF NOT EXISTS webhooks_delivered ON webhooks (delivered_ms)
+    WHERE state = 'delivered';
 """
 
 # Kinds of write in a batch (the a_kind array).
@@ -333,6 +346,75 @@ UPDATE webhooks h SET claimed_by = $2, claimed_until_ms = $1 + $3
 FROM due WHERE h.id = due.id
 RETURNING h.id, h.merchant_id, h.transaction_id, h.event_id, h.url, h.body, h.attempts
 """
+
+
+# Retention. One sweep at a time on a ledger, whichever hub (or ``paywire ledger prune``)
+# runs it: a transaction-level advisory lock, tried, not waited for; a sweep that does not
+# get it finds nothing to do (the one holding it is doing it). Deletes are idempotent
+# anyway, and only rows in a final state go (``delivered``: no lease, no claim left).
+RETENTION_LOCK_KEY = 0x5061_7979
+_PRUNE_WEBHOOKS = """
+WITH gone AS (
+    SELECT id FROM webhooks WHERE state = 'delivered' AND delivered_ms < $1
+    ORDER BY delivered_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+DELETE FROM webhooks h USING gone WHERE h.id = gone.id AND h.state = 'delivered'
+"""
+_OLD_WEBHOOKS = """
+SELECT count(*) FROM (SELECT 1 FROM webhooks WHERE state = 'delivered' AND delivered_ms < $1
+                      LIMIT $2) AS x
+"""
+# The lowest seq of a merchant's events whose webhook is pending: event_id() is
+# "evt_<merchant>_<seq>", so the seq starts at character length(merchant) + 6.
+_PENDING_SEQ_MIN = """
+SELECT min(substr(event_id, length($1) + 6)::bigint) FROM webhooks
+WHERE state = 'pending' AND merchant_id = $1
+"""
+
+
+async def prune_on(conn: asyncpg.Connection, policy: RetentionPolicy, now: int,
+                   dry_run: bool) -> PruneResult:
+    """``Ledger.prune`` in one transaction of ``conn`` (each statement bounded by
+    ``READ_TIMEOUT_S``)."""
+    t = READ_TIMEOUT_S
+    async with conn.transaction():
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)",
+                                   RETENTION_LOCK_KEY, timeout=t):
+            return PruneResult(0, 0, {})
+        hooks_before = now - policy.webhooks_delivered_keep_ms
+        if dry_run:
+            hooks = int(await conn.fetchval(_OLD_WEBHOOKS, hooks_before, policy.rows_max,
+                                            timeout=t))
+        else:
+            done = await conn.execute(_PRUNE_WEBHOOKS, hooks_before, policy.rows_max,
+                                      timeout=t)
+            hooks = int(done.split()[-1])  # the command tag: "DELETE n"
+        events_before = now - policy.events_resume_horizon_ms
+        budget = policy.rows_max
+        events = 0
+        floors: dict[str, int] = {}
+        merchants = await conn.fetch("SELECT merchant_id FROM event_counters "
+                                     "ORDER BY merchant_id", timeout=t)
+        for (merchant,) in merchants:
+            if budget <= 0:
+                break
+            pending_min = await conn.fetchval(_PENDING_SEQ_MIN, merchant, timeout=t)
+            rows = await conn.fetch("SELECT seq, created_ms FROM events WHERE merchant_id = $1 "
+                                    "ORDER BY seq LIMIT $2", merchant, budget, timeout=t)
+            last, count = swept_prefix([(r[0], r[1]) for r in rows], events_before,
+                                       pending_min)
+            if last is None:
+                continue
+            if not dry_run:
+                await conn.execute("DELETE FROM events WHERE merchant_id = $1 AND seq <= $2",
+                                   merchant, last, timeout=t)
+                await conn.execute(
+                    "INSERT INTO event_floors AS f VALUES ($1, $2) ON CONFLICT (merchant_id) "
+                    "DO UPDATE SET swept_seq = greatest(f.swept_seq, excluded.swept_seq)",
+                    merchant, last, timeout=t)
+            floors[merchant] = last
+            events += count
+            budget -= count
+        return PruneResult(hooks, events, floors)
 
 
 async def _connect(url: str, timeout_s: float) -> asyncpg.Connection:
@@ -733,6 +815,23 @@ class PostgresLedger:
                                 timeout=READ_TIMEOUT_S)
         return [(r[0], r[1]) for r in rows]
 
+    async def event_floors(self) -> dict[str, int]:
+        pool = await self._after_writes()
+        rows = await pool.fetch("SELECT merchant_id, swept_seq FROM event_floors",
+                                timeout=READ_TIMEOUT_S)
+        return {r[0]: r[1] for r in rows}
+
+    async def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+                    ) -> PruneResult:
+        """On a connection of the read pool, not the writer's: commits go on meanwhile."""
+        assert self._pool is not None, "start() first"
+        try:
+            async with self._pool.acquire(timeout=READ_TIMEOUT_S) as conn:
+                return await prune_on(cast(asyncpg.Connection, conn), policy, now_ms,
+                                      dry_run)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise LedgerError(f"retention sweep failed: {exc}") from exc
+
     async def due_webhooks(self, now_ms: int, limit: int) -> list[Webhook]:
         assert self._pool is not None, "start() first"
         try:
@@ -892,6 +991,20 @@ class PostgresLedgerTools:
             return [r[0] for r in rows]
 
         return [Transaction.from_record(r) for r in self._with_conn(fn)]
+
+    def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+              ) -> PruneResult:
+        async def fn(conn: asyncpg.Connection) -> PruneResult:
+            # A ledger last opened by an older hub lacks the retention table and index.
+            await create_schema(conn)
+            return await prune_on(conn, policy, now_ms, dry_run)
+
+        try:
+            return self._with_conn(fn)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                TimeoutError) as exc:
+            raise LedgerError(f"cannot prune the ledger {_safe_url(self.url)}: "
+                              f"{exc}") from exc
 
     def transaction(self, merchant_id: str, order_id: str) -> Transaction | None:
         async def fn(conn: asyncpg.Connection) -> bytes | None:

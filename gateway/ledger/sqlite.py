@@ -14,10 +14,13 @@ from typing import Any
 from gateway.ledger.base import (
     LedgerError,
     Notification,
+    PruneResult,
+    RetentionPolicy,
     TransactionSummary,
     Webhook,
     WebhookRow,
     event_id,
+    swept_prefix,
 )
 from gateway.storage.groupcommit import GroupCommitWriter, execute, fetch_all
 from gateway.transactions.model import Transaction, now_ms
@@ -74,6 +77,16 @@ CREATE INDEX IF NOT EXISTS transactions_unresolved ON transactions(unresolved)
 CREATE INDEX IF NOT EXISTS transactions_pending ON transactions(status)
     WHERE status = 'pending';
 """
+# Retention (prune): each merchant's resume floor, the highest seq a sweep deleted. Every
+# event at or below it may be gone; the next seq is above it even if no event is left. And
+# the delivered webhooks by delivery time, so a sweep finds the old ones without a scan.
+_RETENTION_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS event_floors (merchant_id TEXT PRIMARY KEY, "
+    "swept_seq INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS webhooks_delivered ON webhooks(delivered_ms) "
+    "WHERE state = 'delivered'",
+)
+SCHEMA += "".join(f"{statement};\n" for statement in _RETENTION_SCHEMA)
 
 def _row(tx: Transaction) -> tuple[object, ...]:
     return (tx.merchant_id, tx.order_id, tx.transaction_id, tx.status, int(tx.unresolved),
@@ -120,6 +133,14 @@ def _write(insert: bool, tx: Transaction, note: Notification | None) -> _Write:
             (note.data, note.webhook_url, note.body_head, note.body_tail))
 
 
+# A merchant's latest seq: its newest event, or, if a sweep deleted every one, the floor.
+_LATEST_SEQ = ("SELECT MAX(COALESCE((SELECT MAX(seq) FROM events WHERE merchant_id = ?), 0), "
+               "COALESCE((SELECT swept_seq FROM event_floors WHERE merchant_id = ?), 0))")
+_LATEST_SEQS = ("SELECT merchant_id, MAX(s) FROM (SELECT merchant_id, MAX(seq) AS s FROM events "
+                "GROUP BY merchant_id UNION ALL SELECT merchant_id, swept_seq FROM "
+                "event_floors) GROUP BY merchant_id")
+
+
 class _LedgerBulk:
     """Applies a batch of transaction writes with a few multi-row statements. Built and run
     in the ledger's writer process.
@@ -139,8 +160,7 @@ class _LedgerBulk:
     def _next_seq(self, conn: sqlite3.Connection, merchant_id: str) -> int:
         seq = self._seq.get(merchant_id)
         if seq is None:
-            seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE merchant_id = ?",
-                               (merchant_id,)).fetchone()[0]
+            seq = conn.execute(_LATEST_SEQ, (merchant_id, merchant_id)).fetchone()[0]
         seq += 1
         self._seq[merchant_id] = seq
         return seq
@@ -224,6 +244,61 @@ def _webhook_dead(conn: sqlite3.Connection, wid: int, attempts: int, error: str 
                   ) -> None:
     conn.execute("UPDATE webhooks SET state='dead', attempts=?, last_error=? WHERE id=?",
                  (attempts, error, wid))
+
+
+# Retention: a loose index scan of the events' primary key, one step per merchant (not a
+# scan of every event, which SELECT DISTINCT would be).
+_EVENT_MERCHANTS = """
+WITH RECURSIVE m(id) AS (
+    SELECT MIN(merchant_id) FROM events
+    UNION ALL
+    SELECT (SELECT MIN(merchant_id) FROM events WHERE merchant_id > m.id) FROM m
+    WHERE m.id IS NOT NULL)
+SELECT id FROM m WHERE id IS NOT NULL
+"""
+# The lowest seq of a merchant's events whose webhook is pending: event_id() is
+# "evt_<merchant>_<seq>", so the seq starts at character len(merchant) + 6.
+_PENDING_SEQ_MIN = ("SELECT MIN(CAST(substr(event_id, ?) AS INTEGER)) FROM webhooks "
+                    "WHERE state = 'pending' AND merchant_id = ?")
+
+
+def _prune(conn: sqlite3.Connection, policy: RetentionPolicy, now: int, dry_run: bool
+           ) -> PruneResult:
+    """``Ledger.prune`` on one connection inside the caller's transaction (the writer's
+    batch, or the tools' ``BEGIN IMMEDIATE``)."""
+    hooks_before = now - policy.webhooks_delivered_keep_ms
+    ids = [r[0] for r in conn.execute(
+        "SELECT id FROM webhooks WHERE state = 'delivered' AND delivered_ms < ? "
+        "ORDER BY delivered_ms LIMIT ?", (hooks_before, policy.rows_max))]
+    if ids and not dry_run:
+        for start in range(0, len(ids), _EXISTING_CHUNK):
+            chunk = ids[start:start + _EXISTING_CHUNK]
+            conn.execute(f"DELETE FROM webhooks WHERE state = 'delivered' AND id IN "
+                         f"({','.join('?' * len(chunk))})", chunk)
+    events_before = now - policy.events_resume_horizon_ms
+    budget = policy.rows_max
+    events = 0
+    floors: dict[str, int] = {}
+    for (merchant,) in conn.execute(_EVENT_MERCHANTS).fetchall():
+        if budget <= 0:
+            break
+        pending_min = conn.execute(_PENDING_SEQ_MIN, (len(merchant) + 6, merchant)
+                                   ).fetchone()[0]
+        rows = conn.execute("SELECT seq, created_ms FROM events WHERE merchant_id = ? "
+                            "ORDER BY seq LIMIT ?", (merchant, budget)).fetchall()
+        last, count = swept_prefix(rows, events_before, pending_min)
+        if last is None:
+            continue
+        if not dry_run:
+            conn.execute("DELETE FROM events WHERE merchant_id = ? AND seq <= ?",
+                         (merchant, last))
+            conn.execute("INSERT INTO event_floors VALUES (?, ?) ON CONFLICT (merchant_id) "
+                         "DO UPDATE SET swept_seq = MAX(swept_seq, excluded.swept_seq)",
+                         (merchant, last))
+        floors[merchant] = last
+        events += count
+        budget -= count
+    return PruneResult(len(ids), events, floors)
 
 
 # Per transaction only the oldest pending row is eligible (order per transaction).
@@ -325,9 +400,19 @@ class SqliteLedger:
             "SELECT record FROM transactions WHERE status='authorize'", ())
 
     async def last_event_seqs(self) -> dict[str, int]:
-        rows: list[tuple[str, int]] = await self.writer.submit(
-            fetch_all, "SELECT merchant_id, MAX(seq) FROM events GROUP BY merchant_id")
+        rows: list[tuple[str, int]] = await self.writer.submit(fetch_all, _LATEST_SEQS)
         return dict(rows)
+
+    async def event_floors(self) -> dict[str, int]:
+        rows: list[tuple[str, int]] = await self.writer.submit(
+            fetch_all, "SELECT merchant_id, swept_seq FROM event_floors")
+        return dict(rows)
+
+    async def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+                    ) -> PruneResult:
+        # A call in the writer process: one savepoint of a group commit, bounded by rows_max.
+        result: PruneResult = await self.writer.submit(_prune, policy, now_ms, dry_run)
+        return result
 
     async def events_after(self, merchant_id: str, seq: int, limit: int
                            ) -> list[tuple[int, bytes]]:
@@ -467,6 +552,34 @@ class SqliteLedgerTools:
                 src.close()
         except sqlite3.Error as exc:
             raise LedgerError(f"cannot back up the ledger {self.path}: {exc}") from exc
+
+    def prune(self, policy: RetentionPolicy, now_ms: int, dry_run: bool = False
+              ) -> PruneResult:
+        """``Ledger.prune`` from a connection of its own, beside the hub: ``BEGIN
+        IMMEDIATE`` takes the write lock before reading (waiting ``WRITE_WAIT_S`` for the
+        hub's writer), so what it reads cannot change before it deletes. The hub's writer
+        keeps counting seqs from memory, above the floor."""
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.WRITE_WAIT_S,
+                                   isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger {self.path}: {exc}") from exc
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                # A ledger last opened by an older hub lacks the retention table and index.
+                for statement in _RETENTION_SCHEMA:
+                    conn.execute(statement)
+                result = _prune(conn, policy, now_ms, dry_run)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot prune the ledger {self.path}: {exc}") from exc
+        finally:
+            conn.close()
 
     def transactions(self) -> list[Transaction]:
         """Every transaction, decoded, ordered by creation time (for ``ledger export``)."""
