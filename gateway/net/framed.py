@@ -52,6 +52,11 @@ WRITE_BUFFER_LOW_BYTES = 64 * 1024
 # Unexpected exceptions get a traceback in the log this many times per process, then one
 # line per connection: enough to diagnose the bug, too few for a peer to flood the log.
 UNEXPECTED_TRACEBACKS_MAX = 1
+# After we close a connection (an error, a drop), how long the TLS close (our close_notify,
+# the peer's) may take before the TCP connection is dropped. asyncio's and uvloop's own
+# bound is 30 s; a peer declared dead (IDLE_TIMEOUT, a stalled frame) or a black hole never
+# answers it, and until the close ends the link is neither up nor reconnecting (§2.4).
+CLOSE_GRACE_S = 2.0
 _unexpected_tracebacks = 0
 
 # The frame type an event came from, to name it in the log and in an INTERNAL error.
@@ -172,6 +177,7 @@ class FramedProtocol(asyncio.Protocol):
         self.peer: Any = None
         self.unexpected_errors = 0  # frames whose handling raised (see _guard)
         self._timer: asyncio.TimerHandle | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None  # bounds our close
         self._trace_wanted = trace.enabled() if trace_frames is None else trace_frames
         # Set in connection_made when tracing is on; the hot paths test only this.
         self.tracer: trace.FrameTracer | None = None
@@ -295,6 +301,9 @@ class FramedProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
         self.conn.close()
         if not self.closed.done():
             self.closed.set_result(None)
@@ -439,8 +448,7 @@ class FramedProtocol(asyncio.Protocol):
     def _close_after_error(self) -> None:
         self._cancel_timer()
         self._flush()
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
 
     def abort_soon(self) -> None:
         """Close without sending what is still gathered (after the peer's ERROR; to drop a
@@ -448,7 +456,24 @@ class FramedProtocol(asyncio.Protocol):
         if self.transport is not None:
             self._cancel_timer()
             self.conn.close()
-            self.transport.close()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Start the TLS close, and drop the connection if it has not ended within
+        ``CLOSE_GRACE_S`` (what is written by then, the ERROR frame included, has gone)."""
+        transport = self.transport
+        if transport is None:
+            return
+        transport.close()
+        if self._abort_handle is None and not self.closed.done():
+            self._abort_handle = self.loop.call_later(CLOSE_GRACE_S, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        self._abort_handle = None
+        if self.transport is not None and not self.closed.done():
+            log.info("dropping %s: its close did not end within %g s", self.peer,
+                     CLOSE_GRACE_S)
+            self.transport.abort()
 
     # --- flow control --------------------------------------------------------------------
     def update_reading(self) -> None:
