@@ -29,8 +29,11 @@ lint: $(TEST_STAMP)
 typecheck: $(TEST_STAMP)
 	$(BIN)/mypy --strict protocol/ gateway/
 
+# Test files run on TEST_WORKERS processes (pytest-xdist), a whole file per worker so that
+# a file's shared fixtures start once; TEST_WORKERS=0 runs them all in this process.
+TEST_WORKERS ?= 3
 test: $(TEST_STAMP) lint typecheck
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The long randomized variant of the fault tests: ROUNDS kills of the hub under load
 # (default 50), each with its own printed seed; results in soak-results.json.
