@@ -13,11 +13,13 @@ import asyncio
 import concurrent.futures
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 import warnings
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -78,3 +80,39 @@ def _in_thread(coro: Coroutine[Any, Any, None]) -> None:
     running in this thread)."""
     with concurrent.futures.ThreadPoolExecutor(1) as ex:
         ex.submit(asyncio.run, coro).result()
+
+
+def client_tools_dir() -> Path | None:
+    """Where ``pg_dump`` and ``pg_restore`` of the test server's own version are: pgserver
+    ships them beside its server (``pginstall/bin``). ``None`` with ``PAYWIRE_PG_DSN`` (an
+    outside server: its client tools are whatever is on ``PATH``)."""
+    if os.environ.get(ENV_DSN):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import pgserver
+    found = Path(pgserver.__file__).parent / "pginstall" / "bin"
+    return found if (found / "pg_dump").exists() else None
+
+
+def client_tools_env() -> dict[str, str]:
+    """The environment for ``paywire ledger backup`` and ``pg_restore`` against the test
+    server: ``PATH`` with :func:`client_tools_dir` first."""
+    env = dict(os.environ)
+    found = client_tools_dir()
+    if found is not None:
+        env["PATH"] = f"{found}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def restore(dump: Path, dsn: str, env: dict[str, str]) -> None:
+    """``pg_restore`` a ``pg_dump --format=custom`` file into the (empty) database ``dsn``:
+    the documented restore (docs/operations.md)."""
+    exe = shutil.which("pg_restore", path=env.get("PATH"))
+    assert exe is not None, "pg_restore is not on PATH"
+    done = subprocess.run([exe, "--dbname", dsn, str(dump)], env=env,
+                          capture_output=True, text=True, timeout=RESTORE_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr
+
+
+RESTORE_TIMEOUT_S = 120.0

@@ -317,7 +317,8 @@ async def test_a_bad_write_fails_alone_and_leaves_no_gap_in_the_events(ledger: L
 
 
 async def test_tools_export_transactions_and_back_up_on_every_backend(
-        ledger: Ledger, tools: LedgerTools, impl: Implementation, tmp_path: Path) -> None:
+        ledger: Ledger, tools: LedgerTools, impl: Implementation, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     txs = [_tx("m1", f"o{i}", 1000 + i) for i in range(3)]
     for tx in txs:
         await ledger.insert_new(tx)
@@ -327,11 +328,23 @@ async def test_tools_export_transactions_and_back_up_on_every_backend(
     dest.write_bytes(b"")
     with pytest.raises(LedgerError):  # never overwrites
         await asyncio.to_thread(tools.backup, dest)
-    if impl.name == "postgres":
-        # This machine's pg_dump (15) refuses the test server (16): the PostgreSQL copy
-        # itself is not exercised here (docs/operations.md).
-        return
     dest.unlink()
+    if impl.name == "postgres":
+        # pg_dump and pg_restore of the server's own version (pgserver ships them; the
+        # machine's older pg_dump refuses a newer server), as `paywire ledger backup` finds
+        # them: on PATH.
+        from gateway.ledger.postgres import PostgresLedgerTools
+        from tests.pgsupport import client_tools_env, database, restore
+
+        env = client_tools_env()
+        monkeypatch.setenv("PATH", env["PATH"])
+        await asyncio.to_thread(tools.backup, dest)
+        with database(request.getfixturevalue("pg_server")) as copy_dsn:
+            await asyncio.to_thread(restore, dest, copy_dsn, env)
+            copied = await asyncio.to_thread(PostgresLedgerTools(copy_dsn).transactions)
+        assert {t.transaction_id: t.gross_amount for t in copied} == {
+            t.transaction_id: t.gross_amount for t in txs}
+        return
     await asyncio.to_thread(tools.backup, dest)
     assert {t.transaction_id for t in SqliteLedgerTools(dest).transactions()} == {
         t.transaction_id for t in txs}
