@@ -323,6 +323,41 @@ async def test_plain_http_url_queued_by_an_older_configuration_is_not_sent(
         await runner.cleanup()
 
 
+async def test_a_notification_of_a_merchant_no_longer_configured_is_not_sent(
+        tmp_path: Path) -> None:
+    """A row queued for a merchant the configuration has dropped since (hub restarted) has
+    no key to be signed with: dead-lettered with the reason, no request sent."""
+    from aiohttp import web
+
+    got: list[str] = []
+
+    async def unavailable(request: web.Request) -> web.StreamResponse:
+        got.append(request.path)
+        return web.Response(status=503)
+
+    runner, base = await serve_posts(unavailable)
+    # Real-time retry delays: the 503 leaves the row pending for a while, untouched.
+    lab = dataclasses.replace(FAST, time_scale=1.0, allow_plain_http_loopback=True)
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M2": base + "/m2"},
+                        hub_overrides={"webhooks": lab}) as dep:
+            async with dep.client("M2") as c:
+                await c.charge("gone-1", 1_000, card=card(0))
+            await wait_until(lambda: got, "the receiver to get the notification")
+            assert dep.hub is not None and dep.hub_cfg is not None
+            dep.hub.terminate()
+            dep.hub_cfg.merchants = [m for m in dep.hub_cfg.merchants if m.id != "M2"]
+            assert ledger_tools(dep.workdir / "ledger.db").redeliver([1]) == 1  # due now
+            dep.start_hub()
+            rows = await wait_until(lambda: [r for r in dep.ledger_sql(
+                "SELECT state, last_error FROM webhooks") if r[0] == "dead"],
+                "the removed merchant's notification to be dead-lettered")
+        assert "merchant M2 is not in the configuration" in rows[0][1], rows
+        assert got == ["/m2"]  # nothing was sent after the merchant left
+    finally:
+        await runner.cleanup()
+
+
 async def test_https_delivery_verifies_the_receiver_certificate(tmp_path: Path) -> None:
     from aiohttp import web
 

@@ -183,7 +183,13 @@ class WebhookDispatcher:
     async def _post(self, url: str, body: bytes, merchant: str, event_id: str,
                     attempt: int) -> tuple[str, str | None]:
         assert self._session is not None
-        key = self.server_keys.get(merchant, "").encode()
+        server_key = self.server_keys.get(merchant)
+        if not server_key:
+            # Queued before the merchant left the configuration (a restart since): nothing
+            # to sign with, and an unsigned notification would only be refused. Dead-letter
+            # it; once the merchant is back, `paywire webhooks redeliver` sends it.
+            return "refused", f"not sent: merchant {merchant} is not in the configuration"
+        key = server_key.encode()
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
                    SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
                    "X-Paywire-Attempt": str(attempt), "User-Agent": "paywire-webhooks/0.1"}
