@@ -137,6 +137,15 @@ def test_a_wrong_key_is_refused_and_rotation_keys_are_accepted() -> None:
     assert construct_event(BODY, signed(BODY), [other, KEY], now_s=NOW).order_id == "order-7"
 
 
+@pytest.mark.parametrize("keys", ["", [], [""], [KEY, ""]])
+def test_an_empty_server_key_is_a_configuration_error_not_a_pass(keys: Any) -> None:
+    """With an empty key anyone can sign (a forger signs with "" too): refused whatever the
+    delivery, as the receiver's own mistake (say, an unset environment variable)."""
+    forged_body = notification_body(RESULT, "", 42)
+    with pytest.raises(ValueError, match="empty key"):
+        construct_event(forged_body, signed(forged_body, key=""), keys, now_s=NOW)
+
+
 def test_a_signed_body_with_a_wrong_signature_key_is_refused() -> None:
     """A hub that signs the HMAC but computes ``signature_key`` wrongly (another
     implementation) is not trusted halfway."""

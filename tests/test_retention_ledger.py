@@ -312,3 +312,32 @@ def test_swept_prefix_is_the_longest_run_that_may_go(
     run = next((i for i, ok in enumerate(may_go) if not ok), len(rows))
     assert count == run
     assert last == (rows[run - 1][0] if run else None)
+
+
+async def test_the_sweeper_outlives_a_sweep_that_fails(tmp_path: Path) -> None:
+    """One failed sweep (here a writer queue that refused it, injected once over a real
+    SQLite ledger) is logged and the next tick sweeps again: retention never stops for good
+    while the hub runs."""
+    from gateway.config import RetentionConfig
+    from gateway.hub.retention import RetentionSweeper
+
+    class FailsOnce(SqliteLedger):
+        calls = 0
+
+        async def prune(self, policy: RetentionPolicy, now_ms: int,
+                        dry_run: bool = False) -> PruneResult:
+            FailsOnce.calls += 1
+            if FailsOnce.calls == 1:
+                raise RuntimeError("QUEUE_FULL: the writer's queue is full")
+            return await super().prune(policy, now_ms, dry_run)
+
+    ledger = FailsOnce(tmp_path / "ledger.db")
+    await ledger.start()
+    sweeper = RetentionSweeper(ledger, RetentionConfig(sweep_interval_s=0.01), {})
+    try:
+        sweeper.start()
+        await wait_until(lambda: FailsOnce.calls >= 3, "the sweeper to sweep after a failure")
+        assert sweeper._task is not None and not sweeper._task.done()
+    finally:
+        await sweeper.stop()
+        await ledger.close()

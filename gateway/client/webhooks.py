@@ -177,7 +177,8 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
     ``server_key``: the merchant's server key, or several (during a key rotation any of
     them may have signed: pass ``[new, old]`` from before the hub switches to the new key
     until the hub's retries of notifications queued before the switch are over; see
-    docs/operations.md "Rotating a merchant's server key").
+    docs/operations.md "Rotating a merchant's server key"). An empty key, or none, raises
+    a plain ``ValueError`` (the receiver's configuration, whatever was delivered).
     ``seen``: a ``ReplayGuard`` to refuse a delivery presented twice.
     ``now_s``: the time to judge freshness by (default: the clock; tests pass one)."""
     raw = body.encode() if isinstance(body, str) else bytes(body)
@@ -187,6 +188,12 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
                                          f"no {SIGNATURE_HEADER} header")
     timestamp_s, mac = _parse_header(header)
     keys = [server_key] if isinstance(server_key, str) else list(server_key)
+    if not keys or not all(isinstance(k, str) and k for k in keys):
+        # A key from an unset environment variable: with an empty key anyone could sign
+        # (the HMAC key is public), so this is the receiver's configuration error, not a
+        # verdict on the delivery.
+        raise ValueError("construct_event needs the merchant's server key: got an empty "
+                         "key (or none)")
     key = next((k for k in keys if hmac.compare_digest(
         webhook_signature_header(k.encode(), timestamp_s, raw).split(",v1=", 1)[1], mac)),
         None)

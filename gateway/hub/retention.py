@@ -59,6 +59,11 @@ class RetentionSweeper:
             except (LedgerError, OSError) as exc:
                 log.warning("retention sweep failed (tried again in %g s): %s",
                             self.cfg.sweep_interval_s, exc)
+            except Exception as exc:
+                # A full writer queue, a busy database, a driver error: retention must not
+                # stop for good because one sweep failed (the tables would grow unseen).
+                log.warning("retention sweep failed (tried again in %g s): %s: %s",
+                            self.cfg.sweep_interval_s, type(exc).__name__, exc)
 
     async def sweep(self, at_ms: int | None = None) -> PruneResult:
         """Delete what is past its keep time at ``at_ms`` (now by default), batch after

@@ -46,6 +46,10 @@ log = logging.getLogger("paywire.webhooks")
 
 DUE_BATCH_MAX = 500
 LOCATION_LOGGED_CHARS_MAX = 200
+# A row of a merchant this hub's configuration does not hold (removed since it was queued,
+# or added on another hub of a shared ledger that this one has not reloaded yet) is looked
+# at again this much later, its attempts untouched: never sent unsigned, never given up.
+UNCONFIGURED_RETRY_S = 60.0
 # A claim's lease on a shared ledger: at least this, and several delivery timeouts, since a
 # claimed row may wait for one of its merchant's slots first. Only a dead hub's rows wait
 # for it to run out.
@@ -185,10 +189,10 @@ class WebhookDispatcher:
         assert self._session is not None
         server_key = self.server_keys.get(merchant)
         if not server_key:
-            # Queued before the merchant left the configuration (a restart since): nothing
-            # to sign with, and an unsigned notification would only be refused. Dead-letter
-            # it; once the merchant is back, `paywire webhooks redeliver` sends it.
-            return "refused", f"not sent: merchant {merchant} is not in the configuration"
+            # Not in this hub's configuration (removed since, or not reloaded here yet):
+            # nothing to sign with, and an unsigned notification would only be refused.
+            return "unconfigured", (f"not sent: merchant {merchant} is not in this hub's "
+                                    "configuration")
         key = server_key.encode()
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
                    SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
@@ -220,6 +224,12 @@ class WebhookDispatcher:
         if outcome == "delivered":
             self.delivered += 1
             await self.ledger.webhook_delivered(wid, attempts, now)
+            return
+        if outcome == "unconfigured":
+            log.warning("webhook %d not sent: merchant not configured on this hub; looked at "
+                        "again in %g s", wid, UNCONFIGURED_RETRY_S)
+            await self.ledger.webhook_retry(wid, attempts - 1,
+                                            now + int(UNCONFIGURED_RETRY_S * 1000), error)
             return
         self.failed_attempts += 1
         retries_left = attempts <= len(self.cfg.retry_schedule_s) and outcome != "refused"
