@@ -85,6 +85,26 @@ async def test_events_from_now_and_cli_tail(tmp_path: Path) -> None:
         assert '"order_id": "old"' in out.decode() and '"order_id": "new"' in out.decode()
 
 
+async def test_on_subscribed_says_from_which_seq_before_the_first_event(
+        tmp_path: Path) -> None:
+    """The reconcile order after ``ResumeExpired`` (subscribe, then ask status) needs to
+    know when the stream is subscribed: ``on_subscribed`` is called with WELCOME's
+    ``event_seq`` once the hub has registered the subscription, and again on a resume."""
+    with deployment(tmp_path, bca_nodes=1) as dep:
+        async with dep.client() as c:
+            await c.charge("before", 1_000, card=card(0))
+            seen: list[int] = []
+            stream = c.events(on_subscribed=seen.append)
+            task = asyncio.ensure_future(take(stream, 1))
+            await wait_until(lambda: seen, "the subscription")
+            assert seen == [1]  # one event (the charge above) was recorded before it
+            # Nothing more is needed to be sure the next change arrives as an event.
+            await c.charge("after", 2_000, card=card(1))
+            (event,) = await task
+            await stream.aclose()
+        assert event.seq == 2 and event.transaction.order_id == "after"
+
+
 FRAUD = FraudConfig(challenge_above={"IDR": 5_000_000}, deny_above={"IDR": 50_000_000},
                     velocity=[VelocityRule("email", 3600.0, 2, "deny")],
                     block_ips=["6.6.6.6"], bin_countries={"4811": "ID"},

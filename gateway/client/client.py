@@ -13,7 +13,7 @@ import logging
 import random
 import ssl
 from collections import deque
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -405,7 +405,8 @@ class Client:
                     raise OutcomeUnknown(f"status of {order_id!r}: no answer in time",
                                          order_id=order_id) from None
 
-    async def events(self, since: int | None = None, *, reconnect: bool = True
+    async def events(self, since: int | None = None, *, reconnect: bool = True,
+                     on_subscribed: Callable[[int], object] | None = None
                      ) -> AsyncGenerator[Event, None]:
         """Yield this merchant's pushed events after ``since`` (all future ones if ``None``),
         in order, each once. Runs on its own connection; when it drops, or a gap in ``seq``
@@ -414,8 +415,13 @@ class Client:
 
         Raises ``ResumeExpired`` when the hub no longer has events after ``since`` (or
         after the last seq yielded): they are past its resume horizon (docs/protocol.md
-        §3.3). Reconcile the orders with ``status``, then call ``events()`` again without
-        ``since``; retrying with the same ``since`` cannot succeed."""
+        §3.3); retrying with the same ``since`` cannot succeed. Reconcile in this order, or
+        a change made in between is in neither: call ``events()`` again without ``since``,
+        wait for ``on_subscribed``, *then* ask ``status`` for the orders you have not seen
+        settle; every change after that point comes as an event.
+
+        ``on_subscribed(seq)``: called each time the stream is subscribed (the first time
+        and after every reconnect), with the last seq before the events it will yield."""
         last = since
         attempt = 0
         while True:
@@ -432,6 +438,8 @@ class Client:
                 attempt = 0
                 if last is None:
                     last = int(sub.welcome["event_seq"])
+                if on_subscribed is not None:
+                    on_subscribed(last)
                 assert sub.conn is not None
                 while True:
                     raw = await sub.conn.events.get()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -141,11 +141,13 @@ class SyncClient:
     def expire(self, order_id: str, timeout_s: float | None = None) -> TransactionResult:
         return self._run(self._client.expire(order_id, timeout_s))
 
-    def events(self, since: int | None = None, *, reconnect: bool = True) -> Iterator[Event]:
+    def events(self, since: int | None = None, *, reconnect: bool = True,
+               on_subscribed: Callable[[int], object] | None = None) -> Iterator[Event]:
         """A blocking iterator over the pushed events (``Client.events``): each ``next``
         waits for the next event. Leaving the loop (``break``) or closing the iterator
-        closes the event stream's connection."""
-        stream = self._client.events(since, reconnect=reconnect)
+        closes the event stream's connection. ``on_subscribed`` runs on the client's event
+        loop thread."""
+        stream = self._client.events(since, reconnect=reconnect, on_subscribed=on_subscribed)
 
         async def next_event() -> Event | None:
             try:

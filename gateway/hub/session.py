@@ -343,5 +343,5 @@ class MerchantSession(FrameHandler):
 
 def _expired(since: int, floor: int) -> str:
     return (f"events_since {since} is below the resume floor {floor}: events after it are "
-            f"past the hub's resume horizon and deleted; reconcile with status, then "
-            f"subscribe without events_since")
+            f"past the hub's resume horizon and deleted; subscribe again without "
+            f"events_since, then reconcile with status")
