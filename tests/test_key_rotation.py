@@ -9,6 +9,7 @@ configuration; SIGHUP never stops the hub; merchants are added and removed by re
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -279,3 +280,39 @@ async def test_workers_forward_sighup_to_every_worker(tmp_path: Path, pg_dsn: st
         finally:
             code = workers.stop()
         assert code == 0, workers.log_path.read_text()[-3000:]
+
+
+async def test_a_removed_merchants_connection_answers_what_is_in_flight_then_refuses(
+        tmp_path: Path) -> None:
+    """docs/operations.md "Reloading configuration": a request in flight on a removed
+    merchant's connection is answered; a request after the reload is refused (on that
+    connection, or on the new one the reference client moves to after GOAWAY), with the
+    authentication code, never served."""
+    from protocol import banklink
+
+    dep = await Deployment(tmp_path, bca_nodes=1).astart()
+    try:
+        assert dep.hub_cfg is not None
+        c2 = connect("127.0.0.1", dep.port, merchant_id="M2", server_key=KEYS["M2"],
+                     certs_dir=dep.certs)
+        async with c2:
+            await c2.charge("rm-0", 1_000, card=card(0))
+            await dep.admin("bca", "admin.faults", {"latency_ms": 1500})
+            slow = asyncio.ensure_future(c2.charge("rm-1", 1_100, card=card(1)))
+            async def at_the_bank() -> bool:  # rm-0's authorization, then rm-1's
+                return await dep.received("bca", banklink.AUTHORIZE) >= 2
+
+            await wait_until(at_the_bank, "the slow charge to reach the bank", poll_s=0.02)
+            write_config(dep, with_merchants(dep, m1()))  # M2 removed
+            await sighup(dep, "merchants removed [M2]")
+            with pytest.raises(AuthenticationError) as refused:
+                await c2.charge("rm-2", 1_200, card=card(2))
+            assert refused.value.code is ErrorCode.UNAUTHENTICATED
+            answered = await slow
+            assert answered.transaction_status == "capture" and not answered.replayed
+        await dep.admin("bca", "admin.faults", {"latency_ms": 0})
+        # Nothing of rm-2 reached the ledger or the bank.
+        assert dep.ledger_sql("SELECT order_id FROM transactions WHERE merchant_id = 'M2' "
+                              "ORDER BY order_id") == [("rm-0",), ("rm-1",)]
+    finally:
+        dep.stop()

@@ -14,6 +14,7 @@ import random
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -127,6 +128,9 @@ class Client:
         # round to it, so the spread it shows is the jitter's.
         self.reconnect_attempts: deque[float] = deque(maxlen=1000)
         self.history: deque[ClientConnection] = deque(maxlen=16)
+        # Connections that got GOAWAY with requests still waiting for their answers: the
+        # hub closes each after its last answer (``close`` drops them too).
+        self._draining: set[ClientConnection] = set()
 
     # --- connection management ------------------------------------------------------------
     def _usable(self, conn: ClientConnection | None) -> bool:
@@ -187,7 +191,15 @@ class Client:
                 why = _why_unusable(conn)
                 log.info("reconnect: connection to %s lost (%s)", _addr(lost), why)
                 self._next_address += 1  # fail over: start with the next hub
-                conn.abort_soon()
+                if conn.goaway is not None and conn.correlator.waiting and \
+                        conn.transport is not None and not conn.transport.is_closing():
+                    # After GOAWAY the hub still answers the requests it has (up to its
+                    # last_request_id) and then closes: let them come (spec §8) rather
+                    # than cut them off and send them again elsewhere.
+                    self._draining.add(conn)
+                    conn.closed.add_done_callback(partial(_discard, self._draining, conn))
+                else:
+                    conn.abort_soon()
             loop = asyncio.get_running_loop()
             deadline = loop.time() + (self.connect_timeout_s if first and not self.reconnect
                                       else self.reconnect_window_s)
@@ -271,6 +283,8 @@ class Client:
         self._closed = True
         if self._reconnecting is not None and not self._reconnecting.done():
             self._reconnecting.cancel()
+        for draining in list(self._draining):
+            draining.abort_soon()
         if self.conn is not None:
             self.conn.abort_soon()
             await self.conn.closed
@@ -556,6 +570,10 @@ def _short(exc: BaseException) -> str:
     codes, addresses, order ids)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _discard(draining: set[ClientConnection], conn: ClientConnection, _done: object) -> None:
+    draining.discard(conn)
 
 
 def _why_unusable(conn: ClientConnection) -> str:
