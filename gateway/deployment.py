@@ -9,6 +9,7 @@ simulated customers pay on their own) is passed in.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from gateway.processes import NodeProcess
 # What the demo's and the sandbox's card accounts open with, in IDR (zero decimals).
 RICH_OPENING = 50_000_000
 POOR_OPENING = 1_000
+STOP_TIMEOUT_S = 15.0  # a hub's drain after SIGTERM (as NodeProcess.terminate), then SIGKILL
 
 
 def luhn_complete(prefix: str, length: int = 16) -> str:
@@ -130,14 +132,28 @@ class Deployment:
     def stop(self) -> dict[str, int | None]:
         """Stop the hubs first (they drain their bank calls), then the bank nodes; each gets
         SIGTERM, then SIGKILL if it does not exit in time. Returns each one's exit code."""
+        codes: dict[str, int | None] = {}
         for hub in self.hubs:  # all draining at once: one grace period, not one per hub
             if hub.alive:
                 assert hub.proc is not None
                 hub.proc.terminate()
-        codes = {hub.name: hub.terminate() for hub in self.hubs}
+        for hub in self.hubs:
+            codes[hub.name] = _wait_stopped(hub)
         for proc in self.banks:
             codes[proc.name] = proc.terminate()
         return codes
+
+
+def _wait_stopped(proc: NodeProcess, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """Wait for a node already sent SIGTERM (a second one would kill it mid-drain); SIGKILL
+    if it does not exit in time."""
+    if proc.proc is None:
+        return None
+    try:
+        return proc.proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        return proc.proc.wait(STOP_TIMEOUT_S)
 
 
 def start_deployment(workdir: Path, banks: list[BankPlan], *,

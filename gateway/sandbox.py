@@ -402,7 +402,7 @@ class Sandbox:
                 if name not in self.reported_dead and code != 0:
                     clean = False
                     _say(f"paywire sandbox: {name} stopped with exit code {code}; "
-                         f"see {self.dir / (name + '.log')}")
+                         f"see {self.work / (name + '.log')}")
         _say("sandbox stopped" + ("" if clean else " (not cleanly)"))
         return 0 if clean else 1
 
