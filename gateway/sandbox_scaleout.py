@@ -35,7 +35,7 @@ from typing import Any
 
 from gateway.config import HubConfig
 from gateway.deployment import Deployment, HubPlan, start_deployment
-from gateway.haproxy import BACKEND, HAProxy, documented_config, haproxy_path
+from gateway.haproxy import BACKEND, HAProxy, ServerState, documented_config, haproxy_path
 from gateway.processes import NodeProcess
 from gateway.sandbox import (
     CHILD_POLL_S,
@@ -204,10 +204,10 @@ class ScaleOutSandbox(Sandbox):
 
     async def _probe(self) -> None:
         await super()._probe()
-        # Then through HAProxy, once it has seen both hubs answer /readyz (rise 2).
+        # Then through HAProxy, once its checks have seen both hubs answer /readyz: at its
+        # start it counts a server up before checking it ("UP 1/2", check "* INI").
         assert self.lb is not None
-        while not all(s.up for s in self.lb.states().values()) or len(
-                self.lb.states()) < len(HUB_NAMES):
+        while not _all_checked_up(self.lb.states()):
             await asyncio.sleep(PROBE_POLL_S)
         from gateway.client import NotFound, connect
 
@@ -342,6 +342,11 @@ class ScaleOutSandbox(Sandbox):
         _say("  kill -9 \"$PAYWIRE_HUB_A_PID\"     then: paywire sandbox restart hub-a")
 
 
+def _all_checked_up(states: dict[str, ServerState]) -> bool:
+    return len(states) == len(HUB_NAMES) and all(
+        s.status == "UP" and s.check.startswith("L7OK") for s in states.values())
+
+
 def _start_and_wait(proc: NodeProcess) -> None:
     proc.start()
     try:
@@ -446,7 +451,7 @@ def cmd_status(directory: Path, waits: list[str], wait_s: float) -> int:
     start = time.monotonic()
     while wanted:
         states = _states(info)
-        if all(n in states and states[n].status.split()[0] == s for n, s in wanted):
+        if all(n in states and states[n].status == s for n, s in wanted):
             print(f"haproxy reports {', '.join(f'{n} {s}' for n, s in wanted)} "
                   f"(waited {time.monotonic() - start:.1f} s)")
             break
@@ -496,7 +501,7 @@ def cmd_restart(directory: Path, name: str | None, wait_s: float) -> int:
           f"(PAYWIRE_{env_name(name)}_PID changed: . {directory / 'sandbox.env'})")
     while time.monotonic() - start < wait_s:
         st = _states(info).get(name)
-        if st is not None and st.up:
+        if st is not None and st.status == "UP" and st.check.startswith("L7OK"):
             print(f"haproxy reports {name} UP (after {time.monotonic() - start:.1f} s)")
             return 0
         time.sleep(WAIT_POLL_S)  # polling HAProxy's stats socket, with the bound above
