@@ -47,7 +47,7 @@ def documented_config(bind_port: int, servers: list[tuple[str, int, int]],
     """docs/deploy.md's HAProxy configuration with these addresses: the frontend bound to
     ``bind_host:bind_port``, and one ``server`` line per (name, port, health port) on
     127.0.0.1, written the way the document writes them. A ``global`` section (logs to
-    stdout, the stats socket, admin level) stands in for Debian's."""
+    stdout, no SO_REUSEPORT, the stats socket, admin level) stands in for Debian's."""
     try:
         text = doc.read_text()
     except OSError as exc:
@@ -71,7 +71,9 @@ def documented_config(bind_port: int, servers: list[tuple[str, int, int]],
         raise HAProxyError(f"{doc}: the backend with its server lines must end the block")
     ours = "".join(f"\n    server {name} 127.0.0.1:{port} check port {health}"
                    for name, port, health in servers)
-    glob = ("global\n    log stdout format raw local0\n    maxconn 4000\n"
+    # noreuseport: a port another process listens on is an error at start, not a port
+    # silently shared with it (Linux would spread connections over both).
+    glob = ("global\n    log stdout format raw local0\n    maxconn 4000\n    noreuseport\n"
             f"    stats socket {stats_socket} mode 600 level admin\n\n")
     return glob + kept + ours + "\n"
 
@@ -134,7 +136,8 @@ class HAProxy:
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> HAProxy:
+    def check(self) -> str:
+        """``haproxy -c``: the configuration is valid. Returns the command's path."""
         exe = haproxy_path()
         if exe is None:
             raise HAProxyError(f"the haproxy command is not on PATH: {INSTALL_HINT}")
@@ -143,6 +146,13 @@ class HAProxy:
         if check.returncode != 0:
             raise HAProxyError(f"haproxy refuses {self.config}: "
                                f"{(check.stdout + check.stderr).strip()}")
+        return exe
+
+    def start(self) -> HAProxy:
+        """Check the configuration, then run HAProxy (it binds at once)."""
+        return self.run(self.check())
+
+    def run(self, exe: str) -> HAProxy:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen([exe, "-db", "-f", str(self.config)],
                                          stdout=log, stderr=subprocess.STDOUT)

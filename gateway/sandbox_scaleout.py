@@ -62,6 +62,9 @@ LAB_EXTRA_HINT = "pip install -e '.[lab]'"
 HAPROXY_CONFIG = "haproxy.cfg"
 HAPROXY_SOCKET = "haproxy.sock"
 HAPROXY_LOG = "haproxy.log"
+# A Unix socket's path is at most ~100 bytes (HAProxy says 97): a deeper sandbox directory
+# gets its stats socket in a private temporary directory instead.
+SOCKET_PATH_CHARS_MAX = 97
 RESTART_SIGNAL = signal.SIGUSR1  # "start every hub that died again" (paywire sandbox restart)
 
 
@@ -118,13 +121,6 @@ class LedgerServer:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 class ScaleOutSandbox(Sandbox):
     def __init__(self, directory: Path, port: int, auto_pay_s: float | None,
                  pg_dsn: str | None) -> None:
@@ -139,16 +135,34 @@ class ScaleOutSandbox(Sandbox):
         self.lb: HAProxy | None = None
         self.lb_port = 0
         self.health: dict[str, int] = {}
+        self.socket_dir: Path | None = None
 
     # --- start and stop -----------------------------------------------------------------
     def _start_nodes(self, receiver: WebhookReceiver) -> Deployment:
-        from gateway.config import MerchantConfig
         from gateway.storage.groupcommit import make_private_dirs
 
         if haproxy_path() is None:
             raise SandboxError("the scale-out sandbox needs HAProxy, and the haproxy command "
                                "is not on PATH: sudo apt install haproxy (Debian, Ubuntu)")
         make_private_dirs(self.work)
+        # HAProxy's port, chosen first and held (bound, not listening) while everything else
+        # starts: an ephemeral port picked late could be taken meanwhile by anyone's bind(0).
+        hold: socket.socket | None = None
+        if not self.port:
+            hold = socket.socket()
+            hold.bind(("127.0.0.1", 0))
+            self.lb_port = hold.getsockname()[1]
+        else:
+            self.lb_port = self.port
+        try:
+            return self._start_held(receiver, hold)
+        finally:
+            if hold is not None:
+                hold.close()
+
+    def _start_held(self, receiver: WebhookReceiver, hold: socket.socket | None) -> Deployment:
+        from gateway.config import MerchantConfig
+
         url = self.ledger.start()
         if self.ledger.throwaway:
             # A new, empty ledger: books left by the last start would disagree with it.
@@ -166,13 +180,18 @@ class ScaleOutSandbox(Sandbox):
             auto_pay_after_s=self.auto_pay_s)
         try:
             self.health = {h.name: int(h.ready_info["health_port"]) for h in dep.hubs}
-            self.lb_port = self.port or free_port()
             config = self.work / HAPROXY_CONFIG
+            sock = self.work / HAPROXY_SOCKET
+            if len(str(sock)) > SOCKET_PATH_CHARS_MAX:
+                self.socket_dir = Path(tempfile.mkdtemp(prefix="paywire-haproxy-"))
+                sock = self.socket_dir / HAPROXY_SOCKET
             config.write_text(documented_config(
-                self.lb_port, [(h.name, h.port, self.health[h.name]) for h in dep.hubs],
-                self.work / HAPROXY_SOCKET))
-            self.lb = HAProxy(config, self.work / HAPROXY_SOCKET, self.work / HAPROXY_LOG)
-            self.lb.start()
+                self.lb_port, [(h.name, h.port, self.health[h.name]) for h in dep.hubs], sock))
+            self.lb = HAProxy(config, sock, self.work / HAPROXY_LOG)
+            exe = self.lb.check()
+            if hold is not None:
+                hold.close()  # HAProxy binds it now
+            self.lb.run(exe)
         except BaseException:
             dep.stop()
             raise
@@ -182,6 +201,11 @@ class ScaleOutSandbox(Sandbox):
         if self.lb is not None:
             self.lb.stop()
         self.ledger.stop()
+        self._remove_socket_dir()
+
+    def _remove_socket_dir(self) -> None:
+        if self.socket_dir is not None:
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def _stop_nodes(self) -> dict[str, int | None]:
         """HAProxy first (no new connection reaches a draining hub), then the hubs and the
@@ -195,6 +219,7 @@ class ScaleOutSandbox(Sandbox):
             codes.update(super()._stop_nodes())
         finally:
             self.ledger.stop()
+            self._remove_socket_dir()
         return codes
 
     # --- ready ----------------------------------------------------------------------------
