@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from gateway.audit import audit
 from gateway.labs.checks import Sandbox
@@ -148,3 +151,20 @@ def test_scale_out_without_haproxy_says_what_to_install(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stdout + done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt install haproxy" in lines[0], done.stderr
+
+
+def test_scale_out_without_pgserver_says_what_to_install(tmp_path: Path) -> None:
+    """No PostgreSQL URL and no pgserver package: one line naming the lab extra, exit 2."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (it is looked for first)")
+    hide = ("import sys; sys.modules['pgserver'] = None; "
+            "sys.modules['pgserver.postgres_server'] = None; "
+            "from gateway.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "PAYWIRE_PG_DSN"}
+    done = subprocess.run([sys.executable, "-c", hide, "sandbox", "--scale-out", "--dir",
+                           str(tmp_path / "sb"), "--port", "0"], env=env,
+                          capture_output=True, text=True, timeout=COMMAND_S_MAX)
+    assert done.returncode == 2, done.stdout + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install -e '.[lab]'" in lines[0], done.stderr
+    assert "--pg-dsn" in lines[0]
