@@ -14,6 +14,8 @@
     paywire lab list | start N | check N [--dir labwork] [--sandbox sandbox] [--solution]
     paywire lab capture --port PORT -w FILE -- COMMAND ...
     paywire sandbox [--dir DIR] [--port PORT] [--auto-pay-s S] [--no-plaintext]
+                    [--scale-out [--pg-dsn URL]]
+    paywire sandbox status [--wait HUB=STATE] | restart HUB | load [--kill HUB --after N]
     paywire --version
 
 An error is one line (what is wrong: what to do) and an exit code of its kind: 2 usage,
@@ -688,7 +690,20 @@ def cmd_lab_capture(ns: argparse.Namespace) -> int:
 def cmd_sandbox(ns: argparse.Namespace) -> int:
     from gateway.sandbox import run_sandbox
 
-    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s, plaintext=ns.plaintext)
+    if ns.action == "status":
+        from gateway.sandbox_scaleout import cmd_status
+
+        return cmd_status(Path(ns.dir), ns.wait or [], ns.wait_s)
+    if ns.action == "restart":
+        from gateway.sandbox_scaleout import cmd_restart
+
+        return cmd_restart(Path(ns.dir), ns.name, ns.wait_s)
+    if ns.action == "load":
+        from gateway.sandbox_load import cmd_load
+
+        return cmd_load(Path(ns.dir), ns)
+    return run_sandbox(Path(ns.dir), ns.port, ns.auto_pay_s, plaintext=ns.plaintext,
+                       scale_out=ns.scale_out, pg_dsn=ns.pg_dsn)
 
 
 # ``paywire dump`` reads at most this much (a capture of a busy link is larger than anyone
@@ -1020,8 +1035,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = sub.add_parser("sandbox", help="a hub, banks and a webhook receiver that stay "
                                              "up until Ctrl-C, with test cards and keys")
-    sandbox.add_argument("--dir", default="sandbox",
-                         help="configs, keys, ledger and logs; reused if present")
+    sandbox.add_argument("action", nargs="?", default="run",
+                         choices=["run", "status", "restart", "load"],
+                         help="run (default): start it; status: its processes and, scale-out, "
+                              "each hub as HAProxy sees it; restart HUB: start a hub that died "
+                              "again; load: paced charges through it")
+    sandbox.add_argument("name", nargs="?", help="restart: the hub (hub-a, hub-b)")
+    sandbox.add_argument("--dir", default=os.environ.get("PAYWIRE_SANDBOX", "sandbox"),
+                         help="configs, keys, ledger and logs; reused if present (status, "
+                              "restart, load: env PAYWIRE_SANDBOX)")
     sandbox.add_argument("--port", type=int, default=7400,
                          help="hub port; bank nodes and the receiver take the next five "
                               "(0: ephemeral ports)")
@@ -1031,6 +1053,25 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--no-plaintext", dest="plaintext", action="store_false",
                          help="do not open the hub's plaintext lab listener (no TLS, "
                               "127.0.0.1, port + 6; lab 3 captures it)")
+    sandbox.add_argument("--scale-out", action="store_true",
+                         help="two hubs (hub-a, hub-b) on one PostgreSQL ledger behind HAProxy "
+                              "on PORT (lab 6; docs/deploy.md)")
+    sandbox.add_argument("--pg-dsn", default=os.environ.get("PAYWIRE_PG_DSN"),
+                         help="--scale-out: the ledger's postgresql:// URL (env PAYWIRE_PG_DSN;"
+                              " default: a throwaway server from the pgserver package)")
+    sandbox.add_argument("--wait", action="append", metavar="HUB=STATE",
+                         help="status: first wait until HAProxy reports HUB in STATE (UP, DOWN)")
+    sandbox.add_argument("--wait-s", type=float, default=60.0,
+                         help="status, restart: give up waiting after this many seconds")
+    sandbox.add_argument("--charges", type=int, default=60, help="load: how many charges")
+    sandbox.add_argument("--connections", type=int, default=4,
+                         help="load: client connections, each one charge at a time")
+    sandbox.add_argument("--kill", metavar="HUB",
+                         help="load: kill -9 this hub while charges are in flight on it")
+    sandbox.add_argument("--after", type=int, default=20,
+                         help="load --kill: after this many answers")
+    sandbox.add_argument("--acks", help="load: write what each charge was answered (JSON "
+                                        "lines, for paywire audit --acks)")
     sandbox.set_defaults(fn=cmd_sandbox)
     return p
 

@@ -9,7 +9,8 @@ simulated customers pay on their own) is passed in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from gateway.config import (
     BankRoute,
     FraudConfig,
     HubConfig,
+    LedgerConfig,
     MerchantConfig,
     WebhookConfig,
 )
@@ -27,6 +29,7 @@ from gateway.processes import NodeProcess
 # What the demo's and the sandbox's card accounts open with, in IDR (zero decimals).
 RICH_OPENING = 50_000_000
 POOR_OPENING = 1_000
+STOP_TIMEOUT_S = 15.0  # a hub's drain after SIGTERM (as NodeProcess.terminate), then SIGKILL
 
 
 def luhn_complete(prefix: str, length: int = 16) -> str:
@@ -41,6 +44,16 @@ def luhn_complete(prefix: str, length: int = 16) -> str:
                 d -= 9
         total += d
     return body + str((10 - total % 10) % 10)
+
+
+@dataclass(frozen=True)
+class HubPlan:
+    """One hub of a deployment: its node id (and certificate name), merchant port and health
+    port (0: ephemeral; None: no health endpoint)."""
+
+    name: str
+    port: int = 0
+    health_port: int | None = None
 
 
 @dataclass
@@ -76,21 +89,25 @@ def plan_banks() -> list[BankPlan]:
     return [bca, bni, wallet]
 
 
-def ensure_keys(workdir: Path, banks: list[BankPlan], merchants: list[str]) -> tuple[Path, Path]:
+def ensure_keys(workdir: Path, banks: list[BankPlan], merchants: list[str],
+                hubs: Sequence[str] = ("hub",)) -> tuple[Path, Path]:
     """The deployment's certificates (``workdir/certs``, CA key in ``workdir/certs-ca``) and
     secrets file, created where missing and kept where present: a second start reuses the
-    CA and the keys. Returns (certs directory, secrets file)."""
+    CA and the keys. ``hubs``: the hubs' node ids (a certificate each; ``hub`` is always
+    issued, ``paywire bank-admin`` dials bank nodes with it). Returns (certs directory,
+    secrets file)."""
     certs = workdir / "certs"
     node_names = [n for b in banks for n in b.nodes]
     if not (certs / "ca.crt").exists():
         pki.init(certs, merchants=merchants, banks=node_names)
-    else:
-        # A directory made by an older plan may lack a node or merchant: issue only those.
-        wanted = [("hub", "hub"), *(("bank", n) for n in node_names),
-                  *(("merchant", m) for m in merchants)]
-        for role, name in wanted:
-            if not pki.cert_paths(certs, role, name).cert.exists():
-                pki.issue(certs, role, name)
+    # A directory made by an older plan (or for one hub) may lack a node, a hub or a
+    # merchant: issue only those.
+    wanted = [("hub", "hub"), *(("hub", h) for h in hubs),
+              *(("bank", n) for n in node_names),
+              *(("merchant", m) for m in merchants)]
+    for role, name in wanted:
+        if not pki.cert_paths(certs, role, name).cert.exists():
+            pki.issue(certs, role, name)
     # The deployment's own random keys (link, fingerprints, idempotency): no built-in key.
     secrets_file = workdir / "paywire-secrets.toml"
     if not secrets_file.exists():
@@ -100,19 +117,43 @@ def ensure_keys(workdir: Path, banks: list[BankPlan], merchants: list[str]) -> t
 
 @dataclass
 class Deployment:
-    """What ``start_deployment`` started: the bank node processes (plan order) and the hub."""
+    """What ``start_deployment`` started: the bank node processes (plan order) and the hub
+    (the first of ``hubs``: several share a PostgreSQL ledger)."""
 
     banks: list[NodeProcess]
     hub: NodeProcess
     routes: list[BankRoute]
+    hubs: list[NodeProcess] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.hubs:
+            self.hubs = [self.hub]
 
     def stop(self) -> dict[str, int | None]:
-        """Stop the hub first (it drains its bank calls), then the bank nodes; each gets
+        """Stop the hubs first (they drain their bank calls), then the bank nodes; each gets
         SIGTERM, then SIGKILL if it does not exit in time. Returns each one's exit code."""
-        codes = {self.hub.name: self.hub.terminate()}
+        codes: dict[str, int | None] = {}
+        for hub in self.hubs:  # all draining at once: one grace period, not one per hub
+            if hub.alive:
+                assert hub.proc is not None
+                hub.proc.terminate()
+        for hub in self.hubs:
+            codes[hub.name] = _wait_stopped(hub)
         for proc in self.banks:
             codes[proc.name] = proc.terminate()
         return codes
+
+
+def _wait_stopped(proc: NodeProcess, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+    """Wait for a node already sent SIGTERM (a second one would kill it mid-drain); SIGKILL
+    if it does not exit in time."""
+    if proc.proc is None:
+        return None
+    try:
+        return proc.proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.proc.kill()
+        return proc.proc.wait(STOP_TIMEOUT_S)
 
 
 def start_deployment(workdir: Path, banks: list[BankPlan], *,
@@ -121,7 +162,9 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *,
                      bank_ports: Mapping[str, int] | None = None,
                      auto_pay_after_s: float | None = None, auto_pay_ratio: float = 1.0,
                      expiry_check_interval_s: float = 0.5,
-                     hub_plaintext_port: int | None = None) -> Deployment:
+                     hub_plaintext_port: int | None = None, keys_dir: Path | None = None,
+                     hubs: Sequence[HubPlan] = (), ledger_url: str | None = None
+                     ) -> Deployment:
     """Start every bank node, then the hub, each as a child process, and wait until each
     listens. ``hub_port`` and ``bank_ports`` (by node name) 0 or absent: ephemeral ports.
     ``auto_pay_after_s``: simulated customers pay ``auto_pay_ratio`` of the virtual accounts
@@ -129,8 +172,16 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *,
     ``hub_plaintext_port`` (0: ephemeral): the hub also opens its plaintext lab listener on
     127.0.0.1 (``gateway/net/plaintext.py``); the bound port is in
     ``hub.ready_info["plaintext_port"]``.
+    ``keys_dir`` (default ``workdir``): where the certificates and the secrets file are,
+    when the nodes' configs, logs and books go elsewhere. ``hubs`` (default: one hub named
+    ``hub`` on ``hub_port``): several hubs, each with its health endpoint, on the PostgreSQL
+    ledger ``ledger_url`` (None: SQLite ``workdir/ledger.db``, one hub only).
     If any node fails to start, the ones already started are stopped before raising."""
-    certs, secrets_file = ensure_keys(workdir, banks, [m.id for m in merchants])
+    plans = list(hubs) or [HubPlan("hub", hub_port)]
+    if len(plans) > 1 and ledger_url is None:
+        raise ValueError("several hubs need a PostgreSQL ledger (ledger_url)")
+    certs, secrets_file = ensure_keys(keys_dir or workdir, banks, [m.id for m in merchants],
+                                      [p.name for p in plans])
     ports = bank_ports or {}
     started: list[NodeProcess] = []
     try:
@@ -152,18 +203,26 @@ def start_deployment(workdir: Path, banks: list[BankPlan], *,
                 addresses.append(f"{node}@127.0.0.1:{proc.wait_ready()}")
             routes.append(BankRoute(bank.name, addresses, bins=bank.bins,
                                     virtual_account=bank.va, providers=bank.providers))
-        hub_cfg = HubConfig(listen_port=hub_port, certs_dir=certs,
-                            ledger_path=workdir / "ledger.db", secrets_file=secrets_file,
-                            merchants=merchants, banks=routes,
-                            expiry_check_interval_s=expiry_check_interval_s, fraud=fraud,
-                            webhooks=webhooks,
-                            plaintext_listen=None if hub_plaintext_port is None
-                            else f"127.0.0.1:{hub_plaintext_port}")
-        hub = NodeProcess("hub", hub_cfg, workdir, "hub").start()
-        started.append(hub)
-        hub.wait_ready()
+        hub_procs: list[NodeProcess] = []
+        for plan in plans:
+            hub_cfg = HubConfig(
+                node_id=plan.name, listen_port=plan.port, certs_dir=certs,
+                ledger_path=workdir / "ledger.db", secrets_file=secrets_file,
+                merchants=merchants, banks=routes,
+                expiry_check_interval_s=expiry_check_interval_s, fraud=fraud,
+                webhooks=webhooks,
+                plaintext_listen=None if hub_plaintext_port is None
+                else f"127.0.0.1:{hub_plaintext_port}",
+                ledger=LedgerConfig(url=ledger_url),
+                health_listen=None if plan.health_port is None
+                else f"127.0.0.1:{plan.health_port}")
+            # One by one: the first hub on a new PostgreSQL ledger creates its schema.
+            hub = NodeProcess("hub", hub_cfg, workdir, plan.name).start()
+            started.append(hub)
+            hub_procs.append(hub)
+            hub.wait_ready()
     except BaseException:
         for proc in reversed(started):
             proc.terminate()
         raise
-    return Deployment(started[:-1], hub, routes)
+    return Deployment(started[:-len(hub_procs)], hub_procs[0], routes, hub_procs)

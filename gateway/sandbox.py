@@ -335,6 +335,12 @@ class Sandbox:
         self.deployment: Deployment | None = None
         self.receiver: WebhookReceiver | None = None
         self.reported_dead: set[str] = set()
+        # Where the nodes' configs, logs, ledger and books are (the scale-out mode keeps its
+        # own in a subdirectory: its books belong with its PostgreSQL ledger).
+        self.work = directory
+        self.mode = "single"
+        self.starting = "starting 4 bank nodes and a hub"
+        self.stopping = "stopping the hub, the bank nodes and the webhook receiver"
 
     def _port(self, offset: int) -> int:
         return self.port + offset if self.port else 0
@@ -367,10 +373,11 @@ class Sandbox:
             await receiver.start(self._port(PORTS_AFTER_HUB))
         except OSError as exc:
             raise SandboxError(f"cannot start the webhook receiver: {exc}") from None
-        _say(f"Paywire sandbox in {self.dir}: starting 4 bank nodes and a hub ...")
+        _say(f"Paywire sandbox in {self.dir}: {self.starting} ...")
         try:
             self.deployment = await loop.run_in_executor(None, self._start_nodes, receiver)
         except BaseException:
+            await loop.run_in_executor(None, self._stop_after_failed_start)
             await receiver.stop()
             raise
         clean = True
@@ -382,26 +389,38 @@ class Sandbox:
                                    f"({exc or type(exc).__name__}); see the logs in "
                                    f"{self.dir}") from None
             if not stop.is_set():
-                info = self.describe()
-                # sandbox.json last: its appearance is the "ready" signal, so both exist then.
-                _write_atomic(self.dir / ENV_FILE, "".join(
-                    f"export {k}={shlex.quote(v)}\n" for k, v in info["env"].items()))
-                _write_atomic(self.dir / JSON_FILE, json.dumps(info, indent=2) + "\n")
+                info = self._publish()
                 self._banner(info)
                 await self._watch(stop)
         finally:
             for name in (ENV_FILE, JSON_FILE):
                 (self.dir / name).unlink(missing_ok=True)
-            _say("stopping the hub, the bank nodes and the webhook receiver ...")
-            codes = await loop.run_in_executor(None, self.deployment.stop)
+            _say(f"{self.stopping} ...")
+            codes = await loop.run_in_executor(None, self._stop_nodes)
             await receiver.stop()
             for name, code in codes.items():
                 if name not in self.reported_dead and code != 0:
                     clean = False
                     _say(f"paywire sandbox: {name} stopped with exit code {code}; "
-                         f"see {self.dir / (name + '.log')}")
+                         f"see {self.work / (name + '.log')}")
         _say("sandbox stopped" + ("" if clean else " (not cleanly)"))
         return 0 if clean else 1
+
+    def _publish(self) -> dict[str, Any]:
+        """Write the contract files (again, when a restarted node changed a pid)."""
+        info = self.describe()
+        # sandbox.json last: its appearance is the "ready" signal, so both exist then.
+        _write_atomic(self.dir / ENV_FILE, "".join(
+            f"export {k}={shlex.quote(v)}\n" for k, v in info["env"].items()))
+        _write_atomic(self.dir / JSON_FILE, json.dumps(info, indent=2) + "\n")
+        return info
+
+    def _stop_nodes(self) -> dict[str, int | None]:
+        assert self.deployment is not None
+        return self.deployment.stop()
+
+    def _stop_after_failed_start(self) -> None:
+        """What to stop when ``_start_nodes`` raised (it stops the nodes it started)."""
 
     async def _probe(self) -> None:
         """Return once the hub answers a signed request and every bank node completes the
@@ -413,12 +432,14 @@ class Sandbox:
 
         assert self.deployment is not None
         certs = self.dir / "certs"
-        async with connect("127.0.0.1", self.deployment.hub.port, merchant_id=MERCHANT_IDS[0],
-                           server_key=self.keys[MERCHANT_IDS[0]], certs_dir=certs) as client:
-            try:
-                await client.status("sandbox-probe")
-            except NotFound:
-                pass  # the answer expected: it went through TLS, HELLO and authentication
+        for port in self._probe_ports():
+            async with connect("127.0.0.1", port, merchant_id=MERCHANT_IDS[0],
+                               server_key=self.keys[MERCHANT_IDS[0]],
+                               certs_dir=certs) as client:
+                try:
+                    await client.status("sandbox-probe")
+                except NotFound:
+                    pass  # the answer expected: it went through TLS, HELLO and authentication
         link_key = secret_keys.load_link_key(self.dir / "paywire-secrets.toml")
         ctx = tls.node_client_context(certs, "hub", "hub")
         pools = [BankPool(route.name, route.nodes, hub_id="hub", key=link_key, ssl_ctx=ctx,
@@ -432,6 +453,11 @@ class Sandbox:
         finally:
             for pool in pools:
                 await pool.stop()
+
+    def _probe_ports(self) -> list[int]:
+        """The merchant ports to try a signed request on before saying "ready"."""
+        assert self.deployment is not None
+        return [self.deployment.hub.port]
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Serve until asked to stop; say so when a node dies (a lab may kill a bank node
@@ -461,7 +487,7 @@ class Sandbox:
             "PAYWIRE_SERVER_KEY": self.keys[m],
             "PAYWIRE_CERTS": str(self.dir / "certs"),
             "PAYWIRE_SECRETS": str(self.dir / "paywire-secrets.toml"),
-            "PAYWIRE_LEDGER": str(self.dir / "ledger.db"),
+            "PAYWIRE_LEDGER": self.ledger_ref(),
             "PAYWIRE_WEBHOOK_LOG": str(self.dir / WEBHOOK_LOG),
             "PAYWIRE_SANDBOX": str(self.dir),
             # Where `paywire lab start/check` keep the student's work: beside the sandbox's
@@ -473,6 +499,10 @@ class Sandbox:
             **({"PAYWIRE_PLAINTEXT_HUB": f"127.0.0.1:{self.plaintext_port}"}
                if self.plaintext_port is not None else {}),
         }
+
+    def ledger_ref(self) -> str:
+        """The hub's ledger as ``paywire audit --ledger`` takes it: a file or a URL."""
+        return str(self.work / "ledger.db")
 
     def describe(self) -> dict[str, Any]:
         """The content of sandbox.json (format in ``docs/configuration.md``)."""
@@ -486,12 +516,13 @@ class Sandbox:
 
         return {
             "version": SANDBOX_FORMAT_VERSION,
+            "mode": self.mode,
             "dir": str(self.dir),
             "pid": os.getpid(),
-            "hub": {**node(dep.hub), "ledger": str(self.dir / "ledger.db"),
+            "hub": {**node(dep.hub), "ledger": self.ledger_ref(),
                     "plaintext_port": self.plaintext_port},
             "banks": [{"name": b.name, "bins": b.bins, "virtual_account": b.va,
-                       "providers": b.providers, "books": str(self.dir / f"{b.name}.db"),
+                       "providers": b.providers, "books": str(self.work / f"{b.name}.db"),
                        "nodes": [node(by_name[n]) for n in b.nodes]} for b in self.banks],
             "receiver": {"host": "127.0.0.1", "port": rx.port, "pid": os.getpid(),
                          "url": rx.url(MERCHANT_IDS[0]),
@@ -508,7 +539,7 @@ class Sandbox:
             "files": {"certs": str(self.dir / "certs"), "ca_dir": str(self.dir / "certs-ca"),
                       "secrets": str(self.dir / "paywire-secrets.toml"),
                       "merchants": str(self.dir / MERCHANTS_FILE),
-                      "ledger": str(self.dir / "ledger.db"),
+                      "ledger": self.ledger_ref(),
                       "hub_config": str(dep.hub.config_path),
                       "webhook_log": str(rx.log_path),
                       "env": str(self.dir / ENV_FILE), "json": str(self.dir / JSON_FILE)},
@@ -518,7 +549,7 @@ class Sandbox:
     def _banner(self, info: dict[str, Any]) -> None:
         hub = info["hub"]
         _say(f"\nPaywire sandbox in {self.dir} (pid {os.getpid()}): Ctrl-C stops everything\n")
-        _say(f"  hub        127.0.0.1:{hub['port']}   log {hub['log']}")
+        _say(f"  {hub['name']:<10} 127.0.0.1:{hub['port']}   log {hub['log']}")
         if hub["plaintext_port"] is not None:
             _say(f"  hub        127.0.0.1:{hub['plaintext_port']}   PLAINTEXT, no TLS: for "
                  "lab 3's capture only (--no-plaintext turns it off)")
@@ -555,21 +586,31 @@ class Sandbox:
         for line in python_snippet(hub["port"], m, self.keys[m],
                                    self.dir / "certs").splitlines():
             _say(f"    {line}")
+        self._banner_more(info)
         _say("\nsandbox ready; webhook notifications follow")
+
+    def _banner_more(self, info: dict[str, Any]) -> None:
+        """More of the banner, before its last line (the scale-out mode's hubs)."""
 
 
 def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None, *,
-                plaintext: bool = True) -> int:
-    """``paywire sandbox``: 0 after a clean stop, 1 if a node failed, 2 if it cannot start."""
+                plaintext: bool = True, scale_out: bool = False,
+                pg_dsn: str | None = None) -> int:
+    """``paywire sandbox``: 0 after a clean stop, 1 if a node failed, 2 if it cannot start.
+    ``scale_out``: two hubs on one PostgreSQL ledger (``pg_dsn``, else a throwaway server)
+    behind HAProxy (``gateway/sandbox_scaleout.py``)."""
     import uvloop
 
+    from gateway.haproxy import HAProxyError
     from gateway.pki import PkiError
+    from gateway.sandbox_scaleout import LAST_PORT_OFFSET, ScaleOutSandbox
     from gateway.secret_keys import SecretsError
     from gateway.storage.groupcommit import make_private_dirs
 
-    if port != 0 and not 1 <= port <= 65535 - PLAINTEXT_PORT_OFFSET:
+    last = LAST_PORT_OFFSET if scale_out else PLAINTEXT_PORT_OFFSET
+    if port != 0 and not 1 <= port <= 65535 - last:
         print("paywire sandbox: --port must be 0 (ephemeral ports) or "
-              f"1..{65535 - PLAINTEXT_PORT_OFFSET}",
+              f"1..{65535 - last}",
               file=sys.stderr)
         return 2
     if auto_pay_s is not None and auto_pay_s <= 0:
@@ -584,12 +625,14 @@ def run_sandbox(directory: Path, port: int, auto_pay_s: float | None = None, *,
                                "stop it (Ctrl-C) or use another --dir")
         for name in (ENV_FILE, JSON_FILE):  # left by a sandbox that was killed
             (directory / name).unlink(missing_ok=True)
-        result: int = uvloop.run(Sandbox(directory, port, auto_pay_s, plaintext).run())
+        sandbox = (ScaleOutSandbox(directory, port, auto_pay_s, pg_dsn) if scale_out
+                   else Sandbox(directory, port, auto_pay_s, plaintext))
+        result: int = uvloop.run(sandbox.run())
         return result
-    except (SandboxError, PkiError, SecretsError, OSError, RuntimeError) as exc:
+    except (SandboxError, PkiError, SecretsError, HAProxyError, OSError, RuntimeError) as exc:
         if "already in use" in str(exc).lower():
             # A bank node's log tail would bury the point under its traceback.
-            print(f"paywire sandbox: a port it needs ({port} to {port + PLAINTEXT_PORT_OFFSET}) is "
+            print(f"paywire sandbox: a port it needs ({port} to {port + last}) is "
                   "in use (another sandbox or program?): stop that, or give --port P for "
                   "another range, or --port 0 for free ports", file=sys.stderr)
             return 2

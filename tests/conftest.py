@@ -32,6 +32,18 @@ def lab_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="session")
+def lab_sandbox_scale_out(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """``paywire sandbox --scale-out`` (hub-a and hub-b behind HAProxy on one PostgreSQL
+    ledger) for lab 6's scale-out section: started on first use, stopped with SIGINT at the
+    end of the session. Skipped, with the reason, without haproxy."""
+    from tests.labsupport import running_sandbox, scale_out_options
+
+    with scale_out_options() as options, running_sandbox(
+            tmp_path_factory.mktemp("lab-scale-out") / "sandbox", *options) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="session")
 def pg_server() -> Iterator[str]:
     """An administrative DSN of a PostgreSQL server (tests/pgsupport.py): started once, on
     first use, and stopped at the end of the session."""

@@ -5,6 +5,7 @@ would: ``paywire sandbox --dir D`` in its own process group, ready when it has w
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,10 +42,32 @@ def paywire_bin() -> str:
 
 
 @contextmanager
-def running_sandbox(directory: Path) -> Iterator[Sandbox]:
+def scale_out_options() -> Iterator[list[str]]:
+    """``paywire sandbox`` options for the scale-out mode: skipped (with the reason) without
+    haproxy; with ``PAYWIRE_PG_DSN`` a fresh database on that server (``--pg-dsn``, dropped
+    afterwards), else none: the sandbox starts its own throwaway PostgreSQL (pgserver)."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not installed (Debian: apt-get install haproxy; .ci/run "
+                    "installs it on CI)")
+    pytest.importorskip("asyncpg", reason="the scale-out sandbox needs pip install '.[lab]'")
+    admin = os.environ.get("PAYWIRE_PG_DSN")
+    if not admin:
+        pytest.importorskip("pgserver", reason="the scale-out sandbox needs pip install "
+                                               "'.[lab]' (or PAYWIRE_PG_DSN)")
+        yield ["--scale-out"]
+        return
+    from tests.pgsupport import database
+
+    with database(admin) as dsn:
+        yield ["--scale-out", "--pg-dsn", dsn]
+
+
+@contextmanager
+def running_sandbox(directory: Path, *options: str) -> Iterator[Sandbox]:
+    """``options``: more of ``paywire sandbox``'s (``--scale-out``)."""
     log = open(directory.parent / f"{directory.name}.out", "w")  # noqa: SIM115
     proc = subprocess.Popen([paywire_bin(), "sandbox", "--dir", str(directory),
-                             "--port", "0"], stdout=log, stderr=subprocess.STDOUT,
+                             "--port", "0", *options], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         deadline = time.monotonic() + SANDBOX_START_S_MAX

@@ -11,15 +11,11 @@ ledger's one-hub lock is lifted its second hub is refused and the test fails say
 from __future__ import annotations
 
 import asyncio
-import csv
 import dataclasses
-import io
 import json
 import os
 import random
-import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,6 +27,7 @@ import pytest
 from gateway.audit import audit
 from gateway.client import Card, Client, connect
 from gateway.config import HubConfig, LedgerConfig, WebhookConfig
+from gateway.haproxy import documented_config, read_states
 from gateway.ledger import ledger_tools
 from gateway.processes import NodeProcess
 from protocol import banklink
@@ -45,37 +42,10 @@ pytestmark = pytest.mark.skipif(
     HAPROXY is None, reason="haproxy is not installed (Debian: apt-get install haproxy; "
                             ".ci/run installs it on CI)")
 
-DEPLOY_DOC = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
-BACKEND = "paywire_hubs"
 ROUNDS = int(os.environ.get("PAYWIRE_HAPROXY_ROUNDS", "3"))
 CHARGES_PER_ROUND = int(os.environ.get("PAYWIRE_HAPROXY_CHARGES", "40"))
 BASE_SEED = int(os.environ.get("PAYWIRE_HAPROXY_SEED", "1400"))
 FAST_HOOKS = WebhookConfig(time_scale=0.0002, poll_interval_s=0.02)
-
-
-def documented_config(bind_port: int, servers: list[tuple[str, int, int]],
-                      stats_socket: Path) -> str:
-    """docs/deploy.md's HAProxy configuration with this test's addresses: the frontend
-    bound to loopback, and one ``server`` line per (name, port, health port) written the
-    way the document writes them. A ``global`` section stands in for Debian's."""
-    text = DEPLOY_DOC.read_text()
-    found = re.search(r"^```haproxy\n(.*?)^```", text, re.S | re.M)
-    assert found, "docs/deploy.md has no haproxy block"
-    lines = found.group(1).splitlines()
-    documented = [line for line in lines if line.strip().startswith("server ")]
-    assert documented and all(
-        re.fullmatch(r"\s*server \S+ [\w.]+:\d+ check port \d+\s*", line) for line in documented
-    ), documented
-    kept = "\n".join(line for line in lines if not line.strip().startswith("server "))
-    assert "bind 0.0.0.0:7400" in kept
-    kept = kept.replace("bind 0.0.0.0:7400", f"bind 127.0.0.1:{bind_port}")
-    assert kept.rstrip().splitlines()[-1].strip().startswith(("#", "default-server")), \
-        "the backend with its server lines must end the block"
-    ours = "".join(f"\n    server {name} 127.0.0.1:{port} check port {health}"
-                   for name, port, health in servers)
-    glob = ("global\n    log stdout format raw local0\n    maxconn 4000\n"
-            f"    stats socket {stats_socket} mode 600 level admin\n\n")
-    return glob + kept + ours + "\n"
 
 
 class HAProxy:
@@ -100,18 +70,9 @@ class HAProxy:
         if self.proc.poll() is not None:
             raise AssertionError(f"haproxy exited: {self.log.read_text(errors='replace')}")
         try:
-            with socket.socket(socket.AF_UNIX) as s:
-                s.settimeout(10)
-                s.connect(str(self.socket))
-                s.sendall(b"show stat\n")
-                data = b""
-                while chunk := s.recv(65536):
-                    data += chunk
+            return {name: s.status for name, s in read_states(self.socket).items()}
         except OSError:
             return {}
-        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
-        return {r["svname"]: r["status"] for r in rows
-                if r["pxname"] == BACKEND and r["svname"] not in ("FRONTEND", "BACKEND")}
 
     async def wait_state(self, name: str, up: bool) -> None:
         want = "UP" if up else "DOWN"

@@ -31,6 +31,22 @@ SECTIONS = {"en": ["Goal", "Background", "Steps", "Questions", "Check your work"
             "id": ["Tujuan", "Latar belakang", "Langkah", "Pertanyaan",
                    "Periksa pekerjaan Anda"]}
 LAB_CHECK = re.compile(r"paywire lab check (\d)")
+# From this comment on, a handout's commands need the scale-out sandbox (lab 6: two hubs
+# behind HAProxy), as the student has restarted it with ``paywire sandbox --scale-out``.
+SCALE_OUT_MARK = "<!-- sandbox: scale-out"
+
+
+def scale_out_from(markdown: str) -> int | None:
+    """The line of the handout's scale-out mark (commands after it need that sandbox)."""
+    for number, line in enumerate(markdown.splitlines(), 1):
+        if line.startswith(SCALE_OUT_MARK):
+            return number
+    return None
+
+
+def commands_before_scale_out(markdown: str) -> int | None:
+    mark = scale_out_from(markdown)
+    return None if mark is None else sum(c.line < mark for c in handouts.commands(markdown))
 
 
 def test_eight_labs_in_both_languages() -> None:
@@ -49,6 +65,8 @@ def test_english_and_indonesian_in_step(path: Path) -> None:
     assert [(c.text, c.expected) for c in handouts.commands(en)] == \
         [(c.text, c.expected) for c in handouts.commands(id_)]
     assert handouts.commands(en), f"{path.name} runs no command"
+    # Both switch to the scale-out sandbox at the same command.
+    assert commands_before_scale_out(en) == commands_before_scale_out(id_)
 
 
 def _run(command: handouts.Command, cwd: Path, env: dict[str, str]) -> str:
@@ -59,15 +77,28 @@ def _run(command: handouts.Command, cwd: Path, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("path", EN, ids=lambda p: p.name)
 def test_handout_commands_give_the_shown_output(path: Path, lab_sandbox: Sandbox,
-                                                tmp_path: Path) -> None:
+                                                tmp_path: Path,
+                                                request: pytest.FixtureRequest) -> None:
     skip_without_tools(int(path.name[:2]), for_handout=True)
-    (tmp_path / "sandbox").symlink_to(lab_sandbox.directory)
     (tmp_path / "docs").symlink_to(REPO / "docs")
-    env = {**os.environ, **lab_sandbox.env,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-           "PAYWIRE_SANDBOX": str(lab_sandbox.directory),
-           "PAYWIRE_LABWORK": str(tmp_path / "labwork")}  # this handout's, not the shared one
-    for command in handouts.commands(path.read_text()):
+
+    def use(sandbox: Sandbox) -> dict[str, str]:
+        """``sandbox/`` and the environment of this sandbox, as after ``source
+        sandbox/sandbox.env`` in the student's clone."""
+        (tmp_path / "sandbox").unlink(missing_ok=True)
+        (tmp_path / "sandbox").symlink_to(sandbox.directory)
+        return {**os.environ, **sandbox.env,
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                "PAYWIRE_SANDBOX": str(sandbox.directory),
+                "PAYWIRE_LABWORK": str(tmp_path / "labwork")}  # this handout's own
+
+    env = use(lab_sandbox)
+    text = path.read_text()
+    scale_out = scale_out_from(text)
+    for command in handouts.commands(text):
+        if scale_out is not None and command.line > scale_out:
+            scale_out = None  # switch once; skipped, with the reason, without haproxy
+            env = use(request.getfixturevalue("lab_sandbox_scale_out"))
         wanted = LAB_CHECK.search(command.text)
         if wanted:
             number = int(wanted.group(1))
