@@ -688,7 +688,7 @@ def cmd_lab_capture(ns: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(ns: argparse.Namespace) -> int:
-    from gateway.sandbox import run_sandbox
+    from gateway.sandbox_run import run_sandbox
 
     if ns.action == "status":
         from gateway.sandbox_scaleout import cmd_status

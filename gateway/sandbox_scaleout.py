@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import importlib.util
 import os
 import shutil
 import signal
@@ -88,11 +89,11 @@ class LedgerServer:
         return self.given is None
 
     def start(self) -> str:
-        try:
-            import asyncpg  # noqa: F401  (the hubs need it for a PostgreSQL ledger)
-        except ImportError:
+        # The hubs need the driver for a PostgreSQL ledger: only looked for here (the
+        # ledger is the one module that imports it).
+        if importlib.util.find_spec("asyncpg") is None:
             raise SandboxError("the scale-out sandbox needs the PostgreSQL driver: "
-                               f"{LAB_EXTRA_HINT}") from None
+                               f"{LAB_EXTRA_HINT}")
         if self.given:
             return self.url
         try:
