@@ -4,8 +4,7 @@ against each hub's ``/readyz``).
 
 Skipped, with the reason, where the ``haproxy`` command is missing (``.ci/run`` installs
 Debian's package). ``test_kill_one_of_two_hubs_behind_haproxy_mid_load`` runs two hubs on
-one PostgreSQL ledger at once, which needs the multi-hub work of issue 14: until the
-ledger's one-hub lock is lifted its second hub is refused and the test fails saying so.
+one PostgreSQL ledger at once (gateway/hub/multihub.py).
 """
 
 from __future__ import annotations
