@@ -690,6 +690,9 @@ def cmd_lab_capture(ns: argparse.Namespace) -> int:
 def cmd_sandbox(ns: argparse.Namespace) -> int:
     from gateway.sandbox_run import run_sandbox
 
+    if ns.action in ("status", "restart") and not 0 < ns.wait_s < float("inf"):
+        raise CliError(cliout.EXIT_USAGE, f"--wait-s must be a positive number of seconds, not "
+                                   f"{ns.wait_s!r}")
     if ns.action == "status":
         from gateway.sandbox_scaleout import cmd_status
 

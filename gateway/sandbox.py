@@ -361,10 +361,17 @@ class Sandbox:
         port = self.deployment.hub.ready_info.get("plaintext_port")
         return int(port) if port is not None else None
 
+    @property
+    def logs_dir(self) -> Path:
+        """Where the nodes' logs are (the scale-out mode keeps its own)."""
+        return self.dir
+
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        # SIGHUP too: a closed terminal must not leave the nodes (and, scale-out, HAProxy
+        # and PostgreSQL) running without the sandbox that stops them.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
         self.keys = load_or_create_merchants(self.dir / MERCHANTS_FILE)
         receiver = self.receiver = WebhookReceiver(self.keys, self.dir / WEBHOOK_LOG, _say)
@@ -386,7 +393,7 @@ class Sandbox:
             except (TimeoutError, OSError) as exc:
                 raise SandboxError(f"the nodes did not all answer within {PROBE_TIMEOUT_S:g} s "
                                    f"({exc or type(exc).__name__}); see the logs in "
-                                   f"{self.dir}") from None
+                                   f"{self.logs_dir}") from None
             if not stop.is_set():
                 info = self._publish()
                 self._banner(info)

@@ -138,7 +138,12 @@ class ScaleOutSandbox(Sandbox):
         self.health: dict[str, int] = {}
         self.socket_dir: Path | None = None
 
+    @property
+    def logs_dir(self) -> Path:
+        return self.work
+
     # --- start and stop -----------------------------------------------------------------
+
     def _start_nodes(self, receiver: WebhookReceiver) -> Deployment:
         from gateway.storage.groupcommit import make_private_dirs
 
@@ -395,6 +400,15 @@ def _load(directory: Path) -> dict[str, Any]:
     running = Running.load(directory)
     if running is None:
         raise CliError(1, f"no sandbox is running in {directory} (no sandbox.json)",
+                       "start one: paywire sandbox (or give --dir)")
+    pid = running.info.get("pid")
+    try:  # a sandbox.json left by one that was killed may name a pid since reused
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        cmdline = b""
+    if not isinstance(pid, int) or b"sandbox" not in cmdline:
+        raise CliError(1, f"no sandbox is running in {directory} (its sandbox.json names "
+                          f"pid {pid}, which is not a sandbox: it was killed)",
                        "start one: paywire sandbox (or give --dir)")
     return running.info
 

@@ -146,6 +146,11 @@ def test_an_empty_server_key_is_a_configuration_error_not_a_pass(keys: Any) -> N
         construct_event(forged_body, signed(forged_body, key=""), keys, now_s=NOW)
 
 
+def test_a_key_given_as_bytes_is_named_as_such() -> None:
+    with pytest.raises(TypeError, match="not bytes"):
+        construct_event(BODY, signed(BODY), KEY.encode(), now_s=NOW)  # type: ignore[arg-type]
+
+
 def test_a_signed_body_with_a_wrong_signature_key_is_refused() -> None:
     """A hub that signs the HMAC but computes ``signature_key`` wrongly (another
     implementation) is not trusted halfway."""

@@ -168,3 +168,22 @@ def test_scale_out_without_pgserver_says_what_to_install(tmp_path: Path) -> None
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "pip install -e '.[lab]'" in lines[0], done.stderr
     assert "--pg-dsn" in lines[0]
+
+
+def test_commands_beside_a_sandbox_that_was_killed_refuse_in_one_line(tmp_path: Path) -> None:
+    """A sandbox.json left by a sandbox killed with SIGKILL names a pid that may since
+    belong to another process: never signalled; and a wait must be a finite time."""
+    from gateway.processes import child_env, module_command
+
+    (tmp_path / "sandbox.json").write_text(json.dumps(
+        {"pid": 1, "hubs": [{"name": "hub-a", "pid": 1}]}))
+    (tmp_path / "sandbox.env").write_text("export PAYWIRE_HUB=127.0.0.1:9\n")
+    for args, code, said in (
+            (["restart", "hub-a"], 1, "which is not a sandbox"),
+            (["status"], 1, "which is not a sandbox"),
+            (["status", "--wait-s", "nan"], 2, "--wait-s must be a positive number")):
+        run = subprocess.run([*module_command("gateway.cli"), "sandbox", *args, "--dir",
+                              str(tmp_path)], capture_output=True, text=True,
+                             env=child_env(), timeout=60)
+        assert run.returncode == code and said in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr

@@ -131,6 +131,7 @@ class Client:
         # Connections that got GOAWAY with requests still waiting for their answers: the
         # hub closes each after its last answer (``close`` drops them too).
         self._draining: set[ClientConnection] = set()
+        self._drain_tasks: set[asyncio.Task[None]] = set()
 
     # --- connection management ------------------------------------------------------------
     def _usable(self, conn: ClientConnection | None) -> bool:
@@ -196,8 +197,14 @@ class Client:
                     # After GOAWAY the hub still answers the requests it has (up to its
                     # last_request_id) and then closes: let them come (spec §8) rather
                     # than cut them off and send them again elsewhere.
-                    self._draining.add(conn)
-                    conn.closed.add_done_callback(partial(_discard, self._draining, conn))
+                    if conn not in self._draining:
+                        self._draining.add(conn)
+                        conn.closed.add_done_callback(partial(_discard, self._draining, conn))
+                        waiting = [f for f, _ in conn.correlator.waiting.values()]
+                        task = asyncio.get_running_loop().create_task(
+                            self._drain(conn, waiting))
+                        self._drain_tasks.add(task)  # held: the loop keeps only weak refs
+                        task.add_done_callback(self._drain_tasks.discard)
                 else:
                     conn.abort_soon()
             loop = asyncio.get_running_loop()
@@ -279,15 +286,27 @@ class Client:
     def _hub_wait_s_for(self, timeout_s: float | None) -> float:
         return self.hub_wait_s if self.hub_wait_s is not None else (timeout_s or self.timeout_s)
 
+    async def _drain(self, conn: ClientConnection,
+                     waiting: list[asyncio.Future[dict[str, Any]]]) -> None:
+        """A connection that sent GOAWAY: once the requests that were waiting on it have
+        their answers (or their own timeouts), or after ``timeout_s`` at most, drop it,
+        whether or not the hub closed it (a hub that never does must not hold it open)."""
+        if waiting:
+            await asyncio.wait(waiting, timeout=self.timeout_s)
+        conn.abort_soon()
+
     async def close(self) -> None:
         self._closed = True
         if self._reconnecting is not None and not self._reconnecting.done():
             self._reconnecting.cancel()
-        for draining in list(self._draining):
-            draining.abort_soon()
+        draining = list(self._draining)
+        for conn in draining:
+            conn.abort_soon()
         if self.conn is not None:
             self.conn.abort_soon()
             await self.conn.closed
+        # Each ends within the adapter's close bound (CLOSE_GRACE_S).
+        await asyncio.gather(*(c.closed for c in draining), return_exceptions=True)
 
     async def __aenter__(self) -> Client:
         return await self.connect()

@@ -187,6 +187,9 @@ def construct_event(body: bytes | str, headers: Mapping[str, str],
         raise SignatureVerificationError(VerificationFailure.MISSING_HEADER,
                                          f"no {SIGNATURE_HEADER} header")
     timestamp_s, mac = _parse_header(header)
+    if isinstance(server_key, bytes | bytearray):
+        raise TypeError("construct_event takes the server key as str (or a list of str), "
+                        "not bytes")
     keys = [server_key] if isinstance(server_key, str) else list(server_key)
     if not keys or not all(isinstance(k, str) and k for k in keys):
         # A key from an unset environment variable: with an empty key anyone could sign

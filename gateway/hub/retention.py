@@ -42,6 +42,7 @@ class RetentionSweeper:
         # The hub's copy (``Hub.event_floor``): raised here, never lowered.
         self.floors = floors
         self._task: asyncio.Task[None] | None = None
+        self._unexpected = 0  # sweeps that failed with an error no one expected
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
@@ -62,8 +63,11 @@ class RetentionSweeper:
             except Exception as exc:
                 # A full writer queue, a busy database, a driver error: retention must not
                 # stop for good because one sweep failed (the tables would grow unseen).
+                # The traceback once, so that a bug can be found; then one line each time.
+                self._unexpected += 1
                 log.warning("retention sweep failed (tried again in %g s): %s: %s",
-                            self.cfg.sweep_interval_s, type(exc).__name__, exc)
+                            self.cfg.sweep_interval_s, type(exc).__name__, exc,
+                            exc_info=exc if self._unexpected == 1 else None)
 
     async def sweep(self, at_ms: int | None = None) -> PruneResult:
         """Delete what is past its keep time at ``at_ms`` (now by default), batch after

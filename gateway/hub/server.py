@@ -337,9 +337,9 @@ class Hub:
 
     # --- shutdown ----------------------------------------------------------------------------
     def session_drained(self, session: MerchantSession) -> None:
-        if not self.stopping and session.merchant_id is not None \
-                and self.cfg.merchant(session.merchant_id) is None:
-            # A removed merchant's connection has answered its last request (reload).
+        if not self.stopping and session.goaway_sent:
+            # A removed merchant's connection has answered its last request (reload); even
+            # if a later reload added the merchant back, it was told to go (GOAWAY).
             session.flush_now()
             session.abort_soon()
             return

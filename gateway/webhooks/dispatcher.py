@@ -49,7 +49,7 @@ LOCATION_LOGGED_CHARS_MAX = 200
 # A row of a merchant this hub's configuration does not hold (removed since it was queued,
 # or added on another hub of a shared ledger that this one has not reloaded yet) is looked
 # at again this much later, its attempts untouched: never sent unsigned, never given up.
-UNCONFIGURED_RETRY_S = 60.0
+UNCONFIGURED_RETRY_S = 300.0
 # A claim's lease on a shared ledger: at least this, and several delivery timeouts, since a
 # claimed row may wait for one of its merchant's slots first. Only a dead hub's rows wait
 # for it to run out.
@@ -86,6 +86,9 @@ class WebhookDispatcher:
         # For /metrics: delivery attempts by result ("delivered", "server", "client",
         # "network", "refused"), and rows dead-lettered.
         self.results: dict[str, int] = {}
+        # Rows of merchants this hub does not know, looked at and put back (``_park``).
+        self.parked = 0
+        self._parked_logged_until: dict[str, int] = {}
         self.dead_lettered = 0
         # (An outbox standing in for a ledger, as lab 7's, need not say: not shared.)
         shared = getattr(ledger, "shared", False)
@@ -175,6 +178,9 @@ class WebhookDispatcher:
     async def _deliver(self, slots: asyncio.Semaphore, row: Webhook) -> None:
         wid, merchant, txid, event_id, url, body, attempts = row
         try:
+            if not self.server_keys.get(merchant):
+                await self._park(wid, attempts, merchant)
+                return
             async with slots:
                 outcome, error = await self._post(url, body, merchant, event_id, attempts + 1)
             await self._record(wid, attempts + 1, outcome, error)
@@ -187,13 +193,7 @@ class WebhookDispatcher:
     async def _post(self, url: str, body: bytes, merchant: str, event_id: str,
                     attempt: int) -> tuple[str, str | None]:
         assert self._session is not None
-        server_key = self.server_keys.get(merchant)
-        if not server_key:
-            # Not in this hub's configuration (removed since, or not reloaded here yet):
-            # nothing to sign with, and an unsigned notification would only be refused.
-            return "unconfigured", (f"not sent: merchant {merchant} is not in this hub's "
-                                    "configuration")
-        key = server_key.encode()
+        key = self.server_keys[merchant].encode()  # known: ``_deliver`` parks the others
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
                    SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
                    "X-Paywire-Attempt": str(attempt), "User-Agent": "paywire-webhooks/0.1"}
@@ -218,18 +218,27 @@ class WebhookDispatcher:
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return "network", f"{type(exc).__name__}: {exc}"[:300]
 
+    async def _park(self, wid: int, attempts: int, merchant: str) -> None:
+        """A row of a merchant this hub's configuration does not hold (removed since it was
+        queued, or added on another hub of a shared ledger that has not been reloaded here):
+        nothing to sign with, and an unsigned notification would only be refused. Not sent,
+        not counted as an attempt, never given up: due again in ``UNCONFIGURED_RETRY_S``."""
+        now = now_ms()
+        self.parked += 1
+        if now >= self._parked_logged_until.get(merchant, 0):  # one line per interval
+            self._parked_logged_until[merchant] = now + int(UNCONFIGURED_RETRY_S * 1000)
+            log.warning("webhooks of merchant %s not sent: not configured on this hub; "
+                        "looked at again every %g s", merchant, UNCONFIGURED_RETRY_S)
+        await self.ledger.webhook_retry(
+            wid, attempts, now + int(UNCONFIGURED_RETRY_S * 1000),
+            f"not sent: merchant {merchant} is not in this hub's configuration")
+
     async def _record(self, wid: int, attempts: int, outcome: str, error: str | None) -> None:
         now = now_ms()
         self.results[outcome] = self.results.get(outcome, 0) + 1
         if outcome == "delivered":
             self.delivered += 1
             await self.ledger.webhook_delivered(wid, attempts, now)
-            return
-        if outcome == "unconfigured":
-            log.warning("webhook %d not sent: merchant not configured on this hub; looked at "
-                        "again in %g s", wid, UNCONFIGURED_RETRY_S)
-            await self.ledger.webhook_retry(wid, attempts - 1,
-                                            now + int(UNCONFIGURED_RETRY_S * 1000), error)
             return
         self.failed_attempts += 1
         retries_left = attempts <= len(self.cfg.retry_schedule_s) and outcome != "refused"
