@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any, cast
 
@@ -35,6 +36,17 @@ from protocol.errors import ErrorCode, PaywireError
 from protocol.frame import Frame
 
 log = logging.getLogger("paywire.hub")
+
+# One step of the hub's stop (bank links, webhook dispatcher, pollers, health server) that
+# takes longer than this is abandoned with a WARNING naming it: a stop always ends.
+STOP_STEP_S = 10.0
+
+
+async def _bounded(step: Awaitable[object], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, STOP_STEP_S)
+    except TimeoutError:
+        log.warning("stopping %s took over %g s: abandoned", what, STOP_STEP_S)
 
 
 class Hub:
@@ -369,13 +381,14 @@ class Hub:
             session.abort_soon()
         self.schedulers.cancel_background()
         for pool in self.pools.values():
-            await pool.stop()
-        await self.webhooks.stop()
+            await _bounded(pool.stop(), f"the bank links of {pool.name}")
+        await _bounded(self.webhooks.stop(), "the webhook dispatcher")
         for poller in (self.event_poller, self.rescanner, self.retention):
             if poller is not None:
-                await poller.stop()
+                await _bounded(poller.stop(), type(poller).__name__)
+        # Not bounded: it commits what is queued (the ledger bounds its own connections).
         await self.ledger.close()
         self.health.phase = Phase.STOPPED
         if self.health_server is not None:
-            await self.health_server.stop()
+            await _bounded(self.health_server.stop(), "the health server")
         log.info("hub %s stopped", self.cfg.node_id)

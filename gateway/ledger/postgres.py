@@ -76,6 +76,10 @@ NONCE_PURGE_INTERVAL_S = 10.0  # expired nonces are deleted this often (bounds t
 BATCH_WRITES_MAX = 4_000  # writes per call of paywire_apply (~4 MB of records at most)
 READ_CONNECTIONS_MAX = 4  # the reader pool: lookups, event replay, the webhook outbox
 READ_TIMEOUT_S = 30.0  # one read's deadline: a request never waits on a stuck server for ever
+# Closing a connection or the reader pool at stop (after the writer has committed what was
+# queued): past this, the connections are dropped. A pool waits for connections still
+# checked out (a read cut off by the stop), so this bounds the hub's stop, too.
+CLOSE_TIMEOUT_S = 5.0
 APPLICATION_NAME = "paywire-hub"
 
 SCHEMA = """
@@ -637,12 +641,19 @@ class PostgresLedger:
             await self._task  # commits what is queued, then returns
         if self._purger is not None:
             self._purger.cancel()
-        if self._conn is not None:
-            await self._conn.close()
-        if self._lock_conn is not None:
-            await self._lock_conn.close()  # releases this hub's order locks
+        for conn in (self._conn, self._lock_conn):  # the lock's: releases this hub's locks
+            if conn is not None:
+                try:
+                    await conn.close(timeout=CLOSE_TIMEOUT_S)
+                except (TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                    conn.terminate()
         if self._pool is not None:
-            await self._pool.close()
+            try:
+                await asyncio.wait_for(self._pool.close(), CLOSE_TIMEOUT_S)
+            except TimeoutError:
+                log.warning("ledger: the reader pool did not close within %g s (a read still "
+                            "running?): its connections are dropped", CLOSE_TIMEOUT_S)
+                self._pool.terminate()
 
     @property
     def queued(self) -> int:
