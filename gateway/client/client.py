@@ -14,7 +14,6 @@ import random
 import ssl
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping
-from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -128,10 +127,9 @@ class Client:
         # round to it, so the spread it shows is the jitter's.
         self.reconnect_attempts: deque[float] = deque(maxlen=1000)
         self.history: deque[ClientConnection] = deque(maxlen=16)
-        # Connections that got GOAWAY with requests still waiting for their answers: the
-        # hub closes each after its last answer (``close`` drops them too).
-        self._draining: set[ClientConnection] = set()
-        self._drain_tasks: set[asyncio.Task[None]] = set()
+        # Connections that got GOAWAY with requests still waiting for their answers, each
+        # with the task that drops it once they are done (``_drain``; ``close`` too).
+        self._draining: dict[ClientConnection, asyncio.Task[None]] = {}
 
     # --- connection management ------------------------------------------------------------
     def _usable(self, conn: ClientConnection | None) -> bool:
@@ -198,13 +196,9 @@ class Client:
                     # last_request_id) and then closes: let them come (spec §8) rather
                     # than cut them off and send them again elsewhere.
                     if conn not in self._draining:
-                        self._draining.add(conn)
-                        conn.closed.add_done_callback(partial(_discard, self._draining, conn))
                         waiting = [f for f, _ in conn.correlator.waiting.values()]
-                        task = asyncio.get_running_loop().create_task(
+                        self._draining[conn] = asyncio.get_running_loop().create_task(
                             self._drain(conn, waiting))
-                        self._drain_tasks.add(task)  # held: the loop keeps only weak refs
-                        task.add_done_callback(self._drain_tasks.discard)
                 else:
                     conn.abort_soon()
             loop = asyncio.get_running_loop()
@@ -289,11 +283,16 @@ class Client:
     async def _drain(self, conn: ClientConnection,
                      waiting: list[asyncio.Future[dict[str, Any]]]) -> None:
         """A connection that sent GOAWAY: once the requests that were waiting on it have
-        their answers (or their own timeouts), or after ``timeout_s`` at most, drop it,
-        whether or not the hub closed it (a hub that never does must not hold it open)."""
-        if waiting:
-            await asyncio.wait(waiting, timeout=self.timeout_s)
-        conn.abort_soon()
+        their answers, or their own timeouts (every request has one), drop it, whether or
+        not the hub closed it (a hub that never does must not hold it open). No shorter
+        bound: a request given a longer timeout must not be cut off and sent again."""
+        try:
+            if waiting:
+                await asyncio.wait(waiting)
+            conn.abort_soon()
+            await conn.closed
+        finally:
+            self._draining.pop(conn, None)
 
     async def close(self) -> None:
         self._closed = True
@@ -589,10 +588,6 @@ def _short(exc: BaseException) -> str:
     codes, addresses, order ids)."""
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _discard(draining: set[ClientConnection], conn: ClientConnection, _done: object) -> None:
-    draining.discard(conn)
 
 
 def _why_unusable(conn: ClientConnection) -> str:
