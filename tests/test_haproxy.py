@@ -173,7 +173,7 @@ async def test_haproxy_passes_tls_to_the_ready_hub_and_drops_a_draining_one(
                 assert drained.transaction_status == "capture"
                 code = await asyncio.get_running_loop().run_in_executor(
                     None, hub_a.proc.wait, 60)
-                assert code == 0
+                assert code == 0, hub_a.tail()
 
                 hub_b = await asyncio.get_running_loop().run_in_executor(
                     None, start_hub, cfg_b, tmp_path, "hub-b")

@@ -315,6 +315,24 @@ async def test_order_locks_are_held_across_ledgers_and_lost_with_a_dead_session(
         await b.close()
 
 
+async def test_an_unlock_after_close_is_not_the_ledger_dying(pg_dsn: str) -> None:
+    """Work cancelled at a hub's stop releases its order's lock late; if the ledger has
+    closed by then, that is the stop, not a lost database: ``died`` (the hub's exit code 1)
+    stays unset. Seen once behind HAProxy: a drained hub exited 1."""
+    from gateway.ledger.postgres import PostgresLedger
+    from protocol.errors import StorageClosed
+
+    a = PostgresLedger(pg_dsn, exclusive=False)
+    await a.start()
+    try:
+        assert await a.lock_order("M1", "o1", 1.0)
+    finally:
+        await a.close()
+    with pytest.raises(StorageClosed):
+        await a.unlock_order("M1", "o1")
+    assert a.died is not None and not a.died.done()
+
+
 async def test_nonces_are_spent_across_ledgers_and_expired_ones_purged(pg_dsn: str) -> None:
     from gateway.ledger.postgres import NONCE_REPLAYED, PostgresLedger
     from gateway.transactions.model import now_ms

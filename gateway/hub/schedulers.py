@@ -52,9 +52,14 @@ class Schedulers:
         for t in self._timers:
             t.cancel()
 
-    def cancel_background(self) -> None:
-        for task in list(self.background):
+    async def cancel_background(self) -> None:
+        """Cancel the background work and wait until it has ended: a cancelled piece still
+        releases its order's lock (on a shared ledger, a call to the database), which must
+        be done before the ledger closes."""
+        tasks = list(self.background)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def _arm(self, interval_s: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()

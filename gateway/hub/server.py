@@ -379,7 +379,7 @@ class Hub:
         for session in list(self.sessions):
             session.flush_now()
             session.abort_soon()
-        self.schedulers.cancel_background()
+        await _bounded(self.schedulers.cancel_background(), "the background work")
         for pool in self.pools.values():
             await _bounded(pool.stop(), f"the bank links of {pool.name}")
         await _bounded(self.webhooks.stop(), "the webhook dispatcher")

@@ -547,6 +547,10 @@ class PostgresLedger:
             async with self._lock_use:
                 return await conn.fetchval(sql, *args, timeout=READ_TIMEOUT_S)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            if self._closing:
+                # Closed under a late unlock (work cancelled at the hub's stop): the locks
+                # go with the session; a stop is not the ledger dying (exit code 1).
+                raise StorageClosed("the ledger is closed") from None
             # Whether the lock is held is unknown now: this hub must not go on (its locks
             # went with the session if the session is gone).
             self._die(f"the order-lock connection failed: {exc!r}")
