@@ -127,3 +127,65 @@ async def test_resume_within_the_horizon_and_beyond_it(tmp_path: Path,
                     list(range(third + 1, after + 1))
         finally:
             await hub.stop()
+
+
+async def test_events_deleted_during_a_replay_end_it_after_the_valid_ones(
+        tmp_path: Path) -> None:
+    """Spec 6.2: the floor passes ``events_since`` = S after the WELCOME, while the replay is
+    between two reads: the subscriber gets the valid events S+1 … K already read, then
+    ``RESUME_EXPIRED`` where K+1 is gone — never an event after the gap."""
+    loop = asyncio.get_running_loop()
+    with deployment(tmp_path, bca_nodes=1) as dep:
+        assert dep.hub is not None and dep.hub_cfg is not None
+        await loop.run_in_executor(None, dep.hub.terminate)
+        # Two events per read, so the replay reads the ledger more than once.
+        cfg = dataclasses.replace(dep.hub_cfg, listen_port=0, event_replay_batch_max=2)
+        horizon_ms = round(cfg.retention.events_resume_horizon_s * 1000)
+        hub = Hub(cfg)
+        await hub.start()
+        try:
+            async with connect("127.0.0.1", hub.port, merchant_id="M1",
+                               server_key=KEYS["M1"], certs_dir=dep.certs) as c:
+                since = await _charges(c, hub, ["g-1", "g-2"])
+                mid = await _charges(c, hub, [f"g-{i}" for i in range(3, 7)])
+                t = now_ms()
+                await _tick_past(t)
+                latest = await _charges(c, hub, ["g-7", "g-8"])
+                assert since + 2 < mid < latest
+
+                # The replay's second read waits until an operator has pruned, beside the
+                # hub, every event recorded before ``t`` (up to ``mid``).
+                reads = 0
+                pruned = asyncio.Event()
+                events_after = hub.ledger.events_after
+
+                async def held_second_read(merchant_id: str, after: int,
+                                           limit: int) -> list[tuple[int, bytes]]:
+                    nonlocal reads
+                    reads += 1
+                    if reads == 2:
+                        await pruned.wait()
+                    return await events_after(merchant_id, after, limit)
+
+                hub.ledger.events_after = held_second_read  # type: ignore[method-assign]
+                seqs: list[int] = []
+
+                async def subscribe() -> None:
+                    async for event in c.events(since):
+                        seqs.append(event.seq)
+
+                replay = asyncio.ensure_future(asyncio.wait_for(subscribe(), WAIT_S))
+                await wait_until(lambda: reads == 2, "the replay's second read")
+                now_gone = await loop.run_in_executor(
+                    None, SqliteLedgerTools(cfg.ledger_path).prune,
+                    policy_of(cfg.retention), t + horizon_ms, False)
+                assert now_gone.floors == {"M1": mid}
+                pruned.set()
+                with pytest.raises(ResumeExpired) as info:
+                    await replay
+                assert info.value.field == "events_since"
+                # Read before the prune, then nothing: not ``mid`` + 1, which is still stored.
+                assert seqs == [since + 1, since + 2]
+                assert hub.event_floor["M1"] == mid  # learnt from the replay
+        finally:
+            await hub.stop()
