@@ -178,7 +178,7 @@ async def test_events_deleted_during_a_replay_end_it_after_the_valid_ones(
                 await wait_until(lambda: reads == 2, "the replay's second read")
                 now_gone = await loop.run_in_executor(
                     None, SqliteLedgerTools(cfg.ledger_path).prune,
-                    policy_of(cfg.retention), t + horizon_ms, False)
+                    policy_of(cfg.retention), t + 1 + horizon_ms, False)
                 assert now_gone.floors == {"M1": mid}
                 pruned.set()
                 with pytest.raises(ResumeExpired) as info:

@@ -337,7 +337,7 @@ async def test_the_sweeper_outlives_a_sweep_that_fails(tmp_path: Path) -> None:
     try:
         sweeper.start()
         await wait_until(lambda: FailsOnce.calls >= 3, "the sweeper to sweep after a failure")
-        assert sweeper._task is not None and not sweeper._task.done()
+        assert sweeper.periodic.running
     finally:
         await sweeper.stop()
         await ledger.close()

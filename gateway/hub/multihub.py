@@ -17,13 +17,13 @@ the database is the truth and a missed poll loses nothing.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.fraud import FraudEngine
 from gateway.hub.notifications import EventFanout, event_frame
+from gateway.hub.periodic import Periodic
 from gateway.ledger.base import Ledger
 from gateway.transactions.model import Transaction, now_ms
 from protocol import body as bodycodec
@@ -36,8 +36,15 @@ EVENT_BATCH_MAX = 500  # events read per merchant per query
 # its created_ms (the creating hub's clock, then its commit), and counted once (by id).
 FRAUD_LOOKBACK_MS = 10_000
 
-# A read failure of the poll loops is logged and retried; it never stops the hub.
-_READ_ERRORS = (Exception,)
+
+# A failed round of the poll loops is logged and retried (gateway/hub/periodic.py); it
+# never stops the hub.
+def _poll_failed(exc: Exception) -> None:
+    log.warning("event poll failed (tried again): %r", exc)
+
+
+def _rescan_failed(exc: Exception) -> None:
+    log.warning("rescan of the shared ledger failed (tried again): %r", exc)
 
 
 class EventPoller:
@@ -50,31 +57,16 @@ class EventPoller:
         self.ledger = ledger
         self.fanout = fanout
         self.interval_s = interval_s
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self.periodic = Periodic("event-poller", interval_s, self.poll, _poll_failed)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="event-poller")
+        self.periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.periodic.stop()
 
     def wake(self) -> None:
-        self._wake.set()
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.interval_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            try:
-                await self.poll()
-            except _READ_ERRORS as exc:
-                log.warning("event poll failed (tried again): %r", exc)
+        self.periodic.wake()
 
     async def poll(self) -> None:
         """One round: every merchant whose latest seq moved is caught up."""
@@ -116,23 +108,13 @@ class Rescanner:
         self.interval_s = interval_s
         self.on_unresolved = on_unresolved
         self._since_ms = now_ms()
-        self._task: asyncio.Task[None] | None = None
+        self.periodic = Periodic("rescanner", interval_s, self.scan, _rescan_failed)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="rescanner")
+        self.periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.scan()
-            except _READ_ERRORS as exc:
-                log.warning("rescan of the shared ledger failed (tried again): %r", exc)
+        await self.periodic.stop()
 
     async def scan(self) -> None:
         found: list[Any] = await self.ledger.unresolved()

@@ -11,10 +11,10 @@ others find nothing, and every sweeper reads the floors the others moved.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from gateway.config import RetentionConfig
+from gateway.hub.periodic import Periodic
 from gateway.ledger.base import Ledger, LedgerError, PruneResult, RetentionPolicy
 from gateway.transactions.model import now_ms
 
@@ -41,33 +41,27 @@ class RetentionSweeper:
         self.policy = policy_of(cfg)
         # The hub's copy (``Hub.event_floor``): raised here, never lowered.
         self.floors = floors
-        self._task: asyncio.Task[None] | None = None
         self._unexpected = 0  # sweeps that failed with an error no one expected
+        self.periodic = Periodic("retention", cfg.sweep_interval_s, self.sweep, self._failed)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="retention")
+        self.periodic.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        await self.periodic.stop()
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.sweep_interval_s)
-            try:
-                await self.sweep()
-            except (LedgerError, OSError) as exc:
-                log.warning("retention sweep failed (tried again in %g s): %s",
-                            self.cfg.sweep_interval_s, exc)
-            except Exception as exc:
-                # A full writer queue, a busy database, a driver error: retention must not
-                # stop for good because one sweep failed (the tables would grow unseen).
-                # The traceback once, so that a bug can be found; then one line each time.
-                self._unexpected += 1
-                log.warning("retention sweep failed (tried again in %g s): %s: %s",
-                            self.cfg.sweep_interval_s, type(exc).__name__, exc,
-                            exc_info=exc if self._unexpected == 1 else None)
+    def _failed(self, exc: Exception) -> None:
+        if isinstance(exc, LedgerError | OSError):
+            log.warning("retention sweep failed (tried again in %g s): %s",
+                        self.cfg.sweep_interval_s, exc)
+            return
+        # A full writer queue, a busy database, a driver error: retention must not stop for
+        # good because one sweep failed (the tables would grow unseen). The traceback once,
+        # so that a bug can be found; then one line each time.
+        self._unexpected += 1
+        log.warning("retention sweep failed (tried again in %g s): %s: %s",
+                    self.cfg.sweep_interval_s, type(exc).__name__, exc,
+                    exc_info=exc if self._unexpected == 1 else None)
 
     async def sweep(self, at_ms: int | None = None) -> PruneResult:
         """Delete what is past its keep time at ``at_ms`` (now by default), batch after
