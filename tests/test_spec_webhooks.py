@@ -461,15 +461,21 @@ async def test_real_deliveries_follow_the_section(tmp_path: Path) -> None:
                            if o != "spec-gone")
 
             await wait_until(notified, "every notification but spec-gone's to be delivered")
-            gone = await wait_until(lambda: [r for r in dep.ledger_sql(
-                "SELECT id, state, attempts FROM webhooks WHERE url LIKE '%/gone'")
-                if r[1] == "dead"], "spec-gone's notification to be dead-lettered")
-            assert gone[0][2] == HOOKS.client_error_attempts_max
+            await wait_until(lambda: dep.ledger_sql(
+                "SELECT COUNT(*) FROM webhooks WHERE state = 'dead'") == [(1,)],
+                "spec-gone's notification to be dead-lettered")
+            ledger = str(dep.workdir / "ledger.db")
+            listed = subprocess.run([sys.executable, "-m", "gateway.cli", "webhooks", "list",
+                                     "--ledger", ledger, "--state", "dead"],
+                                    check=True, capture_output=True, text=True, timeout=60)
+            gone = [json.loads(line) for line in listed.stdout.splitlines()]
+            assert [(g["url"], g["attempts"]) for g in gone] == \
+                [(rx.base + "/gone", HOOKS.client_error_attempts_max)]
             dead_attempts = len(rx.of("spec-gone"))
             # The operator redelivers it (section 13.5); now the receiver takes it.
             mode["gone"] = 200
             subprocess.run([sys.executable, "-m", "gateway.cli", "webhooks", "redeliver",
-                            "--ledger", str(dep.workdir / "ledger.db"), str(gone[0][0])],
+                            "--ledger", ledger, str(gone[0]["id"])],
                            check=True, capture_output=True, timeout=60)
             await wait_until(lambda: [r for r in rx.of("spec-gone") if r.status == 200],
                              "spec-gone's redelivery")
