@@ -510,6 +510,9 @@ def check_every_request(requests: list[Request], facts: dict[str, Facts],
         assert header(r.headers, "Content-Length") == str(len(r.body))
         assert re.fullmatch(r"[1-9][0-9]*", header(r.headers, "X-Paywire-Attempt") or "")
         t, data = spec_verify(r.headers, r.body, [KEYS["M1"]], r.received_s)
+        # Exactly the form of section 13.4 (no leading zeros, lowercase hex, no spaces).
+        assert header(r.headers, "X-Paywire-Signature") == \
+            f"t={t},v1={mac(KEYS['M1'], str(t), r.body)}"
         # t is the attempt's time: taken before the request, at most one timeout earlier.
         assert r.received_s - HOOKS.timeout_s - 1 <= t <= r.received_s + 1
         oid = data["order_id"]
@@ -583,8 +586,9 @@ def check_delivery_rules(rx: Capture, events_m1: int, dead_attempts: int) -> Non
     assert len({r.body for r in gone}) == 1
     # Nothing else arrived twice: every other answer was 2xx the first time.
     retried = {r.data["event_id"] for r in tries + gone}
-    others = [r.data["event_id"] for r in requests if r.data["event_id"] not in retried]
-    assert len(others) == len(set(others))
+    others = [r for r in requests if r.data["event_id"] not in retried]
+    assert len(others) == len({r.data["event_id"] for r in others})
+    assert {header(r.headers, "X-Paywire-Attempt") for r in others} == {"1"}
 
 
 def test_verifier_refuses_what_the_section_says_to_refuse() -> None:
