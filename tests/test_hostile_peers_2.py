@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -325,6 +326,61 @@ async def test_health_listener_survives_garbage_huge_heads_and_a_connection_floo
     assert dep.hub is not None and dep.hub.proc is not None and dep.hub.proc.poll() is None
 
 
+# --- §3: a peer that sends but never reads -------------------------------------------------
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    with deployment(tmp_path_factory.mktemp("fast"), bca_nodes=1,
+                    hub_overrides={"heartbeat_interval_s": 0.5, "log_level": "INFO",
+                                   "health_listen": f"127.0.0.1:{free_port()}"}) as d:
+        yield d
+
+
+async def sessions(dep: Deployment) -> int:
+    """The hub's open merchant sessions, as its /healthz reports them."""
+    status, body = await probe(health_port(dep), "/healthz")
+    assert status == 200 and isinstance(body, dict), body
+    return int(body["sessions"])
+
+
+async def test_a_peer_that_pings_and_never_reads_is_dropped(fast: Deployment) -> None:
+    """A peer that floods PINGs and reads nothing (not the PONGs, not the hub's own PINGs)
+    is declared dead after 3 heartbeat intervals (§3); its connection ends within the
+    bounded close (§2.4) although its socket holds unread PONGs, and it is no longer
+    counted as a session."""
+    from gateway.client import client_ssl_context
+
+    base = await sessions(fast)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the hub's PONGs pile up
+    sock.setblocking(False)
+    await loop.sock_connect(sock, ("127.0.0.1", fast.port))
+    reader, writer = await asyncio.open_connection(
+        sock=sock, ssl=client_ssl_context(fast.certs, "M1"), server_hostname="127.0.0.1")
+    raw = Raw(reader, writer)
+    await raw.hello()
+    assert fast.hub is not None
+    start = len(fast.hub.log_path.read_text(errors="replace"))
+    writer.transport.pause_reading()
+    raw.send(encode_frame(FrameType.PING, 1, b"\x80") * 40_000)  # 40 000 PONGs to read
+    try:
+        def idle() -> bool:
+            assert fast.hub is not None
+            return "IDLE_TIMEOUT" in fast.hub.log_path.read_text(errors="replace")[start:]
+
+        await wait_until(idle, "the hub to give up on the peer that does not read")
+        async def uncounted() -> bool:
+            return await sessions(fast) == base
+
+        await wait_until(uncounted, "the dropped session to be uncounted")
+        writer.transport.resume_reading()
+        got = await frames_until_closed(raw)  # PONGs, perhaps the ERROR, then the end
+        assert all(f.type in (FrameType.PONG, FrameType.PING, FrameType.ERROR) for f in got)
+    finally:
+        raw.close()
+    await still_serving(fast)
+
+
 # --- §8: the hub's drain, seen by three connections -----------------------------------------
 @pytest.fixture(scope="module")
 def drained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
@@ -342,9 +398,16 @@ async def _drain_scenario(workdir: Path) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     try:
         await own.admin("bca", "admin.faults", {"blackhole": True})
-        a, c, late = await Raw.open(own), await Raw.open(own), await Raw.open(own)
+        a, c, d = await Raw.open(own), await Raw.open(own), await Raw.open(own)
+        late = await Raw.open(own)
         await a.hello()
         await c.hello()
+        await d.hello()
+        # d: the client's GOAWAY first (§8.1: the hub acts on nothing), then a request.
+        d.send(messages.encode_message(FrameType.GOAWAY, {
+            "last_request_id": 0, "code": 901, "message": "client leaving"})
+            + signed("M1", 3, "status", {"order_id": "none"}))
+        seen["d_before"] = await answers(d, 1)
         a.send(signed("M1", 10, "charge", card_charge(order())))
         c.send(signed("M1", 7, "charge", {**card_charge(order()),
                                           "card": {"number": RICH[3], "exp_month": 12,
@@ -356,7 +419,7 @@ async def _drain_scenario(workdir: Path) -> dict[str, Any]:
         await wait_until(both_at_the_bank, "both charges to reach the bank")
         assert own.hub is not None and own.hub.proc is not None
         own.hub.proc.send_signal(signal.SIGTERM)
-        for raw, name in ((a, "a"), (c, "c")):
+        for raw, name in ((a, "a"), (c, "c"), (d, "d")):
             while (frame := await raw.next_frame(WAIT_S)).type != FrameType.GOAWAY:
                 pass
             seen[f"goaway_{name}"] = messages.decode_body(FrameType.GOAWAY, frame.body)
@@ -367,6 +430,10 @@ async def _drain_scenario(workdir: Path) -> dict[str, Any]:
         # c: the id still in flight, after GOAWAY: DUPLICATE_REQUEST_ID first (§4.6).
         c.send(signed("M1", 7, "status", {"order_id": "none"}))
         seen["c_frames"] = await frames_until_closed(c)
+        # d: the hub's GOAWAY crossed (followed) the client's; its cut holds as for any.
+        d.send(signed("M1", 2, "status", {"order_id": "none"})
+               + signed("M1", 4, "status", {"order_id": "none"}))
+        seen["d_after"] = await answers(d, 2)
         # late: its HELLO arrives while the hub drains.
         late.send(messages.encode_message(FrameType.HELLO, {
             "versions": [1], "role": "merchant", "identity": "M1"}))
@@ -388,6 +455,11 @@ async def test_drain_answers_up_to_the_cut_and_refuses_past_it(drained: dict[str
                                                                ) -> None:
     assert drained["goaway_a"]["last_request_id"] == 10
     assert drained["goaway_c"]["last_request_id"] == 7
+    # A client that sent its own GOAWAY first still gets the hub's, and the same cut.
+    assert outcome(drained["d_before"][3]) is ErrorCode.NOT_FOUND
+    assert drained["goaway_d"]["last_request_id"] == 3
+    assert outcome(drained["d_after"][2]) is ErrorCode.NOT_FOUND
+    assert outcome(drained["d_after"][4]) is ErrorCode.SHUTTING_DOWN
     after = drained["a_after"]
     assert outcome(after[5]) is ErrorCode.NOT_FOUND  # ≤ the cut: executed
     assert outcome(after[11]) is ErrorCode.SHUTTING_DOWN  # past it: refused
