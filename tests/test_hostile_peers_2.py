@@ -1,9 +1,10 @@
 """Hostile peers, second round: what docs/protocol.md promises in the corners the first
 round (tests/test_hostile_peers.py, test_conformance.py, test_spec_second_client.py) does not
-reach: the hub's drain (§8), ``sent_us`` and request ids at their limits (§4.1, §2.5), PING
-bodies at the negotiated limit (§8.1), pipelines that end in a fatal frame (§3, §7.1), the
-plaintext lab listener fed bytes that are not frames (§12), and the health listener fed
-requests a load balancer never sends.
+reach: the hub's drain (§8, GOAWAY both ways), ``sent_us`` and request ids at their limits
+(§4.1, §2.5), PING bodies at the negotiated limit (§8.1), pipelines that end in a fatal
+frame (§3, §3.4, §7.1), a peer that floods PINGs and never reads (§3, §2.4), the plaintext
+lab listener fed bytes that are not frames (§12), and the health listener fed requests a
+load balancer never sends. The bank link has its own file (tests/test_hostile_bank_link.py).
 
 A test marked ``xfail(strict=True)`` shows a defect: it asserts what the spec says, and fails
 on the current code for the reason given.
