@@ -108,6 +108,12 @@ class FakeBank:
 
         self.loop.call_soon_threadsafe(abort)
 
+    def end_drains(self) -> None:
+        """Every connection that sent GOAWAY ends (its drain is over); the hub dials again."""
+        for conn in list(self.cuts):
+            self.drop(conn)
+        self.cuts.clear()
+
     def plan(self, account: str, plan: str, timings: Any = None) -> None:
         with self.lock:
             self.plans[account] = plan
@@ -427,8 +433,7 @@ async def test_a_draining_bank_node_is_not_the_hub_draining(
         got = await raw_charge(dep, account)
     finally:
         fake.plan(account, HONEST)
-        for conn in list(fake.cuts):
-            fake.drop(conn)
+        fake.end_drains()
     assert got is not ErrorCode.SHUTTING_DOWN, got
 
 
@@ -446,8 +451,7 @@ async def test_no_new_call_goes_to_a_link_that_sent_goaway(
         sent_after = [r for r in fake.ops(other) if r[0] == cut_conn]
     finally:
         fake.plan(draining, HONEST)
-        for conn in list(fake.cuts):
-            fake.drop(conn)
+        fake.end_drains()
     assert sent_after == [], sent_after
 
 
@@ -473,9 +477,7 @@ async def test_a_call_the_node_did_not_start_can_be_retried_to_success(
     try:
         raw.send(signed("M1", 1, "charge", card_charge(oid, account)))
         first = await answered(raw, 1)
-        for conn in list(fake.cuts):
-            fake.drop(conn)  # the node's drain is over: the hub dials it again
-        fake.cuts.clear()
+        fake.end_drains()  # the node's drain is over: the hub dials it again
         retried: Any = None
         for rid in range(2, 20):  # retryable answers (no node ready yet) are retried
             raw.send(signed("M1", rid, "charge", card_charge(oid, account)))
