@@ -177,6 +177,9 @@ class SessionHost(Protocol):
     @property
     def sessions(self) -> set[Any]: ...
 
+    @property
+    def stopping(self) -> bool: ...
+
 
     def event_frame(self, merchant_id: str, seq: int, data: dict[str, Any]) -> bytes: ...
 

@@ -150,6 +150,10 @@ class MerchantSession(FrameHandler):
                 task = self.loop.create_task(self._replay_events(since))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
+        if self.hub.stopping:
+            # Connected before the drain began, HELLO after the others got their GOAWAY:
+            # told at once (cut 0), so it sends its requests to another hub (spec §8).
+            self.send_goaway()
 
     # --- requests ------------------------------------------------------------------------
     def _on_request(self, frame: Frame) -> None:

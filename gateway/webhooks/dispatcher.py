@@ -182,8 +182,13 @@ class WebhookDispatcher:
                 await self._park(wid, attempts, merchant)
                 return
             async with slots:
-                outcome, error = await self._post(url, body, merchant, event_id, attempts + 1)
-            await self._record(wid, attempts + 1, outcome, error)
+                signed_s = int(time.time())
+                outcome, error = await self._post(url, body, merchant, event_id, attempts + 1,
+                                                  signed_s)
+            # The next attempt is signed in a later second: its header (t, MAC) differs
+            # from this one's, so a receiver's replay memory (``ReplayGuard``) never takes
+            # the hub's own retry for a replay of this attempt.
+            await self._record(wid, attempts + 1, outcome, error, (signed_s + 1) * 1000)
         finally:
             self._finished_during_poll.add(wid)
             self._in_flight.discard(wid)
@@ -191,11 +196,11 @@ class WebhookDispatcher:
             self._wake.set()  # the next notification of this transaction may go now
 
     async def _post(self, url: str, body: bytes, merchant: str, event_id: str,
-                    attempt: int) -> tuple[str, str | None]:
+                    attempt: int, signed_s: int) -> tuple[str, str | None]:
         assert self._session is not None
         key = self.server_keys[merchant].encode()  # known: ``_deliver`` parks the others
         headers = {"Content-Type": "application/json", EVENT_ID_HEADER: event_id,
-                   SIGNATURE_HEADER: webhook_signature_header(key, int(time.time()), body),
+                   SIGNATURE_HEADER: webhook_signature_header(key, signed_s, body),
                    "X-Paywire-Attempt": str(attempt), "User-Agent": "paywire-webhooks/0.1"}
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout_s)
         # Rows keep the URL of the configuration they were written under: check it again.
@@ -233,7 +238,8 @@ class WebhookDispatcher:
             wid, attempts, now + int(UNCONFIGURED_RETRY_S * 1000),
             f"not sent: merchant {merchant} is not in this hub's configuration")
 
-    async def _record(self, wid: int, attempts: int, outcome: str, error: str | None) -> None:
+    async def _record(self, wid: int, attempts: int, outcome: str, error: str | None,
+                      retry_not_before_ms: int = 0) -> None:
         now = now_ms()
         self.results[outcome] = self.results.get(outcome, 0) + 1
         if outcome == "delivered":
@@ -245,7 +251,8 @@ class WebhookDispatcher:
         if outcome == "client" and attempts >= self.cfg.client_error_attempts_max:
             retries_left = False
         if retries_left:
-            next_ms = now + int(retry_delay_s(self.cfg, attempts, self.rng) * 1000)
+            next_ms = max(now + int(retry_delay_s(self.cfg, attempts, self.rng) * 1000),
+                          retry_not_before_ms)
             await self.ledger.webhook_retry(wid, attempts, next_ms, error)
         else:
             log.warning("webhook %d dead-lettered after %d attempts: %s", wid, attempts, error)
