@@ -515,9 +515,6 @@ async def answer(raw: Raw) -> tuple[int, dict[str, Any]]:
     return frame.flags, bodycodec.unpack(frame.body)
 
 
-@pytest.mark.xfail(strict=True, reason="a bank node handed bank.payment (a bank -> hub "
-                   "operation) runs it through its books: 'bank store failed' in its log and "
-                   "INTERNAL, where an operation it does not serve is UNKNOWN_OPERATION")
 async def test_a_bank_node_does_not_serve_bank_payment(link: tuple[Deployment, FakeBank]
                                                        ) -> None:
     dep, _ = link

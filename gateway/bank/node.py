@@ -161,7 +161,7 @@ class BankNode:
         received_us = now_us()  # the answer's ``timings_us`` (§10.3): telemetry only
         try:
             req = verified_request(self.key, frame)  # one HMAC, for a batch too
-            args = banklink.validate(req.op, messages.decode_args(req.args_raw))
+            args = banklink.validate_at_node(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             self.metrics.done(OPERATION_UNKNOWN, exc.code.name)
             session.respond_error(rid, exc)
