@@ -48,10 +48,17 @@ ADMIN_STATS = "admin.stats"
 # ~250 bytes) stays well inside the default body limit of 65 536 bytes; the sender also
 # splits a batch whose encoded request would exceed the negotiated limit.
 BATCH_OPS_MAX = 128
-# What a batch may carry: the hub's calls to a bank. Not ``bank.payment`` (the other way),
-# not ``admin.*`` (tools, answered outside the books' transaction), not ``bank.batch``.
+# The hub's calls to a bank (docs/protocol.md §10, the "hub → bank" rows), which is also
+# what a batch may carry. Not ``bank.payment`` (the other way), not ``admin.*`` (tools,
+# answered outside the books' transaction), not ``bank.batch``.
 BATCHABLE = frozenset({AUTHORIZE, CAPTURE, VOID, REFUND, REVERSE, INQUIRY, OPEN_PAYMENT,
                        CLOSE_PAYMENT})
+ADMIN_OPS = frozenset({ADMIN_PAY, ADMIN_BALANCES, ADMIN_FAULTS, ADMIN_PAYMENTS, ADMIN_STATS})
+# Every operation a bank node serves: the one table its requests are checked against
+# (``validate_at_node``; inside a batch, ``split_batch`` checks ``BATCHABLE``). A node handed
+# ``bank.payment`` (bank → hub only) answers UNKNOWN_OPERATION before touching its books,
+# as for a name it has never heard of: its books have no such operation to apply.
+NODE_SERVES = BATCHABLE | {BATCH} | ADMIN_OPS
 
 ARGS: dict[str, Map] = {
     AUTHORIZE: Map({"op_id": OP_ID, "transaction_id": TXID, "account": Str(1, 32),
@@ -116,6 +123,16 @@ def validate(op: str, args: Any) -> dict[str, Any]:
                         field="op")
     checked: dict[str, Any] = spec.check(args, "args")
     return checked
+
+
+def validate_at_node(op: str, args: Any) -> dict[str, Any]:
+    """``validate`` for a REQUEST a bank node received: an operation the node does not
+    serve (``NODE_SERVES``) is UNKNOWN_OPERATION, whatever its args, so nothing past this
+    check ever sees it."""
+    if op not in NODE_SERVES:
+        raise BodyError(f"operation {op!r} is not served by a bank node",
+                        code=ErrorCode.UNKNOWN_OPERATION, field="op")
+    return validate(op, args)
 
 
 @dataclass(frozen=True, slots=True)

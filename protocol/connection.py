@@ -486,6 +486,12 @@ class Connection:
         self._out.append(data)
         self.bytes_to_send += len(data)
 
+    def may_send(self, ftype: int) -> bool:
+        """Whether the send table lets this side send a frame of type ``ftype`` now: how a
+        server that starts work itself (a bank node reporting a payment) picks a link that
+        takes a new REQUEST, instead of learning it from ``ProtocolViolation``."""
+        return ftype in self._send[self.state]
+
     def _forbidden(self, ftype: int) -> ProtocolViolation:
         return ProtocolViolation(
             f"sending {_type_name(ftype)} is not allowed on the {self.side.value} side "

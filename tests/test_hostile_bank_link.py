@@ -515,9 +515,6 @@ async def answer(raw: Raw) -> tuple[int, dict[str, Any]]:
     return frame.flags, bodycodec.unpack(frame.body)
 
 
-@pytest.mark.xfail(strict=True, reason="a bank node handed bank.payment (a bank -> hub "
-                   "operation) runs it through its books: 'bank store failed' in its log and "
-                   "INTERNAL, where an operation it does not serve is UNKNOWN_OPERATION")
 async def test_a_bank_node_does_not_serve_bank_payment(link: tuple[Deployment, FakeBank]
                                                        ) -> None:
     dep, _ = link
@@ -684,11 +681,6 @@ class HubPeer:
 PAYMENTS = 12  # each report picks a link at random: all of them miss the draining one 1 in 4096
 
 
-@pytest.mark.xfail(strict=True, reason="a bank node pushes bank.payment on a link whose hub sent "
-                   "GOAWAY (draining: a server sends no REQUEST there): the send raises "
-                   "ProtocolViolation in a callback (a traceback in the node's log) before its "
-                   "answer is watched, so that notification stays 'in flight' and is never "
-                   "reported again by this node")
 async def test_a_bank_node_reports_payments_only_on_links_not_draining(
         link: tuple[Deployment, FakeBank]) -> None:
     """§3's send table: once draining (its client's GOAWAY moved it there, §8.1) a server

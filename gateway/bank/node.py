@@ -35,6 +35,10 @@ from protocol.messages import IN_FLIGHT_MAX_CEILING, ROLE_HUB
 
 log = logging.getLogger("paywire.bank")
 
+# How long a ``bank.payment`` report waits for the hub's answer before it is sent again
+# (the outbox keeps it until a hub acknowledges it, so a lost answer costs a repeat only).
+NOTIFICATION_ANSWER_TIMEOUT_S = 10.0
+
 
 class BankSession(FrameHandler):
     """One hub's link to this node, held by its adapter (``self.net``). The HELLO rule,
@@ -161,7 +165,7 @@ class BankNode:
         received_us = now_us()  # the answer's ``timings_us`` (§10.3): telemetry only
         try:
             req = verified_request(self.key, frame)  # one HMAC, for a batch too
-            args = banklink.validate(req.op, messages.decode_args(req.args_raw))
+            args = banklink.validate_at_node(req.op, messages.decode_args(req.args_raw))
         except PaywireError as exc:
             self.metrics.done(OPERATION_UNKNOWN, exc.code.name)
             session.respond_error(rid, exc)
@@ -330,21 +334,42 @@ class BankNode:
 
     def push_notifications(self) -> None:
         """Send every unacknowledged payment notification to a connected hub."""
-        if self.sessions:
+        if self._reporting_links():
             self.store.outbox().add_done_callback(self._send_notifications)
 
+    def _reporting_links(self) -> list[BankSession]:
+        """The hub links a new ``bank.payment`` REQUEST may go on: open ones only. A link
+        whose hub sent GOAWAY is draining, and a draining server starts no new work on it
+        (docs/protocol.md §3 send table, §8.1)."""
+        return [s for s in self.sessions if s.conn.may_send(FrameType.REQUEST)]
+
     def _send_notifications(self, fut: asyncio.Future[list[dict[str, Any]]]) -> None:
-        if fut.exception() is not None or not self.sessions:
+        if fut.cancelled() or fut.exception() is not None:
             return
+        # Read now, not when the outbox was asked for: a link may have drained meanwhile.
+        links = self._reporting_links()
+        if not links:
+            return  # kept in the outbox: the next tick or a newly welcomed link sends them
         for note in fut.result():
             nid = note["notification_id"]
-            if nid in self._in_flight_notes:
-                continue
-            session = self.rng.choice(list(self.sessions))
-            rid, answer = session.correlator.new(10.0)
-            self._in_flight_notes.add(nid)
+            if nid not in self._in_flight_notes:
+                self._send_notification(self.rng.choice(links), nid, note)
+
+    def _send_notification(self, session: BankSession, nid: int, note: dict[str, Any]) -> None:
+        """Report one payment on ``session``. Whatever sending raises, the notification is
+        not left "in flight" (which would keep it from ever being sent again until a
+        restart): its waiter is dropped and it goes out again from the outbox."""
+        rid, answer = session.correlator.new(NOTIFICATION_ANSWER_TIMEOUT_S)
+        self._in_flight_notes.add(nid)
+        try:
             session.send(build_request(self.key, self.cfg.node_id, rid, banklink.PAYMENT, note))
-            answer.add_done_callback(functools.partial(self._notification_done, nid))
+        except Exception as exc:  # a callback: nothing may escape as a traceback
+            session.correlator.forget(rid)
+            self._in_flight_notes.discard(nid)
+            log.warning("bank.payment %d not sent to hub %s (%r): it is sent again later",
+                        nid, session.identity, exc)
+            return
+        answer.add_done_callback(functools.partial(self._notification_done, nid))
 
     def _notification_done(self, nid: int, fut: asyncio.Future[dict[str, Any]]) -> None:
         if fut.exception() is not None:
