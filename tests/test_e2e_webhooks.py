@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import itertools
@@ -404,4 +405,47 @@ async def test_https_delivery_verifies_the_receiver_certificate(tmp_path: Path) 
                 assert rows[0][0] == "pending" and rows[0][1] >= 2 and not got
                 assert "Certificate" in (rows[0][2] or "") or "SSL" in (rows[0][2] or "")
     finally:
+        await runner.cleanup()
+
+
+async def test_a_receiver_answer_body_that_never_ends_does_not_hold_the_delivery(
+        tmp_path: Path) -> None:
+    """Spec §13.2: the status decides; a body not announced with a small Content-Length is
+    not read. A receiver that answers 200 and then streams its body for ever has the
+    notification delivered at once, not timed out and retried (the body was read whole)."""
+    from aiohttp import web
+
+    rx = await Receiver(KEYS, tmp_path / "rx-tls").start()  # for its TLS files only
+    await rx.stop()
+    posts: list[str] = []
+    done = asyncio.Event()
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        posts.append(request.path)
+        resp = web.StreamResponse(status=200)  # chunked: no Content-Length
+        await resp.prepare(request)
+        try:
+            while not done.is_set():
+                await resp.write(b"x" * 4096)
+                # Pacing of the stream, not synchronisation: a chunk every 50 ms until the
+                # test ends (or the hub closes the connection).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.05)
+        except ConnectionError:
+            pass
+        return resp
+
+    runner, base = await serve_posts(endless, rx.ssl_ctx)
+    try:
+        with deployment(tmp_path, bca_nodes=1, webhook_urls={"M1": base + "/endless"},
+                        hub_overrides={"webhooks": rx.trusted(FAST)}) as dep:
+            async with dep.client() as c:
+                await c.charge("endless-1", 1_000, card=card(0))
+            rows = await wait_until(lambda: [r for r in dep.ledger_sql(
+                "SELECT state, attempts FROM webhooks") if r[0] != "pending"],
+                "the notification to be delivered", timeout_s=60.0)
+            assert rows == [("delivered", 1)]
+            assert posts == ["/endless"]
+    finally:
+        done.set()
         await runner.cleanup()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from gateway.hub.schedulers import Schedulers
 
 
@@ -42,9 +44,57 @@ async def test_cancel_background_waits_for_the_cancelled_work_to_finish() -> Non
     schedulers.keep(holds_a_lock("not an order"))
     while len(started) < 2:  # both running (a task cancelled before it starts runs nothing)
         await asyncio.sleep(0)
-    await schedulers.cancel_background()
+    assert await schedulers.cancel_background(30.0) == set()
     assert sorted(map(str, released)) == sorted(map(str, [("M1", "o1"), "not an order"]))
     assert not schedulers.background
-    # And a key is free again for later work.
-    assert schedulers.spawn(("M1", "o1"), holds_a_lock(("M1", "o1"))) is not None
-    await schedulers.cancel_background()
+    # Nothing starts after it (a rescan or a bank's payment report arriving during the
+    # stop): the coroutines are closed, never run.
+    late = holds_a_lock(("M1", "o2"))
+    assert schedulers.spawn(("M1", "o2"), late) is None
+    assert late.cr_frame is None  # closed
+    assert schedulers.keep(holds_a_lock("late")) is False
+    assert not schedulers.background
+
+
+async def test_cancel_background_abandons_work_that_ignores_its_cancellation() -> None:
+    """A stop always ends: a task that swallows its cancellation is left behind at the
+    bound, not awaited for ever."""
+    schedulers = Schedulers(_NoWork(), 60.0, 60.0)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    async def stubborn() -> None:
+        started.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue  # a bug: cancellation ignored
+
+    schedulers.keep(stubborn())
+    await started.wait()
+    left = await schedulers.cancel_background(0.2)
+    assert len(left) == 1 and not next(iter(left)).done()
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*left), 30.0)
+
+
+async def test_a_stop_step_that_ignores_cancellation_is_abandoned_at_its_bound(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The hub's stop steps (``gateway/hub/server.py`` ``_bounded``): at the bound the step is
+    cancelled and left, not awaited (``asyncio.wait_for`` would wait for it for ever)."""
+    from gateway.hub import server
+
+    monkeypatch.setattr(server, "STOP_STEP_S", 0.2)
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    await asyncio.wait_for(server._bounded(stubborn(), "a stubborn step"), 30.0)
+    assert "stopping a stubborn step took over 0.2 s: abandoned" in caplog.text
+    release.set()

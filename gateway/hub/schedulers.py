@@ -37,7 +37,8 @@ class Schedulers:
         self.work = work
         self.expiry_check_interval_s = expiry_check_interval_s
         self.recovery_interval_s = recovery_interval_s
-        self.stopping = False
+        self.stopping = False  # the timers tick no more (draining)
+        self.closed = False  # nothing more starts in the background (``cancel_background``)
         self._timers: list[asyncio.TimerHandle] = []
         self._busy: set[Key] = set()
         self.background: set[asyncio.Task[Any]] = set()
@@ -52,14 +53,23 @@ class Schedulers:
         for t in self._timers:
             t.cancel()
 
-    async def cancel_background(self) -> None:
-        """Cancel the background work and wait until it has ended: a cancelled piece still
-        releases its order's lock (on a shared ledger, a call to the database), which must
-        be done before the ledger closes."""
-        tasks = list(self.background)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def cancel_background(self, timeout_s: float) -> set[asyncio.Task[Any]]:
+        """Cancel the background work and wait, at most ``timeout_s``, until it has ended: a
+        cancelled piece still releases its order's lock (on a shared ledger, a call to the
+        database), which must be done before the ledger closes. Nothing new starts from
+        here on (``spawn``, ``keep``); returns what is still running at the bound
+        (abandoned: a task that ignores its cancellation must not hold the stop)."""
+        self.closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.background:
+            tasks = set(self.background)
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if pending:
+                return pending
+        return set()
 
     def _arm(self, interval_s: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -73,8 +83,10 @@ class Schedulers:
         self._timers.append(loop.call_later(interval_s, tick))
 
     def spawn(self, key: Key, coro: Coroutine[Any, Any, None]) -> asyncio.Task[Any] | None:
-        """Run ``coro`` in the background unless work on ``key`` is already running."""
-        if key in self._busy:
+        """Run ``coro`` in the background unless work on ``key`` is already running, or the
+        background work was cancelled for the stop (whichever hub runs next does it:
+        recovery, or a rescan on a shared ledger)."""
+        if key in self._busy or self.closed:
             coro.close()
             return None
         self._busy.add(key)
@@ -90,11 +102,16 @@ class Schedulers:
         task.add_done_callback(done)
         return task
 
-    def keep(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, not tied to an order (cancelled at shutdown)."""
+    def keep(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` in the background, not tied to an order (cancelled at shutdown);
+        ``False`` (and ``coro`` not run) once background work was cancelled for the stop."""
+        if self.closed:
+            coro.close()
+            return False
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+        return True
 
     def resolve(self, key: Key) -> asyncio.Task[Any] | None:
         return self.spawn(key, self.work.resolve_key(key))

@@ -43,10 +43,16 @@ STOP_STEP_S = 10.0
 
 
 async def _bounded(step: Awaitable[object], what: str) -> None:
-    try:
-        await asyncio.wait_for(step, STOP_STEP_S)
-    except TimeoutError:
+    """Await ``step`` at most ``STOP_STEP_S``; then cancel it and go on without waiting for
+    it to end (``asyncio.wait_for`` would wait for the cancelled step, for ever if it
+    ignores its cancellation)."""
+    task = asyncio.ensure_future(step)
+    _, pending = await asyncio.wait({task}, timeout=STOP_STEP_S)
+    if pending:
+        task.cancel()
         log.warning("stopping %s took over %g s: abandoned", what, STOP_STEP_S)
+    elif not task.cancelled() and task.exception() is not None:
+        log.warning("stopping %s failed: %r", what, task.exception())
 
 
 class Hub:
@@ -269,7 +275,11 @@ class Hub:
             except PaywireError as exc:
                 link.respond_error(rid, exc)
 
-        self.schedulers.keep(settle())
+        if not self.schedulers.keep(settle()):
+            # Stopping: not taken; the node keeps it in its outbox and reports it again to
+            # whichever hub is up (spec §10: SHUTTING_DOWN, nothing was done).
+            link.respond_error(rid, PaywireError("hub is shutting down",
+                                                 code=ErrorCode.SHUTTING_DOWN))
 
     # --- configuration reload (SIGHUP) ----------------------------------------------------
     @staticmethod
@@ -379,13 +389,18 @@ class Hub:
         for session in list(self.sessions):
             session.flush_now()
             session.abort_soon()
-        await _bounded(self.schedulers.cancel_background(), "the background work")
-        for pool in self.pools.values():
-            await _bounded(pool.stop(), f"the bank links of {pool.name}")
-        await _bounded(self.webhooks.stop(), "the webhook dispatcher")
+        # The pollers first: the rescanner's rounds spawn resolutions.
         for poller in (self.event_poller, self.rescanner, self.retention):
             if poller is not None:
                 await _bounded(poller.stop(), type(poller).__name__)
+        left = await self.schedulers.cancel_background(STOP_STEP_S)
+        if left:
+            log.warning("stopping: %d background tasks still running after %g s: abandoned "
+                        "(their orders are settled by recovery at the next start)", len(left),
+                        STOP_STEP_S)
+        for pool in self.pools.values():
+            await _bounded(pool.stop(), f"the bank links of {pool.name}")
+        await _bounded(self.webhooks.stop(), "the webhook dispatcher")
         # Not bounded: it commits what is queued (the ledger bounds its own connections).
         await self.ledger.close()
         self.health.phase = Phase.STOPPED

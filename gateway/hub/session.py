@@ -139,6 +139,12 @@ class MerchantSession(FrameHandler):
             server=f"paywire-hub/{self.cfg.node_id}", session_id=os.urandom(8).hex(),
             resume_token=os.urandom(16), event_seq=self.hub.event_seq.get(merchant.id, 0),
             server_time_ms=now_ms())
+        if self.hub.stopping:
+            # Connected before the drain began, HELLO after the others got their GOAWAY:
+            # told at once (cut 0), so it goes to another hub (spec §8); no events (a
+            # replay would read a ledger that is about to close).
+            self.send_goaway()
+            return
         if hello.get("subscribe_events"):
             since = hello.get("events_since")
             self.hub.subscribe(self)
@@ -150,10 +156,6 @@ class MerchantSession(FrameHandler):
                 task = self.loop.create_task(self._replay_events(since))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        if self.hub.stopping:
-            # Connected before the drain began, HELLO after the others got their GOAWAY:
-            # told at once (cut 0), so it sends its requests to another hub (spec §8).
-            self.send_goaway()
 
     # --- requests ------------------------------------------------------------------------
     def _on_request(self, frame: Frame) -> None:

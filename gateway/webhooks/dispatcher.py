@@ -54,6 +54,9 @@ UNCONFIGURED_RETRY_S = 300.0
 # claimed row may wait for one of its merchant's slots first. Only a dead hub's rows wait
 # for it to run out.
 CLAIM_LEASE_S_MIN = 60.0
+# A receiver's answer body is read (and ignored) only up to this size, announced by its
+# Content-Length; any other is left unread and its connection closed (spec §13.2).
+RESPONSE_BODY_BYTES_MAX = 65_536
 
 
 def retry_delay_s(cfg: WebhookConfig, attempts: int, rng: random.Random) -> float:
@@ -210,7 +213,11 @@ class WebhookDispatcher:
         try:
             async with self._session.post(url, data=body, headers=headers, timeout=timeout,
                                           allow_redirects=False) as resp:
-                await resp.read()
+                if resp.content_length is not None and \
+                        resp.content_length <= RESPONSE_BODY_BYTES_MAX:
+                    await resp.read()  # drained, the connection goes back to the pool
+                # Otherwise unread: released, aiohttp closes the connection rather than
+                # hold a body of any size for up to ``timeout_s``.
                 if 200 <= resp.status < 300:
                     return "delivered", None
                 if 300 <= resp.status < 400:
