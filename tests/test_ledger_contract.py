@@ -147,6 +147,31 @@ async def test_save_writes_the_event_and_webhook_in_its_commit_numbered_per_merc
     assert due[0].url == "https://m.example/hook" and due[0].transaction_id == a.transaction_id
 
 
+async def test_a_late_outcome_never_undoes_a_recorded_delivery(
+        ledger: Ledger, tools: LedgerTools) -> None:
+    """Two hubs of a shared ledger may both attempt one notification (the first one's lease
+    ran out): the later "retry" or "dead" of the slower one leaves the row delivered."""
+    a, b = _tx("m1", "late-1"), _tx("m1", "late-2")
+    await ledger.insert_new(a, _note(a))
+    await ledger.insert_new(b, _note(b))
+    by_event = {r.event_id: r for r in tools.webhooks(None, 10)}
+    first, second = by_event["evt_m1_1"].id, by_event["evt_m1_2"].id
+    for wid in (first, second):
+        await ledger.webhook_delivered(wid, 2, now_ms())
+    await ledger.webhook_retry(first, 1, now_ms() + 60_000, "HTTP 503")
+    await ledger.webhook_dead(second, 3, "HTTP 404")
+    states = {r.event_id: (r.state, r.attempts) for r in tools.webhooks(None, 10)}
+    assert states == {"evt_m1_1": ("delivered", 2), "evt_m1_2": ("delivered", 2)}
+    # On a pending row both still apply.
+    c = _tx("m1", "late-3")
+    await ledger.insert_new(c, _note(c))
+    third = {r.event_id: r.id for r in tools.webhooks(None, 10)}["evt_m1_3"]
+    await ledger.webhook_retry(third, 1, now_ms() + 60_000, "HTTP 503")
+    await ledger.webhook_dead(third, 2, "HTTP 404")
+    assert {r.event_id: (r.state, r.attempts) for r in tools.webhooks(None, 10)}[
+        "evt_m1_3"] == ("dead", 2)
+
+
 async def test_event_seqs_have_no_gaps_across_many_batches(ledger: Ledger) -> None:
     txs = [_tx(f"m{i % 3}", f"o{i}") for i in range(60)]
     got = await asyncio.gather(*(ledger.insert_new(t, _note(t, None)) for t in txs))

@@ -239,14 +239,16 @@ BEGIN
                 claimed_until_ms = 0 WHERE id = a_wid[j];
             CONTINUE;
         ELSIF a_kind[j] = 4 THEN
+            -- Pending only: a late outcome (this hub's lease ran out and another hub
+            -- delivered the row meanwhile) never undoes a recorded delivery.
             UPDATE webhooks SET attempts = a_attempts[j], next_attempt_ms = a_at[j],
                 last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
-                WHERE id = a_wid[j];
+                WHERE id = a_wid[j] AND state = 'pending';
             CONTINUE;
         ELSIF a_kind[j] = 5 THEN
             UPDATE webhooks SET state = 'dead', attempts = a_attempts[j],
                 last_error = a_error[j], claimed_by = NULL, claimed_until_ms = 0
-                WHERE id = a_wid[j];
+                WHERE id = a_wid[j] AND state = 'pending';
             CONTINUE;
         ELSE
             -- A request's nonce (a_record) spent until a_expiry: a row still live means a

@@ -236,14 +236,15 @@ def _webhook_delivered(conn: sqlite3.Connection, wid: int, attempts: int, at_ms:
 
 def _webhook_retry(conn: sqlite3.Connection, wid: int, attempts: int, next_ms: int,
                    error: str | None) -> None:
-    conn.execute("UPDATE webhooks SET attempts=?, next_attempt_ms=?, last_error=? WHERE id=?",
-                 (attempts, next_ms, error, wid))
+    # Pending only: an attempt's late outcome never undoes a delivery recorded meanwhile.
+    conn.execute("UPDATE webhooks SET attempts=?, next_attempt_ms=?, last_error=? "
+                 "WHERE id=? AND state='pending'", (attempts, next_ms, error, wid))
 
 
 def _webhook_dead(conn: sqlite3.Connection, wid: int, attempts: int, error: str | None
                   ) -> None:
-    conn.execute("UPDATE webhooks SET state='dead', attempts=?, last_error=? WHERE id=?",
-                 (attempts, error, wid))
+    conn.execute("UPDATE webhooks SET state='dead', attempts=?, last_error=? "
+                 "WHERE id=? AND state='pending'", (attempts, error, wid))
 
 
 # Retention: a loose index scan of the events' primary key, one step per merchant (not a
