@@ -31,7 +31,7 @@ from gateway.net.signed import Correlator, build_request
 from gateway.stats import DURATION_BUCKETS_US, Histogram
 from protocol import banklink
 from protocol import body as bodycodec
-from protocol.connection import ClientConnection, WelcomeReceived
+from protocol.connection import ClientConnection, GoawayReceived, WelcomeReceived
 from protocol.errors import (
     BankUnavailable,
     ErrorCode,
@@ -55,6 +55,10 @@ RECONNECT_DELAY_MIN_S = 0.05
 RECONNECT_DELAY_MAX_S = 2.0
 BREAKER_FAILURES_MAX = 5
 BREAKER_OPEN_S = 2.0
+# Bounds of a dial: the TCP and TLS connect, then HELLO until the node's WELCOME. A dial
+# that misses either is closed (bounded, as every close: ``CLOSE_GRACE_S``) before the next.
+CONNECT_TIMEOUT_S = 5.0
+WELCOME_TIMEOUT_S = 5.0
 
 
 class LinkLost(ConnectionError):
@@ -73,8 +77,13 @@ class BankLink(FrameHandler):
         self.node = node
         self.conn = ClientConnection(role=ROLE_HUB, identity=node.hub_id)
         self.net = FramedProtocol(self, self.conn)
-        self.correlator = Correlator(self.loop, self.conn.forget_request)
+        self.correlator = Correlator(self.loop, self._forget)
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        # Set when the node's GOAWAY arrives (§8): no new call goes on this link.
+        self.goaway: asyncio.Future[None] = self.loop.create_future()
+        # Request id -> op of each call waiting for its answer: what its answer must hold
+        # (``banklink.ANSWERS``).
+        self._ops: dict[int, str] = {}
         # Calls made this loop iteration, not yet sent: (request id, op, args).
         self._unsent: list[tuple[int, str, dict[str, Any]]] = []
         self._send_scheduled = False
@@ -107,19 +116,74 @@ class BankLink(FrameHandler):
         if frame.type == FrameType.RESPONSE:
             calls = self._batches.pop(frame.request_id, None)
             if calls is None:
-                self.correlator.resolve(frame)
+                self._answered(frame)
             else:
                 self._batch_answered(frame, calls)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
 
+    def _answered(self, frame: Frame) -> None:
+        """The answer to one call sent alone (an error answer, or nobody waiting: as the
+        correlator resolves it)."""
+        rid = frame.request_id
+        if frame.flags & Flags.ERROR or rid not in self._ops:
+            self.correlator.resolve(frame)
+            return
+        try:
+            body = bodycodec.unpack(frame.body)
+        except PaywireError as exc:
+            self._deliver(rid, exc)
+            return
+        self._deliver(rid, body)
+
+    def _deliver(self, rid: int, answer: Any) -> None:
+        """Settle call ``rid`` with ``answer``: an answer that fails its op's table
+        (``banklink.answer_defect``) is one the hub cannot read, settled as
+        ``MALFORMED_BODY`` (the node may have applied it: ``EFFECT_UNKNOWN_CODES``)."""
+        op = self._ops.pop(rid, None)
+        if op is not None and not isinstance(answer, BaseException):
+            defect = banklink.answer_defect(op, answer)
+            if defect is not None:
+                log.warning("unreadable answer to %s from %s: %s", op, self.node.address,
+                            defect)
+                answer = RemoteError(f"bank node answered {op} unreadably: {defect}",
+                                     code=ErrorCode.MALFORMED_BODY)
+        _settle(self.correlator, rid, answer)
+
+    def _forget(self, rid: int) -> None:
+        """Call ``rid``'s waiter gave up (timeout, lost link): nothing expects it now."""
+        self._ops.pop(rid, None)
+        self.conn.forget_request(rid)
+
     def on_welcome(self, event: WelcomeReceived) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
 
+    def on_goaway(self, event: GoawayReceived) -> None:
+        """The node is draining (§8): it answers what it has received up to
+        ``last_request_id`` and executes nothing later. No new call goes on this link (the
+        node's handle dials a new one); calls queued and not sent yet are settled now as not
+        started (``SHUTTING_DOWN``: ``send_failure`` counts it as unavailable). Calls sent
+        past the cut wait for the node's own answer, ``SHUTTING_DOWN`` too: it is the node's
+        word that it did nothing, where a GOAWAY whose body was unreadable says 0."""
+        unsent, self._unsent = self._unsent, []
+        for rid, _, _ in unsent:
+            self._forget(rid)
+            _settle(self.correlator, rid, RemoteError(
+                f"bank node {self.node.address} is draining (GOAWAY): not sent",
+                code=ErrorCode.SHUTTING_DOWN))
+        if not self.goaway.done():
+            self.goaway.set_result(None)
+        self.node.link_draining(self)
+
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
         """Queue one call for this iteration's frame; its timeout runs from now."""
         rid, fut = self.correlator.new(timeout_s)
+        self._ops[rid] = op
+        if self.goaway.done():  # (the pool never picks a draining link; a tool might)
+            self._deliver(rid, RemoteError(f"bank node {self.node.address} is draining",
+                                           code=ErrorCode.SHUTTING_DOWN))
+            return fut
         self._unsent.append((rid, op, args))
         if len(self._unsent) >= banklink.BATCH_OPS_MAX:
             self._send_unsent()
@@ -157,7 +221,7 @@ class BankLink(FrameHandler):
             self.send(data)
         except PaywireError as exc:  # a call alone too large for the peer's limit
             for c in calls:
-                _settle(self.correlator, c[0], PaywireError(exc.message, code=exc.code))
+                self._deliver(c[0], PaywireError(exc.message, code=exc.code))
             return
         self.frames_sent += 1
         if len(calls) > 1:
@@ -182,8 +246,7 @@ class BankLink(FrameHandler):
             body = bodycodec.unpack(frame.body)
         except PaywireError as exc:
             for rid in calls:  # one error object per call: each is raised in its own caller
-                _settle(self.correlator, rid, PaywireError(exc.message, code=exc.code,
-                                                           field=exc.field))
+                self._deliver(rid, PaywireError(exc.message, code=exc.code, field=exc.field))
             return
         answers: list[dict[str, Any] | RemoteError]
         if frame.flags & Flags.ERROR:
@@ -197,7 +260,7 @@ class BankLink(FrameHandler):
                     if isinstance(answer, dict):
                         answer[banklink.TIMINGS_US] = timings
         for rid, answer in zip(calls, answers, strict=True):
-            _settle(self.correlator, rid, answer)
+            self._deliver(rid, answer)
 
     def on_disconnected(self, exc: Exception | None) -> None:
         self._batches.clear()  # their calls wait in the correlator: failed just below
@@ -279,6 +342,9 @@ class BankNodeHandle:
         self.breaker = CircuitBreaker()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Links whose node sent GOAWAY: still read for the answers they owe, until the node
+        # closes them or ``call_budget_s`` (the longest any call waits) has passed.
+        self.draining: set[BankLink] = set()
 
     @property
     def key(self) -> bytes:
@@ -300,6 +366,8 @@ class BankNodeHandle:
             self._task.cancel()
         if self.link is not None:
             self.link.abort_soon()
+        for link in list(self.draining):
+            link.abort_soon()
 
     @property
     def healthy(self) -> bool:
@@ -311,31 +379,58 @@ class BankNodeHandle:
     def link_lost(self, link: BankLink) -> None:
         if self.link is link:
             self.link = None
+        self.draining.discard(link)
+
+    def link_draining(self, link: BankLink) -> None:
+        """``link``'s node sent GOAWAY: it takes no new call (``_run`` dials again); it is
+        closed once every call on it has had its time."""
+        if self.link is link:
+            self.link = None
+        if link.net.closed.done():
+            return
+        self.draining.add(link)
+        asyncio.get_running_loop().call_later(self.pool.call_budget_s, link.abort_soon)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
         while not self._stopping:
+            link = BankLink(self)
             try:
-                link = BankLink(self)
                 await asyncio.wait_for(loop.create_connection(
                     link.protocol_factory, self.host, self.port, ssl=self.pool.ssl_ctx,
-                    server_hostname=self.host), 5.0)
-                await asyncio.wait_for(link.ready, 5.0)
+                    server_hostname=self.host), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(link.ready, WELCOME_TIMEOUT_S)
                 self.link = link
                 self.breaker.success()
                 log.info("link up to %s (%s)", self.address, self.pool.name)
                 attempt = 0
-                await link.closed
-                log.warning("link down to %s (%s)", self.address, self.pool.name)
+                await asyncio.wait([link.closed, link.goaway],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if link.goaway.done() and not link.closed.done():
+                    log.warning("%s (%s) is draining: dialling it again", self.address,
+                                self.pool.name)
+                else:
+                    log.warning("link down to %s (%s)", self.address, self.pool.name)
             except asyncio.CancelledError:
+                link.abort_soon()
                 raise
             except (TimeoutError, OSError, ssl.SSLError, LinkLost) as exc:
+                # A dial given up on (no WELCOME in time, a refused peer) is closed, bounded
+                # by CLOSE_GRACE_S, not left open beside the next one.
+                link.abort_soon()
                 log.debug("connect to %s failed: %r", self.address, exc)
             await asyncio.sleep(full_jitter_s(attempt, RECONNECT_DELAY_MIN_S,
                                               RECONNECT_DELAY_MAX_S))
             attempt += 1
 
+
+# Error answers by which a node says it did not start the call: BANK_UNAVAILABLE, and a
+# server's refusals of work it never began (§3.4: TOO_MANY_IN_FLIGHT past its in-flight
+# bound; §8: SHUTTING_DOWN past its GOAWAY). Another node (or this one, later) may take it,
+# and a charge none took is forgotten (its order id stays free), as for BANK_UNAVAILABLE.
+NOT_STARTED_CODES = frozenset({ErrorCode.BANK_UNAVAILABLE, ErrorCode.TOO_MANY_IN_FLIGHT,
+                               ErrorCode.SHUTTING_DOWN})
 
 # Error answers after which a call may have taken effect at the bank: the node failed while
 # applying it (INTERNAL), its answer did not fit (RESPONSE_TOO_LARGE: §10.2, the effects
@@ -353,7 +448,7 @@ def send_failure(exc: BaseException) -> str | None:
     if isinstance(exc, (RequestTimeout, LinkLost)):
         return "maybe_sent"
     if isinstance(exc, PaywireError):
-        if exc.code is ErrorCode.BANK_UNAVAILABLE and isinstance(exc, RemoteError):
+        if exc.code in NOT_STARTED_CODES and isinstance(exc, RemoteError):
             return "unavailable"
         if exc.code in EFFECT_UNKNOWN_CODES:
             return "maybe_sent"
