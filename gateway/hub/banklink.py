@@ -90,6 +90,9 @@ class BankLink(FrameHandler):
         # Batch request id -> the request ids of its calls, in the order sent; dropped when
         # the batch is answered, when its longest call has timed out, or with the link.
         self._batches: dict[int, list[int]] = {}
+        # Ids of the frames sent and not yet answered (nor given up on): at most the node's
+        # WELCOME ``in_flight_max`` (§3.4; past it a node answers TOO_MANY_IN_FLIGHT).
+        self._frames_out: set[int] = set()
         self.frames_sent = 0
 
     def on_connected(self) -> None:
@@ -114,6 +117,7 @@ class BankLink(FrameHandler):
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
+            self._frame_done(frame.request_id)
             calls = self._batches.pop(frame.request_id, None)
             if calls is None:
                 self._answered(frame)
@@ -154,6 +158,21 @@ class BankLink(FrameHandler):
         """Call ``rid``'s waiter gave up (timeout, lost link): nothing expects it now."""
         self._ops.pop(rid, None)
         self.conn.forget_request(rid)
+        self._frame_done(rid)
+
+    def _room(self) -> bool:
+        """Whether another frame may go now: fewer unanswered than the node's WELCOME
+        ``in_flight_max`` (0 before WELCOME: no bound known yet)."""
+        bound = self.conn.in_flight_max
+        return bound <= 0 or len(self._frames_out) < bound
+
+    def _frame_done(self, rid: int) -> None:
+        """Frame ``rid`` is answered or given up on: calls held for room may go."""
+        if rid in self._frames_out:
+            self._frames_out.discard(rid)
+            if self._unsent and not self._send_scheduled:
+                self._send_scheduled = True
+                self.loop.call_soon(self._send_unsent)
 
     def on_welcome(self, event: WelcomeReceived) -> None:
         if not self.ready.done():
@@ -185,7 +204,9 @@ class BankLink(FrameHandler):
                                            code=ErrorCode.SHUTTING_DOWN))
             return fut
         self._unsent.append((rid, op, args))
-        if len(self._unsent) >= banklink.BATCH_OPS_MAX:
+        if not self._room():
+            pass  # held: the answer that frees a frame sends it (``_frame_done``)
+        elif len(self._unsent) >= banklink.BATCH_OPS_MAX:
             self._send_unsent()
         elif not self._send_scheduled:
             self._send_scheduled = True
@@ -199,8 +220,12 @@ class BankLink(FrameHandler):
         # nothing of it reached the bank, and nobody waits for its answer.
         waiting = self.correlator.waiting
         calls = [c for c in unsent if c[0] in waiting and not waiting[c[0]][0].done()]
-        if calls:
-            self._send_calls(calls)
+        # Frames of up to BATCH_OPS_MAX calls while the node has room; the rest wait here
+        # (their timeouts running) for an answer to free a frame.
+        while calls and self._room():
+            self._send_calls(calls[:banklink.BATCH_OPS_MAX])
+            calls = calls[banklink.BATCH_OPS_MAX:]
+        self._unsent = calls
 
     def _send_calls(self, calls: list[tuple[int, str, dict[str, Any]]]) -> None:
         key, hub_id = self.node.key, self.node.hub_id
@@ -224,6 +249,7 @@ class BankLink(FrameHandler):
                 self._deliver(c[0], PaywireError(exc.message, code=exc.code))
             return
         self.frames_sent += 1
+        self._frames_out.add(rid)
         if len(calls) > 1:
             self._batches[rid] = [c[0] for c in calls]
             # Forget the batch once its last call can no longer be waiting (each call's own
@@ -238,6 +264,7 @@ class BankLink(FrameHandler):
         by the connection's table of requests sent (which would otherwise keep its id)."""
         if self._batches.pop(rid, None) is not None:
             self.conn.forget_request(rid)
+            self._frame_done(rid)
 
     def _batch_answered(self, frame: Frame, calls: list[int]) -> None:
         """Hand each call of a batch its own answer; an error RESPONSE to the whole frame
@@ -264,6 +291,8 @@ class BankLink(FrameHandler):
 
     def on_disconnected(self, exc: Exception | None) -> None:
         self._batches.clear()  # their calls wait in the correlator: failed just below
+        self._frames_out.clear()
+        self._unsent = []  # (waiting in the correlator too)
         self.correlator.fail_all(LinkLost(f"link to {self.node.address} lost"))
         if not self.ready.done():
             self.ready.set_exception(LinkLost("closed during handshake"))
