@@ -374,6 +374,9 @@ class BankNodeHandle:
         # Links whose node sent GOAWAY: still read for the answers they owe, until the node
         # closes them or ``call_budget_s`` (the longest any call waits) has passed.
         self.draining: set[BankLink] = set()
+        # While the node is dialled again after its GOAWAY: resolved by the dial's end (up or
+        # failed), so a call finding no node ready waits for it rather than giving up.
+        self.redial: asyncio.Future[None] | None = None
 
     @property
     def key(self) -> bytes:
@@ -415,6 +418,8 @@ class BankNodeHandle:
         closed once every call on it has had its time."""
         if self.link is link:
             self.link = None
+            if self.redial is None or self.redial.done():
+                self.redial = asyncio.get_running_loop().create_future()
         if link.net.closed.done():
             return
         self.draining.add(link)
@@ -425,6 +430,7 @@ class BankNodeHandle:
         attempt = 0
         while not self._stopping:
             link = BankLink(self)
+            redial = self.redial
             try:
                 await asyncio.wait_for(loop.create_connection(
                     link.protocol_factory, self.host, self.port, ssl=self.pool.ssl_ctx,
@@ -432,6 +438,7 @@ class BankNodeHandle:
                 await asyncio.wait_for(link.ready, WELCOME_TIMEOUT_S)
                 self.link = link
                 self.breaker.success()
+                _resolve(redial)
                 log.info("link up to %s (%s)", self.address, self.pool.name)
                 attempt = 0
                 await asyncio.wait([link.closed, link.goaway],
@@ -443,8 +450,10 @@ class BankNodeHandle:
                     log.warning("link down to %s (%s)", self.address, self.pool.name)
             except asyncio.CancelledError:
                 link.abort_soon()
+                _resolve(redial)
                 raise
             except (TimeoutError, OSError, ssl.SSLError, LinkLost) as exc:
+                _resolve(redial)  # the node is not back: waiting callers decide now
                 # A dial given up on (no WELCOME in time, a refused peer) is closed, bounded
                 # by CLOSE_GRACE_S, not left open beside the next one.
                 link.abort_soon()
@@ -452,6 +461,11 @@ class BankNodeHandle:
             await asyncio.sleep(full_jitter_s(attempt, RECONNECT_DELAY_MIN_S,
                                               RECONNECT_DELAY_MAX_S))
             attempt += 1
+
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
 
 
 # Error answers by which a node says it did not start the call: BANK_UNAVAILABLE, and a
@@ -655,7 +669,16 @@ class BankPool:
                 break
             node = self._pick(tried)
             if node is None or node.link is None:
-                if attempt + 1 < self.attempts_max:
+                # A node dialled again after its GOAWAY is back in a moment: wait for that
+                # dial (bounded by the deadline) before counting this attempt as idle.
+                redials = [n.redial for n in self.nodes
+                           if n.redial is not None and not n.redial.done()]
+                if redials:
+                    await asyncio.wait(redials, timeout=remaining_s)
+                    remaining_s = deadline_s - loop.time()
+                    node = self._pick(tried) if remaining_s > 0 else None
+            if node is None or node.link is None:
+                if remaining_s > 0 and attempt + 1 < self.attempts_max:
                     await asyncio.sleep(min(full_jitter_s(attempt, 0.05, 0.5), remaining_s))
                 continue
             tried.add(node)
