@@ -90,6 +90,54 @@ ARGS: dict[str, Map] = {
 }
 
 
+# What a hub reads of the answer to each hub -> bank operation (docs/protocol.md §10.4): the
+# fields its decisions use, with their types. Other keys (``code``, ``auth_code``,
+# ``duplicate``, ``timings_us``, later additions) are kept, not refused. An answer that
+# fails its table is one the hub cannot read: the node may have applied the operation, so
+# the hub treats it as an answer that never came (inquiry, then settle or reverse), never
+# as the hub's own fault. ``reversed`` marks the stored answer of an operation the hub
+# reversed (a charge's, §5.3): it is a complete answer whatever else it lacks.
+REASON = Str(0, 255)
+_OUTCOME = {"reason": Opt(REASON), "reversed": Opt(Bool())}
+ANSWERS: dict[str, Map] = {
+    AUTHORIZE: Map({"approved": Bool(), "captured": Opt(Bool()), **_OUTCOME},
+                   allow_extra=True),
+    OPEN_PAYMENT: Map({"ok": Bool(), "number": Opt(Str(1, 64)), **_OUTCOME},
+                      allow_extra=True),
+    CAPTURE: Map({"ok": Bool(), "reason": Opt(REASON)}, allow_extra=True),
+    VOID: Map({"ok": Bool(), "reason": Opt(REASON)}, allow_extra=True),
+    REFUND: Map({"ok": Bool(), "reason": Opt(REASON)}, allow_extra=True),
+    CLOSE_PAYMENT: Map({"closed": Bool(), "paid": Opt(Bool()),
+                        "paid_ms": Opt(Int(0, 2**63 - 1)), "reason": Opt(REASON)},
+                       allow_extra=True),
+    REVERSE: Map({"ok": Bool(), "undone": Opt(Bool())}, allow_extra=True),
+    INQUIRY: Map({"found": Bool(), "result": Opt(Map({}, allow_extra=True))},
+                 allow_extra=True),
+}
+
+
+def answer_defect(op: str, answer: Any) -> str | None:
+    """Why ``answer`` is not a readable answer to ``op`` (``ANSWERS``, and the fields an
+    answer needs given its outcome), or None if it is (or ``op`` has no table: ``admin.*``).
+    Never raises."""
+    spec = ANSWERS.get(op)
+    if spec is None:
+        return None
+    try:
+        checked: dict[str, Any] = spec.check(answer, "result")
+    except BodyError as exc:
+        return exc.message
+    if checked.get("reversed"):
+        return None
+    if op == AUTHORIZE and checked["approved"] and "captured" not in checked:
+        return "result.captured: is required when approved"
+    if op == OPEN_PAYMENT and checked["ok"] and "number" not in checked:
+        return "result.number: is required when ok"
+    if op == INQUIRY and checked["found"] and "result" not in checked:
+        return "result.result: is required when found"
+    return None
+
+
 # The node's own timings of one answer (docs/protocol.md §10.3), µs since the Unix epoch on
 # the node's clock: when the REQUEST frame arrived, when the books' transaction holding its
 # operations committed, and when the answer was built. Telemetry for ``paywire trace``

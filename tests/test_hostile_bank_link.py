@@ -401,9 +401,6 @@ async def test_an_unreadable_answer_is_retried_with_the_same_op_ids(
         assert len(auths) >= 2 and len(set(auths)) == 1, auths
 
 
-@pytest.mark.xfail(strict=True, reason="an authorize answered without 'approved' raises KeyError "
-                   "in the hub (decisions.effect_of_answer): a traceback in its log and "
-                   "INTERNAL to the merchant, though the bank may have charged")
 async def test_an_answer_missing_its_fields_is_not_a_hub_fault(
         link: tuple[Deployment, FakeBank]) -> None:
     """A bank answer the hub cannot read is not a fault of the hub (INTERNAL: "nothing is
@@ -421,9 +418,6 @@ async def test_an_answer_missing_its_fields_is_not_a_hub_fault(
     assert "Traceback" not in hub_log(dep, start)
 
 
-@pytest.mark.xfail(strict=True, reason="the hub ignores a bank node's GOAWAY: it hands the "
-                   "node's SHUTTING_DOWN (901) to the merchant as if the hub were draining "
-                   "(§8: 901 means the hub is draining, retry on another hub)")
 async def test_a_draining_bank_node_is_not_the_hub_draining(
         link: tuple[Deployment, FakeBank]) -> None:
     dep, fake = link
@@ -437,8 +431,6 @@ async def test_a_draining_bank_node_is_not_the_hub_draining(
     assert got is not ErrorCode.SHUTTING_DOWN, got
 
 
-@pytest.mark.xfail(strict=True, reason="after a bank node's GOAWAY the hub keeps sending new "
-                   "calls on that link; each is refused SHUTTING_DOWN by the node (§8)")
 async def test_no_new_call_goes_to_a_link_that_sent_goaway(
         link: tuple[Deployment, FakeBank]) -> None:
     dep, fake = link
@@ -455,10 +447,6 @@ async def test_no_new_call_goes_to_a_link_that_sent_goaway(
     assert sent_after == [], sent_after
 
 
-@pytest.mark.xfail(strict=True, reason="a bank node's refusal of work it did not start (401 "
-                   "past its in-flight bound, 901 past its GOAWAY) reaches the merchant as the "
-                   "charge's error and leaves the intent unresolved: the merchant's retry of the "
-                   "same charge is then settled by reversal as 'failure', the order id used up")
 @pytest.mark.parametrize("code", [ErrorCode.TOO_MANY_IN_FLIGHT, ErrorCode.SHUTTING_DOWN])
 async def test_a_call_the_node_did_not_start_can_be_retried_to_success(
         link: tuple[Deployment, FakeBank], code: ErrorCode) -> None:
@@ -717,9 +705,6 @@ async def test_a_bank_node_reports_payments_only_on_links_not_draining(
 
 
 # --- last: a bank node that never answers HELLO (the hub's link to ``bca`` is down meanwhile) --
-@pytest.mark.xfail(strict=True, reason="a bank node that accepts TLS and never answers HELLO: "
-                   "the hub gives up waiting (5 s) and dials again, but never closes the "
-                   "connection it gave up on: one leaked connection per attempt")
 async def test_a_bank_node_that_never_welcomes_is_not_left_connected(
         link: tuple[Deployment, FakeBank]) -> None:
     dep, fake = link

@@ -31,7 +31,7 @@ from gateway.net.signed import Correlator, build_request
 from gateway.stats import DURATION_BUCKETS_US, Histogram
 from protocol import banklink
 from protocol import body as bodycodec
-from protocol.connection import ClientConnection, WelcomeReceived
+from protocol.connection import ClientConnection, GoawayReceived, WelcomeReceived
 from protocol.errors import (
     BankUnavailable,
     ErrorCode,
@@ -55,6 +55,10 @@ RECONNECT_DELAY_MIN_S = 0.05
 RECONNECT_DELAY_MAX_S = 2.0
 BREAKER_FAILURES_MAX = 5
 BREAKER_OPEN_S = 2.0
+# Bounds of a dial: the TCP and TLS connect, then HELLO until the node's WELCOME. A dial
+# that misses either is closed (bounded, as every close: ``CLOSE_GRACE_S``) before the next.
+CONNECT_TIMEOUT_S = 5.0
+WELCOME_TIMEOUT_S = 5.0
 
 
 class LinkLost(ConnectionError):
@@ -73,14 +77,22 @@ class BankLink(FrameHandler):
         self.node = node
         self.conn = ClientConnection(role=ROLE_HUB, identity=node.hub_id)
         self.net = FramedProtocol(self, self.conn)
-        self.correlator = Correlator(self.loop, self.conn.forget_request)
+        self.correlator = Correlator(self.loop, self._forget)
         self.ready: asyncio.Future[None] = self.loop.create_future()
+        # Set when the node's GOAWAY arrives (§8): no new call goes on this link.
+        self.goaway: asyncio.Future[None] = self.loop.create_future()
+        # Request id -> op of each call waiting for its answer: what its answer must hold
+        # (``banklink.ANSWERS``).
+        self._ops: dict[int, str] = {}
         # Calls made this loop iteration, not yet sent: (request id, op, args).
         self._unsent: list[tuple[int, str, dict[str, Any]]] = []
         self._send_scheduled = False
         # Batch request id -> the request ids of its calls, in the order sent; dropped when
         # the batch is answered, when its longest call has timed out, or with the link.
         self._batches: dict[int, list[int]] = {}
+        # Ids of the frames sent and not yet answered (nor given up on): at most the node's
+        # WELCOME ``in_flight_max`` (§3.4; past it a node answers TOO_MANY_IN_FLIGHT).
+        self._frames_out: set[int] = set()
         self.frames_sent = 0
 
     def on_connected(self) -> None:
@@ -105,23 +117,96 @@ class BankLink(FrameHandler):
 
     def frame_received(self, frame: Frame) -> None:
         if frame.type == FrameType.RESPONSE:
+            self._frame_done(frame.request_id)
             calls = self._batches.pop(frame.request_id, None)
             if calls is None:
-                self.correlator.resolve(frame)
+                self._answered(frame)
             else:
                 self._batch_answered(frame, calls)
         elif frame.type == FrameType.REQUEST:
             self.node.on_request(self, frame)
 
+    def _answered(self, frame: Frame) -> None:
+        """The answer to one call sent alone (an error answer, or nobody waiting: as the
+        correlator resolves it)."""
+        rid = frame.request_id
+        if frame.flags & Flags.ERROR or rid not in self._ops:
+            self.correlator.resolve(frame)
+            return
+        try:
+            body = bodycodec.unpack(frame.body)
+        except PaywireError as exc:
+            self._deliver(rid, exc)
+            return
+        self._deliver(rid, body)
+
+    def _deliver(self, rid: int, answer: Any) -> None:
+        """Settle call ``rid`` with ``answer``: an answer that fails its op's table
+        (``banklink.answer_defect``) is one the hub cannot read, settled as
+        ``MALFORMED_BODY`` (the node may have applied it: ``EFFECT_UNKNOWN_CODES``)."""
+        op = self._ops.pop(rid, None)
+        if op is not None and not isinstance(answer, BaseException):
+            defect = banklink.answer_defect(op, answer)
+            if defect is not None:
+                log.warning("unreadable answer to %s from %s: %s", op, self.node.address,
+                            defect)
+                answer = RemoteError(f"bank node answered {op} unreadably: {defect}",
+                                     code=ErrorCode.MALFORMED_BODY)
+        _settle(self.correlator, rid, answer)
+
+    def _forget(self, rid: int) -> None:
+        """Call ``rid``'s waiter gave up (timeout, lost link): nothing expects it now."""
+        self._ops.pop(rid, None)
+        self.conn.forget_request(rid)
+        self._frame_done(rid)
+
+    def _room(self) -> bool:
+        """Whether another frame may go now: fewer unanswered than the node's WELCOME
+        ``in_flight_max`` (0 before WELCOME: no bound known yet)."""
+        bound = self.conn.in_flight_max
+        return bound <= 0 or len(self._frames_out) < bound
+
+    def _frame_done(self, rid: int) -> None:
+        """Frame ``rid`` is answered or given up on: calls held for room may go."""
+        if rid in self._frames_out:
+            self._frames_out.discard(rid)
+            if self._unsent and not self._send_scheduled:
+                self._send_scheduled = True
+                self.loop.call_soon(self._send_unsent)
+
     def on_welcome(self, event: WelcomeReceived) -> None:
         if not self.ready.done():
             self.ready.set_result(None)
 
+    def on_goaway(self, event: GoawayReceived) -> None:
+        """The node is draining (§8): it answers what it has received up to
+        ``last_request_id`` and executes nothing later. No new call goes on this link (the
+        node's handle dials a new one); calls queued and not sent yet are settled now as not
+        started (``SHUTTING_DOWN``: ``send_failure`` counts it as unavailable). Calls sent
+        past the cut wait for the node's own answer, ``SHUTTING_DOWN`` too: it is the node's
+        word that it did nothing, where a GOAWAY whose body was unreadable says 0."""
+        unsent, self._unsent = self._unsent, []
+        for rid, _, _ in unsent:
+            self._forget(rid)
+            _settle(self.correlator, rid, RemoteError(
+                f"bank node {self.node.address} is draining (GOAWAY): not sent",
+                code=ErrorCode.SHUTTING_DOWN))
+        if not self.goaway.done():
+            self.goaway.set_result(None)
+        self.node.link_draining(self)
+
     def call(self, op: str, args: dict[str, Any], timeout_s: float) -> asyncio.Future[Any]:
         """Queue one call for this iteration's frame; its timeout runs from now."""
         rid, fut = self.correlator.new(timeout_s)
+        self._ops[rid] = op
+        if self.goaway.done():  # (the pool never picks a draining link; a tool might)
+            self._deliver(rid, RemoteError(f"bank node {self.node.address} is draining",
+                                           code=ErrorCode.SHUTTING_DOWN))
+            return fut
         self._unsent.append((rid, op, args))
-        if len(self._unsent) >= banklink.BATCH_OPS_MAX:
+        if not self._room():
+            pass  # held: the answer that frees a frame sends it (``_frame_done``)
+        elif len(self._unsent) >= banklink.BATCH_OPS_MAX:
             self._send_unsent()
         elif not self._send_scheduled:
             self._send_scheduled = True
@@ -135,8 +220,12 @@ class BankLink(FrameHandler):
         # nothing of it reached the bank, and nobody waits for its answer.
         waiting = self.correlator.waiting
         calls = [c for c in unsent if c[0] in waiting and not waiting[c[0]][0].done()]
-        if calls:
-            self._send_calls(calls)
+        # Frames of up to BATCH_OPS_MAX calls while the node has room; the rest wait here
+        # (their timeouts running) for an answer to free a frame.
+        while calls and self._room():
+            self._send_calls(calls[:banklink.BATCH_OPS_MAX])
+            calls = calls[banklink.BATCH_OPS_MAX:]
+        self._unsent = calls
 
     def _send_calls(self, calls: list[tuple[int, str, dict[str, Any]]]) -> None:
         key, hub_id = self.node.key, self.node.hub_id
@@ -157,9 +246,10 @@ class BankLink(FrameHandler):
             self.send(data)
         except PaywireError as exc:  # a call alone too large for the peer's limit
             for c in calls:
-                _settle(self.correlator, c[0], PaywireError(exc.message, code=exc.code))
+                self._deliver(c[0], PaywireError(exc.message, code=exc.code))
             return
         self.frames_sent += 1
+        self._frames_out.add(rid)
         if len(calls) > 1:
             self._batches[rid] = [c[0] for c in calls]
             # Forget the batch once its last call can no longer be waiting (each call's own
@@ -174,6 +264,7 @@ class BankLink(FrameHandler):
         by the connection's table of requests sent (which would otherwise keep its id)."""
         if self._batches.pop(rid, None) is not None:
             self.conn.forget_request(rid)
+            self._frame_done(rid)
 
     def _batch_answered(self, frame: Frame, calls: list[int]) -> None:
         """Hand each call of a batch its own answer; an error RESPONSE to the whole frame
@@ -182,8 +273,7 @@ class BankLink(FrameHandler):
             body = bodycodec.unpack(frame.body)
         except PaywireError as exc:
             for rid in calls:  # one error object per call: each is raised in its own caller
-                _settle(self.correlator, rid, PaywireError(exc.message, code=exc.code,
-                                                           field=exc.field))
+                self._deliver(rid, PaywireError(exc.message, code=exc.code, field=exc.field))
             return
         answers: list[dict[str, Any] | RemoteError]
         if frame.flags & Flags.ERROR:
@@ -197,10 +287,12 @@ class BankLink(FrameHandler):
                     if isinstance(answer, dict):
                         answer[banklink.TIMINGS_US] = timings
         for rid, answer in zip(calls, answers, strict=True):
-            _settle(self.correlator, rid, answer)
+            self._deliver(rid, answer)
 
     def on_disconnected(self, exc: Exception | None) -> None:
         self._batches.clear()  # their calls wait in the correlator: failed just below
+        self._frames_out.clear()
+        self._unsent = []  # (waiting in the correlator too)
         self.correlator.fail_all(LinkLost(f"link to {self.node.address} lost"))
         if not self.ready.done():
             self.ready.set_exception(LinkLost("closed during handshake"))
@@ -279,6 +371,12 @@ class BankNodeHandle:
         self.breaker = CircuitBreaker()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Links whose node sent GOAWAY: still read for the answers they owe, until the node
+        # closes them or ``call_budget_s`` (the longest any call waits) has passed.
+        self.draining: set[BankLink] = set()
+        # While the node is dialled again after its GOAWAY: resolved by the dial's end (up or
+        # failed), so a call finding no node ready waits for it rather than giving up.
+        self.redial: asyncio.Future[None] | None = None
 
     @property
     def key(self) -> bytes:
@@ -300,6 +398,8 @@ class BankNodeHandle:
             self._task.cancel()
         if self.link is not None:
             self.link.abort_soon()
+        for link in list(self.draining):
+            link.abort_soon()
 
     @property
     def healthy(self) -> bool:
@@ -311,31 +411,69 @@ class BankNodeHandle:
     def link_lost(self, link: BankLink) -> None:
         if self.link is link:
             self.link = None
+        self.draining.discard(link)
+
+    def link_draining(self, link: BankLink) -> None:
+        """``link``'s node sent GOAWAY: it takes no new call (``_run`` dials again); it is
+        closed once every call on it has had its time."""
+        if self.link is link:
+            self.link = None
+            if self.redial is None or self.redial.done():
+                self.redial = asyncio.get_running_loop().create_future()
+        if link.net.closed.done():
+            return
+        self.draining.add(link)
+        asyncio.get_running_loop().call_later(self.pool.call_budget_s, link.abort_soon)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         attempt = 0
         while not self._stopping:
+            link = BankLink(self)
+            redial = self.redial
             try:
-                link = BankLink(self)
                 await asyncio.wait_for(loop.create_connection(
                     link.protocol_factory, self.host, self.port, ssl=self.pool.ssl_ctx,
-                    server_hostname=self.host), 5.0)
-                await asyncio.wait_for(link.ready, 5.0)
+                    server_hostname=self.host), CONNECT_TIMEOUT_S)
+                await asyncio.wait_for(link.ready, WELCOME_TIMEOUT_S)
                 self.link = link
                 self.breaker.success()
+                _resolve(redial)
                 log.info("link up to %s (%s)", self.address, self.pool.name)
                 attempt = 0
-                await link.closed
-                log.warning("link down to %s (%s)", self.address, self.pool.name)
+                await asyncio.wait([link.closed, link.goaway],
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if link.goaway.done() and not link.closed.done():
+                    log.warning("%s (%s) is draining: dialling it again", self.address,
+                                self.pool.name)
+                else:
+                    log.warning("link down to %s (%s)", self.address, self.pool.name)
             except asyncio.CancelledError:
+                link.abort_soon()
+                _resolve(redial)
                 raise
             except (TimeoutError, OSError, ssl.SSLError, LinkLost) as exc:
+                _resolve(redial)  # the node is not back: waiting callers decide now
+                # A dial given up on (no WELCOME in time, a refused peer) is closed, bounded
+                # by CLOSE_GRACE_S, not left open beside the next one.
+                link.abort_soon()
                 log.debug("connect to %s failed: %r", self.address, exc)
             await asyncio.sleep(full_jitter_s(attempt, RECONNECT_DELAY_MIN_S,
                                               RECONNECT_DELAY_MAX_S))
             attempt += 1
 
+
+def _resolve(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
+# Error answers by which a node says it did not start the call: BANK_UNAVAILABLE, and a
+# server's refusals of work it never began (§3.4: TOO_MANY_IN_FLIGHT past its in-flight
+# bound; §8: SHUTTING_DOWN past its GOAWAY). Another node (or this one, later) may take it,
+# and a charge none took is forgotten (its order id stays free), as for BANK_UNAVAILABLE.
+NOT_STARTED_CODES = frozenset({ErrorCode.BANK_UNAVAILABLE, ErrorCode.TOO_MANY_IN_FLIGHT,
+                               ErrorCode.SHUTTING_DOWN})
 
 # Error answers after which a call may have taken effect at the bank: the node failed while
 # applying it (INTERNAL), its answer did not fit (RESPONSE_TOO_LARGE: §10.2, the effects
@@ -353,7 +491,7 @@ def send_failure(exc: BaseException) -> str | None:
     if isinstance(exc, (RequestTimeout, LinkLost)):
         return "maybe_sent"
     if isinstance(exc, PaywireError):
-        if exc.code is ErrorCode.BANK_UNAVAILABLE and isinstance(exc, RemoteError):
+        if exc.code in NOT_STARTED_CODES and isinstance(exc, RemoteError):
             return "unavailable"
         if exc.code in EFFECT_UNKNOWN_CODES:
             return "maybe_sent"
@@ -531,7 +669,16 @@ class BankPool:
                 break
             node = self._pick(tried)
             if node is None or node.link is None:
-                if attempt + 1 < self.attempts_max:
+                # A node dialled again after its GOAWAY is back in a moment: wait for that
+                # dial (bounded by the deadline) before counting this attempt as idle.
+                redials = [n.redial for n in self.nodes
+                           if n.redial is not None and not n.redial.done()]
+                if redials:
+                    await asyncio.wait(redials, timeout=remaining_s)
+                    remaining_s = deadline_s - loop.time()
+                    node = self._pick(tried) if remaining_s > 0 else None
+            if node is None or node.link is None:
+                if remaining_s > 0 and attempt + 1 < self.attempts_max:
                     await asyncio.sleep(min(full_jitter_s(attempt, 0.05, 0.5), remaining_s))
                 continue
             tried.add(node)

@@ -20,6 +20,7 @@ this module only does the I/O around those decisions.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from gateway.stats import HopStats
 from gateway.transactions import decisions
 from gateway.transactions.decisions import BankCall, Refusal
 from gateway.transactions.model import Transaction, now_ms, now_us
+from protocol import banklink
 from protocol.errors import (
     BankUnavailable,
     ErrorCode,
@@ -43,6 +45,8 @@ from protocol.errors import DuplicateOrder as Conflict
 
 __all__ = ["Answer", "Conflict", "NotFound", "Runner", "clone", "decided_now", "refused",
            "repeated", "unrecorded"]
+
+log = logging.getLogger("paywire.runner")
 
 Answer = tuple[dict[str, Any], bool]  # (result map, replayed?)
 
@@ -377,7 +381,13 @@ class Runner:
             found = await pool.call(plan.inquiry.op, plan.inquiry.args, deadline_s)
             if found["found"]:
                 result: dict[str, Any] = found["result"]
-                return result
+                defect = banklink.answer_defect(tx.pending_op["op"], result)
+                if defect is None:
+                    return result
+                # The bank did something under that op id, but what it stored cannot be
+                # read (docs/protocol.md §10.4): undo it, as for an op it never saw.
+                log.warning("%s of %s: the bank's stored answer is unreadable (%s); "
+                            "reversing it", tx.pending_op["op"], tx.transaction_id, defect)
             await pool.call(plan.reversal.op, plan.reversal.args, deadline_s)
             return decisions.reversed_answer()
         except (BankUnavailable, OutcomeUnknown) as exc:
