@@ -25,6 +25,9 @@ class _NoWork:
     async def deny_unreviewed(self, key: Any) -> None: ...
     async def resolve_key(self, key: Any) -> None: ...
 
+    def busy(self, key: Any) -> bool:
+        return False
+
 
 async def test_cancel_background_waits_for_the_cancelled_work_to_finish() -> None:
     schedulers = Schedulers(_NoWork(), 60.0, 60.0)
@@ -98,3 +101,25 @@ async def test_a_stop_step_that_ignores_cancellation_is_abandoned_at_its_bound(
     await asyncio.wait_for(server._bounded(stubborn(), "a stubborn step"), 30.0)
     assert "stopping a stubborn step took over 0.2 s: abandoned" in caplog.text
     release.set()
+
+
+async def test_the_resolver_leaves_orders_whose_operation_is_still_running() -> None:
+    """An intent is unresolved while its bank call is in flight: the operation that made it
+    settles it; the resolver spawns work only for orders nobody is working on (under load it
+    spawned one task per charge in flight on every tick)."""
+    resolved: list[Any] = []
+
+    class Work(_NoWork):
+        unresolved = {("M1", "in-flight"), ("M1", "left-over")}
+
+        def busy(self, key: Any) -> bool:
+            return key == ("M1", "in-flight")
+
+        async def resolve_key(self, key: Any) -> None:
+            resolved.append(key)
+
+    schedulers = Schedulers(Work(), 60.0, 60.0)
+    schedulers.resolver_tick()
+    assert len(schedulers.background) == 1
+    await asyncio.gather(*schedulers.background)
+    assert resolved == [("M1", "left-over")]

@@ -29,6 +29,7 @@ class ScheduledWork(Protocol):
     async def expire_due(self, key: Key) -> None: ...
     async def deny_unreviewed(self, key: Key) -> None: ...
     async def resolve_key(self, key: Key) -> None: ...
+    def busy(self, key: Key) -> bool: ...
 
 
 class Schedulers:
@@ -125,5 +126,11 @@ class Schedulers:
             self.spawn(key, self.work.deny_unreviewed(key))
 
     def resolver_tick(self) -> None:
-        for key in list(self.work.unresolved):
-            self.resolve(key)
+        """Settle the unresolved orders nobody is working on. An order whose operation is
+        still running here (its bank call in flight: an intent is unresolved until its
+        result) is that operation's to settle: a task for it would only wait for its lock
+        and find it done, one task per charge in flight on every tick under load."""
+        work = self.work
+        for key in list(work.unresolved):
+            if not work.busy(key):
+                self.resolve(key)
