@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,7 +58,15 @@ async def test_two_hubs_sweeping_at_once_keep_every_undelivered_row(
                     await asyncio.wait_for(anext(stream), WAIT_S)
             # Resuming from the floor works on both hubs, with seqs after the latest.
             await a.charge("rt-after", 40_000, card=card(5))
-            for client in (a, b):
+            for client, fresh in ((a, hubs.a), (b, hubs.b)):
+                # A hub announces (and checks events_since against) its poller's latest seq,
+                # up to one poll behind the database (docs/postgres.md): wait until this hub
+                # has seen the new event, as its next WELCOME says.
+                async def caught_up(fresh: Any = fresh) -> bool:
+                    async with fresh() as probe:
+                        return int(probe.welcome["event_seq"]) >= latest + 1
+
+                await wait_until(caught_up, "the hub to see the latest event", timeout_s=WAIT_S)
                 stream = client.events(since=latest, reconnect=False)
                 event = await asyncio.wait_for(anext(stream), WAIT_S)
                 await stream.aclose()
