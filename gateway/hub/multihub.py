@@ -56,7 +56,6 @@ class EventPoller:
                  interval_s: float = EVENT_POLL_INTERVAL_S) -> None:
         self.ledger = ledger
         self.fanout = fanout
-        self.interval_s = interval_s
         self.periodic = Periodic("event-poller", interval_s, self.poll, _poll_failed)
 
     def start(self) -> None:
@@ -105,7 +104,6 @@ class Rescanner:
         # Transaction ids already in this hub's fraud windows (its own, added when screened,
         # and those counted from the ledger) with their created_ms: counted once each.
         self.counted = counted
-        self.interval_s = interval_s
         self.on_unresolved = on_unresolved
         self._since_ms = now_ms()
         self.periodic = Periodic("rescanner", interval_s, self.scan, _rescan_failed)
